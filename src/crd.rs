@@ -1,0 +1,92 @@
+//! The CustomResourceDefinitions, generated from the Rust types. The files in
+//! `crds/` and `charts/hookrelay/crds/` are this output (a test checks it).
+
+use crate::resources::{Delivery, Hub, Webhook};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// Every CRD of hookrelay, in a stable order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![Hub::crd(), Webhook::crd(), Delivery::crd()]
+        .into_iter()
+        .map(drop_unknown_formats)
+        .collect()
+}
+
+/// schemars marks Rust's unsigned integers with formats such as "uint32",
+/// which the API server does not know and warns about on every apply; the
+/// `minimum: 0` schemars emits beside them already says what they mean.
+fn drop_unknown_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd).expect("a CRD serialises to JSON");
+    walk(&mut value);
+    serde_json::from_value(value).expect("removing formats keeps a valid CRD")
+}
+
+/// The CRDs as one multi-document YAML stream.
+pub fn yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for crd in all() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_files_match_the_types() {
+        let generated = yaml().unwrap();
+        for path in [
+            "crds/hookrelay.yaml",
+            "charts/hookrelay/crds/hookrelay.yaml",
+        ] {
+            let committed =
+                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
+                    .unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(
+                committed == generated,
+                "{path} is out of date with the Rust types: run `make crds`"
+            );
+        }
+    }
+
+    #[test]
+    fn crds_are_namespaced_with_status_and_short_names() {
+        for crd in all() {
+            assert_eq!(crd.spec.scope, "Namespaced");
+            assert_eq!(crd.spec.group, "hookrelay.dev");
+            let version = &crd.spec.versions[0];
+            assert!(
+                version.subresources.as_ref().unwrap().status.is_some(),
+                "{}",
+                crd.spec.names.kind
+            );
+            assert!(
+                crd.spec
+                    .names
+                    .short_names
+                    .as_ref()
+                    .is_some_and(|s| !s.is_empty())
+            );
+        }
+    }
+}

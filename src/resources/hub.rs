@@ -1,0 +1,193 @@
+//! `Hub`: one CMS hub. Webhooks belong to exactly one hub in their namespace;
+//! the hub carries the ingest credentials and the defaults for its webhooks.
+
+use super::{RetryPolicy, SecretKeyRef, conditions_schema};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::core::Duration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A CMS hub: the source of events and the defaults for its webhooks.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "hookrelay.dev",
+    version = "v1alpha1",
+    kind = "Hub",
+    plural = "hubs",
+    shortname = "hrhub",
+    category = "hookrelay",
+    namespaced,
+    status = "HubStatus",
+    printcolumn = r#"{"name":"Label","type":"string","jsonPath":".spec.label"}"#,
+    printcolumn = r#"{"name":"Webhooks","type":"integer","jsonPath":".status.webhooks"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HubSpec {
+    /// Human-readable name of the hub, 1 to 128 characters.
+    #[schemars(length(min = 1, max = 128))]
+    pub label: String,
+    /// How the CMS authenticates to the ingest endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestSettings>,
+    /// Event names this hub emits beyond the built-in catalogue, such as
+    /// "shop.order.paid": lowercase dot-separated segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"), inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*$")))]
+    pub custom_events: Vec<String>,
+    /// Default retry policy of this hub's webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// How requests are sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySettings>,
+    /// How long finished Deliveries are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionPolicy>,
+    /// How requests are signed and secrets rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSettings>,
+    /// Which destination networks deliveries may not reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressPolicy>,
+}
+
+/// Ingest authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestSettings {
+    /// Bring your own bearer token: the Secret key holding it. When unset a
+    /// 128-character token is generated into a Secret owned by the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Request settings for deliveries.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySettings {
+    /// Time allowed for one request, from connect to the end of the response
+    /// body, such as "10s". 1s to 5m; default "15s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('1s') && duration(self) <= duration('5m')",
+        "message": "timeout must be a duration between 1s and 5m, such as \"15s\""
+    }]))]
+    pub timeout: Option<Duration>,
+    /// Time allowed to establish a connection. 100ms to 1m; default "5s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('100ms') && duration(self) <= duration('1m')",
+        "message": "connectTimeout must be a duration between 100ms and 1m, such as \"5s\""
+    }]))]
+    pub connect_timeout: Option<Duration>,
+    /// Requests in flight at once to one webhook. 1 to 100; default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub concurrency_per_webhook: Option<u32>,
+    /// Bytes of each response body recorded in a Delivery's status.
+    /// 0 to 65536; default 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65536))]
+    pub response_body_limit: Option<u32>,
+}
+
+/// Retention of finished (Succeeded, Failed, Cancelled) Deliveries.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicy {
+    /// Finished Deliveries kept per webhook, newest first. 0 to 10000; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub keep_per_webhook: Option<u32>,
+    /// Finished Deliveries older than this are deleted, such as "168h".
+    /// 1m to 8760h; default "168h" (7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('1m') && duration(self) <= duration('8760h')",
+        "message": "maxAge must be a duration between 1m and 8760h, such as \"168h\""
+    }]))]
+    pub max_age: Option<Duration>,
+}
+
+/// Signing settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningSettings {
+    /// Name of the header carrying the body signature; default
+    /// "X-Amplience-Webhook-Signature", which the CMS SDK verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
+    pub header: Option<String>,
+    /// How long a rotated secret's previous value still signs requests, so
+    /// receivers can switch without dropping any. 0s to 720h; default "24h".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('0s') && duration(self) <= duration('720h')",
+        "message": "rotationOverlap must be a duration between 0s and 720h, such as \"24h\""
+    }]))]
+    pub rotation_overlap: Option<Duration>,
+}
+
+/// Destination networks, in CIDR notation, that deliveries may not connect to.
+/// Link-local and cloud metadata networks (169.254.0.0/16, fe80::/10,
+/// fd00:ec2::254/128) are denied unless listed in `allowedNetworks`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPolicy {
+    /// Networks denied in addition to the defaults, such as "10.0.0.0/8".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)), extend("x-kubernetes-validations" = [{
+        "rule": "self.all(n, isCIDR(n))",
+        "message": "deniedNetworks entries must be CIDRs such as \"10.0.0.0/8\" or \"fd00::/8\""
+    }]))]
+    pub denied_networks: Vec<String>,
+    /// Default-denied networks to allow again, such as "169.254.0.0/16".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)), extend("x-kubernetes-validations" = [{
+        "rule": "self.all(n, isCIDR(n))",
+        "message": "allowedNetworks entries must be CIDRs such as \"169.254.0.0/16\""
+    }]))]
+    pub allowed_networks: Vec<String>,
+}
+
+/// Observed state of a hub.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: the ingest token is available.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The Secret key holding the bearer token the CMS sends to ingest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_token_secret_ref: Option<SecretKeyRef>,
+    /// Webhooks that belong to this hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<u32>,
+    /// Of those, the active ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_webhooks: Option<u32>,
+}
+
+/// How long a rotated-out secret keeps signing when the hub does not say.
+pub const DEFAULT_ROTATION_OVERLAP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Effective settings of a hub, with defaults applied.
+impl HubSpec {
+    pub fn rotation_overlap(&self) -> std::time::Duration {
+        self.signing
+            .as_ref()
+            .and_then(|s| s.rotation_overlap)
+            .map(Into::into)
+            .unwrap_or(DEFAULT_ROTATION_OVERLAP)
+    }
+}

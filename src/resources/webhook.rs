@@ -1,0 +1,223 @@
+//! `Webhook`: a handler URL subscribed to events of one hub.
+
+use super::{RetryPolicy, SecretKeyRef, conditions_schema};
+use crate::resources::delivery::Phase;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A webhook: the events it subscribes to and the URL (the handler) that
+/// receives a signed HTTP request for each of them.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "hookrelay.dev",
+    version = "v1alpha1",
+    kind = "Webhook",
+    plural = "webhooks",
+    shortname = "wh",
+    category = "hookrelay",
+    namespaced,
+    status = "WebhookStatus",
+    printcolumn = r#"{"name":"Label","type":"string","jsonPath":".spec.label"}"#,
+    printcolumn = r#"{"name":"Hub","type":"string","jsonPath":".spec.hub"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Events","type":"string","jsonPath":".spec.events"}"#,
+    printcolumn = r#"{"name":"Active","type":"boolean","jsonPath":".spec.active"}"#,
+    printcolumn = r#"{"name":"Last Status","type":"integer","jsonPath":".status.lastDelivery.statusCode"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// Name of the Hub, in the same namespace, whose events trigger this webhook.
+    #[schemars(length(min = 1, max = 253))]
+    pub hub: String,
+    /// Human-readable name shown in the webhook list, 1 to 128 characters.
+    #[schemars(length(min = 1, max = 128))]
+    pub label: String,
+    /// The webhook handler: an absolute http or https URL with a host, such
+    /// as "https://shop.example.com/hooks/cms".
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [{
+        "rule": "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",
+        "message": "url must be an absolute http or https URL with a host, such as \"https://example.com/hook\""
+    }]))]
+    pub url: String,
+    /// Events that trigger this webhook: built-in names such as
+    /// "dynamic-content.content-item.updated", the hub's custom events, or a
+    /// wildcard such as "dynamic-content.content-item.*". At least one, no duplicates.
+    #[schemars(
+        length(min = 1, max = 64),
+        extend("x-kubernetes-list-type" = "set"),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*(\.\*)?$"))
+    )]
+    pub events: Vec<String>,
+    /// Whether events trigger this webhook. Deactivated webhooks are not
+    /// triggered; the controller sets this to false when a delivery runs out of
+    /// retries. Set it to true to reactivate. Default true.
+    #[serde(default = "default_true")]
+    pub active: bool,
+    /// HTTP method of the requests: POST (default), PUT, PATCH or DELETE.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Extra request headers, such as an API key the handler expects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub headers: Vec<WebhookHeader>,
+    /// Conditions on the event, all of which must hold for the webhook to be
+    /// triggered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub filters: Vec<WebhookFilter>,
+    /// A Handlebars template rendering the request body from the event
+    /// (`{{name}}`, `{{payload.…}}`, `{{id}}`). Unset: the CMS envelope
+    /// {"name": …, "payload": …}.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    pub custom_payload: Option<String>,
+    /// Bring your own signing secret: the Secret key holding it. When unset a
+    /// 128-character secret is generated into a Secret owned by the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Overrides the hub's retry policy for this webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// HTTP method of a webhook's requests.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+            Self::Delete => "DELETE",
+        }
+    }
+}
+
+/// A request header: a literal value, or one read from a Secret (never
+/// printed in status or logs).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.value) != has(self.valueFrom)",
+    "message": "exactly one of value or valueFrom must be set"
+}]))]
+pub struct WebhookHeader {
+    /// Header name: an HTTP token, not Content-Type, User-Agent, the
+    /// signature header or a Standard Webhooks `webhook-*` header.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"), extend("x-kubernetes-validations" = [{
+        "rule": "!(self.lowerAscii() in ['content-type', 'content-length', 'host', 'user-agent', 'x-amplience-webhook-signature'] || self.lowerAscii().startsWith('webhook-'))",
+        "message": "name is reserved: Content-Type, Content-Length, Host, User-Agent, X-Amplience-Webhook-Signature and webhook-* are set by hookrelay"
+    }]))]
+    pub name: String,
+    /// Literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub value: Option<String>,
+    /// Value read from a Secret in the webhook's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<HeaderValueSource>,
+}
+
+/// Where a header value comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderValueSource {
+    /// The Secret key holding the value.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A condition on the event: the value at `path` equals `equal`, or is one
+/// of `in`. Exactly one of the two is set. Values are strings; a number,
+/// boolean or null at `path` is compared by its JSON text (`42`, `true`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.equal) != has(self.__in__)",
+    "message": "exactly one of equal or in must be set"
+}]))]
+pub struct WebhookFilter {
+    /// RFC 9535 JSONPath into the event {"id", "name", "payload"}, such as
+    /// "$.payload.contentTypeUri".
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\$"))]
+    pub path: String,
+    /// The value the path must select.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub equal: Option<String>,
+    /// Values one of which the path must select. 1 to 64 values.
+    #[serde(rename = "in", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 1024)))]
+    pub in_: Option<Vec<String>>,
+}
+
+/// Observed state of a webhook.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: hub found, events known, signing secret available.
+    /// `Active`: whether events trigger the webhook, and why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The Secret key holding the signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// The value of the `hookrelay.dev/rotate-secret` annotation last acted
+    /// on, so each new value rotates the secret once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_for: Option<String>,
+    /// When the controller deactivated the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<Time>,
+    /// The newest delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<DeliverySummary>,
+    /// The newest 20 deliveries, newest first: the webhook's recent history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub recent_deliveries: Vec<DeliverySummary>,
+    /// Deliveries that ended Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<u64>,
+    /// Deliveries that ended Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
+}
+
+/// One line of a webhook's delivery history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySummary {
+    /// The delivery id: the Delivery's name and the `webhook-id` header.
+    pub id: String,
+    /// The event name.
+    pub event: String,
+    /// When the latest attempt started.
+    pub time: Time,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// HTTP status of the latest response, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Phase of the delivery.
+    pub outcome: Phase,
+}
