@@ -1,0 +1,153 @@
+//! Keeping a generated Secret (a webhook's signing secret, a hub's ingest
+//! token) present, filled and rotated. Shared by both reconcilers.
+
+use super::Error;
+use crate::secrets;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use std::collections::BTreeMap;
+
+/// What the Secret should be.
+pub(super) struct Desired<'a> {
+    pub namespace: &'a str,
+    pub name: String,
+    pub key: &'static str,
+    pub owner: OwnerReference,
+    pub labels: BTreeMap<String, String>,
+    /// The owner's rotation request (`hookrelay.dev/rotate-secret`), if any.
+    pub rotate_for: Option<&'a str>,
+    /// How long a rotated-out value keeps signing.
+    pub overlap: std::time::Duration,
+}
+
+/// What was done to the Secret.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Change {
+    None,
+    Created,
+    /// The key was missing or empty and got a new value.
+    Refilled,
+    Rotated,
+    PreviousExpired,
+}
+
+/// The Secret's state after `ensure`.
+pub(super) enum State {
+    Ready {
+        change: Change,
+        /// The rotation request the current value answers.
+        rotated_for: Option<String>,
+        /// When to look again (a previous value expires).
+        recheck_at: Option<Timestamp>,
+    },
+    /// A Secret of that name exists and is not ours: it is never touched.
+    NotOwned,
+}
+
+/// Brings the generated Secret to the desired state with at most one write.
+/// A user's edit of the value is kept; only a new rotation request or a
+/// missing value generates a new one.
+pub(super) async fn ensure(
+    api: &Api<Secret>,
+    desired: &Desired<'_>,
+    now: Timestamp,
+) -> Result<State, Error> {
+    let Some(secret) = api.get_opt(&desired.name).await? else {
+        let secret = secrets::build_generated(
+            &desired.name,
+            desired.namespace,
+            desired.owner.clone(),
+            desired.labels.clone(),
+            desired.rotate_for,
+            desired.key,
+            &secrets::generate(),
+        );
+        api.create(&PostParams::default(), &secret).await?;
+        return Ok(State::Ready {
+            change: Change::Created,
+            rotated_for: desired.rotate_for.map(str::to_string),
+            recheck_at: None,
+        });
+    };
+    let owned = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == desired.owner.uid);
+    if !owned {
+        return Ok(State::NotOwned);
+    }
+
+    let merge = |patch: serde_json::Value| async move {
+        api.patch(&desired.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+    };
+    let handled = secrets::rotated_for(&secret).map(str::to_string);
+    let expires_at = secrets::previous_expires_at(&secret);
+
+    if secrets::value(&secret, desired.key).is_none() {
+        merge(secrets::refill_patch(
+            &secret,
+            desired.key,
+            &secrets::generate(),
+        ))
+        .await?;
+        return Ok(State::Ready {
+            change: Change::Refilled,
+            rotated_for: handled,
+            recheck_at: expires_at,
+        });
+    }
+    if let Some(request) = desired
+        .rotate_for
+        .filter(|r| Some(*r) != handled.as_deref())
+    {
+        let until = now + desired.overlap;
+        merge(secrets::rotation_patch(
+            &secret,
+            &secrets::generate(),
+            request,
+            until,
+        ))
+        .await?;
+        return Ok(State::Ready {
+            change: Change::Rotated,
+            rotated_for: Some(request.to_string()),
+            recheck_at: Some(until),
+        });
+    }
+    if expires_at.is_some_and(|at| at <= now) {
+        merge(secrets::expire_previous_patch(&secret)).await?;
+        return Ok(State::Ready {
+            change: Change::PreviousExpired,
+            rotated_for: handled,
+            recheck_at: None,
+        });
+    }
+    Ok(State::Ready {
+        change: Change::None,
+        rotated_for: handled,
+        recheck_at: expires_at,
+    })
+}
+
+/// Whether a user-provided Secret key holds a usable value: `Err` carries the
+/// reason and a message naming the Secret (never its value).
+pub(super) async fn check_user_secret(
+    api: &Api<Secret>,
+    name: &str,
+    key: &str,
+) -> Result<Result<(), (&'static str, String)>, Error> {
+    Ok(match api.get_opt(name).await? {
+        None => Err(("SecretNotFound", format!("Secret {name} not found"))),
+        Some(s) if secrets::value(&s, key).is_none() => Err((
+            "SecretKeyMissing",
+            format!("Secret {name} has no non-empty key {key}"),
+        )),
+        Some(_) => Ok(()),
+    })
+}

@@ -1,0 +1,238 @@
+//! `hookrelay controller`: the reconcilers that keep secrets and statuses of
+//! Hubs and Webhooks in line with their specs.
+
+mod generated_secret;
+pub mod hubs;
+pub mod webhooks;
+
+use crate::resources::{Hub, Webhook};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Everything a reconcile needs, shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// Every Hub the controller watches, kept current by a watch.
+    pub hubs: Store<Hub>,
+    /// Every Webhook the controller watches, kept current by a watch.
+    pub webhooks: Store<Webhook>,
+    backoff: Backoff,
+}
+
+impl Context {
+    pub fn new(client: Client, hubs: Store<Hub>, webhooks: Store<Webhook>) -> Self {
+        let reporter = Reporter {
+            controller: "hookrelay".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            hubs,
+            webhooks,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Errors of a reconcile. None carries a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(e)) if e.code == 409 => "conflict",
+            Self::Kube(_) => "kube",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// Per-object exponential backoff after failed reconciles: 1s, 2s, 4s … 5m,
+/// reset by the next success, so a persistent error never hot-loops.
+#[derive(Default)]
+struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    fn failed(&self, key: String) -> Duration {
+        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        retry_delay(*n)
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+/// Delay before the `failures`-th retry of a failed reconcile.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// Shared error policy: log the error kind (never a value), back off.
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let delay = ctx.backoff.failed(backoff_key(obj.as_ref()));
+    tracing::warn!(
+        kind = %K::kind(&()),
+        name = %obj.name_any(),
+        namespace = %obj.namespace().unwrap_or_default(),
+        error = %error,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the Hub and Webhook reconcilers until `shutdown` resolves.
+/// `namespace` limits them to one namespace; `None` watches all.
+pub async fn run(
+    client: Client,
+    namespace: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let hub_controller =
+        Controller::new(api::<Hub>(&client, namespace), watcher::Config::default());
+    let webhook_controller = Controller::new(
+        api::<Webhook>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let hubs = hub_controller.store();
+    let webhooks = webhook_controller.store();
+
+    // A Hub change can change each of its webhooks' readiness (known events,
+    // rotation overlap); a Webhook change changes its hub's counts.
+    let webhooks_of_hub = {
+        let webhooks = webhooks.clone();
+        move |hub: Hub| webhooks::of_hub(&webhooks, &hub)
+    };
+    let hub_of_webhook = |webhook: Webhook| {
+        let ns = webhook.namespace()?;
+        Some(ObjectRef::<Hub>::new(&webhook.spec.hub).within(&ns))
+    };
+
+    let ctx = Arc::new(Context::new(client.clone(), hubs.clone(), webhooks.clone()));
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    // Secrets are watched by metadata only (values never enter this cache):
+    // a change to a generated or referenced Secret re-reconciles its users.
+    let secret_metadata = || api::<PartialObjectMeta<Secret>>(&client, namespace);
+    let webhooks_of_secret = {
+        let webhooks = webhooks.clone();
+        move |secret: PartialObjectMeta<Secret>| webhooks::using_secret(&webhooks, &secret)
+    };
+    let hubs_of_secret = {
+        let hubs = hubs.clone();
+        move |secret: PartialObjectMeta<Secret>| hubs::using_secret(&hubs, &secret)
+    };
+
+    let webhook_run = webhook_controller
+        .watches(
+            secret_metadata(),
+            watcher::Config::default(),
+            webhooks_of_secret,
+        )
+        .watches(
+            api::<Hub>(&client, namespace),
+            watcher::Config::default(),
+            webhooks_of_hub,
+        )
+        .graceful_shutdown_on(signal(&shutdown_tx))
+        .run(webhooks::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+    // Webhooks are judged against their hub: start them once the hub cache
+    // is filled, so a webhook is never reported HubNotFound at start-up.
+    let webhook_run = async move {
+        if hubs.wait_until_ready().await.is_ok() {
+            webhook_run.await;
+        }
+    };
+    let hub_run = hub_controller
+        .watches(
+            secret_metadata(),
+            watcher::Config::default(),
+            hubs_of_secret,
+        )
+        .watches(
+            api::<Webhook>(&client, namespace),
+            watcher::Config::default(),
+            hub_of_webhook,
+        )
+        .graceful_shutdown_on(signal(&shutdown_tx))
+        .run(hubs::reconcile, error_policy, ctx)
+        .for_each(|_| async {});
+
+    tracing::info!(
+        namespace = namespace.unwrap_or("<all>"),
+        "reconcilers started"
+    );
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(());
+    });
+    tokio::join!(webhook_run, hub_run);
+    tracing::info!("reconcilers stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_five_minutes() {
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(2), Duration::from_secs(2));
+        assert_eq!(retry_delay(5), Duration::from_secs(16));
+        assert_eq!(retry_delay(9), Duration::from_secs(256));
+        assert_eq!(retry_delay(10), Duration::from_secs(300));
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(300));
+    }
+}
