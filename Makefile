@@ -1,0 +1,34 @@
+# hookrelay — every target a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+CONTROLPLANE := tests/controlplane/controlplane.sh
+
+.PHONY: help demo test lint unit crds controlplane-build controlplane-up controlplane-down
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+demo: ## run hookrelay against the local control plane (builds it once)
+	bash examples/demo.sh
+
+test: lint ## every test: lint, unit tests and integration tests on the local control plane
+	cargo test --all-targets --locked
+
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+unit: ## unit tests only (no cluster)
+	cargo test --lib --bins --locked
+
+crds: ## regenerate crds/ and the chart's CRDs from the Rust types
+	cargo run --quiet --locked -- crd > crds/hookrelay.yaml
+	cp crds/hookrelay.yaml charts/hookrelay/crds/hookrelay.yaml
+
+controlplane-build: ## build etcd, kube-apiserver, kube-controller-manager, kubectl (cached)
+	$(CONTROLPLANE) build
+
+controlplane-up: ## start (or reuse) the local control plane; prints the admin kubeconfig path last
+	$(CONTROLPLANE) up
+
+controlplane-down: ## stop the local control plane
+	$(CONTROLPLANE) down
