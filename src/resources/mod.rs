@@ -120,7 +120,15 @@ mod tests {
         let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: jiff::Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
         let first = condition(&[], "Ready", true, "Ok", "fine", Some(1), &t0);
-        let same = condition(std::slice::from_ref(&first), "Ready", true, "Ok", "fine", Some(2), &t1);
+        let same = condition(
+            std::slice::from_ref(&first),
+            "Ready",
+            true,
+            "Ok",
+            "fine",
+            Some(2),
+            &t1,
+        );
         assert_eq!(same.last_transition_time.0, t0);
         let flipped = condition(
             &[first],
