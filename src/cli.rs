@@ -3,6 +3,7 @@
 use crate::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(name = "hookrelay", version = crate::VERSION, about = "Signed, retried, recorded webhooks for a CMS, run as a Kubernetes operator")]
@@ -35,15 +36,28 @@ struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "HOOKRELAY_NAMESPACE")]
     namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HOOKRELAY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    /// Requests in flight at once across all webhooks (each webhook also has
+    /// its hub's `delivery.concurrencyPerWebhook` limit).
+    #[arg(long, env = "HOOKRELAY_CONCURRENCY", default_value_t = 64)]
+    concurrency: usize,
     #[command(flatten)]
     logging: Logging,
 }
 
 #[derive(Args, Debug)]
 struct IngestArgs {
-    /// Address the ingest HTTP server listens on.
+    /// Address the ingest HTTP server listens on (events, /healthz, /readyz, /metrics).
     #[arg(long, env = "HOOKRELAY_INGEST_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Largest event body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "HOOKRELAY_BODY_LIMIT", default_value_t = crate::ingest::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+    /// Serve only hubs of this namespace (default: all namespaces).
+    #[arg(long, env = "HOOKRELAY_NAMESPACE")]
+    namespace: Option<String>,
     #[command(flatten)]
     logging: Logging,
 }
@@ -56,13 +70,31 @@ impl Cli {
                 tracing::info!(version = crate::VERSION, "starting controller");
                 // The cluster comes from KUBECONFIG or the in-cluster service account.
                 let client = kube::Client::try_default().await?;
-                crate::controller::run(client, args.namespace.as_deref(), shutdown_signal()).await
+                let settings = crate::controller::Settings {
+                    namespace: args.namespace,
+                    metrics_listen: args.metrics_listen,
+                    concurrency: args.concurrency,
+                };
+                let shutdown = CancellationToken::new();
+                tokio::spawn({
+                    let shutdown = shutdown.clone();
+                    async move {
+                        shutdown_signal().await;
+                        shutdown.cancel();
+                    }
+                });
+                crate::controller::run(client, settings, shutdown).await
             }
             Command::Ingest(args) => {
                 telemetry::init(args.logging.log_format);
-                tracing::info!(version = crate::VERSION, listen = %args.listen, "starting ingest");
-                shutdown_signal().await;
-                Ok(())
+                tracing::info!(version = crate::VERSION, "starting ingest");
+                let client = kube::Client::try_default().await?;
+                let settings = crate::ingest::Settings {
+                    listen: args.listen,
+                    body_limit: args.body_limit,
+                    namespace: args.namespace,
+                };
+                crate::ingest::run(client, settings, shutdown_signal()).await
             }
             Command::Crd => {
                 print!("{}", crate::crd::yaml()?);

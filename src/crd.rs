@@ -55,13 +55,9 @@ mod tests {
     #[test]
     fn committed_crd_files_match_the_types() {
         let generated = yaml().unwrap();
-        for path in [
-            "crds/hookrelay.yaml",
-            "charts/hookrelay/crds/hookrelay.yaml",
-        ] {
-            let committed =
-                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
-                    .unwrap_or_else(|e| panic!("{path}: {e}"));
+        for path in ["crds/hookrelay.yaml", "charts/hookrelay/crds/hookrelay.yaml"] {
+            let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
             assert!(
                 committed == generated,
                 "{path} is out of date with the Rust types: run `make crds`"
@@ -80,13 +76,7 @@ mod tests {
                 "{}",
                 crd.spec.names.kind
             );
-            assert!(
-                crd.spec
-                    .names
-                    .short_names
-                    .as_ref()
-                    .is_some_and(|s| !s.is_empty())
-            );
+            assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
         }
     }
 }

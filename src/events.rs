@@ -15,8 +15,7 @@ pub const BUILTIN_EVENTS: &[&str] = &[
 /// Regular expression (RE2 and Rust `regex` compatible) for an event name or a
 /// `prefix.*` wildcard subscription: lowercase dot-separated segments of
 /// letters, digits and inner hyphens. Used by the CRD schema.
-pub const SUBSCRIPTION_PATTERN: &str =
-    r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*(\.\*)?$";
+pub const SUBSCRIPTION_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*(\.\*)?$";
 
 /// Regular expression for a concrete event name (no wildcard).
 pub const EVENT_NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*$";
@@ -38,12 +37,7 @@ pub fn is_known_event<'a>(event: &str, custom: impl IntoIterator<Item = &'a str>
 /// The subscriptions of a webhook that select no event the hub knows: a typo
 /// in an exact name, or a wildcard that matches nothing.
 pub fn unknown_subscriptions<'a>(subscriptions: &'a [String], custom: &[String]) -> Vec<&'a str> {
-    let known = || {
-        BUILTIN_EVENTS
-            .iter()
-            .copied()
-            .chain(custom.iter().map(String::as_str))
-    };
+    let known = || BUILTIN_EVENTS.iter().copied().chain(custom.iter().map(String::as_str));
     subscriptions
         .iter()
         .map(String::as_str)
@@ -70,23 +64,14 @@ mod tests {
     #[test]
     fn wildcard_matches_names_below_its_prefix() {
         let sub = "dynamic-content.content-item.*";
-        assert!(subscription_matches(
-            sub,
-            "dynamic-content.content-item.created"
-        ));
+        assert!(subscription_matches(sub, "dynamic-content.content-item.created"));
         assert!(subscription_matches(
             sub,
             "dynamic-content.content-item.workflow.updated"
         ));
         assert!(!subscription_matches(sub, "dynamic-content.content-item"));
-        assert!(!subscription_matches(
-            sub,
-            "dynamic-content.content-items.created"
-        ));
-        assert!(!subscription_matches(
-            sub,
-            "dynamic-content.edition.published"
-        ));
+        assert!(!subscription_matches(sub, "dynamic-content.content-items.created"));
+        assert!(!subscription_matches(sub, "dynamic-content.edition.published"));
     }
 
     #[test]
@@ -100,11 +85,7 @@ mod tests {
         ];
         assert_eq!(
             unknown_subscriptions(&subs, &[]),
-            vec![
-                "dynamic-content.content-item.creatd",
-                "shop.*",
-                "shop.order.paid"
-            ]
+            vec!["dynamic-content.content-item.creatd", "shop.*", "shop.order.paid"]
         );
         let custom = vec!["shop.order.paid".to_string()];
         assert_eq!(

@@ -63,8 +63,7 @@ pub fn build_generated(
     key: &str,
     value: &str,
 ) -> Secret {
-    let annotations =
-        rotated_for.map(|v| BTreeMap::from([(ROTATED_FOR_ANNOTATION.to_string(), v.to_string())]));
+    let annotations = rotated_for.map(|v| BTreeMap::from([(ROTATED_FOR_ANNOTATION.to_string(), v.to_string())]));
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -227,10 +226,7 @@ mod tests {
         let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         assert_eq!(rotated_for(&s), Some("r0"));
         let patch = rotation_patch(&s, "new", "r1", at);
-        assert_eq!(
-            patch["metadata"]["annotations"][ROTATED_FOR_ANNOTATION],
-            "r1"
-        );
+        assert_eq!(patch["metadata"]["annotations"][ROTATED_FOR_ANNOTATION], "r1");
         assert_eq!(patch["data"][CURRENT_KEY], base64(b"new"));
         assert_eq!(patch["data"][PREVIOUS_KEY], base64(b"old"));
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
@@ -252,10 +248,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(PREVIOUS_KEY.into(), ByteString(b"old".to_vec()));
-        assert_eq!(
-            previous_expires_at(&s),
-            Some("2026-01-01T00:00:00Z".parse().unwrap())
-        );
+        assert_eq!(previous_expires_at(&s), Some("2026-01-01T00:00:00Z".parse().unwrap()));
         let patch = expire_previous_patch(&s);
         assert!(patch["data"][PREVIOUS_KEY].is_null());
     }
@@ -265,10 +258,7 @@ mod tests {
         assert_eq!(child_name("shop", "signing"), "shop-signing");
         let long_a = "a".repeat(253);
         let long_b = format!("{}b", "a".repeat(252));
-        let (na, nb) = (
-            child_name(&long_a, "signing"),
-            child_name(&long_b, "signing"),
-        );
+        let (na, nb) = (child_name(&long_a, "signing"), child_name(&long_b, "signing"));
         assert!(na.len() <= 253 && nb.len() <= 253);
         assert_ne!(na, nb);
         assert!(na.ends_with("-signing"));

@@ -19,10 +19,7 @@ fn config_map(name: &str, value: &str) -> ConfigMap {
             name: Some(name.into()),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(
-            "greeting".to_string(),
-            value.to_string(),
-        )])),
+        data: Some(BTreeMap::from([("greeting".to_string(), value.to_string())])),
         ..Default::default()
     }
 }
@@ -88,26 +85,13 @@ async fn owned_secret_is_garbage_collected_with_its_owner() {
         string_data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
         ..Default::default()
     };
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
 
-    config_maps
-        .delete("owner", &DeleteParams::default())
-        .await
-        .unwrap();
+    config_maps.delete("owner", &DeleteParams::default()).await.unwrap();
     eventually(
         Duration::from_secs(60),
         "the owned Secret to be garbage-collected",
-        || async {
-            secrets
-                .get_opt("owned")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
+        || async { secrets.get_opt("owned").await.unwrap().is_none().then_some(()) },
     )
     .await;
     env.cleanup().await;
@@ -124,19 +108,12 @@ async fn restricted_identity_is_denied_listing_secrets() {
     match err {
         kube::Error::Api(status) => {
             assert_eq!(status.code, 403, "{status:?}");
-            assert!(
-                status.message.contains("hookrelay-restricted"),
-                "{}",
-                status.message
-            );
+            assert!(status.message.contains("hookrelay-restricted"), "{}", status.message);
         }
         other => panic!("expected 403 Forbidden, got {other}"),
     }
     // The admin identity may list them: the denial is RBAC, not a broken client.
     let admin: Api<Secret> = env.api();
-    admin
-        .list(&ListParams::default())
-        .await
-        .expect("admin lists Secrets");
+    admin.list(&ListParams::default()).await.expect("admin lists Secrets");
     env.cleanup().await;
 }

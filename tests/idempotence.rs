@@ -28,10 +28,7 @@ async fn counting_client(writes: Arc<AtomicUsize>) -> Client {
         }
         req
     });
-    ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&count)
-        .build()
+    ClientBuilder::try_from(config).unwrap().with_layer(&count).build()
 }
 
 fn store_of<K>(objects: Vec<K>) -> Store<K>
@@ -54,10 +51,7 @@ async fn a_second_reconcile_of_an_unchanged_object_writes_nothing() {
     let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
     let webhook: Webhook = serde_yaml::from_str(include_str!("../examples/webhook.yaml")).unwrap();
     let hub = hubs_api.create(&PostParams::default(), &hub).await.unwrap();
-    let webhook = webhooks_api
-        .create(&PostParams::default(), &webhook)
-        .await
-        .unwrap();
+    let webhook = webhooks_api.create(&PostParams::default(), &webhook).await.unwrap();
 
     let writes = Arc::new(AtomicUsize::new(0));
     let client = counting_client(writes.clone()).await;
@@ -81,15 +75,9 @@ async fn a_second_reconcile_of_an_unchanged_object_writes_nothing() {
     webhooks::reconcile(Arc::new(webhook.clone()), ctx.clone())
         .await
         .unwrap();
-    assert_eq!(
-        writes.swap(0, Ordering::SeqCst),
-        0,
-        "second webhook pass wrote"
-    );
+    assert_eq!(writes.swap(0, Ordering::SeqCst), 0, "second webhook pass wrote");
 
-    hubs::reconcile(Arc::new(hub.clone()), ctx.clone())
-        .await
-        .unwrap();
+    hubs::reconcile(Arc::new(hub.clone()), ctx.clone()).await.unwrap();
     assert!(
         writes.swap(0, Ordering::SeqCst) >= 2,
         "the first hub pass creates the token and writes status"
@@ -101,11 +89,7 @@ async fn a_second_reconcile_of_an_unchanged_object_writes_nothing() {
     // A change the reconciler does not act on (a label) writes nothing either.
     let label = serde_json::json!({ "metadata": { "labels": { "team": "content" } } });
     let webhook = webhooks_api
-        .patch(
-            &webhook.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(label),
-        )
+        .patch(&webhook.name_any(), &PatchParams::default(), &Patch::Merge(label))
         .await
         .unwrap();
     webhooks::reconcile(Arc::new(webhook), ctx).await.unwrap();

@@ -26,9 +26,7 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file);
     let object: K = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     env.api::<K>()
         .patch(
@@ -47,20 +45,16 @@ async fn secret_value(api: &Api<Secret>, name: &str, key: &str) -> Option<String
 
 /// Waits for the webhook's condition `type_` to have `reason`.
 async fn wait_condition(api: &Api<Webhook>, name: &str, type_: &str, reason: &str) -> Webhook {
-    eventually(
-        WAIT,
-        &format!("webhook {name} {type_} reason {reason}"),
-        || async {
-            let w = api.get(name).await.ok()?;
-            let found = w
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == type_ && c.reason == reason);
-            found.then_some(w)
-        },
-    )
+    eventually(WAIT, &format!("webhook {name} {type_} reason {reason}"), || async {
+        let w = api.get(name).await.ok()?;
+        let found = w
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.reason == reason);
+        found.then_some(w)
+    })
     .await
 }
 
@@ -76,24 +70,17 @@ async fn bump_and_wait_reconciled(api: &Api<Webhook>, name: &str, label: &str) {
         .await
         .unwrap();
     let generation = w.metadata.generation;
-    eventually(
-        WAIT,
-        "the controller to observe the new generation",
-        || async {
-            let w = api.get(name).await.ok()?;
-            (w.status?.observed_generation == generation).then_some(())
-        },
-    )
+    eventually(WAIT, "the controller to observe the new generation", || async {
+        let w = api.get(name).await.ok()?;
+        (w.status?.observed_generation == generation).then_some(())
+    })
     .await;
 }
 
 fn assert_no_secret_in(logs: &str, values: &[&str]) {
     assert!(!logs.is_empty(), "the controller logged nothing");
     for v in values {
-        assert!(
-            !logs.contains(v),
-            "a secret value appears in the controller log"
-        );
+        assert!(!logs.contains(v), "a secret value appears in the controller log");
     }
 }
 
@@ -135,9 +122,7 @@ async fn examples_get_generated_owned_secrets_collected_with_their_owner() {
     .await;
     let status = hub.status.unwrap();
     assert_eq!(status.webhooks, Some(1));
-    let token_ref = status
-        .ingest_token_secret_ref
-        .expect("status.ingestTokenSecretRef");
+    let token_ref = status.ingest_token_secret_ref.expect("status.ingestTokenSecretRef");
     let token = secret_value(&secrets_api, &token_ref.name, &token_ref.key)
         .await
         .expect("a token");
@@ -162,18 +147,14 @@ async fn examples_get_generated_owned_secrets_collected_with_their_owner() {
         .delete(&webhook.name_any(), &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        WAIT,
-        "the signing Secret to be garbage-collected",
-        || async {
-            secrets_api
-                .get_opt(&secret_ref.name)
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
+    eventually(WAIT, "the signing Secret to be garbage-collected", || async {
+        secrets_api
+            .get_opt(&secret_ref.name)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
     .await;
     assert_no_secret_in(&controller.logs(), &[&value, &token]);
     env.cleanup().await;
@@ -190,16 +171,13 @@ async fn rotation_annotation_rotates_once_per_new_value() {
     let secrets_api: Api<Secret> = env.api();
     let ready = wait_condition(&webhooks, &name, "Ready", "Ready").await;
     let secret_name = ready.status.unwrap().secret_ref.unwrap().name;
-    let original = secret_value(&secrets_api, &secret_name, "secret")
-        .await
-        .unwrap();
+    let original = secret_value(&secrets_api, &secret_name, "secret").await.unwrap();
 
     let annotate = |value: &'static str| {
         let webhooks = webhooks.clone();
         let name = name.clone();
         async move {
-            let patch =
-                json!({ "metadata": { "annotations": { "hookrelay.dev/rotate-secret": value } } });
+            let patch = json!({ "metadata": { "annotations": { "hookrelay.dev/rotate-secret": value } } });
             webhooks
                 .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
@@ -238,9 +216,7 @@ async fn rotation_annotation_rotates_once_per_new_value() {
     // More reconciles with the same annotation value change nothing.
     bump_and_wait_reconciled(&webhooks, &name, "Example integration (edited)").await;
     assert_eq!(
-        secret_value(&secrets_api, &secret_name, "secret")
-            .await
-            .unwrap(),
+        secret_value(&secrets_api, &secret_name, "secret").await.unwrap(),
         after_first
     );
 
@@ -250,22 +226,14 @@ async fn rotation_annotation_rotates_once_per_new_value() {
     let second = secrets_api.get(&secret_name).await.unwrap();
     let after_second = secrets::value(&second, "secret").unwrap().to_string();
     assert_ne!(after_second, after_first);
-    assert_eq!(
-        secrets::value(&second, "previous"),
-        Some(after_first.as_str())
-    );
+    assert_eq!(secrets::value(&second, "previous"), Some(after_first.as_str()));
     bump_and_wait_reconciled(&webhooks, &name, "Example integration (again)").await;
     assert_eq!(
-        secret_value(&secrets_api, &secret_name, "secret")
-            .await
-            .unwrap(),
+        secret_value(&secrets_api, &secret_name, "secret").await.unwrap(),
         after_second
     );
 
-    assert_no_secret_in(
-        &controller.logs(),
-        &[&original, &after_first, &after_second],
-    );
+    assert_no_secret_in(&controller.logs(), &[&original, &after_first, &after_second]);
     env.cleanup().await;
 }
 
@@ -275,10 +243,7 @@ async fn previous_value_expires_after_the_hub_overlap() {
     let _controller = env.start_controller();
     let mut hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
     hub.spec.signing.get_or_insert_default().rotation_overlap = Some("2s".parse().unwrap());
-    env.api::<Hub>()
-        .create(&PostParams::default(), &hub)
-        .await
-        .unwrap();
+    env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
     let webhook: Webhook = apply_example(&env, "webhook.yaml").await;
     let name = webhook.name_any();
     let webhooks: Api<Webhook> = env.api();
@@ -292,20 +257,13 @@ async fn previous_value_expires_after_the_hub_overlap() {
         .await
         .unwrap();
     eventually(WAIT, "a previous value during the overlap", || async {
-        secret_value(&secrets_api, &secret_name, "previous")
-            .await
-            .map(drop)
+        secret_value(&secrets_api, &secret_name, "previous").await.map(drop)
     })
     .await;
-    eventually(
-        WAIT,
-        "the previous value to be dropped after 2s",
-        || async {
-            let s = secrets_api.get(&secret_name).await.ok()?;
-            (secrets::value(&s, "previous").is_none() && secrets::previous_expires_at(&s).is_none())
-                .then_some(())
-        },
-    )
+    eventually(WAIT, "the previous value to be dropped after 2s", || async {
+        let s = secrets_api.get(&secret_name).await.ok()?;
+        (secrets::value(&s, "previous").is_none() && secrets::previous_expires_at(&s).is_none()).then_some(())
+    })
     .await;
     env.cleanup().await;
 }
@@ -331,9 +289,7 @@ async fn user_replaced_value_is_kept() {
         .unwrap();
     bump_and_wait_reconciled(&webhooks, &name, "Example integration (replaced)").await;
     assert_eq!(
-        secret_value(&secrets_api, &secret_name, "secret")
-            .await
-            .as_deref(),
+        secret_value(&secrets_api, &secret_name, "secret").await.as_deref(),
         Some(mine)
     );
 
@@ -359,16 +315,12 @@ async fn secret_ref_is_used_as_is_and_a_missing_one_is_reported() {
     let webhooks: Api<Webhook> = env.api();
     let secrets_api: Api<Secret> = env.api();
 
-    let mut webhook: Webhook =
-        serde_yaml::from_str(include_str!("../examples/webhook.yaml")).unwrap();
+    let mut webhook: Webhook = serde_yaml::from_str(include_str!("../examples/webhook.yaml")).unwrap();
     webhook.spec.secret_ref = Some(hookrelay::resources::SecretKeyRef {
         name: "mine".into(),
         key: "hmac".into(),
     });
-    webhooks
-        .create(&PostParams::default(), &webhook)
-        .await
-        .unwrap();
+    webhooks.create(&PostParams::default(), &webhook).await.unwrap();
     let name = webhook.name_any();
 
     let not_ready = wait_condition(&webhooks, &name, "Ready", "SecretNotFound").await;
@@ -394,16 +346,10 @@ async fn secret_ref_is_used_as_is_and_a_missing_one_is_reported() {
         )])),
         ..Default::default()
     };
-    let created = secrets_api
-        .create(&PostParams::default(), &mine)
-        .await
-        .unwrap();
+    let created = secrets_api.create(&PostParams::default(), &mine).await.unwrap();
     let ready = wait_condition(&webhooks, &name, "Ready", "Ready").await;
     let secret_ref = ready.status.unwrap().secret_ref.unwrap();
-    assert_eq!(
-        (secret_ref.name.as_str(), secret_ref.key.as_str()),
-        ("mine", "hmac")
-    );
+    assert_eq!((secret_ref.name.as_str(), secret_ref.key.as_str()), ("mine", "hmac"));
 
     bump_and_wait_reconciled(&webhooks, &name, "Example integration (own secret)").await;
     let after = secrets_api.get("mine").await.unwrap();
@@ -448,11 +394,7 @@ async fn unknown_hub_and_unknown_events_make_the_webhook_not_ready() {
         .into_iter()
         .find(|c| c.type_ == "Ready")
         .unwrap();
-    assert!(
-        ready.message.contains("shop.order.paid"),
-        "{}",
-        ready.message
-    );
+    assert!(ready.message.contains("shop.order.paid"), "{}", ready.message);
 
     // Declaring it on the hub makes it known.
     let hubs: Api<Hub> = env.api();

@@ -74,18 +74,13 @@ async fn valid_objects_are_accepted() {
         s["ingest"] = json!({ "tokenSecretRef": { "name": "t", "key": "token" } });
         s["customEvents"] = json!(["shop.order.paid"]);
         s["retry"] = json!({ "maxRetries": 18, "window": "12h" });
-        s["delivery"] = json!({ "timeout": "10s", "connectTimeout": "2s", "concurrencyPerWebhook": 8, "responseBodyLimit": 1024 });
+        s["delivery"] =
+            json!({ "timeout": "10s", "connectTimeout": "2s", "concurrencyPerWebhook": 8, "responseBodyLimit": 1024 });
         s["retention"] = json!({ "keepPerWebhook": 50, "maxAge": "72h" });
         s["signing"] = json!({ "header": "X-Signature", "rotationOverlap": "1h" });
-        s["egress"] =
-            json!({ "deniedNetworks": ["10.0.0.0/8"], "allowedNetworks": ["169.254.0.0/16"] });
+        s["egress"] = json!({ "deniedNetworks": ["10.0.0.0/8"], "allowedNetworks": ["169.254.0.0/16"] });
     });
-    for object in [
-        webhook("minimal", |_| {}),
-        everything,
-        hub("minimal", |_| {}),
-        full_hub,
-    ] {
+    for object in [webhook("minimal", |_| {}), everything, hub("minimal", |_| {}), full_hub] {
         let name = format!("{} {}", object["kind"], object["metadata"]["name"]);
         create(&env, object)
             .await
@@ -116,35 +111,23 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             webhook("nohost", |s| s["url"] = json!("http:///hook")),
             &["spec.url", "with a host"],
         ),
-        (
-            webhook("noevents", |s| s["events"] = json!([])),
-            &["spec.events"],
-        ),
+        (webhook("noevents", |s| s["events"] = json!([])), &["spec.events"]),
         (
             webhook("badevent", |s| s["events"] = json!(["Content Updated"])),
             &["spec.events[0]", "should match"],
         ),
         (
             webhook("dupevent", |s| {
-                s["events"] = json!([
-                    "dynamic-content.edition.published",
-                    "dynamic-content.edition.published"
-                ])
+                s["events"] = json!(["dynamic-content.edition.published", "dynamic-content.edition.published"])
             }),
             &["spec.events[1]", "Duplicate value"],
         ),
-        (
-            webhook("nolabel", |s| s["label"] = json!("")),
-            &["spec.label"],
-        ),
+        (webhook("nolabel", |s| s["label"] = json!("")), &["spec.label"]),
         (
             webhook("longlabel", |s| s["label"] = json!(long_label)),
             &["spec.label", "128"],
         ),
-        (
-            webhook("get", |s| s["method"] = json!("GET")),
-            &["spec.method", "POST"],
-        ),
+        (webhook("get", |s| s["method"] = json!("GET")), &["spec.method", "POST"]),
         (
             webhook("reserved", |s| {
                 s["headers"] = json!([{ "name": "Content-Type", "value": "text/plain" }])
@@ -196,11 +179,7 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         ),
         (
             webhook("nohub", |s| {
-                s.as_object_mut()
-                    .unwrap()
-                    .remove("hub")
-                    .map(drop)
-                    .unwrap_or(())
+                s.as_object_mut().unwrap().remove("hub").map(drop).unwrap_or(())
             }),
             &["spec.hub", "Required"],
         ),
@@ -209,9 +188,7 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             &["spec.customEvents[0]", "should match"],
         ),
         (
-            hub("cidr", |s| {
-                s["egress"] = json!({ "deniedNetworks": ["10.0.0.0/33"] })
-            }),
+            hub("cidr", |s| s["egress"] = json!({ "deniedNetworks": ["10.0.0.0/33"] })),
             &["spec.egress.deniedNetworks", "CIDR"],
         ),
         (
@@ -219,9 +196,7 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             &["spec.delivery.timeout", "between 1s and 5m"],
         ),
         (
-            hub("overlap", |s| {
-                s["signing"] = json!({ "rotationOverlap": "1000h" })
-            }),
+            hub("overlap", |s| s["signing"] = json!({ "rotationOverlap": "1000h" })),
             &["spec.signing.rotationOverlap", "720h"],
         ),
     ];
@@ -234,9 +209,7 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             object["metadata"]["name"].as_str().unwrap()
         );
         match create(&env, object).await {
-            Ok(()) => failures.push(format!(
-                "{name}: accepted, expected a rejection naming {expected:?}"
-            )),
+            Ok(()) => failures.push(format!("{name}: accepted, expected a rejection naming {expected:?}")),
             Err(message) => {
                 for text in expected {
                     if !message.contains(text) {

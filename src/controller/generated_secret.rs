@@ -50,11 +50,7 @@ pub(super) enum State {
 /// Brings the generated Secret to the desired state with at most one write.
 /// A user's edit of the value is kept; only a new rotation request or a
 /// missing value generates a new one.
-pub(super) async fn ensure(
-    api: &Api<Secret>,
-    desired: &Desired<'_>,
-    now: Timestamp,
-) -> Result<State, Error> {
+pub(super) async fn ensure(api: &Api<Secret>, desired: &Desired<'_>, now: Timestamp) -> Result<State, Error> {
     let Some(secret) = api.get_opt(&desired.name).await? else {
         let secret = secrets::build_generated(
             &desired.name,
@@ -90,30 +86,16 @@ pub(super) async fn ensure(
     let expires_at = secrets::previous_expires_at(&secret);
 
     if secrets::value(&secret, desired.key).is_none() {
-        merge(secrets::refill_patch(
-            &secret,
-            desired.key,
-            &secrets::generate(),
-        ))
-        .await?;
+        merge(secrets::refill_patch(&secret, desired.key, &secrets::generate())).await?;
         return Ok(State::Ready {
             change: Change::Refilled,
             rotated_for: handled,
             recheck_at: expires_at,
         });
     }
-    if let Some(request) = desired
-        .rotate_for
-        .filter(|r| Some(*r) != handled.as_deref())
-    {
+    if let Some(request) = desired.rotate_for.filter(|r| Some(*r) != handled.as_deref()) {
         let until = now + desired.overlap;
-        merge(secrets::rotation_patch(
-            &secret,
-            &secrets::generate(),
-            request,
-            until,
-        ))
-        .await?;
+        merge(secrets::rotation_patch(&secret, &secrets::generate(), request, until)).await?;
         return Ok(State::Ready {
             change: Change::Rotated,
             rotated_for: Some(request.to_string()),
@@ -144,10 +126,9 @@ pub(super) async fn check_user_secret(
 ) -> Result<Result<(), (&'static str, String)>, Error> {
     Ok(match api.get_opt(name).await? {
         None => Err(("SecretNotFound", format!("Secret {name} not found"))),
-        Some(s) if secrets::value(&s, key).is_none() => Err((
-            "SecretKeyMissing",
-            format!("Secret {name} has no non-empty key {key}"),
-        )),
+        Some(s) if secrets::value(&s, key).is_none() => {
+            Err(("SecretKeyMissing", format!("Secret {name} has no non-empty key {key}")))
+        }
         Some(_) => Ok(()),
     })
 }

@@ -4,8 +4,8 @@
 use super::generated_secret::{self, Change, Desired, State};
 use super::{Context, Error};
 use crate::resources::{
-    FIELD_MANAGER, HUB_LABEL, Hub, HubStatus, MANAGED_BY_LABEL, SECRET_PURPOSE_LABEL, SecretKeyRef,
-    Webhook, condition, conditions,
+    FIELD_MANAGER, HUB_LABEL, Hub, HubStatus, MANAGED_BY_LABEL, SECRET_PURPOSE_LABEL, SecretKeyRef, Webhook, condition,
+    conditions,
 };
 use crate::secrets;
 use jiff::Timestamp;
@@ -23,11 +23,7 @@ use std::time::Duration;
 /// The hubs that own or read a Secret, for re-reconciling them when it changes.
 pub fn using_secret(store: &Store<Hub>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<Hub>> {
     let (ns, name) = (secret.namespace(), secret.name_any());
-    let owners: Vec<&str> = secret
-        .owner_references()
-        .iter()
-        .map(|o| o.uid.as_str())
-        .collect();
+    let owners: Vec<&str> = secret.owner_references().iter().map(|o| o.uid.as_str()).collect();
     store
         .state()
         .iter()
@@ -55,17 +51,11 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
     let now = Timestamp::now();
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let (token_ref, problem, change) = match hub
-        .spec
-        .ingest
-        .as_ref()
-        .and_then(|i| i.token_secret_ref.as_ref())
-    {
+    let (token_ref, problem, change) = match hub.spec.ingest.as_ref().and_then(|i| i.token_secret_ref.as_ref()) {
         Some(user_ref) => {
-            let problem =
-                generated_secret::check_user_secret(&secrets_api, &user_ref.name, &user_ref.key)
-                    .await?
-                    .err();
+            let problem = generated_secret::check_user_secret(&secrets_api, &user_ref.name, &user_ref.key)
+                .await?
+                .err();
             (Some(user_ref.clone()), problem, Change::None)
         }
         None => {
@@ -103,13 +93,8 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
         }
     };
 
-    let (total, active) =
-        webhook_counts(ctx.webhooks.state().iter().map(|w| w.as_ref()), &ns, &name);
-    let previous = hub
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+    let (total, active) = webhook_counts(ctx.webhooks.state().iter().map(|w| w.as_ref()), &ns, &name);
+    let previous = hub.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = hub.metadata.generation;
     let ready = match &problem {
         None => condition(
@@ -140,10 +125,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
     };
 
     if matches!(change, Change::Created | Change::Refilled) {
-        let secret = token_ref
-            .as_ref()
-            .map(|r| r.name.as_str())
-            .unwrap_or_default();
+        let secret = token_ref.as_ref().map(|r| r.name.as_str()).unwrap_or_default();
         publish(
             &hub,
             &ctx,
@@ -169,12 +151,8 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
             "kind": Hub::kind(&()),
             "status": status,
         });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+            .await?;
     }
     ctx.backoff.succeeded(&super::backoff_key(hub.as_ref()));
     // Secret and webhook changes trigger reconciles; this is a safety net.
@@ -182,11 +160,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
 }
 
 /// (webhooks of the hub, of which active).
-fn webhook_counts<'a>(
-    webhooks: impl Iterator<Item = &'a Webhook>,
-    ns: &str,
-    hub: &str,
-) -> (u32, u32) {
+fn webhook_counts<'a>(webhooks: impl Iterator<Item = &'a Webhook>, ns: &str, hub: &str) -> (u32, u32) {
     webhooks
         .filter(|w| w.namespace().as_deref() == Some(ns) && w.spec.hub == hub)
         .fold((0, 0), |(total, active), w| {

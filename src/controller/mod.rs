@@ -5,7 +5,11 @@ mod generated_secret;
 pub mod hubs;
 pub mod webhooks;
 
+use crate::delivery::Engine;
+use crate::metrics::Metrics;
 use crate::resources::{Hub, Webhook};
+use crate::secret_cache::SecretCache;
+use crate::server::Readiness;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
@@ -17,6 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {
@@ -98,11 +103,7 @@ fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// Shared error policy: log the error kind (never a value), back off.
-fn error_policy<K: Resource<DynamicType = ()>>(
-    obj: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.backoff.failed(backoff_key(obj.as_ref()));
     tracing::warn!(
         kind = %K::kind(&()),
@@ -125,19 +126,21 @@ where
     }
 }
 
-/// Runs the Hub and Webhook reconcilers until `shutdown` resolves.
-/// `namespace` limits them to one namespace; `None` watches all.
-pub async fn run(
-    client: Client,
-    namespace: Option<&str>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
-    let hub_controller =
-        Controller::new(api::<Hub>(&client, namespace), watcher::Config::default());
-    let webhook_controller = Controller::new(
-        api::<Webhook>(&client, namespace),
-        watcher::Config::default(),
-    );
+/// Settings of `hookrelay controller`.
+pub struct Settings {
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub metrics_listen: std::net::SocketAddr,
+    /// Requests in flight at once, across all webhooks.
+    pub concurrency: usize,
+}
+
+/// Runs the reconcilers and the delivery engine until `shutdown` is cancelled.
+pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let namespace = settings.namespace.as_deref();
+    let hub_controller = Controller::new(api::<Hub>(&client, namespace), watcher::Config::default());
+    let webhook_controller = Controller::new(api::<Webhook>(&client, namespace), watcher::Config::default());
     let hubs = hub_controller.store();
     let webhooks = webhook_controller.store();
 
@@ -151,16 +154,6 @@ pub async fn run(
         let ns = webhook.namespace()?;
         Some(ObjectRef::<Hub>::new(&webhook.spec.hub).within(&ns))
     };
-
-    let ctx = Arc::new(Context::new(client.clone(), hubs.clone(), webhooks.clone()));
-    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
-        let mut rx = tx.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
-    };
-
     // Secrets are watched by metadata only (values never enter this cache):
     // a change to a generated or referenced Secret re-reconciles its users.
     let secret_metadata = || api::<PartialObjectMeta<Secret>>(&client, namespace);
@@ -173,52 +166,77 @@ pub async fn run(
         move |secret: PartialObjectMeta<Secret>| hubs::using_secret(&hubs, &secret)
     };
 
+    let ctx = Arc::new(Context::new(client.clone(), hubs.clone(), webhooks.clone()));
     let webhook_run = webhook_controller
-        .watches(
-            secret_metadata(),
-            watcher::Config::default(),
-            webhooks_of_secret,
-        )
+        .watches(secret_metadata(), watcher::Config::default(), webhooks_of_secret)
         .watches(
             api::<Hub>(&client, namespace),
             watcher::Config::default(),
             webhooks_of_hub,
         )
-        .graceful_shutdown_on(signal(&shutdown_tx))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(webhooks::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
     // Webhooks are judged against their hub: start them once the hub cache
     // is filled, so a webhook is never reported HubNotFound at start-up.
-    let webhook_run = async move {
-        if hubs.wait_until_ready().await.is_ok() {
-            webhook_run.await;
+    let webhook_run = {
+        let hubs = hubs.clone();
+        async move {
+            if hubs.wait_until_ready().await.is_ok() {
+                webhook_run.await;
+            }
         }
     };
     let hub_run = hub_controller
-        .watches(
-            secret_metadata(),
-            watcher::Config::default(),
-            hubs_of_secret,
-        )
+        .watches(secret_metadata(), watcher::Config::default(), hubs_of_secret)
         .watches(
             api::<Webhook>(&client, namespace),
             watcher::Config::default(),
             hub_of_webhook,
         )
-        .graceful_shutdown_on(signal(&shutdown_tx))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(hubs::reconcile, error_policy, ctx)
         .for_each(|_| async {});
 
-    tracing::info!(
-        namespace = namespace.unwrap_or("<all>"),
-        "reconcilers started"
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let secrets = SecretCache::new(client.clone());
+    tokio::spawn(secrets.clone().watch(settings.namespace.clone()));
+    let engine = Engine::new(
+        client.clone(),
+        webhooks.clone(),
+        hubs.clone(),
+        secrets,
+        metrics.clone(),
+        settings.concurrency,
     );
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = shutdown_tx.send(());
-    });
-    tokio::join!(webhook_run, hub_run);
-    tracing::info!("reconcilers stopped");
+    let engine_run = {
+        let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());
+        let namespace = settings.namespace.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            // Attempts read their webhook and hub from these caches.
+            if hubs.wait_until_ready().await.is_err() || webhooks.wait_until_ready().await.is_err() {
+                return;
+            }
+            readiness.set_ready();
+            tracing::info!("caches synced; delivering");
+            engine.run(namespace, shutdown.cancelled_owned()).await;
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(settings.metrics_listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
+    let ops = crate::server::serve(
+        listener,
+        crate::server::ops_routes(metrics, readiness),
+        shutdown.clone().cancelled_owned(),
+    );
+
+    tracing::info!(namespace = namespace.unwrap_or("<all>"), "controller started");
+    let (ops_result, ..) = tokio::join!(ops, webhook_run, hub_run, engine_run);
+    ops_result?;
+    tracing::info!("controller stopped");
     Ok(())
 }
 

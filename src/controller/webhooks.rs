@@ -6,9 +6,8 @@ use super::{Context, Error};
 use crate::events::unknown_subscriptions;
 use crate::resources::webhook::WebhookSpec;
 use crate::resources::{
-    FIELD_MANAGER, HUB_LABEL, Hub, MANAGED_BY_LABEL, ROTATE_SECRET_ANNOTATION,
-    SECRET_PURPOSE_LABEL, SecretKeyRef, WEBHOOK_LABEL, Webhook, WebhookStatus, condition,
-    conditions,
+    FIELD_MANAGER, HUB_LABEL, Hub, MANAGED_BY_LABEL, ROTATE_SECRET_ANNOTATION, SECRET_PURPOSE_LABEL, SecretKeyRef,
+    WEBHOOK_LABEL, Webhook, WebhookStatus, condition, conditions,
 };
 use crate::secrets;
 use jiff::Timestamp;
@@ -38,16 +37,9 @@ pub fn of_hub(store: &Store<Webhook>, hub: &Hub) -> Vec<ObjectRef<Webhook>> {
 }
 
 /// The webhooks that own or read a Secret, for re-reconciling them when it changes.
-pub fn using_secret(
-    store: &Store<Webhook>,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<Webhook>> {
+pub fn using_secret(store: &Store<Webhook>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<Webhook>> {
     let (ns, name) = (secret.namespace(), secret.name_any());
-    let owners: Vec<&str> = secret
-        .owner_references()
-        .iter()
-        .map(|o| o.uid.as_str())
-        .collect();
+    let owners: Vec<&str> = secret.owner_references().iter().map(|o| o.uid.as_str()).collect();
     store
         .state()
         .iter()
@@ -55,11 +47,10 @@ pub fn using_secret(
         .filter(|w| {
             w.uid().is_some_and(|uid| owners.contains(&uid.as_str()))
                 || w.spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
-                || w.spec.headers.iter().any(|h| {
-                    h.value_from
-                        .as_ref()
-                        .is_some_and(|v| v.secret_key_ref.name == name)
-                })
+                || w.spec
+                    .headers
+                    .iter()
+                    .any(|h| h.value_from.as_ref().is_some_and(|v| v.secret_key_ref.name == name))
         })
         .map(|w| ObjectRef::from_obj(w.as_ref()))
         .collect()
@@ -98,12 +89,8 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
             "kind": Webhook::kind(&()),
             "status": status,
         });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+            .await?;
     }
     ctx.backoff.succeeded(&super::backoff_key(webhook.as_ref()));
 
@@ -144,19 +131,14 @@ async fn signing_secret(
         namespace: ns,
         name: signing_secret_name(&name),
         key: secrets::CURRENT_KEY,
-        owner: webhook
-            .controller_owner_ref(&())
-            .ok_or(Error::NoNamespace)?,
+        owner: webhook.controller_owner_ref(&()).ok_or(Error::NoNamespace)?,
         labels: BTreeMap::from([
             (MANAGED_BY_LABEL.to_string(), "hookrelay".to_string()),
             (WEBHOOK_LABEL.to_string(), name.clone()),
             (HUB_LABEL.to_string(), webhook.spec.hub.clone()),
             (SECRET_PURPOSE_LABEL.to_string(), "signing".to_string()),
         ]),
-        rotate_for: webhook
-            .annotations()
-            .get(ROTATE_SECRET_ANNOTATION)
-            .map(String::as_str),
+        rotate_for: webhook.annotations().get(ROTATE_SECRET_ANNOTATION).map(String::as_str),
         overlap: hub
             .map(|h| h.spec.rotation_overlap())
             .unwrap_or(crate::resources::hub::DEFAULT_ROTATION_OVERLAP),
@@ -194,16 +176,9 @@ async fn signing_secret(
 }
 
 /// Why the webhook cannot deliver, if it cannot: (reason, message).
-fn not_ready_reason(
-    spec: &WebhookSpec,
-    hub: Option<&Hub>,
-    signing: &Signing,
-) -> Option<(&'static str, String)> {
+fn not_ready_reason(spec: &WebhookSpec, hub: Option<&Hub>, signing: &Signing) -> Option<(&'static str, String)> {
     let Some(hub) = hub else {
-        return Some((
-            "HubNotFound",
-            format!("Hub {} not found in this namespace", spec.hub),
-        ));
+        return Some(("HubNotFound", format!("Hub {} not found in this namespace", spec.hub)));
     };
     let unknown = unknown_subscriptions(&spec.events, &hub.spec.custom_events);
     if !unknown.is_empty() {
@@ -220,12 +195,7 @@ fn not_ready_reason(
 }
 
 /// The part of the status this reconciler owns.
-fn desired_status(
-    webhook: &Webhook,
-    hub: Option<&Hub>,
-    signing: &Signing,
-    now: &Timestamp,
-) -> WebhookStatus {
+fn desired_status(webhook: &Webhook, hub: Option<&Hub>, signing: &Signing, now: &Timestamp) -> WebhookStatus {
     let previous = webhook
         .status
         .as_ref()
@@ -242,15 +212,7 @@ fn desired_status(
             generation,
             now,
         ),
-        Some((reason, message)) => condition(
-            previous,
-            conditions::READY,
-            false,
-            reason,
-            message,
-            generation,
-            now,
-        ),
+        Some((reason, message)) => condition(previous, conditions::READY, false, reason, message, generation, now),
     };
     let active = if webhook.spec.active {
         condition(
@@ -293,17 +255,8 @@ fn status_is_current(current: Option<&WebhookStatus>, desired: &WebhookStatus) -
     })
 }
 
-async fn publish_events(
-    webhook: &Webhook,
-    signing: &Signing,
-    status: &WebhookStatus,
-    ctx: &Context,
-) {
-    let secret = signing
-        .secret_ref
-        .as_ref()
-        .map(|r| r.name.as_str())
-        .unwrap_or_default();
+async fn publish_events(webhook: &Webhook, signing: &Signing, status: &WebhookStatus, ctx: &Context) {
+    let secret = signing.secret_ref.as_ref().map(|r| r.name.as_str()).unwrap_or_default();
     let mut events = Vec::new();
     let normal = |reason: &str, note: String| (EventType::Normal, reason.to_string(), note);
     match signing.change {
@@ -324,10 +277,7 @@ async fn publish_events(
             .map(|c| c.reason.clone())
     };
     for c in &status.conditions {
-        if c.status == "False"
-            && was(&c.type_).as_deref() != Some(c.reason.as_str())
-            && c.type_ == conditions::READY
-        {
+        if c.status == "False" && was(&c.type_).as_deref() != Some(c.reason.as_str()) && c.type_ == conditions::READY {
             events.push((EventType::Warning, c.reason.clone(), c.message.clone()));
         }
     }
@@ -402,11 +352,7 @@ mod tests {
     }
 
     fn ready(status: &WebhookStatus) -> (&str, &str) {
-        let c = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let c = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         (c.status.as_str(), c.reason.as_str())
     }
 

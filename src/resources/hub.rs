@@ -119,10 +119,7 @@ pub struct SigningSettings {
     /// Name of the header carrying the body signature; default
     /// "X-Amplience-Webhook-Signature", which the CMS SDK verifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-    )]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
     pub header: Option<String>,
     /// How long a rotated secret's previous value still signs requests, so
     /// receivers can switch without dropping any. 0s to 720h; default "24h".

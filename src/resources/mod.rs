@@ -104,10 +104,7 @@ pub(crate) fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<Vec<Condition>>();
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert(
-        "x-kubernetes-list-map-keys".into(),
-        serde_json::json!(["type"]),
-    );
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema
 }
 
@@ -120,25 +117,9 @@ mod tests {
         let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: jiff::Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
         let first = condition(&[], "Ready", true, "Ok", "fine", Some(1), &t0);
-        let same = condition(
-            std::slice::from_ref(&first),
-            "Ready",
-            true,
-            "Ok",
-            "fine",
-            Some(2),
-            &t1,
-        );
+        let same = condition(std::slice::from_ref(&first), "Ready", true, "Ok", "fine", Some(2), &t1);
         assert_eq!(same.last_transition_time.0, t0);
-        let flipped = condition(
-            &[first],
-            "Ready",
-            false,
-            "HubNotFound",
-            "no hub",
-            Some(2),
-            &t1,
-        );
+        let flipped = condition(&[first], "Ready", false, "HubNotFound", "no hub", Some(2), &t1);
         assert_eq!(flipped.last_transition_time.0, t1);
         assert_eq!(flipped.status, "False");
     }

@@ -8,6 +8,8 @@
 //! ever skipped.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -42,8 +44,7 @@ pub fn cluster() -> &'static Cluster {
                 restricted_kubeconfig: None,
             };
         }
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/controlplane.sh");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/controlplane.sh");
         let out = Command::new("bash")
             .arg(&script)
             .arg("up")
@@ -63,11 +64,7 @@ pub fn cluster() -> &'static Cluster {
                 .expect("controlplane.sh up prints the kubeconfig path")
                 .trim(),
         );
-        assert!(
-            admin.is_file(),
-            "kubeconfig {} does not exist",
-            admin.display()
-        );
+        assert!(admin.is_file(), "kubeconfig {} does not exist", admin.display());
         let restricted = admin.with_file_name("restricted.kubeconfig");
         Cluster {
             admin_kubeconfig: admin,
@@ -77,8 +74,7 @@ pub fn cluster() -> &'static Cluster {
 }
 
 async fn client_from(path: &Path, impersonate: Option<&str>) -> Client {
-    let kubeconfig =
-        Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let kubeconfig = Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
@@ -107,10 +103,7 @@ impl TestEnv {
         let namespace = Namespace {
             metadata: ObjectMeta {
                 name: Some(ns.clone()),
-                labels: Some(BTreeMap::from([(
-                    "hookrelay.dev/test".to_string(),
-                    sanitize(test),
-                )])),
+                labels: Some(BTreeMap::from([("hookrelay.dev/test".to_string(), sanitize(test))])),
                 ..Default::default()
             },
             ..Default::default()
@@ -119,11 +112,7 @@ impl TestEnv {
             .create(&PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
-        TestEnv {
-            client,
-            ns,
-            cluster,
-        }
+        TestEnv { client, ns, cluster }
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -150,11 +139,47 @@ impl TestEnv {
 
     /// Starts `hookrelay controller` for this namespace, logging to a file.
     pub fn start_controller(&self) -> ChildProcess {
+        self.start_controller_with(&[])
+    }
+
+    /// Starts `hookrelay controller` with extra arguments.
+    pub fn start_controller_with(&self, extra: &[&str]) -> ChildProcess {
+        let mut args = vec!["controller", "--namespace", &self.ns, "--metrics-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
         ChildProcess::start(
             &format!("controller-{}", self.ns),
-            self.cluster,
-            &["controller", "--namespace", &self.ns],
+            &self.cluster.admin_kubeconfig,
+            &args,
         )
+    }
+
+    /// Starts `hookrelay ingest` for this namespace on a free loopback port
+    /// and waits until it serves; `kubeconfig` defaults to the admin one.
+    pub async fn start_ingest(&self, kubeconfig: Option<&Path>) -> Ingest {
+        let kubeconfig = kubeconfig.unwrap_or(&self.cluster.admin_kubeconfig);
+        let process = ChildProcess::start(
+            &format!("ingest-{}", self.ns),
+            kubeconfig,
+            &["ingest", "--namespace", &self.ns, "--listen", "127.0.0.1:0"],
+        );
+        let addr: String = eventually(Duration::from_secs(30), "ingest to listen", || async {
+            process.log_field("ingest listening", "listen")
+        })
+        .await;
+        let url = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "ingest /readyz", || async {
+            let ok = http
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success();
+            ok.then_some(())
+        })
+        .await;
+        Ingest { process, url, http }
     }
 }
 
@@ -196,8 +221,7 @@ async fn install_crds(client: &Client) {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let crd: CustomResourceDefinition =
-            serde::Deserialize::deserialize(doc).expect("a CRD document");
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).expect("a CRD document");
         let name = crd.name_any();
         crds.patch(
             &name,
@@ -206,18 +230,14 @@ async fn install_crds(client: &Client) {
         )
         .await
         .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-        eventually(
-            Duration::from_secs(30),
-            &format!("CRD {name} established"),
-            || async {
-                let crd = crds.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            },
-        )
+        eventually(Duration::from_secs(30), &format!("CRD {name} established"), || async {
+            let crd = crds.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
         .await;
     }
 }
@@ -242,6 +262,20 @@ where
     }
 }
 
+/// A running `hookrelay ingest`.
+pub struct Ingest {
+    pub process: ChildProcess,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Ingest {
+    /// The events URL of a hub.
+    pub fn events_url(&self, ns: &str, hub: &str) -> String {
+        format!("{}/v1/namespaces/{ns}/hubs/{hub}/events", self.url)
+    }
+}
+
 /// A `hookrelay` process started by a test; killed (by its pid) when dropped.
 pub struct ChildProcess {
     child: Child,
@@ -249,14 +283,15 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
-    pub fn start(name: &str, cluster: &Cluster, args: &[&str]) -> ChildProcess {
+    pub fn start(name: &str, kubeconfig: &Path, args: &[&str]) -> ChildProcess {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
             .args(args)
-            .env("KUBECONFIG", &cluster.admin_kubeconfig)
+            .args(["--log-format", "json"])
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,hookrelay=debug,kube=info")
             .env("RUST_BACKTRACE", "0")
             .stdout(file.try_clone().expect("log file"))
@@ -273,6 +308,16 @@ impl ChildProcess {
     /// Everything the process has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of `field` in the first JSON log line whose message is `message`.
+    pub fn log_field(&self, message: &str, field: &str) -> Option<String> {
+        self.logs().lines().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v["message"] == message)
+                .then(|| v[field].as_str().map(str::to_string))
+                .flatten()
+        })
     }
 
     /// SIGKILL, as a crash would.

@@ -1,0 +1,101 @@
+//! Request signatures: the CMS's body signature and Standard Webhooks'.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The CMS signature (`X-Amplience-Webhook-Signature`): base64 of
+/// HMAC-SHA256 over the exact body bytes, keyed with the secret's UTF-8 bytes.
+/// Byte-compatible with the CMS SDK's `WebhookSignature.calculate`.
+pub fn body_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// The key Standard Webhooks libraries derive from `whsec_<secret>`: the
+/// base64 decoding of the secret. A secret that is not valid base64 (a value
+/// a user chose) is used as raw bytes, which is what receivers then configure.
+pub fn standard_webhooks_key(secret: &str) -> Vec<u8> {
+    STANDARD.decode(secret).unwrap_or_else(|_| secret.as_bytes().to_vec())
+}
+
+/// One Standard Webhooks signature, `v1,<base64 HMAC-SHA256(key,
+/// "{id}.{timestamp}.{body}")>`.
+pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(&standard_webhooks_key(secret)).expect("any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The `webhook-signature` header: the current secret's signature, then the
+/// previous one's while a rotation overlap lasts, space-separated.
+pub fn standard_signature_header(secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .map(|s| standard_signature(s, id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_signature_matches_a_known_vector() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let sig = body_signature("Jefe", b"what do ya want for nothing?");
+        let expected = STANDARD.encode(
+            [
+                0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95, 0x75, 0xc7, 0x5a,
+                0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43,
+            ]
+            .as_slice(),
+        );
+        assert_eq!(sig, expected);
+    }
+
+    #[test]
+    fn body_signature_covers_the_exact_bytes_including_non_ascii() {
+        let body = "{\"name\":\"dynamic-content.content-item.updated\",\"payload\":{\"label\":\"Grüße 🌍\"}}";
+        let a = body_signature("secret", body.as_bytes());
+        let b = body_signature("secret", body.replace("🌍", "🌎").as_bytes());
+        assert_ne!(a, b);
+        assert_eq!(a, body_signature("secret", body.as_bytes()));
+    }
+
+    #[test]
+    fn standard_signature_matches_the_specification_example() {
+        // The example from the Standard Webhooks specification.
+        let sig = standard_signature(
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn rotation_header_carries_both_signatures_newest_first() {
+        let header = standard_signature_header(&["bmV3", "b2xk"], "id", 1, b"{}");
+        let parts: Vec<_> = header.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], standard_signature("bmV3", "id", 1, b"{}"));
+        assert_eq!(parts[1], standard_signature("b2xk", "id", 1, b"{}"));
+    }
+
+    #[test]
+    fn non_base64_secrets_are_used_as_raw_bytes() {
+        assert_eq!(standard_webhooks_key("not base64!"), b"not base64!".to_vec());
+        assert_eq!(standard_webhooks_key("aGk="), b"hi".to_vec());
+    }
+}

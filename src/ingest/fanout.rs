@@ -1,0 +1,219 @@
+//! Fan-out: which webhooks an event triggers, and the Delivery each gets.
+
+use crate::events::subscription_matches;
+use crate::filters;
+use crate::resources::delivery::{Delivery, DeliverySpec, EventRef};
+use crate::resources::{HUB_LABEL, MANAGED_BY_LABEL, WEBHOOK_LABEL, Webhook};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Label on a Delivery naming its event (when the name fits in a label value).
+pub const EVENT_LABEL: &str = "hookrelay.dev/event";
+
+/// The webhooks of `hub` in `ns` that `event` triggers: active, subscribed
+/// (exactly or by wildcard), and passing their filters. A webhook whose
+/// filter path is invalid is skipped (its Ready condition says why).
+pub fn select<'a>(
+    webhooks: impl IntoIterator<Item = &'a Webhook>,
+    ns: &str,
+    hub: &str,
+    name: &str,
+    document: &Value,
+) -> Vec<&'a Webhook> {
+    let mut selected: Vec<&Webhook> = webhooks
+        .into_iter()
+        .filter(|w| w.namespace().as_deref() == Some(ns) && w.spec.hub == hub && w.spec.active)
+        .filter(|w| w.spec.events.iter().any(|s| subscription_matches(s, name)))
+        .filter(|w| filters::matches(&w.spec.filters, document).unwrap_or(false))
+        .collect();
+    selected.sort_by_key(|w| w.name_any());
+    selected
+}
+
+/// The Delivery name for (event id, webhook): deterministic, so a repeated
+/// ingest of the same event is idempotent. The webhook's name leads, for
+/// people reading `kubectl get deliveries`.
+pub fn delivery_name(event_id: &str, webhook: &Webhook) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(event_id.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(webhook.uid().unwrap_or_default().as_bytes());
+    let digest: String = hasher.finalize()[..10].iter().map(|b| format!("{b:02x}")).collect();
+    let name = webhook.name_any();
+    let prefix: String = name.chars().take(40).collect();
+    format!("{}-{digest}", prefix.trim_end_matches(['-', '.']))
+}
+
+/// The Delivery of `event` for `webhook`, owned by the webhook so it goes
+/// when the webhook goes.
+pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &Value, received_at: Timestamp) -> Delivery {
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), "hookrelay".to_string()),
+        (HUB_LABEL.to_string(), webhook.spec.hub.clone()),
+        (WEBHOOK_LABEL.to_string(), webhook.name_any()),
+    ]);
+    if name.len() <= 63 {
+        labels.insert(EVENT_LABEL.to_string(), name.to_string());
+    }
+    let owner = webhook.controller_owner_ref(&()).map(|mut o| {
+        // Ingest may not hold the finalizers permission blockOwnerDeletion needs.
+        o.block_owner_deletion = None;
+        o
+    });
+    Delivery {
+        metadata: ObjectMeta {
+            name: Some(delivery_name(event_id, webhook)),
+            namespace: webhook.namespace(),
+            labels: Some(labels),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: DeliverySpec {
+            webhook: webhook.name_any(),
+            hub: webhook.spec.hub.clone(),
+            event: EventRef {
+                id: event_id.to_string(),
+                name: name.to_string(),
+                received_at: Time(received_at),
+            },
+            payload: payload.clone(),
+        },
+        status: None,
+    }
+}
+
+/// The event as filters see it.
+pub fn document(id: &str, name: &str, payload: &Value) -> Value {
+    json!({ "id": id, "name": name, "payload": payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::webhook::{WebhookFilter, WebhookSpec};
+
+    fn webhook(name: &str, hub: &str, events: &[&str], active: bool, filters: Vec<WebhookFilter>) -> Webhook {
+        let mut w = Webhook::new(
+            name,
+            WebhookSpec {
+                hub: hub.into(),
+                label: name.into(),
+                url: "http://127.0.0.1:1/h".into(),
+                events: events.iter().map(|s| s.to_string()).collect(),
+                active,
+                method: Default::default(),
+                headers: vec![],
+                filters,
+                custom_payload: None,
+                secret_ref: None,
+                retry: None,
+            },
+        );
+        w.metadata.namespace = Some("ns".into());
+        w.metadata.uid = Some(format!("uid-{name}"));
+        w
+    }
+
+    #[test]
+    fn selects_active_subscribed_webhooks_of_the_hub_passing_filters() {
+        let locale = |v: &str| WebhookFilter {
+            path: "$.payload.locale".into(),
+            equal: Some(v.into()),
+            in_: None,
+        };
+        let hooks = [
+            webhook("exact", "main", &["dynamic-content.content-item.updated"], true, vec![]),
+            webhook("wildcard", "main", &["dynamic-content.content-item.*"], true, vec![]),
+            webhook(
+                "inactive",
+                "main",
+                &["dynamic-content.content-item.updated"],
+                false,
+                vec![],
+            ),
+            webhook(
+                "other-hub",
+                "other",
+                &["dynamic-content.content-item.updated"],
+                true,
+                vec![],
+            ),
+            webhook(
+                "other-event",
+                "main",
+                &["dynamic-content.edition.published"],
+                true,
+                vec![],
+            ),
+            webhook(
+                "filtered-in",
+                "main",
+                &["dynamic-content.content-item.updated"],
+                true,
+                vec![locale("en-GB")],
+            ),
+            webhook(
+                "filtered-out",
+                "main",
+                &["dynamic-content.content-item.updated"],
+                true,
+                vec![locale("de-DE")],
+            ),
+        ];
+        let doc = document(
+            "e1",
+            "dynamic-content.content-item.updated",
+            &json!({ "locale": "en-GB" }),
+        );
+        let names: Vec<String> = select(&hooks, "ns", "main", "dynamic-content.content-item.updated", &doc)
+            .iter()
+            .map(|w| w.name_any())
+            .collect();
+        assert_eq!(names, vec!["exact", "filtered-in", "wildcard"]);
+        assert!(
+            select(
+                &hooks,
+                "elsewhere",
+                "main",
+                "dynamic-content.content-item.updated",
+                &doc
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn delivery_names_are_deterministic_per_event_and_webhook() {
+        let a = webhook("shop", "main", &["x.y"], true, vec![]);
+        let b = webhook("blog", "main", &["x.y"], true, vec![]);
+        assert_eq!(delivery_name("e1", &a), delivery_name("e1", &a));
+        assert_ne!(delivery_name("e1", &a), delivery_name("e2", &a));
+        assert_ne!(delivery_name("e1", &a), delivery_name("e1", &b));
+        assert!(delivery_name("e1", &a).starts_with("shop-"));
+        let long = webhook(&format!("{}-x", "a".repeat(39)), "main", &["x.y"], true, vec![]);
+        let n = delivery_name("e1", &long);
+        assert!(n.len() <= 63 && !n.contains("--"), "{n}");
+    }
+
+    #[test]
+    fn delivery_is_labelled_and_owned_by_its_webhook() {
+        let w = webhook("shop", "main", &["x.y"], true, vec![]);
+        let d = build(
+            &w,
+            "e1",
+            "dynamic-content.content-item.updated",
+            &json!({"id": 1}),
+            Timestamp::now(),
+        );
+        assert_eq!(d.labels()[WEBHOOK_LABEL], "shop");
+        assert_eq!(d.labels()[HUB_LABEL], "main");
+        assert_eq!(d.labels()[EVENT_LABEL], "dynamic-content.content-item.updated");
+        assert_eq!(d.owner_references()[0].uid, "uid-shop");
+        assert_eq!(d.spec.event.id, "e1");
+        assert!(d.status.is_none());
+    }
+}

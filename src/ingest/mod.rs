@@ -1,0 +1,342 @@
+//! `hookrelay ingest`: the HTTP endpoint the CMS posts events to. It
+//! authenticates the hub's bearer token, validates the event, selects the
+//! subscribed webhooks from watched caches and stores one Delivery per
+//! webhook, answering 202 only once all are stored.
+
+pub mod event;
+pub mod fanout;
+
+use crate::events::is_known_event;
+use crate::metrics::{CodeLabel, Metrics};
+use crate::resources::delivery::Delivery;
+use crate::resources::{Hub, Webhook};
+use crate::secret_cache::SecretCache;
+use crate::secrets;
+use crate::server::{self, Readiness};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// Largest event body accepted unless configured otherwise.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// How long storing the Deliveries may take before ingest answers 503.
+const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a 503 asks the CMS to wait before retrying.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub body_limit: usize,
+    pub namespace: Option<String>,
+}
+
+struct Ingest {
+    client: Client,
+    hubs: Store<Hub>,
+    webhooks: Store<Webhook>,
+    secrets: Arc<SecretCache>,
+    metrics: Arc<Metrics>,
+    body_limit: usize,
+}
+
+/// Starts a reflector for `K` and returns its store; the watch runs on a task.
+pub fn watched<K>(api: Api<K>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
+        .touched_objects()
+        .for_each(|_| async {});
+    tokio::spawn(stream);
+    store
+}
+
+fn namespaced_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the ingest server until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ns = settings.namespace.as_deref();
+    let hubs = watched(namespaced_api::<Hub>(&client, ns));
+    let webhooks = watched(namespaced_api::<Webhook>(&client, ns));
+    let secrets = SecretCache::new(client.clone());
+    tokio::spawn(secrets.clone().watch(settings.namespace.clone()));
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    {
+        let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());
+        tokio::spawn(async move {
+            if hubs.wait_until_ready().await.is_ok() && webhooks.wait_until_ready().await.is_ok() {
+                readiness.set_ready();
+                tracing::info!("ingest caches synced; ready");
+            }
+        });
+    }
+    let state = Arc::new(Ingest {
+        client,
+        hubs,
+        webhooks,
+        secrets,
+        metrics: metrics.clone(),
+        body_limit: settings.body_limit,
+    });
+    let router = Router::new()
+        .route("/v1/namespaces/{namespace}/hubs/{hub}/events", post(receive))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+        .merge(server::ops_routes(metrics, readiness));
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, "ingest listening");
+    server::serve(listener, router, shutdown).await?;
+    Ok(())
+}
+
+/// An error answer: a status, a stable code and a message saying what is wrong.
+struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            axum::Json(json!({ "error": self.code, "message": self.message })),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+async fn receive(
+    State(ingest): State<Arc<Ingest>>,
+    Path((namespace, hub)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = match accept(&ingest, &namespace, &hub, &headers, body).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
+        Err(problem) => {
+            if problem.status.is_server_error() {
+                tracing::warn!(namespace, hub, code = problem.code, message = %problem.message, "event not accepted");
+            } else {
+                tracing::debug!(namespace, hub, code = problem.code, message = %problem.message, "event rejected");
+            }
+            problem.into_response()
+        }
+    };
+    let code = response.status().as_u16().to_string();
+    ingest.metrics.ingest_requests.get_or_create(&CodeLabel { code }).inc();
+    response
+}
+
+async fn accept(
+    ingest: &Ingest,
+    namespace: &str,
+    hub_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<serde_json::Value, Problem> {
+    let hub = ingest
+        .hubs
+        .get(&ObjectRef::new(hub_name).within(namespace))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "HubNotFound",
+                format!("Hub {hub_name} not found in namespace {namespace}"),
+            )
+        })?;
+    authenticate(ingest, &hub, namespace, headers).await?;
+
+    let body = axum::body::to_bytes(body, ingest.body_limit).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TooLarge",
+            format!("the event body exceeds the limit of {} bytes", ingest.body_limit),
+        )
+    })?;
+    let incoming = event::parse(headers, &body).map_err(|rejection| match rejection {
+        event::Rejection::MediaType(_) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            rejection.to_string(),
+        ),
+        event::Rejection::Json(_) => Problem::new(StatusCode::BAD_REQUEST, "MalformedJson", rejection.to_string()),
+        event::Rejection::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, "InvalidEvent", rejection.to_string()),
+    })?;
+    if !is_known_event(&incoming.name, hub.spec.custom_events.iter().map(String::as_str)) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownEvent",
+            format!(
+                "unknown event name {:?}: not a built-in event and not in Hub {hub_name}'s spec.customEvents",
+                incoming.name
+            ),
+        ));
+    }
+
+    let generated_id = incoming.id.is_none();
+    let id = incoming.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let received_at = Timestamp::now();
+    let document = fanout::document(&id, &incoming.name, &incoming.payload);
+    let webhooks = ingest.webhooks.state();
+    let selected = fanout::select(
+        webhooks.iter().map(|w| w.as_ref()),
+        namespace,
+        hub_name,
+        &incoming.name,
+        &document,
+    );
+    let deliveries: Vec<Delivery> = selected
+        .iter()
+        .map(|w| fanout::build(w, &id, &incoming.name, &incoming.payload, received_at))
+        .collect();
+
+    store(ingest, namespace, &deliveries, generated_id).await?;
+    ingest.metrics.ingest_deliveries_created.inc_by(deliveries.len() as u64);
+    let names: Vec<String> = deliveries.iter().map(|d| d.name_any()).collect();
+    tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
+    Ok(json!({ "id": id, "name": incoming.name, "deliveries": names }))
+}
+
+/// Checks the bearer token against the hub's, in constant time.
+async fn authenticate(ingest: &Ingest, hub: &Hub, namespace: &str, headers: &HeaderMap) -> Result<(), Problem> {
+    let unauthorized = || {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a valid bearer token of the hub is required",
+        )
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(unauthorized)?;
+    let token_ref = hub
+        .spec
+        .ingest
+        .as_ref()
+        .and_then(|i| i.token_secret_ref.clone())
+        .or_else(|| hub.status.as_ref().and_then(|s| s.ingest_token_secret_ref.clone()))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "HubNotReady",
+                "the hub has no ingest token yet; is the controller running?",
+            )
+        })?;
+    let secret = ingest
+        .secrets
+        .get(namespace, &token_ref.name)
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ApiUnavailable",
+                format!("cannot read the hub's token Secret: {e}"),
+            )
+        })?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "HubNotReady",
+                format!("the hub's token Secret {} does not exist", token_ref.name),
+            )
+        })?;
+    let expected = secrets::value(&secret, &token_ref.key).ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "HubNotReady",
+            format!("the hub's token Secret {} has no key {}", token_ref.name, token_ref.key),
+        )
+    })?;
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+/// Creates every Delivery; an existing one (a repeated event) counts as
+/// stored. If any cannot be stored the event is not accepted, and when ingest
+/// chose its id (the sender cannot repeat it) the ones created are removed.
+async fn store(ingest: &Ingest, namespace: &str, deliveries: &[Delivery], generated_id: bool) -> Result<(), Problem> {
+    let api: Api<Delivery> = Api::namespaced(ingest.client.clone(), namespace);
+    let creates = deliveries.iter().map(|d| {
+        let api = api.clone();
+        async move {
+            match tokio::time::timeout(STORE_TIMEOUT, api.create(&PostParams::default(), d)).await {
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(kube::Error::Api(e))) if e.code == 409 => Ok(false),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", STORE_TIMEOUT.as_secs())),
+            }
+        }
+    });
+    let results = futures::future::join_all(creates).await;
+    let Some(error) = results.iter().find_map(|r| r.as_ref().err()).cloned() else {
+        return Ok(());
+    };
+    if generated_id {
+        for (d, r) in deliveries.iter().zip(&results) {
+            if matches!(r, Ok(true)) {
+                let _ = api.delete(&d.name_any(), &DeleteParams::default()).await;
+            }
+        }
+    }
+    Err(Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ApiUnavailable",
+        format!("the Kubernetes API server could not store the event ({error}); retry later"),
+    ))
+}

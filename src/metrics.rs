@@ -1,0 +1,118 @@
+//! Prometheus metrics, served on `/metrics` by the controller and by ingest.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+/// Every metric of hookrelay; each process registers and updates its own.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Finished deliveries by outcome (Succeeded, Failed, Cancelled).
+    pub deliveries: Family<OutcomeLabel, Counter>,
+    /// Attempts by result (success, http_error, timeout, connection_error, denied, not_sent).
+    pub attempts: Family<ResultLabel, Counter>,
+    /// Seconds from the event's acceptance to the first attempt's start.
+    pub event_to_first_attempt: Histogram,
+    /// Deliveries waiting for an attempt or in flight.
+    pub pending: Gauge,
+    /// Webhooks by state (active, inactive).
+    pub webhooks: Family<StateLabel, Gauge>,
+    /// Ingest requests by HTTP status code.
+    pub ingest_requests: Family<CodeLabel, Counter>,
+    /// Deliveries created by ingest.
+    pub ingest_deliveries_created: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("hookrelay");
+        let deliveries = Family::<OutcomeLabel, Counter>::default();
+        let attempts = Family::<ResultLabel, Counter>::default();
+        let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let event_to_first_attempt = Histogram::new(buckets);
+        let pending = Gauge::default();
+        let webhooks = Family::<StateLabel, Gauge>::default();
+        let ingest_requests = Family::<CodeLabel, Counter>::default();
+        let ingest_deliveries_created = Counter::default();
+        registry.register("deliveries", "Finished deliveries by outcome", deliveries.clone());
+        registry.register("delivery_attempts", "Delivery attempts by result", attempts.clone());
+        registry.register(
+            "event_to_first_attempt_seconds",
+            "Time from accepting an event to starting its first attempt",
+            event_to_first_attempt.clone(),
+        );
+        registry.register(
+            "deliveries_pending",
+            "Deliveries waiting for an attempt or in flight",
+            pending.clone(),
+        );
+        registry.register("webhooks", "Webhooks by state", webhooks.clone());
+        registry.register(
+            "ingest_requests",
+            "Ingest requests by HTTP status",
+            ingest_requests.clone(),
+        );
+        registry.register(
+            "ingest_deliveries_created",
+            "Deliveries created by ingest",
+            ingest_deliveries_created.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            deliveries,
+            attempts,
+            event_to_first_attempt,
+            pending,
+            webhooks,
+            ingest_requests,
+            ingest_deliveries_created,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    pub fn delivery_finished(&self, outcome: &str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn attempt(&self, result: &str) {
+        self.attempts
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+}

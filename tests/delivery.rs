@@ -1,0 +1,522 @@
+//! Ingest → Delivery → signed HTTP request, against the real API server with
+//! `hookrelay controller` and `hookrelay ingest` running as processes and a
+//! receiver on loopback.
+
+mod support;
+
+use base64::Engine as _;
+use hookrelay::delivery::signing;
+use hookrelay::resources::delivery::Phase;
+use hookrelay::resources::webhook::{HeaderValueSource, HttpMethod, WebhookFilter, WebhookHeader, WebhookSpec};
+use hookrelay::resources::{Delivery, Hub, SecretKeyRef, Webhook};
+use hookrelay::secrets;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::receiver::{Receiver, Reply};
+use support::{ChildProcess, Ingest, TestEnv, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A hub, the controller and ingest, ready to take events.
+struct Stack {
+    env: TestEnv,
+    controller: ChildProcess,
+    ingest: Ingest,
+    token: String,
+}
+
+impl Stack {
+    async fn start(test: &str) -> Stack {
+        let env = TestEnv::new(test).await;
+        let controller = env.start_controller();
+        let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
+        env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
+        let token = hub_token(&env, "main").await;
+        let ingest = env.start_ingest(None).await;
+        Stack {
+            env,
+            controller,
+            ingest,
+            token,
+        }
+    }
+
+    /// Creates a webhook and waits until it is Ready; returns its signing secret.
+    async fn webhook(&self, name: &str, spec: WebhookSpec) -> String {
+        let api: Api<Webhook> = self.env.api();
+        api.create(&PostParams::default(), &Webhook::new(name, spec))
+            .await
+            .unwrap();
+        let ready = eventually(WAIT, &format!("webhook {name} Ready"), || async {
+            let w = api.get(name).await.ok()?;
+            let ok = w
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ok.then_some(w)
+        })
+        .await;
+        let r = ready.status.unwrap().secret_ref.unwrap();
+        let secret = self.env.api::<Secret>().get(&r.name).await.unwrap();
+        secrets::value(&secret, &r.key).unwrap().to_string()
+    }
+
+    async fn post(&self, body: Value) -> (u16, Value) {
+        self.post_raw(
+            "main",
+            Some(&self.token),
+            "application/json",
+            body.to_string().into_bytes(),
+            &[],
+        )
+        .await
+    }
+
+    async fn post_raw(
+        &self,
+        hub: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .ingest
+            .http
+            .post(self.ingest.events_url(&self.env.ns, hub))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("ingest answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn delivery_done(&self, name: &str) -> Delivery {
+        let api: Api<Delivery> = self.env.api();
+        eventually(WAIT, &format!("delivery {name} to finish"), || async {
+            let d = api.get(name).await.ok()?;
+            d.status.as_ref().is_some_and(|s| s.phase.is_finished()).then_some(d)
+        })
+        .await
+    }
+
+    fn logs(&self) -> String {
+        format!("{}\n{}", self.controller.logs(), self.ingest.process.logs())
+    }
+
+    async fn cleanup(self) {
+        self.env.cleanup().await;
+    }
+}
+
+async fn hub_token(env: &TestEnv, hub: &str) -> String {
+    let hubs: Api<Hub> = env.api();
+    let r = eventually(WAIT, "the hub's ingest token", || async {
+        hubs.get(hub).await.ok()?.status?.ingest_token_secret_ref
+    })
+    .await;
+    let secret = env.api::<Secret>().get(&r.name).await.unwrap();
+    secrets::value(&secret, &r.key).unwrap().to_string()
+}
+
+fn spec(url: String, events: &[&str]) -> WebhookSpec {
+    WebhookSpec {
+        hub: "main".into(),
+        label: "Test".into(),
+        url,
+        events: events.iter().map(|s| s.to_string()).collect(),
+        active: true,
+        method: HttpMethod::Post,
+        headers: vec![],
+        filters: vec![],
+        custom_payload: None,
+        secret_ref: None,
+        retry: None,
+    }
+}
+
+fn deliveries_of(answer: &Value) -> Vec<String> {
+    answer["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_event_is_delivered_signed_and_recorded() {
+    let stack = Stack::start("an_event_is_delivered_signed").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default("/hook", Reply::status(200).header("x-handler", "ok").body("thanks"));
+    let secret = stack
+        .webhook(
+            "shop",
+            spec(receiver.url("/hook"), &["dynamic-content.content-item.updated"]),
+        )
+        .await;
+
+    let payload = json!({ "id": "c-1", "label": "Grüße aus Köln 🌍", "version": 7 });
+    let (status, answer) = stack
+        .post(json!({ "name": "dynamic-content.content-item.updated", "payload": payload }))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let names = deliveries_of(&answer);
+    assert_eq!(names.len(), 1);
+
+    let got = receiver.wait_for("/hook", 1, WAIT).await;
+    let request = &got[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(
+        request.json(),
+        json!({ "name": "dynamic-content.content-item.updated", "payload": payload })
+    );
+    // The CMS signature, recomputed from the Secret over the exact bytes.
+    let expected = signing::body_signature(&secret, &request.body);
+    assert_eq!(request.header("x-amplience-webhook-signature"), Some(expected.as_str()));
+    // Standard Webhooks, verified as a receiver library would.
+    assert_eq!(request.header("webhook-id"), Some(names[0].as_str()));
+    let timestamp: i64 = request.header("webhook-timestamp").unwrap().parse().unwrap();
+    assert!((jiff::Timestamp::now().as_second() - timestamp).abs() < 120);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&secret)
+        .expect("secrets are base64-decodable");
+    let signed = format!("{}.{}.", names[0], timestamp).into_bytes();
+    let mut message = signed.clone();
+    message.extend_from_slice(&request.body);
+    let mac = {
+        use hmac::Mac;
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        m.update(&message);
+        base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+    };
+    assert_eq!(request.header("webhook-signature"), Some(format!("v1,{mac}").as_str()));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert!(request.header("user-agent").unwrap().starts_with("hookrelay/"));
+
+    // The Delivery records the request and the response ("View details").
+    let delivery = stack.delivery_done(&names[0]).await;
+    let status = delivery.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded);
+    assert_eq!(status.attempt_count, 1);
+    assert_eq!(status.last_status_code, Some(200));
+    let attempt = &status.attempts[0];
+    assert_eq!(attempt.request.url, receiver.url("/hook"));
+    assert!(
+        attempt
+            .request
+            .headers
+            .iter()
+            .any(|h| h.name == "webhook-id" && h.value == names[0])
+    );
+    let response = attempt.response.as_ref().unwrap();
+    assert_eq!(response.body, "thanks");
+    assert!(
+        response
+            .headers
+            .iter()
+            .any(|h| h.name == "x-handler" && h.value == "ok")
+    );
+    assert_eq!(delivery.spec.payload, payload);
+
+    // The Webhook's history shows it (written coalesced, shortly after).
+    let webhooks: Api<Webhook> = stack.env.api();
+    let history = eventually(WAIT, "the webhook's recent deliveries", || async {
+        let s = webhooks.get("shop").await.ok()?.status?;
+        (s.succeeded == Some(1)).then_some(s)
+    })
+    .await;
+    assert_eq!(history.last_delivery.as_ref().unwrap().id, names[0]);
+    assert_eq!(history.recent_deliveries[0].status_code, Some(200));
+    assert_eq!(history.recent_deliveries[0].outcome, Phase::Succeeded);
+
+    let logs = stack.logs();
+    assert!(!logs.contains(&secret), "the signing secret appears in the logs");
+    assert!(!logs.contains(&stack.token), "the ingest token appears in the logs");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn ingest_rejects_bad_requests_clearly_and_is_idempotent() {
+    let stack = Stack::start("ingest_rejects_bad_requests").await;
+    let receiver = Receiver::start().await;
+    stack
+        .webhook("all", spec(receiver.url("/all"), &["dynamic-content.*"]))
+        .await;
+    let event = |name: &str| json!({ "name": name, "payload": {} }).to_string().into_bytes();
+    let ok = "dynamic-content.edition.scheduled";
+
+    let (s, body) = stack
+        .post_raw("main", Some("wrong"), "application/json", event(ok), &[])
+        .await;
+    assert_eq!((s, body["error"].as_str()), (401, Some("Unauthorized")));
+    let (s, _) = stack.post_raw("main", None, "application/json", event(ok), &[]).await;
+    assert_eq!(s, 401);
+    let (s, body) = stack
+        .post_raw("nohub", Some(&stack.token), "application/json", event(ok), &[])
+        .await;
+    assert_eq!(s, 404);
+    assert!(body["message"].as_str().unwrap().contains("nohub"), "{body}");
+    let (s, body) = stack
+        .post_raw(
+            "main",
+            Some(&stack.token),
+            "application/json",
+            event("dynamic-content.edition.exploded"),
+            &[],
+        )
+        .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("UnknownEvent")));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("dynamic-content.edition.exploded"),
+        "{body}"
+    );
+    let big = json!({ "name": ok, "payload": { "blob": "x".repeat(2 * 1024 * 1024) } })
+        .to_string()
+        .into_bytes();
+    let (s, body) = stack
+        .post_raw("main", Some(&stack.token), "application/json", big, &[])
+        .await;
+    assert_eq!((s, body["error"].as_str()), (413, Some("TooLarge")));
+    let (s, body) = stack
+        .post_raw(
+            "main",
+            Some(&stack.token),
+            "application/json",
+            b"{\"name\": ".to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("MalformedJson")));
+    let (s, body) = stack
+        .post_raw("main", Some(&stack.token), "text/plain", event(ok), &[])
+        .await;
+    assert_eq!((s, body["error"].as_str()), (415, Some("UnsupportedMediaType")));
+    let (s, body) = stack
+        .post_raw("main", Some(&stack.token), "application/json", b"{}".to_vec(), &[])
+        .await;
+    assert_eq!(s, 400);
+    assert!(body["message"].as_str().unwrap().contains("name is required"), "{body}");
+
+    // CloudEvents, structured and binary.
+    let structured = json!({ "specversion": "1.0", "id": "ce-1", "source": "/cms", "type": ok, "data": { "a": 1 } });
+    let (s, body) = stack
+        .post_raw(
+            "main",
+            Some(&stack.token),
+            "application/cloudevents+json",
+            structured.to_string().into_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!((s, body["id"].as_str()), (202, Some("ce-1")), "{body}");
+    let binary = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "ce-2"),
+        ("ce-source", "/cms"),
+        ("ce-type", ok),
+    ];
+    let (s, body) = stack
+        .post_raw(
+            "main",
+            Some(&stack.token),
+            "application/json",
+            b"{\"b\":2}".to_vec(),
+            &binary,
+        )
+        .await;
+    assert_eq!((s, body["id"].as_str()), (202, Some("ce-2")), "{body}");
+
+    // The same event id twice: the same delivery names, one Delivery.
+    let with_id = json!({ "id": "evt-42", "name": ok, "payload": {} });
+    let (s1, first) = stack.post(with_id.clone()).await;
+    let (s2, second) = stack.post(with_id).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(deliveries_of(&first), deliveries_of(&second));
+    let list = stack.env.api::<Delivery>().list(&ListParams::default()).await.unwrap();
+    let for_event: Vec<_> = list.items.iter().filter(|d| d.spec.event.id == "evt-42").collect();
+    assert_eq!(for_event.len(), 1);
+    // Three events accepted, three requests.
+    receiver.wait_for("/all", 3, WAIT).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn selection_templates_headers_and_methods() {
+    let stack = Stack::start("selection_templates_headers").await;
+    let receiver = Receiver::start().await;
+    let secrets_api: Api<Secret> = stack.env.api();
+    let api_key = "header-secret-value-123";
+    let key_secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("shop-api".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "key".to_string(),
+            ByteString(api_key.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secrets_api.create(&PostParams::default(), &key_secret).await.unwrap();
+
+    let updated = "dynamic-content.content-item.updated";
+    let mut inactive = spec(receiver.url("/inactive"), &[updated]);
+    inactive.active = false;
+    stack
+        .env
+        .api::<Webhook>()
+        .create(&PostParams::default(), &Webhook::new("inactive", inactive))
+        .await
+        .unwrap();
+    stack
+        .webhook(
+            "wildcard",
+            spec(receiver.url("/wildcard"), &["dynamic-content.content-item.*"]),
+        )
+        .await;
+    stack
+        .webhook(
+            "other-event",
+            spec(receiver.url("/other"), &["dynamic-content.edition.published"]),
+        )
+        .await;
+    let mut filtered = spec(receiver.url("/german"), &[updated]);
+    filtered.filters = vec![WebhookFilter {
+        path: "$.payload.locale".into(),
+        equal: None,
+        in_: Some(vec!["de-DE".into()]),
+    }];
+    stack.webhook("german", filtered).await;
+    let mut templated = spec(receiver.url("/templated"), &[updated]);
+    templated.method = HttpMethod::Put;
+    templated.custom_payload = Some(r#"{"item": {{json payload.id}}, "event": "{{name}}"}"#.into());
+    templated.headers = vec![
+        WebhookHeader {
+            name: "X-Api-Key".into(),
+            value: None,
+            value_from: Some(HeaderValueSource {
+                secret_key_ref: SecretKeyRef {
+                    name: "shop-api".into(),
+                    key: "key".into(),
+                },
+            }),
+        },
+        WebhookHeader {
+            name: "X-Team".into(),
+            value: Some("content".into()),
+            value_from: None,
+        },
+    ];
+    stack.webhook("templated", templated).await;
+    for (name, method) in [("patch", HttpMethod::Patch), ("delete", HttpMethod::Delete)] {
+        let mut s = spec(receiver.url(&format!("/{name}")), &[updated]);
+        s.method = method;
+        stack.webhook(name, s).await;
+    }
+
+    let (status, answer) = stack
+        .post(json!({ "name": updated, "payload": { "id": "c-9", "locale": "en-GB" } }))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let mut names = deliveries_of(&answer);
+    names.sort();
+    assert_eq!(names.len(), 4, "wildcard, templated, patch, delete: {names:?}");
+    for name in &names {
+        assert_eq!(stack.delivery_done(name).await.status.unwrap().phase, Phase::Succeeded);
+    }
+    assert!(
+        receiver.received("/inactive").is_empty(),
+        "inactive webhooks are not triggered"
+    );
+    assert!(receiver.received("/other").is_empty());
+    assert!(receiver.received("/german").is_empty(), "the filter excludes en-GB");
+
+    let templated = &receiver.received("/templated")[0];
+    assert_eq!(templated.method, "PUT");
+    assert_eq!(templated.json(), json!({ "item": "c-9", "event": updated }));
+    assert_eq!(templated.header("x-api-key"), Some(api_key));
+    assert_eq!(templated.header("x-team"), Some("content"));
+    assert_eq!(receiver.received("/patch")[0].method, "PATCH");
+    assert_eq!(receiver.received("/delete")[0].method, "DELETE");
+    assert_eq!(receiver.received("/wildcard").len(), 1);
+
+    // A German event reaches the filtered webhook.
+    let (status, answer) = stack
+        .post(json!({ "name": updated, "payload": { "id": "c-10", "locale": "de-DE" } }))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(deliveries_of(&answer).len(), 5);
+    receiver.wait_for("/german", 1, WAIT).await;
+
+    // The secret header is redacted in the recorded request.
+    let templated_delivery = names.iter().find(|n| n.starts_with("templated-")).unwrap();
+    let d = stack.delivery_done(templated_delivery).await;
+    let recorded = &d.status.unwrap().attempts[0].request.headers;
+    assert!(
+        recorded
+            .iter()
+            .any(|h| h.name == "X-Api-Key" && h.value == "<redacted>"),
+        "{recorded:?}"
+    );
+    assert!(recorded.iter().any(|h| h.name == "X-Team" && h.value == "content"));
+    let all_deliveries = stack.env.api::<Delivery>().list(&ListParams::default()).await.unwrap();
+    assert!(!serde_json::to_string(&all_deliveries.items).unwrap().contains(api_key));
+    assert!(
+        !stack.logs().contains(api_key),
+        "a secret header value appears in the logs"
+    );
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_slow_webhook_does_not_delay_another() {
+    let stack = Stack::start("a_slow_webhook_does_not_delay").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default("/slow", Reply::status(200).delayed(Duration::from_secs(5)));
+    let event = "dynamic-content.edition.published";
+    stack.webhook("slow", spec(receiver.url("/slow"), &[event])).await;
+    stack.webhook("fast", spec(receiver.url("/fast"), &[event])).await;
+
+    // More events than the slow webhook's concurrency (4): its queue backs up.
+    let started = Instant::now();
+    for i in 0..10 {
+        let (status, _) = stack
+            .post(json!({ "id": format!("e{i}"), "name": event, "payload": { "n": i } }))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let fast = receiver.wait_for("/fast", 10, WAIT).await;
+    let last_fast = fast.iter().map(|r| r.at).max().unwrap();
+    // All ten reached the fast webhook before the first slow answer could
+    // have come back, so none waited behind the slow one.
+    assert!(
+        last_fast.duration_since(started) < Duration::from_secs(5),
+        "fast deliveries took {:?}",
+        last_fast.duration_since(started)
+    );
+    let slow_in_flight = receiver.received("/slow").len();
+    assert!(
+        (1..=4).contains(&slow_in_flight),
+        "the slow webhook gets at most 4 at once, got {slow_in_flight}"
+    );
+    receiver.wait_for("/slow", 10, Duration::from_secs(90)).await;
+    stack.cleanup().await;
+}

@@ -1,0 +1,174 @@
+//! A webhook receiver for tests: listens on loopback, records every request
+//! and answers with replies the test scripts per path (status, delay,
+//! headers), changeable mid-flight.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+            headers: vec![],
+            body: String::new(),
+        }
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+#[derive(Default)]
+struct Book {
+    received: Vec<Received>,
+    scripted: HashMap<String, VecDeque<Reply>>,
+    defaults: HashMap<String, Reply>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    book: Arc<Mutex<Book>>,
+}
+
+impl Receiver {
+    /// Starts on 127.0.0.1 with a free port; every path answers 200 until scripted.
+    pub async fn start() -> Receiver {
+        let book = Arc::new(Mutex::new(Book::default()));
+        let app = Router::new().fallback(answer).with_state(book.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the receiver");
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+        Receiver { addr, book }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replies to the next requests on `path`, in order; then the default.
+    pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.book
+            .lock()
+            .unwrap()
+            .scripted
+            .entry(path.into())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// The reply once the script of `path` is used up.
+    pub fn set_default(&self, path: &str, reply: Reply) {
+        self.book.lock().unwrap().defaults.insert(path.into(), reply);
+    }
+
+    pub fn received(&self, path: &str) -> Vec<Received> {
+        self.book
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub fn all_received(&self) -> Vec<Received> {
+        self.book.lock().unwrap().received.clone()
+    }
+
+    /// Waits until `path` got at least `n` requests.
+    pub async fn wait_for(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
+        super::eventually(timeout, &format!("{n} requests on {path}"), || async {
+            let got = self.received(path);
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+}
+
+async fn answer(
+    State(book): State<Arc<Mutex<Book>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let reply = {
+        let mut book = book.lock().unwrap();
+        book.received.push(Received {
+            method,
+            path: path.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        let scripted = book.scripted.get_mut(&path).and_then(|q| q.pop_front());
+        scripted
+            .or_else(|| book.defaults.get(&path).cloned())
+            .unwrap_or(Reply::status(200))
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(&value).unwrap(),
+        );
+    }
+    response
+}
