@@ -7,156 +7,18 @@ mod support;
 use base64::Engine as _;
 use hookrelay::delivery::signing;
 use hookrelay::resources::delivery::Phase;
-use hookrelay::resources::webhook::{HeaderValueSource, HttpMethod, WebhookFilter, WebhookHeader, WebhookSpec};
-use hookrelay::resources::{Delivery, Hub, SecretKeyRef, Webhook};
-use hookrelay::secrets;
+use hookrelay::resources::webhook::{HeaderValueSource, HttpMethod, WebhookFilter, WebhookHeader};
+use hookrelay::resources::{Delivery, SecretKeyRef, Webhook};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::eventually;
 use support::receiver::{Receiver, Reply};
-use support::{ChildProcess, Ingest, TestEnv, eventually};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// A hub, the controller and ingest, ready to take events.
-struct Stack {
-    env: TestEnv,
-    controller: ChildProcess,
-    ingest: Ingest,
-    token: String,
-}
-
-impl Stack {
-    async fn start(test: &str) -> Stack {
-        let env = TestEnv::new(test).await;
-        let controller = env.start_controller();
-        let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
-        env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
-        let token = hub_token(&env, "main").await;
-        let ingest = env.start_ingest(None).await;
-        Stack {
-            env,
-            controller,
-            ingest,
-            token,
-        }
-    }
-
-    /// Creates a webhook and waits until it is Ready; returns its signing secret.
-    async fn webhook(&self, name: &str, spec: WebhookSpec) -> String {
-        let api: Api<Webhook> = self.env.api();
-        api.create(&PostParams::default(), &Webhook::new(name, spec))
-            .await
-            .unwrap();
-        let ready = eventually(WAIT, &format!("webhook {name} Ready"), || async {
-            let w = api.get(name).await.ok()?;
-            let ok = w
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ok.then_some(w)
-        })
-        .await;
-        let r = ready.status.unwrap().secret_ref.unwrap();
-        let secret = self.env.api::<Secret>().get(&r.name).await.unwrap();
-        secrets::value(&secret, &r.key).unwrap().to_string()
-    }
-
-    async fn post(&self, body: Value) -> (u16, Value) {
-        self.post_raw(
-            "main",
-            Some(&self.token),
-            "application/json",
-            body.to_string().into_bytes(),
-            &[],
-        )
-        .await
-    }
-
-    async fn post_raw(
-        &self,
-        hub: &str,
-        token: Option<&str>,
-        content_type: &str,
-        body: Vec<u8>,
-        headers: &[(&str, &str)],
-    ) -> (u16, Value) {
-        let mut request = self
-            .ingest
-            .http
-            .post(self.ingest.events_url(&self.env.ns, hub))
-            .header("content-type", content_type)
-            .body(body);
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
-        }
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let response = request.send().await.expect("ingest answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn delivery_done(&self, name: &str) -> Delivery {
-        let api: Api<Delivery> = self.env.api();
-        eventually(WAIT, &format!("delivery {name} to finish"), || async {
-            let d = api.get(name).await.ok()?;
-            d.status.as_ref().is_some_and(|s| s.phase.is_finished()).then_some(d)
-        })
-        .await
-    }
-
-    fn logs(&self) -> String {
-        format!("{}\n{}", self.controller.logs(), self.ingest.process.logs())
-    }
-
-    async fn cleanup(self) {
-        self.env.cleanup().await;
-    }
-}
-
-async fn hub_token(env: &TestEnv, hub: &str) -> String {
-    let hubs: Api<Hub> = env.api();
-    let r = eventually(WAIT, "the hub's ingest token", || async {
-        hubs.get(hub).await.ok()?.status?.ingest_token_secret_ref
-    })
-    .await;
-    let secret = env.api::<Secret>().get(&r.name).await.unwrap();
-    secrets::value(&secret, &r.key).unwrap().to_string()
-}
-
-fn spec(url: String, events: &[&str]) -> WebhookSpec {
-    WebhookSpec {
-        hub: "main".into(),
-        label: "Test".into(),
-        url,
-        events: events.iter().map(|s| s.to_string()).collect(),
-        active: true,
-        method: HttpMethod::Post,
-        headers: vec![],
-        filters: vec![],
-        custom_payload: None,
-        secret_ref: None,
-        retry: None,
-    }
-}
-
-fn deliveries_of(answer: &Value) -> Vec<String> {
-    answer["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect()
-}
+use support::stack::{Stack, WAIT, deliveries_of, spec};
 
 #[tokio::test]
 async fn an_event_is_delivered_signed_and_recorded() {

@@ -8,7 +8,9 @@
 //! ever skipped.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod receiver;
+pub mod stack;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
