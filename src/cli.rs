@@ -43,8 +43,27 @@ struct ControllerArgs {
     /// its hub's `delivery.concurrencyPerWebhook` limit).
     #[arg(long, env = "HOOKRELAY_CONCURRENCY", default_value_t = 64)]
     concurrency: usize,
+    /// Elect a leader with a Lease so several replicas can run; only the
+    /// leader reconciles and delivers.
+    #[arg(long, env = "HOOKRELAY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else --namespace, else "default").
+    #[arg(long, env = "HOOKRELAY_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// How long the lease lasts without renewal; longer than any hub's
+    /// delivery timeout. A new leader takes over within this time.
+    #[arg(long, env = "HOOKRELAY_LEASE_DURATION", default_value = "20s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
     #[command(flatten)]
     logging: Logging,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: kube::core::Duration = s.parse().map_err(|e| format!("{e} (use e.g. \"20s\" or \"1m\")"))?;
+    if d.is_negative() {
+        return Err("must not be negative".into());
+    }
+    Ok(d.into())
 }
 
 #[derive(Args, Debug)]
@@ -70,10 +89,21 @@ impl Cli {
                 tracing::info!(version = crate::VERSION, "starting controller");
                 // The cluster comes from KUBECONFIG or the in-cluster service account.
                 let client = kube::Client::try_default().await?;
+                let leader_election = args.leader_elect.then(|| crate::leader::Settings {
+                    namespace: args
+                        .leader_election_namespace
+                        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                        .or_else(|| args.namespace.clone())
+                        .unwrap_or_else(|| "default".into()),
+                    name: "hookrelay-controller".into(),
+                    identity: identity(),
+                    lease_duration: args.lease_duration,
+                });
                 let settings = crate::controller::Settings {
                     namespace: args.namespace,
                     metrics_listen: args.metrics_listen,
                     concurrency: args.concurrency,
+                    leader_election,
                 };
                 let shutdown = CancellationToken::new();
                 tokio::spawn({
@@ -106,6 +136,14 @@ impl Cli {
             }
         }
     }
+}
+
+/// Who this replica is in leader election: its Pod's name, else host and pid.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "hookrelay".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a Pod).

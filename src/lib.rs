@@ -10,6 +10,7 @@ pub mod egress;
 pub mod events;
 pub mod filters;
 pub mod ingest;
+pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod secret_cache;

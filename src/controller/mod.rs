@@ -2,6 +2,7 @@
 //! Hubs and Webhooks in line with their specs.
 
 mod generated_secret;
+use crate::leader;
 pub mod hubs;
 pub mod webhooks;
 
@@ -134,10 +135,68 @@ pub struct Settings {
     pub metrics_listen: std::net::SocketAddr,
     /// Requests in flight at once, across all webhooks.
     pub concurrency: usize,
+    /// Lease-based leader election; `None` runs as the only replica.
+    pub leader_election: Option<leader::Settings>,
 }
 
-/// Runs the reconcilers and the delivery engine until `shutdown` is cancelled.
+/// Serves the operational endpoints, waits to lead (with leader election),
+/// then reconciles and delivers until `shutdown` is cancelled. Losing the
+/// lease ends the process with an error, so Kubernetes restarts it as a
+/// candidate (as client-go's leader election does).
 pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let listener = tokio::net::TcpListener::bind(settings.metrics_listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
+    let ops = tokio::spawn(crate::server::serve(
+        listener,
+        crate::server::ops_routes(metrics.clone(), readiness.clone()),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    let Some(election) = settings.leader_election.clone() else {
+        lead(client, &settings, metrics, readiness, shutdown).await;
+        ops.await??;
+        return Ok(());
+    };
+    // A follower is ready: it is doing what it should, waiting.
+    readiness.set_ready();
+    let mut elector = leader::Elector::new(client.clone(), election);
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    let work = shutdown.child_token();
+    let lost = CancellationToken::new();
+    let holding = tokio::spawn(elector.hold(work.clone(), lost.clone()));
+    {
+        let (work, lost) = (work.clone(), lost.clone());
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            work.cancel();
+        });
+    }
+    lead(client, &settings, metrics, Readiness::default(), work.clone()).await;
+    work.cancel();
+    let mut elector = holding.await?;
+    if lost.is_cancelled() {
+        anyhow::bail!("lost the leader lease; exiting so a new candidate takes over");
+    }
+    // Work is stopped and recorded: hand the lease over at once.
+    elector.release().await;
+    ops.await??;
+    Ok(())
+}
+
+/// Reconciles and delivers until `stop` is cancelled.
+async fn lead(
+    client: Client,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
+    let shutdown = stop;
     let namespace = settings.namespace.as_deref();
     let hub_controller = Controller::new(api::<Hub>(&client, namespace), watcher::Config::default());
     let webhook_controller = Controller::new(api::<Webhook>(&client, namespace), watcher::Config::default());
@@ -198,8 +257,6 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
         .run(hubs::reconcile, error_policy, ctx)
         .for_each(|_| async {});
 
-    let metrics = Metrics::new();
-    let readiness = Readiness::default();
     let secrets = SecretCache::new(client.clone());
     tokio::spawn(secrets.clone().watch(settings.namespace.clone()));
     let engine = Engine::new(
@@ -225,19 +282,9 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
         }
     };
 
-    let listener = tokio::net::TcpListener::bind(settings.metrics_listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
-    let ops = crate::server::serve(
-        listener,
-        crate::server::ops_routes(metrics, readiness),
-        shutdown.clone().cancelled_owned(),
-    );
-
     tracing::info!(namespace = namespace.unwrap_or("<all>"), "controller started");
-    let (ops_result, ..) = tokio::join!(ops, webhook_run, hub_run, engine_run);
-    ops_result?;
+    tokio::join!(webhook_run, hub_run, engine_run);
     tracing::info!("controller stopped");
-    Ok(())
 }
 
 #[cfg(test)]

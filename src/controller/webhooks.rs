@@ -82,6 +82,18 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
     let status = desired_status(&webhook, hub.as_deref(), &signing, &now);
 
     publish_events(&webhook, &signing, &status, &ctx).await;
+    let deactivated = webhook
+        .status
+        .as_ref()
+        .is_some_and(|s| s.deactivation.is_some() || s.deactivated_at.is_some());
+    if webhook.spec.active && deactivated {
+        // Reactivated by the user: the controller's record of why it
+        // deactivated the webhook no longer applies.
+        let api: Api<Webhook> = Api::namespaced(ctx.client.clone(), &ns);
+        let clear = serde_json::json!({ "status": { "deactivation": null, "deactivatedAt": null } });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(clear))
+            .await?;
+    }
     if !status_is_current(webhook.status.as_ref(), &status) {
         let api: Api<Webhook> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({
@@ -277,8 +289,22 @@ async fn publish_events(webhook: &Webhook, signing: &Signing, status: &WebhookSt
             .map(|c| c.reason.clone())
     };
     for c in &status.conditions {
-        if c.status == "False" && was(&c.type_).as_deref() != Some(c.reason.as_str()) && c.type_ == conditions::READY {
-            events.push((EventType::Warning, c.reason.clone(), c.message.clone()));
+        let changed = was(&c.type_).as_deref() != Some(c.reason.as_str());
+        match (c.type_.as_str(), c.status.as_str()) {
+            (conditions::READY, "False") if changed => {
+                events.push((EventType::Warning, c.reason.clone(), c.message.clone()))
+            }
+            // The controller's own deactivations publish their Warning
+            // where they happen; here only the user's switches.
+            (conditions::ACTIVE, "True") if changed && was(&c.type_).is_some() => events.push(normal(
+                "Reactivated",
+                "spec.active is true: events trigger this webhook again".into(),
+            )),
+            (conditions::ACTIVE, "False") if changed && c.reason == "Deactivated" => events.push(normal(
+                "Deactivated",
+                "spec.active is false: events do not trigger this webhook".into(),
+            )),
+            _ => {}
         }
     }
     let reference = webhook.object_ref(&());

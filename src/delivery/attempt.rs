@@ -6,8 +6,8 @@ use super::http::{ClientKey, Limits};
 use super::request::{self, DEFAULT_SIGNATURE_HEADER, Outgoing, ResolvedHeader, SigningKeys};
 use super::retry::{self, Next, Schedule};
 use crate::egress;
-use crate::resources::delivery::{Attempt, Delivery, DeliveryStatus, Phase, RecordedRequest};
-use crate::resources::webhook::DeliverySummary;
+use crate::resources::delivery::{Attempt, Delivery, DeliveryStatus, Phase, REDELIVER_ANNOTATION, RecordedRequest};
+use crate::resources::webhook::{Deactivation, DeliverySummary};
 use crate::resources::{Hub, Webhook};
 use crate::secrets;
 use jiff::Timestamp;
@@ -60,10 +60,22 @@ impl Settings {
 
 /// What an attempt did, for the engine.
 pub enum Done {
-    /// The attempt was recorded; this is the Delivery as stored.
-    Recorded(Box<Delivery>),
+    /// The attempt was recorded; this is the Delivery as stored, and the
+    /// deactivation its outcome calls for, if any.
+    Recorded(Box<Delivery>, Option<Deactivation>),
     /// Nothing to do: the Delivery is gone.
     Gone,
+}
+
+/// Reasons the controller deactivates a webhook.
+pub const RETRIES_EXHAUSTED: &str = "RetriesExhausted";
+pub const GONE: &str = "Gone";
+
+/// The redelivery request on a Delivery not yet acted on, if any.
+pub fn redelivery_request(delivery: &Delivery) -> Option<&str> {
+    let requested = delivery.annotations().get(REDELIVER_ANNOTATION)?;
+    let handled = delivery.status.as_ref().and_then(|s| s.redelivered_for.as_deref());
+    (handled != Some(requested.as_str())).then_some(requested.as_str())
 }
 
 /// Why an attempt could not be recorded (it will be made again).
@@ -78,16 +90,23 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
     let ns = delivery.namespace().unwrap_or_default();
     let name = delivery.name_any();
     let mut status = delivery.status.clone().unwrap_or_default();
+    if let Some(request) = redelivery_request(delivery) {
+        // A manual redelivery: a new round of attempts under the same id,
+        // recorded after the earlier ones.
+        status.redelivered_for = Some(request.to_string());
+        status.round_start = Some(status.attempt_count + 1);
+        status.phase = Phase::Pending;
+        status.completed_at = None;
+        status.message = None;
+    }
     let webhook = engine.webhooks.get(&ObjectRef::new(&delivery.spec.webhook).within(&ns));
 
-    let Some(webhook) = webhook.filter(|w| w.spec.active) else {
-        // Never send for a deleted or inactive webhook.
-        let message = "webhook is inactive or deleted; the delivery was not sent";
-        status.phase = Phase::Cancelled;
-        status.completed_at = Some(Time(Timestamp::now()));
-        status.next_attempt_at = None;
-        status.message = Some(message.to_string());
-        return record(engine, delivery, &ns, &name, status, None).await;
+    let webhook = match webhook {
+        Some(w) => match engine.inactive_reason(&w) {
+            None => w,
+            Some(why) => return cancel(engine, delivery, &ns, &name, status, why).await,
+        },
+        None => return cancel(engine, delivery, &ns, &name, status, "the webhook was deleted".into()).await,
     };
     let hub = engine.hubs.get(&ObjectRef::new(&webhook.spec.hub).within(&ns));
     let settings = Settings::resolve(&webhook, hub.as_deref());
@@ -148,30 +167,56 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
     status.last_status_code = status_code;
 
     let now = Timestamp::now();
-    if status_code.is_some_and(|c| (200..300).contains(&c)) {
-        status.phase = Phase::Succeeded;
+    let round_start = status.round_start.unwrap_or(1);
+    let mut deactivation = None;
+    let mut fail = |status: &mut DeliveryStatus, reason: &str, message: String| {
+        status.phase = Phase::Failed;
         status.next_attempt_at = None;
         status.completed_at = Some(Time(now));
-        status.message = None;
-    } else {
-        let round_started = status.attempts.first().map(|a| a.time.0).unwrap_or(started_at);
-        let elapsed = Duration::try_from(now.duration_since(round_started)).unwrap_or_default();
-        let honoured = retry_after.filter(|_| matches!(status_code, Some(429 | 503)));
-        match retry::next(&settings.schedule, number, elapsed, honoured, rand::random::<f64>()) {
-            Next::RetryIn(delay) => {
-                status.phase = Phase::Retrying;
-                status.next_attempt_at = Some(Time(now + delay));
-                status.message = None;
-            }
-            Next::GiveUp => {
-                status.phase = Phase::Failed;
-                status.next_attempt_at = None;
-                status.completed_at = Some(Time(now));
-                status.message = Some(format!(
-                    "gave up after {number} attempts ({} retries within {}s allowed)",
-                    settings.schedule.max_retries,
-                    settings.schedule.window.as_secs()
-                ));
+        status.message = Some(message.clone());
+        deactivation = Some(Deactivation {
+            reason: reason.into(),
+            message,
+            delivery: name.clone(),
+        });
+    };
+    match status_code {
+        Some(200..=299) => {
+            status.phase = Phase::Succeeded;
+            status.next_attempt_at = None;
+            status.completed_at = Some(Time(now));
+            status.message = None;
+        }
+        // REST Hooks: 410 Gone means the subscription is to be removed.
+        Some(410) => fail(
+            &mut status,
+            GONE,
+            format!("delivery {name}: the handler answered 410 Gone; the webhook is deactivated"),
+        ),
+        _ => {
+            let round_started = status
+                .attempts
+                .get(round_start as usize - 1)
+                .map(|a| a.time.0)
+                .unwrap_or(started_at);
+            let elapsed = Duration::try_from(now.duration_since(round_started)).unwrap_or_default();
+            let honoured = retry_after.filter(|_| matches!(status_code, Some(429 | 503)));
+            let in_round = number + 1 - round_start;
+            match retry::next(&settings.schedule, in_round, elapsed, honoured, rand::random::<f64>()) {
+                Next::RetryIn(delay) => {
+                    status.phase = Phase::Retrying;
+                    status.next_attempt_at = Some(Time(now + delay));
+                    status.message = None;
+                }
+                Next::GiveUp => fail(
+                    &mut status,
+                    RETRIES_EXHAUSTED,
+                    format!(
+                        "delivery {name} failed after {in_round} attempts ({} retries within {}s allowed); the webhook is deactivated",
+                        settings.schedule.max_retries,
+                        settings.schedule.window.as_secs()
+                    ),
+                ),
             }
         }
     }
@@ -183,7 +228,35 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
         status_code,
         outcome: status.phase,
     };
-    record(engine, delivery, &ns, &name, status, Some(summary)).await
+    let done = record(engine, delivery, &ns, &name, status, Some(summary)).await?;
+    Ok(match done {
+        Done::Recorded(stored, _) => Done::Recorded(stored, deactivation),
+        Done::Gone => Done::Gone,
+    })
+}
+
+/// Records that the delivery was not sent because its webhook is inactive.
+async fn cancel(
+    engine: &Engine,
+    delivery: &Delivery,
+    ns: &str,
+    name: &str,
+    mut status: DeliveryStatus,
+    why: String,
+) -> Result<Done, Error> {
+    status.phase = Phase::Cancelled;
+    status.completed_at = Some(Time(Timestamp::now()));
+    status.next_attempt_at = None;
+    status.message = Some(format!("not sent: {why}"));
+    let summary = DeliverySummary {
+        id: name.to_string(),
+        event: delivery.spec.event.name.clone(),
+        time: Time(Timestamp::now()),
+        attempts: status.attempt_count,
+        status_code: status.last_status_code,
+        outcome: Phase::Cancelled,
+    };
+    record(engine, delivery, ns, name, status, Some(summary)).await
 }
 
 /// The single status write of an attempt.
@@ -214,7 +287,7 @@ async fn record(
     if let Some(summary) = summary {
         engine.summaries.record(ns, &delivery.spec.webhook, summary, finished);
     }
-    Ok(Done::Recorded(Box::new(stored)))
+    Ok(Done::Recorded(Box::new(stored), None))
 }
 
 /// A label for the attempts metric.

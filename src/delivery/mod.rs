@@ -9,20 +9,28 @@
 pub mod attempt;
 pub mod http;
 pub mod request;
+pub mod retention;
 pub mod retry;
 pub mod signing;
 pub mod summary;
 
 use crate::metrics::Metrics;
 use crate::resources::delivery::{Delivery, Phase};
+use crate::resources::webhook::Deactivation;
 use crate::resources::{Hub, Webhook};
 use crate::secret_cache::SecretCache;
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
@@ -32,6 +40,8 @@ use tokio_util::time::{DelayQueue, delay_queue};
 pub const DEFAULT_CONCURRENCY_PER_WEBHOOK: u32 = 4;
 /// Wait before re-making an attempt whose result could not be recorded.
 const RECORD_RETRY: Duration = Duration::from_secs(5);
+/// How often finished Deliveries are checked against the retention policy.
+const RETENTION_SWEEP: Duration = Duration::from_secs(5);
 
 type Key = (String, String);
 
@@ -46,7 +56,18 @@ pub struct Engine {
     pub(crate) summaries: summary::Summaries,
     global: Arc<Semaphore>,
     per_webhook: Mutex<HashMap<Key, (u32, Arc<Semaphore>)>>,
+    /// Webhooks this engine deactivated: treated as inactive until the cache
+    /// shows a generation newer than the deactivating write (`None` while
+    /// that write is under way), so no attempt slips out in between.
+    deactivated: Mutex<HashMap<Key, (Option<i64>, String)>>,
+    recorder: Recorder,
+    /// Set on shutdown: attempts not yet started are not started.
+    stopping: AtomicBool,
+    global_size: usize,
 }
+
+/// How long shutdown waits for attempts in flight to be recorded.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Where a tracked delivery is.
 enum Slot {
@@ -58,8 +79,12 @@ enum Slot {
     InFlight { latest: Option<Arc<Delivery>> },
 }
 
-/// When `delivery` should next be attempted, or `None` if it is finished.
+/// When `delivery` should next be attempted, or `None` if it is finished
+/// (and no redelivery was asked for).
 pub fn due_at(delivery: &Delivery) -> Option<Timestamp> {
+    if attempt::redelivery_request(delivery).is_some() {
+        return Some(Timestamp::UNIX_EPOCH);
+    }
     match delivery.status.as_ref() {
         None => Some(Timestamp::UNIX_EPOCH),
         Some(s) if s.phase.is_finished() => None,
@@ -83,6 +108,13 @@ impl Engine {
         metrics: Arc<Metrics>,
         global_concurrency: usize,
     ) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "hookrelay".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
         Arc::new(Self {
             summaries: summary::Summaries::new(client.clone(), webhooks.clone()),
             client,
@@ -93,7 +125,92 @@ impl Engine {
             metrics,
             global: Arc::new(Semaphore::new(global_concurrency.max(1))),
             per_webhook: Mutex::default(),
+            deactivated: Mutex::default(),
+            recorder,
+            stopping: AtomicBool::new(false),
+            global_size: global_concurrency.max(1),
         })
+    }
+
+    /// Why attempts for `webhook` must not be sent, if they must not.
+    pub fn inactive_reason(&self, webhook: &Webhook) -> Option<String> {
+        let key = (webhook.namespace().unwrap_or_default(), webhook.name_any());
+        let describe = |reason: &str, message: &str| format!("the webhook was deactivated ({reason}): {message}");
+        if let Some((threshold, why)) = self.deactivated.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && threshold.is_none_or(|t| webhook.metadata.generation.unwrap_or(0) <= t)
+        {
+            return Some(why.clone());
+        }
+        if webhook.spec.active {
+            return None;
+        }
+        Some(match webhook.status.as_ref().and_then(|s| s.deactivation.as_ref()) {
+            Some(d) => describe(&d.reason, &d.message),
+            None => "the webhook is inactive (spec.active is false)".to_string(),
+        })
+    }
+
+    /// Deactivates a webhook after a delivery ran out of attempts or got 410
+    /// Gone: records why in its status, sets `spec.active: false`, publishes
+    /// a Warning Event. Retried until it succeeds: the decision is made.
+    async fn deactivate(&self, ns: &str, webhook: &str, deactivation: Deactivation) {
+        let key = (ns.to_string(), webhook.to_string());
+        let why = format!(
+            "the webhook was deactivated ({}): {}",
+            deactivation.reason, deactivation.message
+        );
+        self.deactivated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (None, why));
+        let api: Api<Webhook> = Api::namespaced(self.client.clone(), ns);
+        let params = PatchParams {
+            field_manager: Some(crate::resources::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let status = serde_json::json!({ "status": {
+            "deactivatedAt": Time(Timestamp::now()),
+            "deactivation": deactivation,
+        }});
+        let spec = serde_json::json!({ "spec": { "active": false } });
+        let mut delay = Duration::from_millis(200);
+        let generation = loop {
+            let result = async {
+                api.patch_status(webhook, &params, &Patch::Merge(&status)).await?;
+                api.patch(webhook, &params, &Patch::Merge(&spec)).await
+            }
+            .await;
+            match result {
+                Ok(w) => break w.metadata.generation,
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                Err(e) => {
+                    tracing::warn!(webhook, namespace = ns, error = %e, "could not deactivate the webhook; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        if let Some(entry) = self.deactivated.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
+            entry.0 = Some(generation.unwrap_or(0));
+        }
+        tracing::warn!(webhook, namespace = ns, reason = %deactivation.reason, delivery = %deactivation.delivery, "webhook deactivated");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: deactivation.reason.clone(),
+            note: Some(deactivation.message.clone()),
+            action: "Deactivate".into(),
+            secondary: None,
+        };
+        let reference = ObjectReference {
+            api_version: Some(Webhook::api_version(&()).into()),
+            kind: Some(Webhook::kind(&()).into()),
+            name: Some(webhook.to_string()),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "could not publish the deactivation event");
+        }
     }
 
     /// The limiter of one webhook, sized from its hub's setting.
@@ -127,6 +244,8 @@ impl Engine {
         let mut tracked: HashMap<Key, Slot> = HashMap::new();
         // Keys seen during a (re)list; those not seen were deleted meanwhile.
         let mut relisting: Option<HashSet<Key>> = None;
+        let mut finished = retention::Index::default();
+        let mut sweep = tokio::time::interval(RETENTION_SWEEP);
         let summaries = {
             let engine = self.clone();
             tokio::spawn(async move { engine.summaries.run().await })
@@ -146,11 +265,15 @@ impl Engine {
                         }
                     };
                     match event {
-                        watcher::Event::Init => relisting = Some(HashSet::new()),
+                        watcher::Event::Init => {
+                            relisting = Some(HashSet::new());
+                            finished.clear();
+                        }
                         watcher::Event::InitApply(d) => {
                             if let Some(seen) = relisting.as_mut() {
                                 seen.insert(key_of(&d));
                             }
+                            index_finished(&d, &mut finished);
                             self.consider(Arc::new(d), &mut tracked, &mut queue);
                         }
                         watcher::Event::InitDone => {
@@ -161,8 +284,14 @@ impl Engine {
                                 }
                             }
                         }
-                        watcher::Event::Apply(d) => self.consider(Arc::new(d), &mut tracked, &mut queue),
-                        watcher::Event::Delete(d) => untrack(&key_of(&d), &mut tracked, &mut queue),
+                        watcher::Event::Apply(d) => {
+                            index_finished(&d, &mut finished);
+                            self.consider(Arc::new(d), &mut tracked, &mut queue);
+                        }
+                        watcher::Event::Delete(d) => {
+                            finished.forget(&d);
+                            untrack(&key_of(&d), &mut tracked, &mut queue);
+                        }
                     }
                 }
                 Some(expired) = queue.next(), if !queue.is_empty() => {
@@ -172,16 +301,45 @@ impl Engine {
                         self.clone().spawn_attempt(key, delivery, done_tx.clone());
                     }
                 }
+                _ = sweep.tick() => {
+                    let policy_of = |ns: &str, webhook: &str| {
+                        let hub = self
+                            .webhooks
+                            .get(&ObjectRef::new(webhook).within(ns))
+                            .and_then(|w| self.hubs.get(&ObjectRef::new(&w.spec.hub).within(ns)));
+                        retention::Policy::of(hub.as_deref())
+                    };
+                    let expired = finished.sweep(policy_of, Timestamp::now());
+                    if !expired.is_empty() {
+                        let client = self.client.clone();
+                        tokio::spawn(delete_expired(client, expired));
+                    }
+                }
                 Some((key, result, sent)) = done_rx.recv() => {
                     let latest = match tracked.remove(&key) {
                         Some(Slot::InFlight { latest }) => latest,
                         _ => None,
                     };
                     match result {
-                        Ok(attempt::Done::Recorded(stored)) => {
+                        Ok(attempt::Done::Recorded(stored, deactivation)) => {
                             // The stored object is newer than anything the
                             // watch delivered during the attempt.
                             self.consider(Arc::new(*stored), &mut tracked, &mut queue);
+                            if let Some(deactivation) = deactivation {
+                                let (ns, webhook) = (key.0.clone(), sent.spec.webhook.clone());
+                                let engine = self.clone();
+                                tokio::spawn(async move { engine.deactivate(&ns, &webhook, deactivation).await });
+                                // Its other pending deliveries: attempted now,
+                                // which records them Cancelled with the reason.
+                                for (k, slot) in tracked.iter_mut() {
+                                    if let Slot::Queued { timer, delivery } = slot
+                                        && k.0 == key.0
+                                        && delivery.spec.webhook == sent.spec.webhook
+                                    {
+                                        queue.reset(timer, Duration::ZERO);
+                                    }
+                                }
+                            }
                         }
                         Ok(attempt::Done::Gone) => {}
                         Err(e) => {
@@ -193,6 +351,13 @@ impl Engine {
                 }
             }
             self.metrics.pending.set(tracked.len() as i64);
+        }
+        // Let attempts in flight finish and be recorded, so no request is
+        // left unrecorded (it would be sent again by the next leader).
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.global.available_permits() < self.global_size && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         summaries.abort();
         self.summaries.flush().await;
@@ -244,9 +409,34 @@ impl Engine {
             let webhook_limit = self.webhook_limit(&key.0, &delivery.spec.webhook);
             let _webhook_permit = webhook_limit.acquire_owned().await;
             let _global_permit = self.global.clone().acquire_owned().await;
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             let result = attempt::run(&self, &delivery).await;
             let _ = done.send((key, result, delivery));
         });
+    }
+}
+
+/// Notes a finished delivery for retention (the engine sees every one).
+fn index_finished(delivery: &Delivery, index: &mut retention::Index) {
+    if delivery.status.as_ref().is_some_and(|s| s.phase.is_finished()) && due_at(delivery).is_none() {
+        index.finished(delivery);
+    } else {
+        index.forget(delivery);
+    }
+}
+
+async fn delete_expired(client: Client, expired: Vec<(String, Vec<String>)>) {
+    for (ns, names) in expired {
+        let api: Api<Delivery> = Api::namespaced(client.clone(), &ns);
+        for name in names {
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => tracing::debug!(delivery = %name, namespace = %ns, "retention: deleted"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(delivery = %name, namespace = %ns, error = %e, "retention: could not delete"),
+            }
+        }
     }
 }
 

@@ -56,6 +56,10 @@ pub struct EventRef {
     pub received_at: Time,
 }
 
+/// Annotation whose every new value on a Delivery starts a new round of
+/// attempts under the same delivery id.
+pub const REDELIVER_ANNOTATION: &str = "hookrelay.dev/redeliver";
+
 /// Where a delivery stands.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum Phase {
@@ -106,6 +110,10 @@ pub struct DeliveryStatus {
     /// The value of the `hookrelay.dev/redeliver` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivered_for: Option<String>,
+    /// The number of the attempt that began the current round: 1, or the
+    /// first attempt after a manual redelivery. Retries count from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_start: Option<u32>,
 }
 
 /// One HTTP request and its outcome.

@@ -188,6 +188,9 @@ pub struct WebhookStatus {
     /// When the controller deactivated the webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deactivated_at: Option<Time>,
+    /// Why the controller deactivated the webhook; cleared on reactivation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivation: Option<Deactivation>,
     /// The newest delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery: Option<DeliverySummary>,
@@ -201,6 +204,19 @@ pub struct WebhookStatus {
     /// Deliveries that ended Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<u64>,
+}
+
+/// Why the controller deactivated a webhook.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deactivation {
+    /// `RetriesExhausted` (a delivery ran out of attempts) or `Gone` (the
+    /// handler answered 410 Gone).
+    pub reason: String,
+    /// What happened, naming the delivery.
+    pub message: String,
+    /// The delivery that caused it.
+    pub delivery: String,
 }
 
 /// One line of a webhook's delivery history.
