@@ -9,7 +9,7 @@ use serde_json::json;
 use std::path::Path;
 use support::proxy::TcpProxy;
 use support::receiver::Receiver;
-use support::stack::{Stack, spec};
+use support::stack::{Options, Stack, spec};
 
 #[tokio::test]
 async fn api_server_unreachable_means_503_never_202() {
@@ -19,7 +19,11 @@ async fn api_server_unreachable_means_503_never_202() {
     let proxy = TcpProxy::start(apiserver).await;
     let kubeconfig = write_kubeconfig(proxy.addr);
 
-    let stack = Stack::start_with_ingest_kubeconfig("api_server_unreachable_503", Some(&kubeconfig)).await;
+    let options = Options {
+        ingest_kubeconfig: Some(kubeconfig),
+        ..Options::default()
+    };
+    let stack = Stack::start_with("api_server_unreachable_503", options).await;
     let receiver = Receiver::start().await;
     stack
         .webhook(

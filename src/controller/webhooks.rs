@@ -4,7 +4,7 @@
 use super::generated_secret::{self, Change, Desired, State};
 use super::{Context, Error};
 use crate::events::unknown_subscriptions;
-use crate::resources::webhook::WebhookSpec;
+use crate::resources::webhook::{DEACTIVATED_ANNOTATION, DeactivationRecord, WebhookSpec};
 use crate::resources::{
     FIELD_MANAGER, HUB_LABEL, Hub, MANAGED_BY_LABEL, ROTATE_SECRET_ANNOTATION, SECRET_PURPOSE_LABEL, SecretKeyRef,
     WEBHOOK_LABEL, Webhook, WebhookStatus, condition, conditions,
@@ -82,17 +82,16 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
     let status = desired_status(&webhook, hub.as_deref(), &signing, &now);
 
     publish_events(&webhook, &signing, &status, &ctx).await;
-    let deactivated = webhook
-        .status
-        .as_ref()
-        .is_some_and(|s| s.deactivation.is_some() || s.deactivated_at.is_some());
-    if webhook.spec.active && deactivated {
-        // Reactivated by the user: the controller's record of why it
-        // deactivated the webhook no longer applies.
+    if webhook.spec.active && webhook.annotations().contains_key(DEACTIVATED_ANNOTATION) {
+        // Reactivated by the user: the record of why the controller
+        // deactivated it no longer applies.
         let api: Api<Webhook> = Api::namespaced(ctx.client.clone(), &ns);
-        let clear = serde_json::json!({ "status": { "deactivation": null, "deactivatedAt": null } });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(clear))
-            .await?;
+        let clear = serde_json::json!({ "metadata": { "annotations": { DEACTIVATED_ANNOTATION: null } } });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(&name, &params, &Patch::Merge(clear)).await?;
     }
     if !status_is_current(webhook.status.as_ref(), &status) {
         let api: Api<Webhook> = Api::namespaced(ctx.client.clone(), &ns);
@@ -226,32 +225,28 @@ fn desired_status(webhook: &Webhook, hub: Option<&Hub>, signing: &Signing, now: 
         ),
         Some((reason, message)) => condition(previous, conditions::READY, false, reason, message, generation, now),
     };
-    let active = if webhook.spec.active {
-        condition(
-            previous,
-            conditions::ACTIVE,
-            true,
-            "Active",
-            "events trigger this webhook",
-            generation,
-            now,
-        )
-    } else {
-        condition(
-            previous,
-            conditions::ACTIVE,
+    // The controller's own deactivation, recorded with the switch itself.
+    let record = (!webhook.spec.active)
+        .then(|| webhook.annotations().get(DEACTIVATED_ANNOTATION))
+        .flatten()
+        .and_then(|json| serde_json::from_str::<DeactivationRecord>(json).ok());
+    let (ok, reason, message) = match (&record, webhook.spec.active) {
+        (_, true) => (true, "Active", "events trigger this webhook".to_string()),
+        (Some(r), false) => (false, r.deactivation.reason.as_str(), r.deactivation.message.clone()),
+        (None, false) => (
             false,
             "Deactivated",
-            "spec.active is false: events do not trigger this webhook",
-            generation,
-            now,
-        )
+            "spec.active is false: events do not trigger this webhook".to_string(),
+        ),
     };
+    let active = condition(previous, conditions::ACTIVE, ok, reason, message, generation, now);
     WebhookStatus {
         observed_generation: generation,
         conditions: vec![ready, active],
         secret_ref: signing.secret_ref.clone(),
         rotated_for: signing.rotated_for.clone(),
+        deactivated_at: record.as_ref().map(|r| r.at.clone()),
+        deactivation: record.map(|r| r.deactivation),
         ..WebhookStatus::default()
     }
 }
@@ -264,6 +259,8 @@ fn status_is_current(current: Option<&WebhookStatus>, desired: &WebhookStatus) -
             && c.conditions == desired.conditions
             && c.secret_ref == desired.secret_ref
             && c.rotated_for == desired.rotated_for
+            && c.deactivated_at == desired.deactivated_at
+            && c.deactivation == desired.deactivation
     })
 }
 

@@ -11,7 +11,7 @@ use crate::resources::webhook::{Deactivation, DeliverySummary};
 use crate::resources::{Hub, Webhook};
 use crate::secrets;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -157,7 +157,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
     );
     status.attempts.push(Attempt {
         number,
-        time: Time(started_at),
+        time: MicroTime(started_at),
         duration_ms: duration.as_millis() as u64,
         request: recorded_request,
         response,
@@ -172,7 +172,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
     let mut fail = |status: &mut DeliveryStatus, reason: &str, message: String| {
         status.phase = Phase::Failed;
         status.next_attempt_at = None;
-        status.completed_at = Some(Time(now));
+        status.completed_at = Some(MicroTime(now));
         status.message = Some(message.clone());
         deactivation = Some(Deactivation {
             reason: reason.into(),
@@ -184,7 +184,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
         Some(200..=299) => {
             status.phase = Phase::Succeeded;
             status.next_attempt_at = None;
-            status.completed_at = Some(Time(now));
+            status.completed_at = Some(MicroTime(now));
             status.message = None;
         }
         // REST Hooks: 410 Gone means the subscription is to be removed.
@@ -205,7 +205,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
             match retry::next(&settings.schedule, in_round, elapsed, honoured, rand::random::<f64>()) {
                 Next::RetryIn(delay) => {
                     status.phase = Phase::Retrying;
-                    status.next_attempt_at = Some(Time(now + delay));
+                    status.next_attempt_at = Some(MicroTime(now + delay));
                     status.message = None;
                 }
                 Next::GiveUp => fail(
@@ -223,7 +223,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
     let summary = DeliverySummary {
         id: name.clone(),
         event: delivery.spec.event.name.clone(),
-        time: Time(started_at),
+        time: MicroTime(started_at),
         attempts: number,
         status_code,
         outcome: status.phase,
@@ -245,13 +245,13 @@ async fn cancel(
     why: String,
 ) -> Result<Done, Error> {
     status.phase = Phase::Cancelled;
-    status.completed_at = Some(Time(Timestamp::now()));
+    status.completed_at = Some(MicroTime(Timestamp::now()));
     status.next_attempt_at = None;
     status.message = Some(format!("not sent: {why}"));
     let summary = DeliverySummary {
         id: name.to_string(),
         event: delivery.spec.event.name.clone(),
-        time: Time(Timestamp::now()),
+        time: MicroTime(Timestamp::now()),
         attempts: status.attempt_count,
         status_code: status.last_status_code,
         outcome: Phase::Cancelled,

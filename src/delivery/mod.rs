@@ -16,7 +16,7 @@ pub mod summary;
 
 use crate::metrics::Metrics;
 use crate::resources::delivery::{Delivery, Phase};
-use crate::resources::webhook::Deactivation;
+use crate::resources::webhook::{DEACTIVATED_ANNOTATION, Deactivation, DeactivationRecord};
 use crate::resources::{Hub, Webhook};
 use crate::secret_cache::SecretCache;
 use futures::StreamExt;
@@ -168,19 +168,20 @@ impl Engine {
             field_manager: Some(crate::resources::FIELD_MANAGER.into()),
             ..Default::default()
         };
-        let status = serde_json::json!({ "status": {
-            "deactivatedAt": Time(Timestamp::now()),
-            "deactivation": deactivation,
-        }});
-        let spec = serde_json::json!({ "spec": { "active": false } });
+        let record = DeactivationRecord {
+            deactivation: deactivation.clone(),
+            at: Time(Timestamp::now()),
+        };
+        // One write: the switch and its reason change together.
+        let patch = serde_json::json!({
+            "metadata": { "annotations": {
+                DEACTIVATED_ANNOTATION: serde_json::to_string(&record).expect("serialisable"),
+            }},
+            "spec": { "active": false },
+        });
         let mut delay = Duration::from_millis(200);
         let generation = loop {
-            let result = async {
-                api.patch_status(webhook, &params, &Patch::Merge(&status)).await?;
-                api.patch(webhook, &params, &Patch::Merge(&spec)).await
-            }
-            .await;
-            match result {
+            match api.patch(webhook, &params, &Patch::Merge(&patch)).await {
                 Ok(w) => break w.metadata.generation,
                 Err(kube::Error::Api(e)) if e.code == 404 => return,
                 Err(e) => {
@@ -454,7 +455,7 @@ fn untrack(key: &Key, tracked: &mut HashMap<Key, Slot>, queue: &mut DelayQueue<K
 mod tests {
     use super::*;
     use crate::resources::delivery::{DeliverySpec, DeliveryStatus, EventRef};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     fn delivery(status: Option<DeliveryStatus>) -> Delivery {
         let mut d = Delivery::new(
@@ -465,7 +466,7 @@ mod tests {
                 event: EventRef {
                     id: "e".into(),
                     name: "n".into(),
-                    received_at: Time(Timestamp::now()),
+                    received_at: MicroTime(Timestamp::now()),
                 },
                 payload: serde_json::json!({}),
             },
@@ -488,7 +489,7 @@ mod tests {
         let at: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
         let retrying = DeliveryStatus {
             phase: Phase::Retrying,
-            next_attempt_at: Some(Time(at)),
+            next_attempt_at: Some(MicroTime(at)),
             ..Default::default()
         };
         assert_eq!(due_at(&delivery(Some(retrying))), Some(at));

@@ -111,7 +111,7 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::resources::delivery::{DeliverySpec, EventRef};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     fn delivery() -> Delivery {
         Delivery::new(
@@ -122,7 +122,7 @@ mod tests {
                 event: EventRef {
                     id: "evt-1".into(),
                     name: "dynamic-content.content-item.updated".into(),
-                    received_at: Time("2026-11-22T10:00:00Z".parse().unwrap()),
+                    received_at: MicroTime("2026-11-22T10:00:00Z".parse().unwrap()),
                 },
                 payload: json!({ "id": "c-1", "label": "Grüße" }),
             },

@@ -168,13 +168,13 @@ impl Summaries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     fn line(id: &str, outcome: Phase) -> DeliverySummary {
         DeliverySummary {
             id: id.into(),
             event: "dynamic-content.content-item.updated".into(),
-            time: Time(jiff::Timestamp::now()),
+            time: MicroTime(jiff::Timestamp::now()),
             attempts: 1,
             status_code: Some(200),
             outcome,

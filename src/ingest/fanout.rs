@@ -5,7 +5,7 @@ use crate::filters;
 use crate::resources::delivery::{Delivery, DeliverySpec, EventRef};
 use crate::resources::{HUB_LABEL, MANAGED_BY_LABEL, WEBHOOK_LABEL, Webhook};
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -78,7 +78,7 @@ pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &Value, rec
             event: EventRef {
                 id: event_id.to_string(),
                 name: name.to_string(),
-                received_at: Time(received_at),
+                received_at: MicroTime(received_at),
             },
             payload: payload.clone(),
         },

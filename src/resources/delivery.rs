@@ -2,7 +2,7 @@
 //! attempt for it is recorded under the same id in its status.
 
 use super::any_json;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,7 @@ pub struct EventRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// When ingest accepted the event.
-    pub received_at: Time,
+    pub received_at: MicroTime,
 }
 
 /// Annotation whose every new value on a Delivery starts a new round of
@@ -100,10 +100,10 @@ pub struct DeliveryStatus {
     pub last_status_code: Option<u16>,
     /// When the next attempt is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<Time>,
+    pub next_attempt_at: Option<MicroTime>,
     /// When the delivery finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completed_at: Option<Time>,
+    pub completed_at: Option<MicroTime>,
     /// Why the delivery is in its phase, for Failed and Cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -123,7 +123,7 @@ pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
     /// When the request started.
-    pub time: Time,
+    pub time: MicroTime,
     /// Milliseconds from the start of the request to the end of the response.
     pub duration_ms: u64,
     /// The request as sent, with secret header values redacted.

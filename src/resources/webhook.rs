@@ -2,7 +2,7 @@
 
 use super::{RetryPolicy, SecretKeyRef, conditions_schema};
 use crate::resources::delivery::Phase;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -206,6 +206,19 @@ pub struct WebhookStatus {
     pub failed: Option<u64>,
 }
 
+/// Annotation the controller sets, together with `spec.active: false`, in
+/// one write when it deactivates a webhook: a JSON `DeactivationRecord`.
+/// The reconciler reflects it in status and removes it on reactivation.
+pub const DEACTIVATED_ANNOTATION: &str = "hookrelay.dev/deactivated";
+
+/// The content of `DEACTIVATED_ANNOTATION`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeactivationRecord {
+    #[serde(flatten)]
+    pub deactivation: Deactivation,
+    pub at: Time,
+}
+
 /// Why the controller deactivated a webhook.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -228,7 +241,7 @@ pub struct DeliverySummary {
     /// The event name.
     pub event: String,
     /// When the latest attempt started.
-    pub time: Time,
+    pub time: MicroTime,
     /// Attempts made so far.
     pub attempts: u32,
     /// HTTP status of the latest response, if any.

@@ -289,7 +289,12 @@ impl ChildProcess {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
+        // Appending: a restarted process keeps its predecessor's lines.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
             .args(args)
             .args(["--log-format", "json"])

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::Value;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -20,27 +20,63 @@ pub struct Stack {
     pub controller: ChildProcess,
     pub ingest: Ingest,
     pub token: String,
+    controller_args: Vec<String>,
+}
+
+/// How a `Stack` is set up.
+pub struct Options {
+    /// The hub, named "main" (default: examples/hub.yaml).
+    pub hub: Hub,
+    /// Ingest's kubeconfig (default: the admin one).
+    pub ingest_kubeconfig: Option<PathBuf>,
+    /// Extra `hookrelay controller` arguments.
+    pub controller_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            hub: serde_yaml::from_str(include_str!("../../examples/hub.yaml")).unwrap(),
+            ingest_kubeconfig: None,
+            controller_args: vec![],
+        }
+    }
 }
 
 impl Stack {
     pub async fn start(test: &str) -> Stack {
-        Self::start_with_ingest_kubeconfig(test, None).await
+        Self::start_with(test, Options::default()).await
     }
 
-    /// As `start`, with ingest talking to the API server through `kubeconfig`.
-    pub async fn start_with_ingest_kubeconfig(test: &str, kubeconfig: Option<&Path>) -> Stack {
+    pub async fn start_with(test: &str, options: Options) -> Stack {
         let env = TestEnv::new(test).await;
-        let controller = env.start_controller();
-        let hub: Hub = serde_yaml::from_str(include_str!("../../examples/hub.yaml")).unwrap();
-        env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
+        let args: Vec<&str> = options.controller_args.iter().map(String::as_str).collect();
+        let controller = env.start_controller_with(&args);
+        env.api::<Hub>()
+            .create(&PostParams::default(), &options.hub)
+            .await
+            .unwrap();
         let token = hub_token(&env, "main").await;
-        let ingest = env.start_ingest(kubeconfig).await;
+        let ingest = env.start_ingest(options.ingest_kubeconfig.as_deref()).await;
         Stack {
             env,
             controller,
             ingest,
             token,
+            controller_args: options.controller_args,
         }
+    }
+
+    /// SIGKILLs the controller (as a crash would).
+    pub fn kill_controller(&mut self) {
+        self.controller.kill();
+    }
+
+    /// Starts the controller again, with the same arguments.
+    pub fn restart_controller(&mut self) {
+        self.controller.kill();
+        let args: Vec<&str> = self.controller_args.iter().map(String::as_str).collect();
+        self.controller = self.env.start_controller_with(&args);
     }
 
     /// Creates a webhook and waits until it is Ready; returns its signing secret.
