@@ -1,0 +1,169 @@
+//! Crash safety and leader election: the controller is SIGKILLed while
+//! deliveries are pending, and two controllers run side by side.
+
+mod support;
+
+use hookrelay::resources::Delivery;
+use hookrelay::resources::delivery::Phase;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+use support::receiver::{Receiver, Reply};
+use support::stack::{Options, Stack, WAIT, deliveries_of, spec};
+use support::{ChildProcess, eventually};
+
+const EVENT: &str = "dynamic-content.snapshot.published";
+
+/// How many times the receiver saw each `webhook-id`.
+fn ids_seen(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for r in receiver.all_received() {
+        *seen
+            .entry(r.header("webhook-id").unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+async fn all_succeeded(stack: &Stack, expected: usize, timeout: Duration) -> Vec<Delivery> {
+    let api: Api<Delivery> = stack.env.api();
+    eventually(timeout, &format!("{expected} deliveries to succeed"), || async {
+        let list = api.list(&ListParams::default()).await.ok()?;
+        let done = list
+            .items
+            .iter()
+            .filter(|d| d.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
+            .count();
+        (list.items.len() == expected && done == expected).then_some(list.items)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigkilled_controller_loses_no_delivery() {
+    let options = Options {
+        controller_args: vec!["--leader-elect=false".into()],
+        ..Options::default()
+    };
+    let mut stack = Stack::start_with("sigkilled_controller_loses_none", options).await;
+    let receiver = Receiver::start().await;
+    for i in 0..4 {
+        let path = format!("/slow{i}");
+        receiver.set_default(&path, Reply::status(200).delayed(Duration::from_millis(150)));
+        stack
+            .webhook(&format!("slow{i}"), spec(receiver.url(&path), &[EVENT]))
+            .await;
+    }
+
+    // 50 events × 4 webhooks = 200 deliveries, stored while no controller runs.
+    stack.kill_controller();
+    let mut names = Vec::new();
+    for i in 0..50 {
+        let (status, answer) = stack
+            .post(json!({ "id": format!("evt-{i}"), "name": EVENT, "payload": { "n": i } }))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        names.extend(deliveries_of(&answer));
+    }
+    assert_eq!(names.len(), 200);
+
+    // Kill it three times mid-way, each time a few more requests later.
+    for (round, threshold) in [30usize, 80, 130].into_iter().enumerate() {
+        stack.restart_controller();
+        eventually(
+            WAIT,
+            &format!("{threshold} requests before kill {}", round + 1),
+            || async { (receiver.all_received().len() >= threshold).then_some(()) },
+        )
+        .await;
+        stack.kill_controller();
+    }
+    stack.restart_controller();
+    all_succeeded(&stack, 200, Duration::from_secs(120)).await;
+
+    let seen = ids_seen(&receiver);
+    for name in &names {
+        assert!(seen.contains_key(name), "{name} never reached the receiver");
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    println!(
+        "crash test: 200 deliveries, 3 SIGKILLs, {} requests, {duplicates} duplicates",
+        receiver.all_received().len()
+    );
+    stack.cleanup().await;
+}
+
+fn holder_pid(lease: &Lease) -> Option<u32> {
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .as_ref()?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn two_controllers_deliver_once_and_the_follower_takes_over() {
+    let args = vec!["--lease-duration".to_string(), "4s".to_string()];
+    let mut hub: hookrelay::resources::Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
+    hub.spec.delivery = Some(hookrelay::resources::hub::DeliverySettings {
+        timeout: Some("2s".parse().unwrap()),
+        ..Default::default()
+    });
+    let mut stack = Stack::start_with(
+        "two_controllers_deliver_once",
+        Options {
+            hub,
+            controller_args: args.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut second: ChildProcess = {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        stack.env.start_controller_with(&a)
+    };
+    let receiver = Receiver::start().await;
+    stack.webhook("shop", spec(receiver.url("/hook"), &[EVENT])).await;
+
+    for i in 0..20 {
+        let (status, _) = stack
+            .post(json!({ "id": format!("evt-{i}"), "name": EVENT, "payload": {} }))
+            .await;
+        assert_eq!(status, 202);
+    }
+    all_succeeded(&stack, 20, WAIT).await;
+    let seen = ids_seen(&receiver);
+    assert_eq!(seen.len(), 20);
+    assert!(seen.values().all(|n| *n == 1), "an attempt was made twice: {seen:?}");
+
+    // Kill whichever holds the lease; the other carries on.
+    let leases: Api<Lease> = stack.env.api();
+    let lease = leases.get("hookrelay-controller").await.unwrap();
+    let leader = holder_pid(&lease).expect("a holder");
+    let survivor_pid = if leader == stack.controller.pid() {
+        stack.kill_controller();
+        second.pid()
+    } else {
+        assert_eq!(leader, second.pid(), "the lease is held by one of the two");
+        second.kill();
+        stack.controller.pid()
+    };
+    for i in 20..30 {
+        let (status, _) = stack
+            .post(json!({ "id": format!("evt-{i}"), "name": EVENT, "payload": {} }))
+            .await;
+        assert_eq!(status, 202);
+    }
+    all_succeeded(&stack, 30, WAIT).await;
+    let lease = leases.get("hookrelay-controller").await.unwrap();
+    assert_eq!(holder_pid(&lease), Some(survivor_pid));
+    assert_eq!(ids_seen(&receiver).len(), 30);
+    stack.cleanup().await;
+}
