@@ -33,9 +33,10 @@ struct Logging {
 
 #[derive(Args, Debug)]
 struct ControllerArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "HOOKRELAY_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or repeated (default:
+    /// all namespaces).
+    #[arg(long = "namespace", env = "HOOKRELAY_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HOOKRELAY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
@@ -47,7 +48,7 @@ struct ControllerArgs {
     /// leader reconciles and delivers.
     #[arg(long, env = "HOOKRELAY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// Namespace of the Lease (default: $POD_NAMESPACE, else --namespace, else "default").
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace, else "default").
     #[arg(long, env = "HOOKRELAY_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
     /// How long the lease lasts without renewal; longer than any hub's
@@ -74,9 +75,10 @@ struct IngestArgs {
     /// Largest event body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "HOOKRELAY_BODY_LIMIT", default_value_t = crate::ingest::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
-    /// Serve only hubs of this namespace (default: all namespaces).
-    #[arg(long, env = "HOOKRELAY_NAMESPACE")]
-    namespace: Option<String>,
+    /// Serve only hubs of these namespaces, comma-separated or repeated
+    /// (default: all namespaces).
+    #[arg(long = "namespace", env = "HOOKRELAY_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
     #[command(flatten)]
     logging: Logging,
 }
@@ -93,14 +95,14 @@ impl Cli {
                     namespace: args
                         .leader_election_namespace
                         .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                        .or_else(|| args.namespace.clone())
+                        .or_else(|| args.namespaces.first().cloned())
                         .unwrap_or_else(|| "default".into()),
                     name: "hookrelay-controller".into(),
                     identity: identity(),
                     lease_duration: args.lease_duration,
                 });
                 let settings = crate::controller::Settings {
-                    namespace: args.namespace,
+                    namespaces: args.namespaces,
                     metrics_listen: args.metrics_listen,
                     concurrency: args.concurrency,
                     leader_election,
@@ -122,7 +124,7 @@ impl Cli {
                 let settings = crate::ingest::Settings {
                     listen: args.listen,
                     body_limit: args.body_limit,
-                    namespace: args.namespace,
+                    namespaces: args.namespaces,
                 };
                 crate::ingest::run(client, settings, shutdown_signal()).await
             }

@@ -129,8 +129,8 @@ where
 
 /// Settings of `hookrelay controller`.
 pub struct Settings {
-    /// Watch only this namespace; `None` watches all.
-    pub namespace: Option<String>,
+    /// Watch only these namespaces; empty watches all.
+    pub namespaces: Vec<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub metrics_listen: std::net::SocketAddr,
     /// Requests in flight at once, across all webhooks.
@@ -188,7 +188,9 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
     Ok(())
 }
 
-/// Reconciles and delivers until `stop` is cancelled.
+/// Reconciles and delivers in every watched namespace until `stop` is
+/// cancelled. Each namespace has its own watches (so RBAC can be granted
+/// per namespace); the global concurrency limit is shared.
 async fn lead(
     client: Client,
     settings: &Settings,
@@ -196,8 +198,45 @@ async fn lead(
     readiness: Readiness,
     stop: CancellationToken,
 ) {
+    let scopes: Vec<Option<&str>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let global = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
+    let ready: Vec<Readiness> = scopes.iter().map(|_| Readiness::default()).collect();
+    {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            while !ready.iter().all(Readiness::is_ready) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            readiness.set_ready();
+        });
+    }
+    let runs = scopes.into_iter().zip(ready).map(|(namespace, ready)| {
+        lead_namespace(
+            client.clone(),
+            namespace,
+            global.clone(),
+            metrics.clone(),
+            ready,
+            stop.clone(),
+        )
+    });
+    futures::future::join_all(runs).await;
+}
+
+/// Reconciles and delivers in `namespace` (all when `None`).
+async fn lead_namespace(
+    client: Client,
+    namespace: Option<&str>,
+    global: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
     let shutdown = stop;
-    let namespace = settings.namespace.as_deref();
     let hub_controller = Controller::new(api::<Hub>(&client, namespace), watcher::Config::default());
     let webhook_controller = Controller::new(api::<Webhook>(&client, namespace), watcher::Config::default());
     let hubs = hub_controller.store();
@@ -258,18 +297,18 @@ async fn lead(
         .for_each(|_| async {});
 
     let secrets = SecretCache::new(client.clone());
-    tokio::spawn(secrets.clone().watch(settings.namespace.clone()));
+    tokio::spawn(secrets.clone().watch(namespace.map(str::to_string)));
     let engine = Engine::new(
         client.clone(),
         webhooks.clone(),
         hubs.clone(),
         secrets,
         metrics.clone(),
-        settings.concurrency,
+        global,
     );
     let engine_run = {
         let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());
-        let namespace = settings.namespace.clone();
+        let namespace = namespace.map(str::to_string);
         let shutdown = shutdown.clone();
         async move {
             // Attempts read their webhook and hub from these caches.

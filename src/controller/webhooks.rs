@@ -202,6 +202,12 @@ fn not_ready_reason(spec: &WebhookSpec, hub: Option<&Hub>, signing: &Signing) ->
             ),
         ));
     }
+    if let Err(e) = crate::filters::check(&spec.filters) {
+        return Some(("InvalidFilter", e.to_string()));
+    }
+    if let Some(Err(e)) = spec.custom_payload.as_deref().map(crate::template::check) {
+        return Some(("InvalidTemplate", e.to_string()));
+    }
     signing.problem.clone()
 }
 
@@ -408,6 +414,24 @@ mod tests {
         };
         let s = desired_status(&w, Some(&hub(&["shop.order.paid"])), &missing, &now);
         assert_eq!(ready(&s), ("False", "SecretNotFound"));
+    }
+
+    #[test]
+    fn broken_templates_and_filter_paths_make_the_webhook_not_ready() {
+        let now = Timestamp::now();
+        let mut w = webhook(&["dynamic-content.edition.published"], true);
+        w.spec.custom_payload = Some("{{#if name}}unclosed".into());
+        let s = desired_status(&w, Some(&hub(&[])), &ok_signing(), &now);
+        assert_eq!(ready(&s), ("False", "InvalidTemplate"));
+        w.spec.custom_payload = None;
+        w.spec.filters = vec![crate::resources::webhook::WebhookFilter {
+            path: "$.payload[".into(),
+            equal: Some("x".into()),
+            in_: None,
+        }];
+        let s = desired_status(&w, Some(&hub(&[])), &ok_signing(), &now);
+        assert_eq!(ready(&s), ("False", "InvalidFilter"));
+        assert!(s.conditions[0].message.contains("$.payload["));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod retry;
 pub mod signing;
 pub mod summary;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateLabel};
 use crate::resources::delivery::{Delivery, Phase};
 use crate::resources::webhook::{DEACTIVATED_ANNOTATION, Deactivation, DeactivationRecord};
 use crate::resources::{Hub, Webhook};
@@ -63,6 +63,8 @@ pub struct Engine {
     recorder: Recorder,
     /// Set on shutdown: attempts not yet started are not started.
     stopping: AtomicBool,
+    /// This engine's share of the webhook gauges (engines share them).
+    reported_webhooks: Mutex<(i64, i64)>,
     global_size: usize,
 }
 
@@ -106,7 +108,7 @@ impl Engine {
         hubs: Store<Hub>,
         secrets: Arc<SecretCache>,
         metrics: Arc<Metrics>,
-        global_concurrency: usize,
+        global: Arc<Semaphore>,
     ) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
@@ -123,12 +125,13 @@ impl Engine {
             secrets,
             http: http::Clients::default(),
             metrics,
-            global: Arc::new(Semaphore::new(global_concurrency.max(1))),
+            global_size: global.available_permits(),
+            global,
             per_webhook: Mutex::default(),
             deactivated: Mutex::default(),
             recorder,
             stopping: AtomicBool::new(false),
-            global_size: global_concurrency.max(1),
+            reported_webhooks: Mutex::default(),
         })
     }
 
@@ -214,6 +217,25 @@ impl Engine {
         }
     }
 
+    /// Updates the active/inactive webhook gauges from the cache.
+    fn count_webhooks(&self) {
+        let (active, inactive) = self
+            .webhooks
+            .state()
+            .iter()
+            .fold((0, 0), |(a, i), w| if w.spec.active { (a + 1, i) } else { (a, i + 1) });
+        let mut reported = self.reported_webhooks.lock().unwrap_or_else(|e| e.into_inner());
+        let gauge = |state: &str| {
+            self.metrics
+                .webhooks
+                .get_or_create(&StateLabel { state: state.into() })
+                .clone()
+        };
+        gauge("active").inc_by(active - reported.0);
+        gauge("inactive").inc_by(inactive - reported.1);
+        *reported = (active, inactive);
+    }
+
     /// The limiter of one webhook, sized from its hub's setting.
     fn webhook_limit(&self, ns: &str, webhook: &str) -> Arc<Semaphore> {
         let size = self
@@ -246,6 +268,7 @@ impl Engine {
         // Keys seen during a (re)list; those not seen were deleted meanwhile.
         let mut relisting: Option<HashSet<Key>> = None;
         let mut finished = retention::Index::default();
+        let mut reported_pending = 0i64;
         let mut sweep = tokio::time::interval(RETENTION_SWEEP);
         let summaries = {
             let engine = self.clone();
@@ -303,6 +326,7 @@ impl Engine {
                     }
                 }
                 _ = sweep.tick() => {
+                    self.count_webhooks();
                     let policy_of = |ns: &str, webhook: &str| {
                         let hub = self
                             .webhooks
@@ -351,7 +375,10 @@ impl Engine {
                     }
                 }
             }
-            self.metrics.pending.set(tracked.len() as i64);
+            // Several engines (one per namespace) share the gauge: add deltas.
+            let pending = tracked.len() as i64;
+            self.metrics.pending.inc_by(pending - reported_pending);
+            reported_pending = pending;
         }
         // Let attempts in flight finish and be recorded, so no request is
         // left unrecorded (it would be sent again by the next leader).
@@ -360,6 +387,7 @@ impl Engine {
         while self.global.available_permits() < self.global_size && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.metrics.pending.dec_by(reported_pending);
         summaries.abort();
         self.summaries.flush().await;
     }

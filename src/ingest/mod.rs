@@ -41,13 +41,20 @@ const RETRY_AFTER_SECONDS: u64 = 5;
 pub struct Settings {
     pub listen: SocketAddr,
     pub body_limit: usize,
-    pub namespace: Option<String>,
+    /// Namespaces served; empty serves all.
+    pub namespaces: Vec<String>,
+}
+
+/// The watched Hubs and Webhooks of one namespace (or of all, `None`).
+struct Scope {
+    namespace: Option<String>,
+    hubs: Store<Hub>,
+    webhooks: Store<Webhook>,
 }
 
 struct Ingest {
     client: Client,
-    hubs: Store<Hub>,
-    webhooks: Store<Webhook>,
+    scopes: Vec<Scope>,
     secrets: Arc<SecretCache>,
     metrics: Arc<Metrics>,
     body_limit: usize,
@@ -82,26 +89,42 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let ns = settings.namespace.as_deref();
-    let hubs = watched(namespaced_api::<Hub>(&client, ns));
-    let webhooks = watched(namespaced_api::<Webhook>(&client, ns));
+    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
     let secrets = SecretCache::new(client.clone());
-    tokio::spawn(secrets.clone().watch(settings.namespace.clone()));
+    let scopes: Vec<Scope> = namespaces
+        .into_iter()
+        .map(|namespace| {
+            tokio::spawn(secrets.clone().watch(namespace.clone()));
+            Scope {
+                hubs: watched(namespaced_api::<Hub>(&client, namespace.as_deref())),
+                webhooks: watched(namespaced_api::<Webhook>(&client, namespace.as_deref())),
+                namespace,
+            }
+        })
+        .collect();
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     {
-        let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());
+        let stores: Vec<(Store<Hub>, Store<Webhook>)> =
+            scopes.iter().map(|s| (s.hubs.clone(), s.webhooks.clone())).collect();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
-            if hubs.wait_until_ready().await.is_ok() && webhooks.wait_until_ready().await.is_ok() {
-                readiness.set_ready();
-                tracing::info!("ingest caches synced; ready");
+            for (hubs, webhooks) in stores {
+                if hubs.wait_until_ready().await.is_err() || webhooks.wait_until_ready().await.is_err() {
+                    return;
+                }
             }
+            readiness.set_ready();
+            tracing::info!("ingest caches synced; ready");
         });
     }
     let state = Arc::new(Ingest {
         client,
-        hubs,
-        webhooks,
+        scopes,
         secrets,
         metrics: metrics.clone(),
         body_limit: settings.body_limit,
@@ -184,16 +207,22 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<serde_json::Value, Problem> {
-    let hub = ingest
+    let not_found = || {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "HubNotFound",
+            format!("Hub {hub_name} not found in namespace {namespace}"),
+        )
+    };
+    let scope = ingest
+        .scopes
+        .iter()
+        .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
+        .ok_or_else(not_found)?;
+    let hub = scope
         .hubs
         .get(&ObjectRef::new(hub_name).within(namespace))
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "HubNotFound",
-                format!("Hub {hub_name} not found in namespace {namespace}"),
-            )
-        })?;
+        .ok_or_else(not_found)?;
     authenticate(ingest, &hub, namespace, headers).await?;
 
     let body = axum::body::to_bytes(body, ingest.body_limit).await.map_err(|_| {
@@ -227,7 +256,7 @@ async fn accept(
     let id = incoming.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let received_at = Timestamp::now();
     let document = fanout::document(&id, &incoming.name, &incoming.payload);
-    let webhooks = ingest.webhooks.state();
+    let webhooks = scope.webhooks.state();
     let selected = fanout::select(
         webhooks.iter().map(|w| w.as_ref()),
         namespace,

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A real local Kubernetes control plane for tests and the demo: etcd,
 # kube-apiserver and kube-controller-manager built from the Kubernetes Go
-# modules pinned in ./VERSION, started on loopback with RBAC on.
+# modules pinned in ./VERSION, started on loopback with RBAC on; plus the
+# kubectl of that release and helm for the chart tests.
 #
 #   controlplane.sh build   build the binaries into the cache (once per go.sum)
 #   controlplane.sh up      build if needed, start (or reuse) the control plane;
 #                           the last line printed is the admin kubeconfig path
 #   controlplane.sh down    stop the control plane started by `up`
 #   controlplane.sh status  exit 0 if a started control plane answers /readyz
-#   controlplane.sh kubectl ARGS...
-#                           the kubectl built with it, as the admin user
+#   controlplane.sh kubectl ARGS... / helm ARGS...
+#                           the kubectl and helm built with it, as the admin user
+#   controlplane.sh bin     the directory of the built binaries
 #
 # Environment: HOOKRELAY_CACHE (default ~/.cache/hookrelay) holds binaries;
 # HOOKRELAY_CONTROLPLANE_DIR (default $HOOKRELAY_CACHE/controlplane) holds the
@@ -23,7 +25,7 @@ export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
 cache=${HOOKRELAY_CACHE:-$HOME/.cache/hookrelay}
 # Keyed on the module sums: a changed pin builds anew, an unchanged one never does.
-build_key=$(cat "$here/k8s/go.sum" "$here/etcd/go.sum" | sha256sum | cut -c1-12)
+build_key=$(cat "$here/k8s/go.sum" "$here/etcd/go.sum" "$here/helm/go.sum" | sha256sum | cut -c1-12)
 bin_dir="$cache/k8s-${KUBERNETES_VERSION}-${build_key}/bin"
 run_dir=${HOOKRELAY_CONTROLPLANE_DIR:-$cache/controlplane}
 
@@ -31,7 +33,8 @@ log() { echo "controlplane: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 build() {
-  if [[ -x $bin_dir/kube-apiserver && -x $bin_dir/kube-controller-manager && -x $bin_dir/kubectl && -x $bin_dir/etcd ]]; then
+  if [[ -x $bin_dir/kube-apiserver && -x $bin_dir/kube-controller-manager && -x $bin_dir/kubectl &&
+    -x $bin_dir/etcd && -x $bin_dir/helm ]]; then
     log "using cached binaries in $bin_dir"
     return
   fi
@@ -47,8 +50,10 @@ build() {
     -ldflags "$ldflags" -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kubectl)
   (cd "$here/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  (cd "$here/helm" && CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
   rm -rf "$bin_dir" && mv "$tmp" "$bin_dir"
-  log "built in $((SECONDS - started))s: $(cd "$bin_dir" && du -h kube-apiserver kube-controller-manager kubectl etcd | tr '\t\n' ' ')"
+  log "built in $((SECONDS - started))s: $(cd "$bin_dir" && du -h kube-apiserver kube-controller-manager kubectl etcd helm | tr '\t\n' ' ')"
 }
 
 free_port() {
@@ -221,5 +226,7 @@ case ${1:-} in
   down) down ;;
   status) alive "$run_dir/kube-apiserver.pid" && ready ;;
   kubectl) shift; exec "$bin_dir/kubectl" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
-  *) echo "usage: $0 build|up|down|status|kubectl ARGS..." >&2; exit 2 ;;
+  helm) shift; exec "$bin_dir/helm" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
+  bin) echo "$bin_dir" ;;
+  *) echo "usage: $0 build|up|down|status|bin|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
 esac

@@ -146,13 +146,14 @@ impl TestEnv {
 
     /// Starts `hookrelay controller` with extra arguments.
     pub fn start_controller_with(&self, extra: &[&str]) -> ChildProcess {
+        self.start_controller_as(&self.cluster.admin_kubeconfig, extra)
+    }
+
+    /// Starts `hookrelay controller` with another identity's kubeconfig.
+    pub fn start_controller_as(&self, kubeconfig: &Path, extra: &[&str]) -> ChildProcess {
         let mut args = vec!["controller", "--namespace", &self.ns, "--metrics-listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        ChildProcess::start(
-            &format!("controller-{}", self.ns),
-            &self.cluster.admin_kubeconfig,
-            &args,
-        )
+        ChildProcess::start(&format!("controller-{}", self.ns), kubeconfig, &args)
     }
 
     /// Starts `hookrelay ingest` for this namespace on a free loopback port
@@ -276,6 +277,21 @@ impl Ingest {
     pub fn events_url(&self, ns: &str, hub: &str) -> String {
         format!("{}/v1/namespaces/{ns}/hubs/{hub}/events", self.url)
     }
+}
+
+/// A command-line tool (kubectl, helm): the one built with the local
+/// control plane, or the one on PATH when testing another cluster.
+pub fn tool(name: &str) -> PathBuf {
+    if std::env::var_os("HOOKRELAY_TEST_KUBECONFIG").is_some() {
+        return PathBuf::from(name);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/controlplane.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("bin")
+        .output()
+        .expect("controlplane.sh bin");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(name)
 }
 
 /// A `hookrelay` process started by a test; killed (by its pid) when dropped.

@@ -21,6 +21,7 @@ pub struct Stack {
     pub ingest: Ingest,
     pub token: String,
     controller_args: Vec<String>,
+    controller_kubeconfig: PathBuf,
 }
 
 /// How a `Stack` is set up.
@@ -31,6 +32,10 @@ pub struct Options {
     pub ingest_kubeconfig: Option<PathBuf>,
     /// Extra `hookrelay controller` arguments.
     pub controller_args: Vec<String>,
+    /// The controller's kubeconfig (default: the admin one).
+    pub controller_kubeconfig: Option<PathBuf>,
+    /// Set up this namespace instead of a new one.
+    pub env: Option<TestEnv>,
 }
 
 impl Default for Options {
@@ -39,6 +44,8 @@ impl Default for Options {
             hub: serde_yaml::from_str(include_str!("../../examples/hub.yaml")).unwrap(),
             ingest_kubeconfig: None,
             controller_args: vec![],
+            controller_kubeconfig: None,
+            env: None,
         }
     }
 }
@@ -49,9 +56,16 @@ impl Stack {
     }
 
     pub async fn start_with(test: &str, options: Options) -> Stack {
-        let env = TestEnv::new(test).await;
+        let env = match options.env {
+            Some(env) => env,
+            None => TestEnv::new(test).await,
+        };
         let args: Vec<&str> = options.controller_args.iter().map(String::as_str).collect();
-        let controller = env.start_controller_with(&args);
+        let kubeconfig = options
+            .controller_kubeconfig
+            .clone()
+            .unwrap_or(env.cluster.admin_kubeconfig.clone());
+        let controller = env.start_controller_as(&kubeconfig, &args);
         env.api::<Hub>()
             .create(&PostParams::default(), &options.hub)
             .await
@@ -64,6 +78,7 @@ impl Stack {
             ingest,
             token,
             controller_args: options.controller_args,
+            controller_kubeconfig: kubeconfig,
         }
     }
 
@@ -76,7 +91,7 @@ impl Stack {
     pub fn restart_controller(&mut self) {
         self.controller.kill();
         let args: Vec<&str> = self.controller_args.iter().map(String::as_str).collect();
-        self.controller = self.env.start_controller_with(&args);
+        self.controller = self.env.start_controller_as(&self.controller_kubeconfig, &args);
     }
 
     /// Creates a webhook and waits until it is Ready; returns its signing secret.

@@ -1,0 +1,247 @@
+//! The Helm chart: it lints and renders for default and other values, the
+//! API server accepts what it renders, and the RBAC it installs is exactly
+//! enough to run hookrelay — the operator runs with the chart's
+//! ServiceAccount token through ingest → delivery → deactivation, and is
+//! denied outside its namespaces.
+
+mod support;
+
+use hookrelay::resources::delivery::Phase;
+use hookrelay::resources::{RetryPolicy, Webhook};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::config::Kubeconfig;
+use kube::{Api, Client, Config};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use support::receiver::{Receiver, Reply};
+use support::stack::{Options, Stack, WAIT, deliveries_of, spec};
+use support::{TestEnv, eventually, tool};
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/hookrelay")
+}
+
+/// Runs a tool with the test cluster's admin kubeconfig; panics with its
+/// output if it fails. Returns stdout.
+fn run(name: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut command = Command::new(tool(name));
+    command
+        .args(args)
+        .env("KUBECONFIG", &support::cluster().admin_kubeconfig)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("running {name}: {e}"));
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{name} {args:?} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+#[tokio::test]
+async fn chart_lints_renders_and_passes_server_side_dry_run() {
+    let env = TestEnv::new("chart_lints_renders").await;
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let watched = format!("--set=watchNamespaces={{{}}}", env.ns);
+    let others = [
+        watched.as_str(),
+        "--set=replicaCount=3",
+        "--set=controller.concurrency=16",
+        "--set=ingest.service.type=NodePort",
+        "--set=podDisruptionBudget.minAvailable=2",
+    ];
+    let lint = run("helm", &["lint", "--strict", chart], None);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    let mut with_others = vec!["lint", "--strict", chart, "--set=metrics.serviceMonitor.enabled=true"];
+    with_others.extend(others);
+    run("helm", &with_others, None);
+
+    let default = run("helm", &["template", "rel", chart, "--namespace", &env.ns], None);
+    for kind in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "ServiceAccount",
+        "PodDisruptionBudget",
+    ] {
+        assert!(
+            default.contains(&format!("kind: {kind}\n")),
+            "default render lacks {kind}"
+        );
+    }
+    assert!(default.contains("readOnlyRootFilesystem: true") && default.contains("runAsNonRoot: true"));
+    let mut template = vec!["template", "rel", chart, "--namespace", &env.ns];
+    template.extend(others);
+    let namespaced = run("helm", &template, None);
+    assert!(
+        !namespaced.contains("kind: ClusterRole\n"),
+        "watchNamespaces uses Roles only"
+    );
+    assert!(namespaced.contains(&format!("--namespace={}", env.ns)));
+    let monitor = run(
+        "helm",
+        &["template", "rel", chart, "--set=metrics.serviceMonitor.enabled=true"],
+        None,
+    );
+    assert!(monitor.contains("kind: ServiceMonitor"));
+
+    // The API server accepts every object (the ClusterRole objects too).
+    for rendered in [&default, &namespaced] {
+        let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(rendered));
+        assert!(
+            out.contains("deployment.apps/rel-hookrelay created (server dry run)"),
+            "{out}"
+        );
+    }
+
+    // A bad value fails with a message naming it.
+    let out = Command::new(tool("helm"))
+        .args(["template", "rel", chart, "--set=replicaCount=many"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("replicaCount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.cleanup().await;
+}
+
+/// A kubeconfig for a ServiceAccount, with a token from the TokenRequest API.
+async fn service_account_kubeconfig(client: &Client, ns: &str, name: &str, dir: &Path) -> PathBuf {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        metadata: ObjectMeta::default(),
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        },
+        status: None,
+    };
+    let issued: TokenRequest = accounts
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .expect("a token for the chart's ServiceAccount");
+    let token = issued.status.unwrap().token;
+    let mut config = Kubeconfig::read_from(&support::cluster().admin_kubeconfig).unwrap();
+    for auth in &mut config.auth_infos {
+        if let Some(info) = auth.auth_info.as_mut() {
+            *info = kube::config::AuthInfo {
+                token: Some(token.clone().into()),
+                ..Default::default()
+            };
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{ns}-{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_charts_rbac_is_enough_and_no_more() {
+    let env = TestEnv::new("charts_rbac_is_enough").await;
+    let admin = env.client.clone();
+    let release_ns = format!("{}-rel", env.ns);
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(release_ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+
+    let chart = chart();
+    let watched = format!("--set=watchNamespaces={{{}}}", env.ns);
+    run(
+        "helm",
+        &[
+            "install",
+            "rel",
+            chart.to_str().unwrap(),
+            "--namespace",
+            &release_ns,
+            &watched,
+        ],
+        None,
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &release_ns);
+    accounts.get("rel-hookrelay").await.expect("the chart's ServiceAccount");
+
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubeconfigs");
+    let kubeconfig = service_account_kubeconfig(&admin, &release_ns, "rel-hookrelay", &dir).await;
+    let options = Options {
+        controller_kubeconfig: Some(kubeconfig.clone()),
+        ingest_kubeconfig: Some(kubeconfig.clone()),
+        controller_args: vec![format!("--leader-election-namespace={release_ns}")],
+        env: Some(env),
+        ..Options::default()
+    };
+    let stack = Stack::start_with("charts_rbac_is_enough", options).await;
+
+    // Delivered, then deactivated after its retries — as the chart's identity.
+    let receiver = Receiver::start().await;
+    receiver.set_default("/failing", Reply::status(404));
+    let event = "dynamic-content.edition.scheduled";
+    stack.webhook("ok", spec(receiver.url("/ok"), &[event])).await;
+    let mut failing = spec(receiver.url("/failing"), &[event]);
+    failing.retry = Some(RetryPolicy {
+        max_retries: Some(1),
+        window: Some("2s".parse().unwrap()),
+    });
+    stack.webhook("failing", failing).await;
+    let (status, answer) = stack.post(json!({ "name": event, "payload": {} })).await;
+    assert_eq!(status, 202, "{answer}");
+    for name in deliveries_of(&answer) {
+        let done = stack.delivery_done(&name).await.status.unwrap();
+        let expected = if name.starts_with("ok-") {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        };
+        assert_eq!(done.phase, expected, "{name}");
+    }
+    let webhooks: Api<Webhook> = stack.env.api();
+    eventually(WAIT, "the failing webhook deactivated", || async {
+        let w = webhooks.get("failing").await.ok()?;
+        (!w.spec.active && w.status?.deactivation.is_some()).then_some(())
+    })
+    .await;
+    let logs = stack.logs();
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "a request was forbidden:\n{logs}"
+    );
+
+    // Outside its namespaces the identity is denied.
+    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig).unwrap(), &Default::default())
+        .await
+        .unwrap();
+    let as_chart = Client::try_from(config).unwrap();
+    let elsewhere: Api<Secret> = Api::namespaced(as_chart.clone(), "default");
+    match elsewhere.list(&ListParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403),
+        other => panic!("listing Secrets outside the watched namespace must be forbidden, got {other:?}"),
+    }
+    let hubs_elsewhere: Api<hookrelay::resources::Hub> = Api::namespaced(as_chart, &release_ns);
+    assert!(matches!(hubs_elsewhere.list(&ListParams::default()).await, Err(kube::Error::Api(e)) if e.code == 403));
+
+    run("helm", &["uninstall", "rel", "--namespace", &release_ns], None);
+    let _ = namespaces.delete(&release_ns, &DeleteParams::default()).await;
+    stack.cleanup().await;
+}
