@@ -117,3 +117,22 @@ async fn restricted_identity_is_denied_listing_secrets() {
     admin.list(&ListParams::default()).await.expect("admin lists Secrets");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn namespaces_are_deleted_and_get_the_root_ca() {
+    // Proves the namespace and root-CA controllers run (test namespaces are
+    // cleaned up, Pods could mount kube-root-ca.crt).
+    let env = TestEnv::new("namespaces_are_deleted").await;
+    let config_maps: Api<ConfigMap> = env.api();
+    eventually(Duration::from_secs(60), "kube-root-ca.crt in the namespace", || async {
+        config_maps.get_opt("kube-root-ca.crt").await.unwrap().map(drop)
+    })
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    let ns = env.ns.clone();
+    env.cleanup().await;
+    eventually(Duration::from_secs(60), "the namespace to be deleted", || async {
+        namespaces.get_opt(&ns).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}

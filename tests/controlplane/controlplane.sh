@@ -114,7 +114,10 @@ make_pki() {
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   client_cert admin hookrelay-admin system:masters
-  client_cert controller-manager system:kube-controller-manager
+  # Without per-controller credentials (--use-service-account-credentials=false)
+  # the controller manager acts as itself for every controller (namespace
+  # deletion, root CA publishing), which only system:masters covers.
+  client_cert controller-manager system:kube-controller-manager system:masters
   # An identity with no bindings at all: RBAC denies it everything until a
   # test binds a role to it (e.g. the chart's), which proves RBAC is enforced.
   client_cert restricted hookrelay-restricted
@@ -130,6 +133,7 @@ wait_for() { # description seconds command...
 
 up() {
   # One start at a time: concurrent test binaries or a demo share one instance.
+  # (The servers started below must not inherit the lock: see `9>&-`.)
   mkdir -p "$cache"
   exec 9>"$cache/controlplane.lock"
   flock 9
@@ -154,7 +158,7 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "hookrelay-local=http://127.0.0.1:$etcd_peer" "${fsync[@]}" \
-    > "$run_dir/logs/etcd.log" 2>&1 &
+    > "$run_dir/logs/etcd.log" 2>&1 9>&- &
   echo $! > "$run_dir/etcd.pid"
 
   "$bin_dir/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
@@ -164,7 +168,7 @@ up() {
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
     --service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range 10.0.0.0/24 \
     --authorization-mode RBAC --allow-privileged=true \
-    > "$run_dir/logs/kube-apiserver.log" 2>&1 &
+    > "$run_dir/logs/kube-apiserver.log" 2>&1 9>&- &
   echo $! > "$run_dir/kube-apiserver.pid"
 
   kubeconfig "$run_dir/admin.kubeconfig" admin
@@ -187,7 +191,7 @@ up() {
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
     --leader-elect=false --use-service-account-credentials=false \
     --bind-address 127.0.0.1 --secure-port "$kcm_port" \
-    > "$run_dir/logs/kube-controller-manager.log" 2>&1 &
+    > "$run_dir/logs/kube-controller-manager.log" 2>&1 9>&- &
   echo $! > "$run_dir/kube-controller-manager.pid"
 
   sleep 1

@@ -1,0 +1,17 @@
+# One image, one binary: `hookrelay controller` and `hookrelay ingest` run
+# from it as two containers of one Pod (see charts/hookrelay).
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY src ./src
+COPY crds ./crds
+COPY charts ./charts
+COPY examples ./examples
+COPY tests ./tests
+RUN cargo build --release --locked --bin hookrelay
+
+# distroless/cc: glibc and CA certificates, no shell, runs as nonroot (65532).
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/hookrelay /hookrelay
+USER 65532:65532
+ENTRYPOINT ["/hookrelay"]
