@@ -114,6 +114,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_shows_this_verify_function() {
+        let source = include_str!("receiver.rs");
+        let start = source.find("fn verify(").unwrap();
+        let end = start + source[start..].find("\n}\n").unwrap() + 2;
+        assert!(include_str!("../README.md").contains(&source[start..end]), "README's Rust snippet is out of date");
+    }
+
+    #[test]
     fn accepts_hookrelays_signatures_and_refuses_tampering() {
         let secret = "c2VjcmV0LXZhbHVlLWZvci10ZXN0cw==";
         let body = br#"{"name":"dynamic-content.content-item.updated","payload":{}}"#;

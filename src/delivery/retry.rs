@@ -84,9 +84,42 @@ pub fn next(schedule: &Schedule, attempts: u32, elapsed: Duration, retry_after: 
     Next::RetryIn(delay.min(remaining))
 }
 
+/// The default delays as the rows of the README's table:
+/// `| retry | delay | after the first attempt |`.
+pub fn default_table() -> String {
+    fn human(d: Duration) -> String {
+        let s = d.as_secs_f64().round() as u64;
+        let (h, m, s) = (s / 3600, s % 3600 / 60, s % 60);
+        match (h, m) {
+            (0, 0) => format!("{s}s"),
+            (0, _) => format!("{m}m {s}s"),
+            _ => format!("{h}h {m}m {s}s"),
+        }
+    }
+    let schedule = Schedule::default();
+    let mut total = Duration::ZERO;
+    let mut rows = String::new();
+    for n in 1..=schedule.max_retries {
+        let delay = schedule.nominal_delay(n);
+        total += delay;
+        rows.push_str(&format!("| {n} | {} | {} |\n", human(delay), human(total)));
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_shows_the_default_schedule() {
+        let readme = include_str!("../../README.md");
+        let table = default_table();
+        assert!(
+            readme.contains(&table),
+            "README's retry table is out of date; it should read:\n{table}"
+        );
+    }
 
     #[test]
     fn default_schedule_makes_18_retries_within_12_hours() {
