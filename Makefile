@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONTROLPLANE := tests/controlplane/controlplane.sh
 
-.PHONY: help demo test lint unit crds controlplane-build controlplane-up controlplane-down
+.PHONY: help demo test lint unit bench crds controlplane-build controlplane-up controlplane-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -19,6 +19,11 @@ lint: ## rustfmt and clippy, warnings are errors
 
 unit: ## unit tests only (no cluster)
 	cargo test --lib --bins --locked
+
+bench: ## benchmarks (not tests): end to end with etcd fsync on, and signing (Criterion); report in target/bench/report.md
+	cargo build --release --locked --bin hookrelay
+	cargo bench --locked --bench signing -- --warm-up-time 1 --measurement-time 3
+	cargo bench --locked --bench e2e
 
 crds: ## regenerate crds/ and the chart's CRDs from the Rust types
 	cargo run --quiet --locked -- crd > crds/hookrelay.yaml

@@ -118,7 +118,10 @@ mod tests {
         let source = include_str!("receiver.rs");
         let start = source.find("fn verify(").unwrap();
         let end = start + source[start..].find("\n}\n").unwrap() + 2;
-        assert!(include_str!("../README.md").contains(&source[start..end]), "README's Rust snippet is out of date");
+        assert!(
+            include_str!("../README.md").contains(&source[start..end]),
+            "README's Rust snippet is out of date"
+        );
     }
 
     #[test]

@@ -55,10 +55,12 @@ async fn a_second_reconcile_of_an_unchanged_object_writes_nothing() {
 
     let writes = Arc::new(AtomicUsize::new(0));
     let client = counting_client(writes.clone()).await;
+    let secrets = hookrelay::secret_cache::SecretCache::new(client.clone());
     let ctx = Arc::new(Context::new(
         client,
         store_of(vec![hub.clone()]),
         store_of(vec![webhook.clone()]),
+        secrets,
     ));
 
     webhooks::reconcile(Arc::new(webhook.clone()), ctx.clone())

@@ -2,6 +2,7 @@
 //! token) present, filled and rotated. Shared by both reconcilers.
 
 use super::Error;
+use crate::secret_cache::SecretCache;
 use crate::secrets;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -50,8 +51,13 @@ pub(super) enum State {
 /// Brings the generated Secret to the desired state with at most one write.
 /// A user's edit of the value is kept; only a new rotation request or a
 /// missing value generates a new one.
-pub(super) async fn ensure(api: &Api<Secret>, desired: &Desired<'_>, now: Timestamp) -> Result<State, Error> {
-    let Some(secret) = api.get_opt(&desired.name).await? else {
+pub(super) async fn ensure(
+    api: &Api<Secret>,
+    cache: &SecretCache,
+    desired: &Desired<'_>,
+    now: Timestamp,
+) -> Result<State, Error> {
+    let Some(secret) = cache.get(desired.namespace, &desired.name).await? else {
         let secret = secrets::build_generated(
             &desired.name,
             desired.namespace,
@@ -120,11 +126,12 @@ pub(super) async fn ensure(api: &Api<Secret>, desired: &Desired<'_>, now: Timest
 /// Whether a user-provided Secret key holds a usable value: `Err` carries the
 /// reason and a message naming the Secret (never its value).
 pub(super) async fn check_user_secret(
-    api: &Api<Secret>,
+    cache: &SecretCache,
+    namespace: &str,
     name: &str,
     key: &str,
 ) -> Result<Result<(), (&'static str, String)>, Error> {
-    Ok(match api.get_opt(name).await? {
+    Ok(match cache.get(namespace, name).await? {
         None => Err(("SecretNotFound", format!("Secret {name} not found"))),
         Some(s) if secrets::value(&s, key).is_none() => {
             Err(("SecretKeyMissing", format!("Secret {name} has no non-empty key {key}")))

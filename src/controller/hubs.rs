@@ -53,7 +53,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
 
     let (token_ref, problem, change) = match hub.spec.ingest.as_ref().and_then(|i| i.token_secret_ref.as_ref()) {
         Some(user_ref) => {
-            let problem = generated_secret::check_user_secret(&secrets_api, &user_ref.name, &user_ref.key)
+            let problem = generated_secret::check_user_secret(&ctx.secrets, &ns, &user_ref.name, &user_ref.key)
                 .await?
                 .err();
             (Some(user_ref.clone()), problem, Change::None)
@@ -76,7 +76,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
                 name: desired.name.clone(),
                 key: desired.key.to_string(),
             };
-            match generated_secret::ensure(&secrets_api, &desired, now).await? {
+            match generated_secret::ensure(&secrets_api, &ctx.secrets, &desired, now).await? {
                 State::Ready { change, .. } => (Some(token_ref), None, change),
                 State::NotOwned => (
                     None,

@@ -32,11 +32,13 @@ pub struct Context {
     pub hubs: Store<Hub>,
     /// Every Webhook the controller watches, kept current by a watch.
     pub webhooks: Store<Webhook>,
+    /// Secrets read on demand, cached while unchanged.
+    pub secrets: Arc<SecretCache>,
     backoff: Backoff,
 }
 
 impl Context {
-    pub fn new(client: Client, hubs: Store<Hub>, webhooks: Store<Webhook>) -> Self {
+    pub fn new(client: Client, hubs: Store<Hub>, webhooks: Store<Webhook>, secrets: Arc<SecretCache>) -> Self {
         let reporter = Reporter {
             controller: "hookrelay".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -46,6 +48,7 @@ impl Context {
             client,
             hubs,
             webhooks,
+            secrets,
             backoff: Backoff::default(),
         }
     }
@@ -264,7 +267,14 @@ async fn lead_namespace(
         move |secret: PartialObjectMeta<Secret>| hubs::using_secret(&hubs, &secret)
     };
 
-    let ctx = Arc::new(Context::new(client.clone(), hubs.clone(), webhooks.clone()));
+    let secrets = SecretCache::new(client.clone());
+    tokio::spawn(secrets.clone().watch(namespace.map(str::to_string)));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        hubs.clone(),
+        webhooks.clone(),
+        secrets.clone(),
+    ));
     let webhook_run = webhook_controller
         .watches(secret_metadata(), watcher::Config::default(), webhooks_of_secret)
         .watches(
@@ -296,8 +306,6 @@ async fn lead_namespace(
         .run(hubs::reconcile, error_policy, ctx)
         .for_each(|_| async {});
 
-    let secrets = SecretCache::new(client.clone());
-    tokio::spawn(secrets.clone().watch(namespace.map(str::to_string)));
     let engine = Engine::new(
         client.clone(),
         webhooks.clone(),

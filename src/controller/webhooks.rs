@@ -9,6 +9,7 @@ use crate::resources::{
     FIELD_MANAGER, HUB_LABEL, Hub, MANAGED_BY_LABEL, ROTATE_SECRET_ANNOTATION, SECRET_PURPOSE_LABEL, SecretKeyRef,
     WEBHOOK_LABEL, Webhook, WebhookStatus, condition, conditions,
 };
+use crate::secret_cache::SecretCache;
 use crate::secrets;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -78,7 +79,7 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
     let hub = ctx.hubs.get(&ObjectRef::new(&webhook.spec.hub).within(&ns));
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let signing = signing_secret(&webhook, hub.as_deref(), &secrets_api, &ns, now).await?;
+    let signing = signing_secret(&webhook, hub.as_deref(), &secrets_api, &ctx.secrets, &ns, now).await?;
     let status = desired_status(&webhook, hub.as_deref(), &signing, &now);
 
     publish_events(&webhook, &signing, &status, &ctx).await;
@@ -120,13 +121,14 @@ async fn signing_secret(
     webhook: &Webhook,
     hub: Option<&Hub>,
     api: &Api<Secret>,
+    cache: &SecretCache,
     ns: &str,
     now: Timestamp,
 ) -> Result<Signing, Error> {
     let previous = webhook.status.as_ref();
     if let Some(user_ref) = &webhook.spec.secret_ref {
         // A user's Secret is read, never written.
-        let problem = generated_secret::check_user_secret(api, &user_ref.name, &user_ref.key)
+        let problem = generated_secret::check_user_secret(cache, ns, &user_ref.name, &user_ref.key)
             .await?
             .err();
         return Ok(Signing {
@@ -158,7 +160,7 @@ async fn signing_secret(
         name: desired.name.clone(),
         key: desired.key.to_string(),
     };
-    Ok(match generated_secret::ensure(api, &desired, now).await? {
+    Ok(match generated_secret::ensure(api, cache, &desired, now).await? {
         State::Ready {
             change,
             rotated_for,

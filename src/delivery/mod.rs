@@ -298,7 +298,7 @@ impl Engine {
                                 seen.insert(key_of(&d));
                             }
                             index_finished(&d, &mut finished);
-                            self.consider(Arc::new(d), &mut tracked, &mut queue);
+                            self.consider(slim(d), &mut tracked, &mut queue);
                         }
                         watcher::Event::InitDone => {
                             if let Some(seen) = relisting.take() {
@@ -310,7 +310,7 @@ impl Engine {
                         }
                         watcher::Event::Apply(d) => {
                             index_finished(&d, &mut finished);
-                            self.consider(Arc::new(d), &mut tracked, &mut queue);
+                            self.consider(slim(d), &mut tracked, &mut queue);
                         }
                         watcher::Event::Delete(d) => {
                             finished.forget(&d);
@@ -349,7 +349,7 @@ impl Engine {
                         Ok(attempt::Done::Recorded(stored, deactivation)) => {
                             // The stored object is newer than anything the
                             // watch delivered during the attempt.
-                            self.consider(Arc::new(*stored), &mut tracked, &mut queue);
+                            self.consider(slim(*stored), &mut tracked, &mut queue);
                             if let Some(deactivation) = deactivation {
                                 let (ns, webhook) = (key.0.clone(), sent.spec.webhook.clone());
                                 let engine = self.clone();
@@ -445,6 +445,13 @@ impl Engine {
             let _ = done.send((key, result, delivery));
         });
     }
+}
+
+/// A delivery as held in memory until its attempt: without managedFields,
+/// which are kilobytes per object and never read here.
+fn slim(mut delivery: Delivery) -> Arc<Delivery> {
+    delivery.metadata.managed_fields = None;
+    Arc::new(delivery)
 }
 
 /// Notes a finished delivery for retention (the engine sees every one).

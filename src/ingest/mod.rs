@@ -35,6 +35,8 @@ use subtle::ConstantTimeEq;
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// How long storing the Deliveries may take before ingest answers 503.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries of one event stored at once.
+const CREATE_CONCURRENCY: usize = 16;
 /// What a 503 asks the CMS to wait before retrying.
 const RETRY_AFTER_SECONDS: u64 = 5;
 
@@ -341,18 +343,24 @@ async fn authenticate(ingest: &Ingest, hub: &Hub, namespace: &str, headers: &Hea
 /// chose its id (the sender cannot repeat it) the ones created are removed.
 async fn store(ingest: &Ingest, namespace: &str, deliveries: &[Delivery], generated_id: bool) -> Result<(), Problem> {
     let api: Api<Delivery> = Api::namespaced(ingest.client.clone(), namespace);
-    let creates = deliveries.iter().map(|d| {
+    let create = |d: Delivery| {
         let api = api.clone();
         async move {
-            match tokio::time::timeout(STORE_TIMEOUT, api.create(&PostParams::default(), d)).await {
+            match tokio::time::timeout(STORE_TIMEOUT, api.create(&PostParams::default(), &d)).await {
                 Ok(Ok(_)) => Ok(true),
                 Ok(Err(kube::Error::Api(e))) if e.code == 409 => Ok(false),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {}s", STORE_TIMEOUT.as_secs())),
             }
         }
-    });
-    let results = futures::future::join_all(creates).await;
+    };
+    // Bounded: an event for a thousand webhooks must not become a thousand
+    // requests at once (memory, and a burst the API server would throttle).
+    let results: Vec<Result<bool, String>> = futures::stream::iter(deliveries.iter().cloned())
+        .map(create)
+        .buffered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
     let Some(error) = results.iter().find_map(|r| r.as_ref().err()).cloned() else {
         return Ok(());
     };

@@ -1,0 +1,752 @@
+//! End-to-end benchmark (`make bench`): release builds of `hookrelay
+//! controller` and `hookrelay ingest` against a local control plane with
+//! etcd fsync on, a fast receiver on 127.0.0.1, and the API server's own
+//! request counters. Prints a table and writes `target/bench/report.md`.
+//!
+//! Every load loop is bounded in count and time; all traffic stays on loopback.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use hookrelay::resources::delivery::{DeliverySpec, EventRef};
+use hookrelay::resources::hub::{DeliverySettings, HubSpec, RetentionPolicy};
+use hookrelay::resources::webhook::{HttpMethod, WebhookSpec};
+use hookrelay::resources::{Delivery, Hub, Webhook};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, ResourceExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const EVENTS: usize = 5_000;
+const CONCURRENCY: usize = 32;
+const PHASE_LIMIT: Duration = Duration::from_secs(600);
+const EVENT: &str = "dynamic-content.content-item.updated";
+
+/// Arrival time per `webhook-id`, per path; and delays per path.
+#[derive(Default)]
+struct Book {
+    arrivals: HashMap<String, Instant>,
+    delays: HashMap<String, Duration>,
+    count: usize,
+}
+
+type Receiver = Arc<Mutex<Book>>;
+
+async fn receive(State(book): State<Receiver>, uri: Uri, headers: HeaderMap) -> &'static str {
+    let delay = {
+        let mut b = book.lock().unwrap();
+        b.count += 1;
+        let id = headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        b.arrivals.entry(id).or_insert_with(Instant::now);
+        b.delays.get(uri.path()).copied()
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    "ok"
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Peak resident set (KiB) and CPU seconds, from /proc.
+    fn usage(&self) -> (u64, f64) {
+        let pid = self.0.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (hwm, ticks / 100.0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Bench {
+    client: Client,
+    kubeconfig: PathBuf,
+    http: reqwest::Client,
+    receiver: Receiver,
+    receiver_addr: std::net::SocketAddr,
+    logs: PathBuf,
+    report: Vec<(String, String)>,
+}
+
+async fn until<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+impl Bench {
+    fn note(&mut self, what: &str, value: String) {
+        println!("{what:<58} {value}");
+        self.report.push((what.to_string(), value));
+    }
+
+    async fn namespace(&self, name: &str) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns).await.expect("namespace");
+    }
+
+    /// Starts controller and ingest for `ns`; returns them and ingest's URL and controller metrics URL.
+    fn start(&self, ns: &str) -> (Proc, Proc, String, String) {
+        let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/hookrelay");
+        assert!(binary.exists(), "build first: cargo build --release --bin hookrelay");
+        let (metrics, ingest) = (free_port(), free_port());
+        let spawn = |args: Vec<String>, log: &str| {
+            let file = std::fs::File::create(self.logs.join(log)).unwrap();
+            Proc(
+                Command::new(&binary)
+                    .args(args)
+                    .env("KUBECONFIG", &self.kubeconfig)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(file)
+                    .spawn()
+                    .expect("starting hookrelay"),
+            )
+        };
+        let controller = spawn(
+            vec![
+                "controller".into(),
+                format!("--namespace={ns}"),
+                format!("--metrics-listen=127.0.0.1:{metrics}"),
+                "--leader-elect=false".into(),
+            ],
+            &format!("controller-{ns}.log"),
+        );
+        let ingest_proc = spawn(
+            vec![
+                "ingest".into(),
+                format!("--namespace={ns}"),
+                format!("--listen=127.0.0.1:{ingest}"),
+            ],
+            &format!("ingest-{ns}.log"),
+        );
+        (
+            controller,
+            ingest_proc,
+            format!("http://127.0.0.1:{ingest}"),
+            format!("http://127.0.0.1:{metrics}"),
+        )
+    }
+
+    async fn wait_ready(&self, url: &str) {
+        until(Duration::from_secs(60), || async {
+            let r = self.http.get(format!("{url}/readyz")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+        .expect("ready");
+    }
+
+    async fn hub(&self, ns: &str, custom: Vec<String>) -> String {
+        let spec = HubSpec {
+            label: "Bench".into(),
+            ingest: None,
+            custom_events: custom,
+            retry: None,
+            delivery: Some(DeliverySettings {
+                concurrency_per_webhook: Some(32),
+                ..Default::default()
+            }),
+            retention: Some(RetentionPolicy {
+                keep_per_webhook: Some(10_000),
+                max_age: None,
+            }),
+            signing: None,
+            egress: None,
+        };
+        Api::<Hub>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &Hub::new("main", spec))
+            .await
+            .unwrap();
+        let hubs: Api<Hub> = Api::namespaced(self.client.clone(), ns);
+        let secret = until(Duration::from_secs(60), || async {
+            hubs.get("main").await.ok()?.status?.ingest_token_secret_ref
+        })
+        .await
+        .expect("hub token");
+        let s: Secret = Api::namespaced(self.client.clone(), ns)
+            .get(&secret.name)
+            .await
+            .unwrap();
+        hookrelay::secrets::value(&s, &secret.key).unwrap().to_string()
+    }
+
+    async fn webhooks(&self, ns: &str, names: &[String], events: &[&str]) {
+        let api: Api<Webhook> = Api::namespaced(self.client.clone(), ns);
+        for name in names {
+            let spec = WebhookSpec {
+                hub: "main".into(),
+                label: name.clone(),
+                url: format!("http://{}/{name}", self.receiver_addr),
+                events: events.iter().map(|e| e.to_string()).collect(),
+                active: true,
+                method: HttpMethod::Post,
+                headers: vec![],
+                filters: vec![],
+                custom_payload: None,
+                secret_ref: None,
+                retry: None,
+            };
+            api.create(&PostParams::default(), &Webhook::new(name, spec))
+                .await
+                .unwrap();
+        }
+        until(Duration::from_secs(300), || async {
+            let list = api.list(&Default::default()).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|w| {
+                    w.status
+                        .as_ref()
+                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            (ready >= names.len()).then_some(())
+        })
+        .await
+        .expect("webhooks ready");
+    }
+
+    /// Posts `n` events with `CONCURRENCY` workers (or at `rate` per second);
+    /// returns accept times by delivery name and the wall time.
+    #[allow(clippy::too_many_arguments)]
+    async fn post(
+        &self,
+        ingest: &str,
+        ns: &str,
+        token: &str,
+        name: &str,
+        n: usize,
+        rate: Option<u32>,
+        workers: usize,
+        tag: &str,
+    ) -> (HashMap<String, Instant>, Duration) {
+        let url = format!("{ingest}/v1/namespaces/{ns}/hubs/main/events");
+        let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let started = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers = if rate.is_some() { 1 } else { workers };
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (http, url, token, accepted, next) = (
+                self.http.clone(),
+                url.clone(),
+                token.to_string(),
+                accepted.clone(),
+                next.clone(),
+            );
+            let (name, tag) = (name.to_string(), tag.to_string());
+            tasks.push(tokio::spawn(async move {
+                let payload = json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 });
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= n || started.elapsed() > PHASE_LIMIT {
+                        break;
+                    }
+                    if let Some(r) = rate {
+                        let due = started + Duration::from_secs_f64(i as f64 / r as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let body = json!({ "id": format!("{tag}-{i}"), "name": name, "payload": payload });
+                    let request = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json");
+                    let Ok(resp) = request.body(body.to_string()).send().await else {
+                        continue;
+                    };
+                    let at = Instant::now();
+                    if let Ok(answer) = resp
+                        .text()
+                        .await
+                        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or_default())
+                        && let Some(ds) = answer["deliveries"].as_array()
+                    {
+                        let mut a = accepted.lock().unwrap();
+                        for d in ds {
+                            a.insert(d.as_str().unwrap_or_default().to_string(), at);
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let took = started.elapsed();
+        (Arc::try_unwrap(accepted).unwrap().into_inner().unwrap(), took)
+    }
+
+    async fn metric(&self, url: &str, name: &str) -> f64 {
+        let Ok(r) = self.http.get(format!("{url}/metrics")).send().await else {
+            return 0.0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the controller counted `target` succeeded deliveries.
+    async fn succeeded(&self, metrics: &str, target: f64, limit: Duration) -> Option<Instant> {
+        until(limit, || async {
+            let n = self
+                .metric(metrics, "hookrelay_deliveries_total{outcome=\"succeeded\"}")
+                .await;
+            (n >= target).then(Instant::now)
+        })
+        .await
+    }
+
+    /// API server write requests so far, by resource.
+    async fn writes(&self) -> HashMap<String, f64> {
+        let text = self
+            .client
+            .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
+            .await
+            .unwrap_or_default();
+        let mut out = HashMap::new();
+        for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+            let label = |k: &str| {
+                let start = line.find(&format!("{k}=\""))? + k.len() + 2;
+                Some(line[start..start + line[start..].find('"')?].to_string())
+            };
+            let verb = label("verb").unwrap_or_default();
+            if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&verb.as_str()) {
+                continue;
+            }
+            let resource = format!(
+                "{}{}",
+                label("resource").unwrap_or_default(),
+                label("subresource")
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default()
+            );
+            let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            *out.entry(resource).or_insert(0.0) += v;
+        }
+        out
+    }
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> (f64, String) {
+    let mut parts: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total = parts.iter().map(|(_, d)| d).sum();
+    let text = parts
+        .iter()
+        .map(|(k, d)| format!("{k} {d:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (total, text)
+}
+
+fn latencies(accepted: &HashMap<String, Instant>, receiver: &Receiver) -> Vec<Duration> {
+    let book = receiver.lock().unwrap();
+    let mut l: Vec<Duration> = accepted
+        .iter()
+        .filter_map(|(id, at)| book.arrivals.get(id).map(|r| r.saturating_duration_since(*at)))
+        .collect();
+    l.sort();
+    l
+}
+
+#[tokio::main]
+async fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out_dir = root.join("target/bench");
+    let logs = out_dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    // A control plane of its own, with etcd fsync on, as in production.
+    let cache = std::env::var("HOOKRELAY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hookrelay"));
+    let up = Command::new("bash")
+        .arg(root.join("tests/controlplane/controlplane.sh"))
+        .arg("up")
+        .env("HOOKRELAY_CONTROLPLANE_DIR", cache.join("bench-controlplane"))
+        .env("ETCD_UNSAFE_NO_FSYNC", "false")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("controlplane.sh");
+    assert!(up.status.success(), "the control plane did not start");
+    let kubeconfig = PathBuf::from(String::from_utf8_lossy(&up.stdout).lines().last().unwrap().trim());
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in hookrelay::crd::all() {
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("hookrelay-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // CRDs become served (no condition to poll cheaply for all).
+
+    let receiver: Receiver = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver_addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(receive).with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut b = Bench {
+        client,
+        kubeconfig,
+        http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+        receiver,
+        receiver_addr,
+        logs,
+        report: vec![],
+    };
+    let stamp = jiff::Timestamp::now().as_second();
+    println!(
+        "\nhookrelay end-to-end benchmark ({} cores)\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+
+    // 1. Throughput, 1 webhook and 10 webhooks per event.
+    let ns = format!("bench-{stamp}");
+    b.namespace(&ns).await;
+    let (controller, ingest, ingest_url, metrics_url) = b.start(&ns);
+    let token = b.hub(&ns, vec!["bench.isolation".into(), "bench.other".into()]).await;
+    b.wait_ready(&ingest_url).await;
+    b.webhooks(&ns, &["w0".into()], &[EVENT]).await;
+
+    let before = b.writes().await;
+    let (accepted, took) = b
+        .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t1")
+        .await;
+    let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
+    tokio::time::sleep(hookrelay::delivery::summary::FLUSH_INTERVAL * 3).await;
+    let after = b.writes().await;
+    let (writes, breakdown) = delta(&before, &after);
+    let ingest_rate = accepted.len() as f64 / took.as_secs_f64();
+    let first_accept = accepted.values().min().copied();
+    let delivery_rate = match (done, first_accept) {
+        (Some(at), Some(first)) => accepted.len() as f64 / at.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    b.note(
+        "events accepted/s, 1 webhook (5,000 events, 32 clients)",
+        format!("{ingest_rate:.0}"),
+    );
+    b.note("deliveries completed/s, 1 webhook", format!("{delivery_rate:.0}"));
+    let per_delivery = writes / accepted.len().max(1) as f64;
+    b.note("API writes per delivery", format!("{per_delivery:.2}"));
+    b.note("  writes by resource", breakdown);
+    let saturated = latencies(&accepted, &b.receiver);
+    b.note(
+        "latency accepted → received at saturation p50/p90/p99/max",
+        format!(
+            "{} / {} / {} / {}",
+            ms(percentile(&saturated, 0.5)),
+            ms(percentile(&saturated, 0.9)),
+            ms(percentile(&saturated, 0.99)),
+            ms(*saturated.last().unwrap_or(&Duration::ZERO))
+        ),
+    );
+
+    // Raw creates of a Delivery-sized object, same concurrency, one client,
+    // in a namespace no controller watches: the ceiling.
+    let raw_ns = format!("bench-raw-{stamp}");
+    b.namespace(&raw_ns).await;
+    let raw: Api<Delivery> = Api::namespaced(b.client.clone(), &raw_ns);
+    let sample = Delivery::new(
+        "x",
+        DeliverySpec {
+            webhook: "w0".into(),
+            hub: "main".into(),
+            event: EventRef {
+                id: "e".into(),
+                name: EVENT.into(),
+                received_at: MicroTime(jiff::Timestamp::now()),
+            },
+            payload: json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 }),
+        },
+    );
+    let raw_started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (raw, next, mut d) = (raw.clone(), next.clone(), sample.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= EVENTS || raw_started.elapsed() > PHASE_LIMIT {
+                    break;
+                }
+                d.metadata.name = Some(format!("raw-{i}"));
+                let _ = raw.create(&PostParams::default(), &d).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let raw_rate = EVENTS as f64 / raw_started.elapsed().as_secs_f64();
+    b.note(
+        "raw Delivery creates/s (one client, 32 concurrent)",
+        format!("{raw_rate:.0}"),
+    );
+    b.note(
+        "deliveries/s ÷ raw creates/s",
+        format!("{:.2}", delivery_rate / raw_rate),
+    );
+
+    // 10 webhooks per event.
+    let more: Vec<String> = (1..10).map(|i| format!("w{i}")).collect();
+    b.webhooks(&ns, &more, &[EVENT]).await;
+    let succeeded_before = b
+        .metric(&metrics_url, "hookrelay_deliveries_total{outcome=\"succeeded\"}")
+        .await;
+    let (accepted10, took10) = b
+        .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t10")
+        .await;
+    let done10 = b
+        .succeeded(&metrics_url, succeeded_before + accepted10.len() as f64, PHASE_LIMIT)
+        .await;
+    let first10 = accepted10.values().min().copied();
+    let rate10 = match (done10, first10) {
+        (Some(at), Some(first)) => accepted10.len() as f64 / at.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    b.note(
+        "events accepted/s, 10 webhooks (5,000 events)",
+        format!("{:.0}", EVENTS as f64 / took10.as_secs_f64()),
+    );
+    b.note(
+        "deliveries completed/s, 10 webhooks",
+        format!("{rate10:.0}{}", if done10.is_none() { " (incomplete)" } else { "" }),
+    );
+
+    // 2. Latency at a steady 50 events/s (1 webhook: a custom event only w-steady hears).
+    b.webhooks(&ns, &["steady".into()], &["bench.other"]).await;
+    let (steady, _) = b
+        .post(&ingest_url, &ns, &token, "bench.other", 1_000, Some(50), 1, "steady")
+        .await;
+    until(Duration::from_secs(60), || async {
+        let book = b.receiver.lock().unwrap();
+        steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
+    })
+    .await;
+    let l = latencies(&steady, &b.receiver);
+    b.note(
+        "latency accepted → received at 50 events/s p50/p90/p99/max",
+        format!(
+            "{} / {} / {} / {}",
+            ms(percentile(&l, 0.5)),
+            ms(percentile(&l, 0.9)),
+            ms(percentile(&l, 0.99)),
+            ms(*l.last().unwrap_or(&Duration::ZERO))
+        ),
+    );
+
+    // 5. Isolation: one webhook answering in 5 s, nine fast ones.
+    b.receiver
+        .lock()
+        .unwrap()
+        .delays
+        .insert("/iso-slow".into(), Duration::from_secs(5));
+    let iso: Vec<String> = std::iter::once("iso-slow".to_string())
+        .chain((0..9).map(|i| format!("iso-{i}")))
+        .collect();
+    b.webhooks(&ns, &iso, &["bench.isolation"]).await;
+    let (iso_accepted, _) = b
+        .post(
+            &ingest_url,
+            &ns,
+            &token,
+            "bench.isolation",
+            500,
+            None,
+            CONCURRENCY,
+            "iso",
+        )
+        .await;
+    let fast: HashMap<String, Instant> = iso_accepted
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("iso-slow"))
+        .collect();
+    let arrived = until(Duration::from_secs(120), || async {
+        let book = b.receiver.lock().unwrap();
+        let times: Vec<Instant> = fast.keys().filter_map(|k| book.arrivals.get(k).copied()).collect();
+        (times.len() == fast.len()).then(|| times.into_iter().max().unwrap())
+    })
+    .await;
+    let first = fast.values().min().copied();
+    if let (Some(last), Some(first)) = (arrived, first) {
+        b.note(
+            "isolation: deliveries/s to 9 fast webhooks beside a 5 s one",
+            format!(
+                "{:.0} ({} deliveries in {:.2} s)",
+                fast.len() as f64 / last.duration_since(first).as_secs_f64(),
+                fast.len(),
+                last.duration_since(first).as_secs_f64()
+            ),
+        );
+    }
+    let (c_peak, c_cpu) = controller.usage();
+    let (i_peak, i_cpu) = ingest.usage();
+    b.note(
+        "throughput run: controller peak RSS / CPU",
+        format!("{:.1} MiB / {c_cpu:.1} s", c_peak as f64 / 1024.0),
+    );
+    b.note(
+        "throughput run: ingest peak RSS / CPU",
+        format!("{:.1} MiB / {i_cpu:.1} s", i_peak as f64 / 1024.0),
+    );
+    drop(controller);
+    drop(ingest);
+
+    // 4. Memory with 1,000 webhooks and 10,000 retained Deliveries (fresh processes).
+    let mns = format!("bench-mem-{stamp}");
+    b.namespace(&mns).await;
+    let (controller, ingest, ingest_url, metrics_url) = b.start(&mns);
+    let token = b.hub(&mns, vec!["bench.memory".into()]).await;
+    b.wait_ready(&ingest_url).await;
+    let names: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    b.webhooks(&mns, &names, &["bench.memory"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // let the summaries and reconciles settle
+    let rss_before = controller.rss_kib();
+    let (mem_accepted, _) = b
+        .post(&ingest_url, &mns, &token, "bench.memory", 10, None, 1, "mem")
+        .await;
+    let _ = b.succeeded(&metrics_url, mem_accepted.len() as f64, PHASE_LIMIT).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = controller.rss_kib();
+    let (c_peak, c_cpu) = controller.usage();
+    let (i_peak, i_cpu) = ingest.usage();
+    b.note(
+        "1,000 webhooks + 10,000 Deliveries: controller peak RSS / CPU",
+        format!("{:.1} MiB / {c_cpu:.1} s", c_peak as f64 / 1024.0),
+    );
+    b.note(
+        "1,000 webhooks + 10,000 Deliveries: ingest peak RSS / CPU",
+        format!("{:.1} MiB / {i_cpu:.1} s", i_peak as f64 / 1024.0),
+    );
+    b.note(
+        "controller bytes per retained Delivery",
+        format!(
+            "{:.0} ({} deliveries)",
+            (rss_after.saturating_sub(rss_before) * 1024) as f64 / mem_accepted.len().max(1) as f64,
+            mem_accepted.len()
+        ),
+    );
+    drop(controller);
+    drop(ingest);
+
+    // The report.
+    let mut md = String::new();
+    md.push_str("# hookrelay benchmark\n\n");
+    md.push_str(&format!(
+        "Machine: {} cores. hookrelay {}; Kubernetes {}; etcd fsync on. Generated by `make bench`.\n\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        hookrelay::VERSION,
+        std::fs::read_to_string(root.join("tests/controlplane/VERSION"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("KUBERNETES_VERSION"))
+            .unwrap_or("?"),
+    ));
+    md.push_str(&format!(
+        "API writes per delivery: {per_delivery:.2}\n\n| measure | value |\n| --- | --- |\n"
+    ));
+    for (k, v) in &b.report {
+        md.push_str(&format!("| {} | {} |\n", k.trim(), v));
+    }
+    std::fs::write(out_dir.join("report.md"), &md).unwrap();
+    println!("\nwritten to target/bench/report.md");
+    // Each run starts from an empty etcd: stop this control plane.
+    let _ = Command::new("bash")
+        .arg(root.join("tests/controlplane/controlplane.sh"))
+        .arg("down")
+        .env("HOOKRELAY_CONTROLPLANE_DIR", cache.join("bench-controlplane"))
+        .status();
+}
