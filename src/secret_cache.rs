@@ -84,7 +84,11 @@ impl SecretCache {
             }
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let fetched = api.get_opt(name).await?.map(Arc::new);
+        // managedFields are never read here; not keeping them saves kilobytes per Secret.
+        let fetched = api.get_opt(name).await?.map(|mut s| {
+            s.metadata.managed_fields = None;
+            Arc::new(s)
+        });
         if let Some(secret) = &fetched {
             let mut entries = self.lock();
             // Keep it only if it is the version the watch calls current;

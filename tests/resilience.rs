@@ -167,3 +167,53 @@ async fn two_controllers_deliver_once_and_the_follower_takes_over() {
     assert_eq!(ids_seen(&receiver).len(), 30);
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn watches_recover_when_the_api_server_goes_away_and_comes_back() {
+    // The controller reaches the API server through a proxy; cutting it and
+    // opening it again on the same port is, for this process, an API server
+    // restart. The same process then delivers new events.
+    let admin = &support::cluster().admin_kubeconfig;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubeconfigs");
+    let (apiserver, write_kubeconfig) = support::proxy::TcpProxy::kubeconfig_through(admin, &dir);
+    let proxy = support::proxy::TcpProxy::start(apiserver).await;
+    let kubeconfig = write_kubeconfig(proxy.addr);
+    let options = Options {
+        controller_kubeconfig: Some(kubeconfig),
+        controller_args: vec!["--leader-elect=false".into()],
+        ..Options::default()
+    };
+    let stack = Stack::start_with("watches_recover", options).await;
+    let receiver = Receiver::start().await;
+    stack.webhook("shop", spec(receiver.url("/hook"), &[EVENT])).await;
+    let (status, _) = stack
+        .post(json!({ "id": "before", "name": EVENT, "payload": {} }))
+        .await;
+    assert_eq!(status, 202);
+    receiver.wait_for("/hook", 1, WAIT).await;
+
+    let port = proxy.addr.port();
+    proxy.cut();
+    let (status, _) = stack
+        .post(json!({ "id": "during", "name": EVENT, "payload": {} }))
+        .await;
+    assert_eq!(status, 202, "ingest has its own connection");
+    let back = support::proxy::TcpProxy::start_on(port, apiserver).await;
+    all_succeeded(&stack, 2, Duration::from_secs(120)).await;
+    let (status, _) = stack.post(json!({ "id": "after", "name": EVENT, "payload": {} })).await;
+    assert_eq!(status, 202);
+    all_succeeded(&stack, 3, Duration::from_secs(120)).await;
+    assert_eq!(ids_seen(&receiver).len(), 3);
+    assert!(
+        stack
+            .controller
+            .logs()
+            .lines()
+            .filter(|l| l.contains("\"controller started\""))
+            .count()
+            == 1,
+        "no restart"
+    );
+    drop(back);
+    stack.cleanup().await;
+}

@@ -16,7 +16,12 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> TcpProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        Self::start_on(0, target).await
+    }
+
+    /// A proxy on a given loopback port (0: any), e.g. to come back after `cut`.
+    pub async fn start_on(port: u16, target: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("binding the proxy");
         let addr = listener.local_addr().unwrap();
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let accept = {
