@@ -43,6 +43,16 @@ async fn secret_value(api: &Api<Secret>, name: &str, key: &str) -> Option<String
     secrets::value(&secret, key).map(str::to_string)
 }
 
+/// Applies the example Hub and Webhook and waits until the webhook is
+/// Ready; returns its name and its signing Secret's name.
+async fn example_ready(env: &TestEnv) -> (String, String) {
+    let _: Hub = apply_example(env, "hub.yaml").await;
+    let webhook: Webhook = apply_example(env, "webhook.yaml").await;
+    let name = webhook.name_any();
+    let ready = wait_condition(&env.api(), &name, "Ready", "Ready").await;
+    (name, ready.status.unwrap().secret_ref.unwrap().name)
+}
+
 /// Waits for the webhook's condition `type_` to have `reason`.
 async fn wait_condition(api: &Api<Webhook>, name: &str, type_: &str, reason: &str) -> Webhook {
     eventually(WAIT, &format!("webhook {name} {type_} reason {reason}"), || async {
@@ -164,13 +174,9 @@ async fn examples_get_generated_owned_secrets_collected_with_their_owner() {
 async fn rotation_annotation_rotates_once_per_new_value() {
     let env = TestEnv::new("rotation_rotates_once").await;
     let controller = env.start_controller();
-    let _: Hub = apply_example(&env, "hub.yaml").await;
-    let webhook: Webhook = apply_example(&env, "webhook.yaml").await;
-    let name = webhook.name_any();
+    let (name, secret_name) = example_ready(&env).await;
     let webhooks: Api<Webhook> = env.api();
     let secrets_api: Api<Secret> = env.api();
-    let ready = wait_condition(&webhooks, &name, "Ready", "Ready").await;
-    let secret_name = ready.status.unwrap().secret_ref.unwrap().name;
     let original = secret_value(&secrets_api, &secret_name, "secret").await.unwrap();
 
     let annotate = |value: &'static str| {
@@ -272,13 +278,9 @@ async fn previous_value_expires_after_the_hub_overlap() {
 async fn user_replaced_value_is_kept() {
     let env = TestEnv::new("user_replaced_value_is_kept").await;
     let _controller = env.start_controller();
-    let _: Hub = apply_example(&env, "hub.yaml").await;
-    let webhook: Webhook = apply_example(&env, "webhook.yaml").await;
-    let name = webhook.name_any();
+    let (name, secret_name) = example_ready(&env).await;
     let webhooks: Api<Webhook> = env.api();
     let secrets_api: Api<Secret> = env.api();
-    let ready = wait_condition(&webhooks, &name, "Ready", "Ready").await;
-    let secret_name = ready.status.unwrap().secret_ref.unwrap().name;
 
     // "Replace the generated secret with your own value".
     let mine = "my-own-secret-value";

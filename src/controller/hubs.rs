@@ -10,7 +10,6 @@ use crate::resources::{
 use crate::secrets;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -145,14 +144,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
         }
     }
     if hub.status.as_ref() != Some(&status) {
-        let api: Api<Hub> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": Hub::api_version(&()),
-            "kind": Hub::kind(&()),
-            "status": status,
-        });
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-            .await?;
+        super::apply_status::<Hub>(&ctx.client, &ns, &name, FIELD_MANAGER, &status).await?;
     }
     ctx.backoff.succeeded(&super::backoff_key(hub.as_ref()));
     // Secret and webhook changes trigger reconciles; this is a safety net.

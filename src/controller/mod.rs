@@ -13,6 +13,7 @@ use crate::secret_cache::SecretCache;
 use crate::server::Readiness;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -118,6 +119,31 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: 
         "reconcile failed"
     );
     Action::requeue(delay)
+}
+
+/// Writes a custom resource's `status` by server-side apply as `manager`:
+/// only the fields given are that manager's, others' fields are kept.
+pub(crate) async fn apply_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    manager: &str,
+    status: &impl serde::Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(patch))
+        .await
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>

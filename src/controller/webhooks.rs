@@ -95,14 +95,7 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
         api.patch(&name, &params, &Patch::Merge(clear)).await?;
     }
     if !status_is_current(webhook.status.as_ref(), &status) {
-        let api: Api<Webhook> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": Webhook::api_version(&()),
-            "kind": Webhook::kind(&()),
-            "status": status,
-        });
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-            .await?;
+        super::apply_status::<Webhook>(&ctx.client, &ns, &name, FIELD_MANAGER, &status).await?;
     }
     ctx.backoff.succeeded(&super::backoff_key(webhook.as_ref()));
 

@@ -6,9 +6,8 @@
 use crate::resources::delivery::Phase;
 use crate::resources::webhook::DeliverySummary;
 use crate::resources::{Webhook, WebhookStatus};
-use kube::api::{Patch, PatchParams};
+use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client, Resource};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -56,16 +55,13 @@ impl History {
         self.recent.truncate(RECENT);
     }
 
-    fn status_patch(&self) -> serde_json::Value {
+    /// The status fields the engine owns.
+    fn status_fields(&self) -> serde_json::Value {
         serde_json::json!({
-            "apiVersion": Webhook::api_version(&()),
-            "kind": Webhook::kind(&()),
-            "status": {
-                "lastDelivery": self.recent.first(),
-                "recentDeliveries": self.recent,
-                "succeeded": self.succeeded,
-                "failed": self.failed,
-            }
+            "lastDelivery": self.recent.first(),
+            "recentDeliveries": self.recent,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
         })
     }
 }
@@ -140,12 +136,9 @@ impl Summaries {
                 .collect()
         };
         for ((ns, name), history) in dirty {
-            let api: Api<Webhook> = Api::namespaced(self.client.clone(), &ns);
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            match api
-                .patch_status(&name, &params, &Patch::Apply(history.status_patch()))
-                .await
-            {
+            let fields = history.status_fields();
+            let written = crate::controller::apply_status::<Webhook>(&self.client, &ns, &name, FIELD_MANAGER, &fields);
+            match written.await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => self.forget(&ns, &name),
                 Err(e) => {
@@ -203,8 +196,8 @@ mod tests {
         h.record(line("a", Phase::Failed), true);
         h.record(line("b", Phase::Succeeded), true);
         assert_eq!((h.succeeded, h.failed), (1, 1));
-        let patch = h.status_patch();
-        assert_eq!(patch["status"]["lastDelivery"]["id"], "b");
-        assert_eq!(patch["status"]["recentDeliveries"].as_array().unwrap().len(), 2);
+        let fields = h.status_fields();
+        assert_eq!(fields["lastDelivery"]["id"], "b");
+        assert_eq!(fields["recentDeliveries"].as_array().unwrap().len(), 2);
     }
 }
