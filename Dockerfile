@@ -7,6 +7,7 @@ COPY src ./src
 COPY crds ./crds
 COPY charts ./charts
 COPY examples ./examples
+COPY benches ./benches
 COPY tests ./tests
 RUN cargo build --release --locked --bin hookrelay
 
