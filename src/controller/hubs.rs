@@ -45,7 +45,7 @@ pub fn token_secret_name(hub: &str) -> String {
 }
 
 pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = hub.namespace().ok_or(Error::NoNamespace)?;
+    let ns = hub.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = hub.name_any();
     let now = Timestamp::now();
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -62,7 +62,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
                 namespace: &ns,
                 name: token_secret_name(&name),
                 key: secrets::TOKEN_KEY,
-                owner: hub.controller_owner_ref(&()).ok_or(Error::NoNamespace)?,
+                owner: hub.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?,
                 labels: BTreeMap::from([
                     (MANAGED_BY_LABEL.to_string(), "hookrelay".to_string()),
                     (HUB_LABEL.to_string(), name.clone()),

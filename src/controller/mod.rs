@@ -60,8 +60,8 @@ impl Context {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("object has no namespace")]
-    NoNamespace,
+    #[error("object has no {0}")]
+    MissingMetadata(&'static str),
 }
 
 impl Error {
@@ -70,7 +70,7 @@ impl Error {
         match self {
             Self::Kube(kube::Error::Api(e)) if e.code == 409 => "conflict",
             Self::Kube(_) => "kube",
-            Self::NoNamespace => "no_namespace",
+            Self::MissingMetadata(_) => "missing_metadata",
         }
     }
 }
@@ -115,6 +115,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: 
         name = %obj.name_any(),
         namespace = %obj.namespace().unwrap_or_default(),
         error = %error,
+        error_kind = error.kind(),
         retry_in_s = delay.as_secs(),
         "reconcile failed"
     );

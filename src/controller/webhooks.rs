@@ -73,7 +73,7 @@ struct Signing {
 }
 
 pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = webhook.namespace().ok_or(Error::NoNamespace)?;
+    let ns = webhook.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = webhook.name_any();
     let now = Timestamp::now();
     let hub = ctx.hubs.get(&ObjectRef::new(&webhook.spec.hub).within(&ns));
@@ -137,7 +137,7 @@ async fn signing_secret(
         namespace: ns,
         name: signing_secret_name(&name),
         key: secrets::CURRENT_KEY,
-        owner: webhook.controller_owner_ref(&()).ok_or(Error::NoNamespace)?,
+        owner: webhook.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?,
         labels: BTreeMap::from([
             (MANAGED_BY_LABEL.to_string(), "hookrelay".to_string()),
             (WEBHOOK_LABEL.to_string(), name.clone()),
