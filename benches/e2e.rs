@@ -468,7 +468,19 @@ async fn main() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(2)).await; // CRDs become served (no condition to poll cheaply for all).
+    for crd in hookrelay::crd::all() {
+        let name = crd.name_any();
+        until(Duration::from_secs(60), || async {
+            let c = crds.get(&name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await
+        .expect("CRDs established");
+    }
 
     let receiver: Receiver = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
