@@ -80,7 +80,6 @@ echo "==> kubectl -n $ns get webhooks"
 kubectl -n $ns get webhooks
 echo
 echo "==> what the receiver verified and printed"
-sleep 0.2
 cat "$logs/receiver.log"
 echo
 first=$(kubectl -n $ns get deliveries -o jsonpath='{.items[0].metadata.name}')

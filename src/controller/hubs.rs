@@ -21,22 +21,13 @@ use std::time::Duration;
 
 /// The hubs that own or read a Secret, for re-reconciling them when it changes.
 pub fn using_secret(store: &Store<Hub>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<Hub>> {
-    let (ns, name) = (secret.namespace(), secret.name_any());
-    let owners: Vec<&str> = secret.owner_references().iter().map(|o| o.uid.as_str()).collect();
-    store
-        .state()
-        .iter()
-        .filter(|h| h.namespace() == ns)
-        .filter(|h| {
-            h.uid().is_some_and(|uid| owners.contains(&uid.as_str()))
-                || h.spec
-                    .ingest
-                    .as_ref()
-                    .and_then(|i| i.token_secret_ref.as_ref())
-                    .is_some_and(|r| r.name == name)
-        })
-        .map(|h| ObjectRef::from_obj(h.as_ref()))
-        .collect()
+    super::users_of_secret(store, secret, |hub, name| {
+        hub.spec
+            .ingest
+            .as_ref()
+            .and_then(|i| i.token_secret_ref.as_ref())
+            .is_some_and(|r| r.name == name)
+    })
 }
 
 /// Name of the Secret generated for a hub's ingest token.

@@ -122,6 +122,27 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: 
     Action::requeue(delay)
 }
 
+/// The objects in `store` that own `secret` or name it (`reads`), for
+/// re-reconciling them when it changes.
+pub(crate) fn users_of_secret<K>(
+    store: &Store<K>,
+    secret: &PartialObjectMeta<Secret>,
+    reads: impl Fn(&K, &str) -> bool,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (ns, name) = (secret.namespace(), secret.name_any());
+    let owners: Vec<&str> = secret.owner_references().iter().map(|o| o.uid.as_str()).collect();
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace() == ns)
+        .filter(|o| o.uid().is_some_and(|uid| owners.contains(&uid.as_str())) || reads(o, &name))
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
 /// Writes a custom resource's `status` by server-side apply as `manager`:
 /// only the fields given are that manager's, others' fields are kept.
 pub(crate) async fn apply_status<K>(

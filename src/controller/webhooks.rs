@@ -39,22 +39,14 @@ pub fn of_hub(store: &Store<Webhook>, hub: &Hub) -> Vec<ObjectRef<Webhook>> {
 
 /// The webhooks that own or read a Secret, for re-reconciling them when it changes.
 pub fn using_secret(store: &Store<Webhook>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<Webhook>> {
-    let (ns, name) = (secret.namespace(), secret.name_any());
-    let owners: Vec<&str> = secret.owner_references().iter().map(|o| o.uid.as_str()).collect();
-    store
-        .state()
-        .iter()
-        .filter(|w| w.namespace() == ns)
-        .filter(|w| {
-            w.uid().is_some_and(|uid| owners.contains(&uid.as_str()))
-                || w.spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
-                || w.spec
-                    .headers
-                    .iter()
-                    .any(|h| h.value_from.as_ref().is_some_and(|v| v.secret_key_ref.name == name))
-        })
-        .map(|w| ObjectRef::from_obj(w.as_ref()))
-        .collect()
+    super::users_of_secret(store, secret, |webhook, name| {
+        webhook.spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
+            || webhook
+                .spec
+                .headers
+                .iter()
+                .any(|h| h.value_from.as_ref().is_some_and(|v| v.secret_key_ref.name == name))
+    })
 }
 
 /// Name of the Secret generated for a webhook without `secretRef`.

@@ -35,7 +35,7 @@ pub struct HubSpec {
     /// Event names this hub emits beyond the built-in catalogue, such as
     /// "shop.order.paid": lowercase dot-separated segments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"), inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*$")))]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"), inner(length(min = 1, max = 253), regex(pattern = crate::events::EVENT_NAME_PATTERN)))]
     pub custom_events: Vec<String>,
     /// Default retry policy of this hub's webhooks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,7 +119,7 @@ pub struct SigningSettings {
     /// Name of the header carrying the body signature; default
     /// "X-Amplience-Webhook-Signature", which the CMS SDK verifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = super::HEADER_NAME_PATTERN))]
     pub header: Option<String>,
     /// How long a rotated secret's previous value still signs requests, so
     /// receivers can switch without dropping any. 0s to 720h; default "24h".

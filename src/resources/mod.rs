@@ -27,6 +27,8 @@ pub const HUB_LABEL: &str = "hookrelay.dev/hub";
 pub const WEBHOOK_LABEL: &str = "hookrelay.dev/webhook";
 /// Label telling what a generated Secret is for (`signing` or `ingest-token`).
 pub const SECRET_PURPOSE_LABEL: &str = "hookrelay.dev/secret-purpose";
+/// An HTTP header name: an RFC 9110 token.
+pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 /// Standard label naming the managing tool.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 

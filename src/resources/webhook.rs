@@ -49,7 +49,7 @@ pub struct WebhookSpec {
     #[schemars(
         length(min = 1, max = 64),
         extend("x-kubernetes-list-type" = "set"),
-        inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*(\.\*)?$"))
+        inner(length(min = 1, max = 253), regex(pattern = crate::events::SUBSCRIPTION_PATTERN))
     )]
     pub events: Vec<String>,
     /// Whether events trigger this webhook. Deactivated webhooks are not
@@ -121,7 +121,7 @@ impl HttpMethod {
 pub struct WebhookHeader {
     /// Header name: an HTTP token, not Content-Type, User-Agent, the
     /// signature header or a Standard Webhooks `webhook-*` header.
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"), extend("x-kubernetes-validations" = [{
+    #[schemars(length(min = 1, max = 128), regex(pattern = super::HEADER_NAME_PATTERN), extend("x-kubernetes-validations" = [{
         "rule": "!(self.lowerAscii() in ['content-type', 'content-length', 'host', 'user-agent', 'x-amplience-webhook-signature'] || self.lowerAscii().startsWith('webhook-'))",
         "message": "name is reserved: Content-Type, Content-Length, Host, User-Agent, X-Amplience-Webhook-Signature and webhook-* are set by hookrelay"
     }]))]
