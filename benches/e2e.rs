@@ -560,7 +560,7 @@ async fn main() {
                 name: EVENT.into(),
                 received_at: MicroTime(jiff::Timestamp::now()),
             },
-            payload: json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 }),
+            payload: json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 }).to_string(),
         },
     );
     let raw_started = Instant::now();

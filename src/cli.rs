@@ -51,10 +51,19 @@ struct ControllerArgs {
     /// Namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace, else "default").
     #[arg(long, env = "HOOKRELAY_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
-    /// How long the lease lasts without renewal; longer than any hub's
-    /// delivery timeout. A new leader takes over within this time.
-    #[arg(long, env = "HOOKRELAY_LEASE_DURATION", default_value = "20s", value_parser = parse_duration)]
+    /// How long the lease lasts without renewal. After a crash a follower
+    /// takes over within this time plus two retry periods; after a graceful
+    /// stop (SIGTERM) within one retry period.
+    #[arg(long, env = "HOOKRELAY_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_duration: std::time::Duration,
+    /// A leader that could not renew for this long stops sending at once and
+    /// cancels requests in flight (default: 2/3 of --lease-duration).
+    #[arg(long, env = "HOOKRELAY_RENEW_DEADLINE", value_parser = parse_duration)]
+    renew_deadline: Option<std::time::Duration>,
+    /// How often the leader renews and followers try to take the lease
+    /// (default: 2/15 of --lease-duration).
+    #[arg(long, env = "HOOKRELAY_RETRY_PERIOD", value_parser = parse_duration)]
+    retry_period: Option<std::time::Duration>,
     #[command(flatten)]
     logging: Logging,
 }
@@ -91,16 +100,24 @@ impl Cli {
                 tracing::info!(version = crate::VERSION, "starting controller");
                 // The cluster comes from KUBECONFIG or the in-cluster service account.
                 let client = kube::Client::try_default().await?;
-                let leader_election = args.leader_elect.then(|| crate::leader::Settings {
-                    namespace: args
-                        .leader_election_namespace
-                        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                        .or_else(|| args.namespaces.first().cloned())
-                        .unwrap_or_else(|| "default".into()),
-                    name: "hookrelay-controller".into(),
-                    identity: identity(),
-                    lease_duration: args.lease_duration,
-                });
+                let leader_election = if args.leader_elect {
+                    let mut election = crate::leader::Settings::for_lease(
+                        args.leader_election_namespace
+                            .clone()
+                            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                            .or_else(|| args.namespaces.first().cloned())
+                            .unwrap_or_else(|| "default".into()),
+                        "hookrelay-controller".into(),
+                        identity(),
+                        args.lease_duration,
+                    );
+                    election.renew_deadline = args.renew_deadline.unwrap_or(election.renew_deadline);
+                    election.retry_period = args.retry_period.unwrap_or(election.retry_period);
+                    election.check().map_err(anyhow::Error::msg)?;
+                    Some(election)
+                } else {
+                    None
+                };
                 let settings = crate::controller::Settings {
                     namespaces: args.namespaces,
                     metrics_listen: args.metrics_listen,

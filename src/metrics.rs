@@ -45,6 +45,21 @@ pub struct Metrics {
     pub ingest_requests: Family<CodeLabel, Counter>,
     /// Deliveries created by ingest.
     pub ingest_deliveries_created: Counter,
+    /// Failed writes of an attempt's record, each retried as a write (the
+    /// request is never sent again for it).
+    pub record_retries: Counter,
+    /// Requests sent whose outcome was not recorded, by reason (superseded:
+    /// another leader recorded first; lost: leadership ended mid-request;
+    /// refused: the API server refuses the record).
+    pub unrecorded: Family<ReasonLabel, Counter>,
+    /// Deliveries that cannot be decoded or whose status makes no sense,
+    /// reported and skipped or clamped.
+    pub invalid_deliveries: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
 }
 
 impl Metrics {
@@ -58,6 +73,24 @@ impl Metrics {
         let webhooks = Family::<StateLabel, Gauge>::default();
         let ingest_requests = Family::<CodeLabel, Counter>::default();
         let ingest_deliveries_created = Counter::default();
+        let record_retries = Counter::default();
+        let unrecorded = Family::<ReasonLabel, Counter>::default();
+        let invalid_deliveries = Counter::default();
+        registry.register(
+            "attempt_record_retries",
+            "Failed writes of an attempt's record, retried as writes",
+            record_retries.clone(),
+        );
+        registry.register(
+            "attempts_unrecorded",
+            "Requests sent whose outcome was not recorded, by reason",
+            unrecorded.clone(),
+        );
+        registry.register(
+            "invalid_deliveries",
+            "Deliveries that could not be decoded or had a nonsensical status",
+            invalid_deliveries.clone(),
+        );
         registry.register("deliveries", "Finished deliveries by outcome", deliveries.clone());
         registry.register("delivery_attempts", "Delivery attempts by result", attempts.clone());
         registry.register(
@@ -90,6 +123,9 @@ impl Metrics {
             webhooks,
             ingest_requests,
             ingest_deliveries_created,
+            record_retries,
+            unrecorded,
+            invalid_deliveries,
         })
     }
 
@@ -98,6 +134,12 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+
+    pub fn unrecorded(&self, reason: &str) {
+        self.unrecorded
+            .get_or_create(&ReasonLabel { reason: reason.into() })
+            .inc();
     }
 
     pub fn delivery_finished(&self, outcome: &str) {

@@ -93,7 +93,7 @@ async fn an_event_is_delivered_signed_and_recorded() {
             .iter()
             .any(|h| h.name == "x-handler" && h.value == "ok")
     );
-    assert_eq!(delivery.spec.payload, payload);
+    assert_eq!(delivery.spec.payload_value().unwrap(), payload);
 
     // The Webhook's history shows it (written coalesced, shortly after).
     let webhooks: Api<Webhook> = stack.env.api();

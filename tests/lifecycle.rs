@@ -113,7 +113,7 @@ async fn running_out_of_retries_deactivates_the_webhook_and_cancels_the_rest() {
                 name: EVENT.into(),
                 received_at: MicroTime(Timestamp::now()),
             },
-            payload: json!({}),
+            payload: "{}".into(),
         },
     );
     other.metadata.owner_references = Some(vec![webhook.controller_owner_ref(&()).unwrap()]);

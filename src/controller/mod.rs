@@ -2,7 +2,7 @@
 //! Hubs and Webhooks in line with their specs.
 
 mod generated_secret;
-use crate::leader;
+use crate::leader::{self, Leadership};
 pub mod hubs;
 pub mod webhooks;
 
@@ -206,31 +206,50 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
     ));
 
     let Some(election) = settings.leader_election.clone() else {
-        lead(client, &settings, metrics, readiness, shutdown).await;
+        lead(
+            client,
+            &settings,
+            metrics,
+            readiness,
+            Leadership::unconditional(),
+            shutdown,
+        )
+        .await;
         ops.await??;
         return Ok(());
     };
     // A follower is ready: it is doing what it should, waiting.
     readiness.set_ready();
     let mut elector = leader::Elector::new(client.clone(), election);
-    tokio::select! {
-        _ = elector.acquire() => {}
+    let leadership = tokio::select! {
+        l = elector.acquire() => l,
         _ = shutdown.cancelled() => return Ok(()),
-    }
+    };
+    // The work stops on SIGTERM or when leadership is lost. Renewals go on
+    // until the work has stopped and recorded what it sent, so nobody else
+    // takes over while this process still has requests in flight.
     let work = shutdown.child_token();
-    let lost = CancellationToken::new();
-    let holding = tokio::spawn(elector.hold(work.clone(), lost.clone()));
+    let renewing = CancellationToken::new();
+    let holding = tokio::spawn(elector.hold(leadership.clone(), renewing.clone()));
     {
-        let (work, lost) = (work.clone(), lost.clone());
+        let (work, leadership) = (work.clone(), leadership.clone());
         tokio::spawn(async move {
-            lost.cancelled().await;
+            leadership.lost().await;
             work.cancel();
         });
     }
-    lead(client, &settings, metrics, Readiness::default(), work.clone()).await;
-    work.cancel();
+    lead(
+        client,
+        &settings,
+        metrics,
+        Readiness::default(),
+        leadership.clone(),
+        work.clone(),
+    )
+    .await;
+    renewing.cancel();
     let mut elector = holding.await?;
-    if lost.is_cancelled() {
+    if leadership.is_lost() {
         anyhow::bail!("lost the leader lease; exiting so a new candidate takes over");
     }
     // Work is stopped and recorded: hand the lease over at once.
@@ -247,6 +266,7 @@ async fn lead(
     settings: &Settings,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    leadership: Leadership,
     stop: CancellationToken,
 ) {
     let scopes: Vec<Option<&str>> = if settings.namespaces.is_empty() {
@@ -272,6 +292,7 @@ async fn lead(
             global.clone(),
             metrics.clone(),
             ready,
+            leadership.clone(),
             stop.clone(),
         )
     });
@@ -285,6 +306,7 @@ async fn lead_namespace(
     global: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    leadership: Leadership,
     stop: CancellationToken,
 ) {
     let shutdown = stop;
@@ -361,6 +383,7 @@ async fn lead_namespace(
         secrets,
         metrics.clone(),
         global,
+        leadership,
     );
     let engine_run = {
         let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,17 +60,36 @@ impl Settings {
 }
 
 /// What an attempt did, for the engine.
-pub enum Done {
+pub enum Outcome {
     /// The attempt was recorded; this is the Delivery as stored, and the
     /// deactivation its outcome calls for, if any.
     Recorded(Box<Delivery>, Option<Deactivation>),
+    /// Someone else recorded progress on the Delivery first (a new leader):
+    /// this attempt's record was dropped instead of overwriting theirs. The
+    /// Delivery as stored now.
+    Superseded(Box<Delivery>),
     /// Nothing to do: the Delivery is gone.
     Gone,
+    /// Nothing was sent, for a reason that may pass (the API server did not
+    /// answer whether the webhook exists): try again later.
+    Deferred(String),
+    /// Nothing was sent: this process may no longer act (shutting down, or
+    /// not provably the leader).
+    NotSent,
+    /// A request may have reached the handler but its outcome is not
+    /// recorded (leadership lost mid-request, or the API server refuses the
+    /// record even compacted). The next leader sends it again, same id.
+    Unrecorded(String),
 }
 
 /// Reasons the controller deactivates a webhook.
 pub const RETRIES_EXHAUSTED: &str = "RetriesExhausted";
 pub const GONE: &str = "Gone";
+
+/// How long one API call of an attempt may take before it counts as failed.
+const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two tries of the same record write.
+const RECORD_BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// The redelivery request on a Delivery not yet acted on, if any.
 pub fn redelivery_request(delivery: &Delivery) -> Option<&str> {
@@ -78,15 +98,51 @@ pub fn redelivery_request(delivery: &Delivery) -> Option<&str> {
     (handled != Some(requested.as_str())).then_some(requested.as_str())
 }
 
-/// Why an attempt could not be recorded (it will be made again).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("recording the attempt: {0}")]
-    Kube(#[from] kube::Error),
+/// Where an attempt goes: its webhook, or why it is not sent.
+enum Target {
+    Deliver(Arc<Webhook>),
+    Cancel(String),
+}
+
+/// The webhook of a delivery, and whether it may be sent to. The cache may
+/// lag behind ingest's (a webhook created or reactivated a moment ago), so a
+/// missing or inactive webhook is confirmed with the API server before
+/// anything is cancelled.
+async fn target(engine: &Engine, ns: &str, name: &str) -> Result<Target, String> {
+    if let Some(w) = engine.webhooks.get(&ObjectRef::new(name).within(ns))
+        && engine.inactive_reason(&w).is_none()
+    {
+        return Ok(Target::Deliver(w));
+    }
+    let api: Api<Webhook> = Api::namespaced(engine.client.clone(), ns);
+    match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(name)).await {
+        Ok(Ok(Some(w))) => Ok(match engine.inactive_reason(&w) {
+            None => Target::Deliver(Arc::new(w)),
+            Some(why) => Target::Cancel(why),
+        }),
+        Ok(Ok(None)) => Ok(Target::Cancel("the webhook was deleted".into())),
+        Ok(Err(e)) => Err(format!("reading Webhook {name}: {e}")),
+        Err(_) => Err(format!("reading Webhook {name}: no answer within {API_CALL_TIMEOUT:?}")),
+    }
+}
+
+/// The hub of a webhook, from the cache or else the API server, so a lagging
+/// cache never sends with the default settings (egress, timeouts) instead
+/// of the hub's.
+async fn hub_of(engine: &Engine, ns: &str, name: &str) -> Result<Option<Arc<Hub>>, String> {
+    if let Some(h) = engine.hubs.get(&ObjectRef::new(name).within(ns)) {
+        return Ok(Some(h));
+    }
+    let api: Api<Hub> = Api::namespaced(engine.client.clone(), ns);
+    match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(name)).await {
+        Ok(Ok(h)) => Ok(h.map(Arc::new)),
+        Ok(Err(e)) => Err(format!("reading Hub {name}: {e}")),
+        Err(_) => Err(format!("reading Hub {name}: no answer within {API_CALL_TIMEOUT:?}")),
+    }
 }
 
 /// Makes one attempt of `delivery` and records it.
-pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
+pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
     let ns = delivery.namespace().unwrap_or_default();
     let name = delivery.name_any();
     let mut status = delivery.status.clone().unwrap_or_default();
@@ -94,26 +150,34 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
         // A manual redelivery: a new round of attempts under the same id,
         // recorded after the earlier ones.
         status.redelivered_for = Some(request.to_string());
-        status.round_start = Some(status.attempt_count + 1);
+        status.round_start = Some(status.attempt_count.saturating_add(1));
         status.phase = Phase::Pending;
         status.completed_at = None;
         status.message = None;
     }
-    let webhook = engine.webhooks.get(&ObjectRef::new(&delivery.spec.webhook).within(&ns));
-
-    let webhook = match webhook {
-        Some(w) => match engine.inactive_reason(&w) {
-            None => w,
-            Some(why) => return cancel(engine, delivery, &ns, &name, status, why).await,
-        },
-        None => return cancel(engine, delivery, &ns, &name, status, "the webhook was deleted".into()).await,
+    let webhook = match target(engine, &ns, &delivery.spec.webhook).await {
+        Ok(Target::Deliver(w)) => w,
+        Ok(Target::Cancel(why)) => return close(engine, delivery, status, Phase::Cancelled, why).await,
+        Err(e) => return Outcome::Deferred(e),
     };
-    let hub = engine.hubs.get(&ObjectRef::new(&webhook.spec.hub).within(&ns));
+    let hub = match hub_of(engine, &ns, &webhook.spec.hub).await {
+        Ok(h) => h,
+        Err(e) => return Outcome::Deferred(e),
+    };
     let settings = Settings::resolve(&webhook, hub.as_deref());
 
     let started_at = Timestamp::now();
-    let clock = Instant::now();
     let prepared = prepare(engine, delivery, &webhook, &settings, &ns, started_at).await;
+    if let Err(NotSent::Invalid(why)) = &prepared {
+        // No attempt can ever succeed; the handler is not at fault.
+        engine.metrics.invalid_deliveries.inc();
+        return close(engine, delivery, status, Phase::Failed, why.clone()).await;
+    }
+    // The last moment to make sure this process still leads.
+    if !engine.leadership.may_act() {
+        return Outcome::NotSent;
+    }
+    let clock = Instant::now();
     let (recorded_request, result) = match prepared {
         Ok(outgoing) => {
             let client = engine.http.get(&ClientKey {
@@ -124,7 +188,15 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
                 timeout: settings.timeout,
                 body_limit: settings.body_limit,
             };
-            let result = super::http::send(&client, &settings.egress, &outgoing, &limits).await;
+            // Losing the lease cancels the request: a follower may be
+            // sending the same delivery already.
+            let result = tokio::select! {
+                r = super::http::send(&client, &settings.egress, &outgoing, &limits) => r,
+                _ = engine.leadership.lost() => {
+                    engine.metrics.unrecorded("lost");
+                    return Outcome::Unrecorded("leadership was lost during the request".into());
+                }
+            };
             (record_of(&outgoing), result)
         }
         Err(reason) => (
@@ -143,7 +215,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
         let wait = started_at.duration_since(received).as_secs_f64().max(0.0);
         engine.metrics.event_to_first_attempt.observe(wait);
     }
-    let number = status.attempt_count + 1;
+    let number = status.attempt_count.saturating_add(1);
     let (response, error, retry_after) = match result {
         Ok((response, retry_after)) => (Some(response), None, retry_after),
         Err(e) => (None, Some(e), None),
@@ -167,7 +239,9 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
     status.last_status_code = status_code;
 
     let now = Timestamp::now();
-    let round_start = status.round_start.unwrap_or(1);
+    // A round begins at an attempt that exists; a nonsensical stored value
+    // (the status is writable by others) counts as the first attempt.
+    let round_start = status.round_start.unwrap_or(1).clamp(1, number);
     let mut deactivation = None;
     let mut fail = |status: &mut DeliveryStatus, reason: &str, message: String| {
         status.phase = Phase::Failed;
@@ -196,7 +270,8 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
         _ => {
             let round_started = status
                 .attempts
-                .get(round_start as usize - 1)
+                .iter()
+                .find(|a| a.number == round_start)
                 .map(|a| a.time.0)
                 .unwrap_or(started_at);
             let elapsed = Duration::try_from(now.duration_since(round_started)).unwrap_or_default();
@@ -228,66 +303,152 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Result<Done, Error> {
         status_code,
         outcome: status.phase,
     };
-    let done = record(engine, delivery, &ns, &name, status, Some(summary)).await?;
-    Ok(match done {
-        Done::Recorded(stored, _) => Done::Recorded(stored, deactivation),
-        Done::Gone => Done::Gone,
-    })
+    match record(engine, delivery, status, summary).await {
+        Outcome::Recorded(stored, _) => Outcome::Recorded(stored, deactivation),
+        other => other,
+    }
 }
 
-/// Records that the delivery was not sent because its webhook is inactive.
-async fn cancel(
-    engine: &Engine,
-    delivery: &Delivery,
-    ns: &str,
-    name: &str,
-    mut status: DeliveryStatus,
-    why: String,
-) -> Result<Done, Error> {
-    status.phase = Phase::Cancelled;
+/// Records that the delivery ends without a request: Cancelled because its
+/// webhook is inactive or gone, or Failed because it cannot be sent at all.
+async fn close(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus, phase: Phase, why: String) -> Outcome {
+    status.phase = phase;
     status.completed_at = Some(MicroTime(Timestamp::now()));
     status.next_attempt_at = None;
     status.message = Some(format!("not sent: {why}"));
     let summary = DeliverySummary {
-        id: name.to_string(),
+        id: delivery.name_any(),
         event: delivery.spec.event.name.clone(),
         time: MicroTime(Timestamp::now()),
         attempts: status.attempt_count,
         status_code: status.last_status_code,
-        outcome: Phase::Cancelled,
+        outcome: phase,
     };
-    record(engine, delivery, ns, name, status, Some(summary)).await
+    record(engine, delivery, status, summary).await
 }
 
-/// The single status write of an attempt.
-async fn record(
-    engine: &Engine,
-    delivery: &Delivery,
-    ns: &str,
-    name: &str,
-    status: DeliveryStatus,
-    summary: Option<DeliverySummary>,
-) -> Result<Done, Error> {
-    let api: Api<Delivery> = Api::namespaced(engine.client.clone(), ns);
-    let patch = serde_json::json!({ "status": status });
-    let stored = match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(d) => d,
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Done::Gone),
-        Err(e) => return Err(e.into()),
-    };
-    let finished = status.phase.is_finished();
-    if finished {
-        engine
-            .metrics
-            .delivery_finished(&format!("{:?}", status.phase).to_lowercase());
+/// What says whether anyone recorded progress on a delivery since we read
+/// it: an attempt, a phase change or a new round.
+fn progress(status: Option<&DeliveryStatus>) -> (u32, Phase, Option<String>, Option<u32>) {
+    let s = status.cloned().unwrap_or_default();
+    (s.attempt_count, s.phase, s.redelivered_for, s.round_start)
+}
+
+/// The merge patch of a record: the whole status, with absent optional
+/// fields cleared, conditional on the resourceVersion the attempt started
+/// from, so a deposed leader's write fails instead of overwriting.
+fn status_patch(status: &DeliveryStatus, resource_version: Option<&str>) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).expect("a status serialises");
+    if let Some(fields) = value.as_object_mut() {
+        for key in [
+            "attempts",
+            "lastStatusCode",
+            "nextAttemptAt",
+            "completedAt",
+            "message",
+            "roundStart",
+        ] {
+            fields.entry(key).or_insert(serde_json::Value::Null);
+        }
     }
-    if let Some(summary) = summary {
-        engine.summaries.record(ns, &delivery.spec.webhook, summary, finished);
+    serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": value,
+    })
+}
+
+/// A record small enough for any API server: the first and the newest
+/// attempt, the newest without response headers and body.
+pub(crate) fn compact(mut status: DeliveryStatus) -> DeliveryStatus {
+    if status.attempts.len() > 2 {
+        let last = status.attempts.pop().expect("more than two");
+        status.attempts.truncate(1);
+        status.attempts.push(last);
     }
-    Ok(Done::Recorded(Box::new(stored), None))
+    if let Some(last) = status.attempts.last_mut() {
+        if let Some(r) = last.response.as_mut() {
+            r.headers.clear();
+            r.body_truncated |= !r.body.is_empty();
+            r.body.clear();
+        }
+        if let Some(e) = last.error.as_mut() {
+            let mut end = e.len().min(1024);
+            while !e.is_char_boundary(end) {
+                end -= 1;
+            }
+            e.truncate(end);
+        }
+    }
+    status
+}
+
+/// The status write of an attempt. Once a request was sent its outcome is
+/// kept here until stored: a failed write is retried as a write, with
+/// capped exponential backoff, never by sending the request again.
+async fn record(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus, summary: DeliverySummary) -> Outcome {
+    let ns = delivery.namespace().unwrap_or_default();
+    let name = delivery.name_any();
+    let api: Api<Delivery> = Api::namespaced(engine.client.clone(), &ns);
+    let base = progress(delivery.status.as_ref());
+    let mut resource_version = delivery.resource_version();
+    let mut compacted = false;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let patch = Patch::Merge(status_patch(&status, resource_version.as_deref()));
+        let params = PatchParams::default();
+        let write = api.patch_status(&name, &params, &patch);
+        let failure = match tokio::time::timeout(API_CALL_TIMEOUT, write).await {
+            Ok(Ok(stored)) => {
+                let finished = status.phase.is_finished();
+                if finished {
+                    engine
+                        .metrics
+                        .delivery_finished(&format!("{:?}", status.phase).to_lowercase());
+                }
+                engine.summaries.record(&ns, &delivery.spec.webhook, summary, finished);
+                return Outcome::Recorded(Box::new(stored), None);
+            }
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => return Outcome::Gone,
+            Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
+                // Written since we read it. If nobody recorded progress (a
+                // label, an annotation changed) the record still stands.
+                match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(&name)).await {
+                    Ok(Ok(None)) => return Outcome::Gone,
+                    Ok(Ok(Some(fresh))) if progress(fresh.status.as_ref()) == base => {
+                        resource_version = fresh.resource_version();
+                        continue;
+                    }
+                    Ok(Ok(Some(fresh))) => {
+                        tracing::warn!(delivery = %name, namespace = %ns, "another writer recorded this delivery first; this attempt's record is dropped");
+                        engine.metrics.unrecorded("superseded");
+                        return Outcome::Superseded(Box::new(fresh));
+                    }
+                    Ok(Err(e)) => format!("re-reading after a conflict: {e}"),
+                    Err(_) => "re-reading after a conflict: no answer".to_string(),
+                }
+            }
+            Ok(Err(kube::Error::Api(e))) if matches!(e.code, 400 | 413 | 422) => {
+                if !compacted {
+                    tracing::warn!(delivery = %name, namespace = %ns, code = e.code, reason = %e.reason, "the API server refuses the record; writing it compacted");
+                    status = compact(status);
+                    compacted = true;
+                    continue;
+                }
+                engine.metrics.unrecorded("refused");
+                return Outcome::Unrecorded(format!(
+                    "the API server refuses the record even compacted ({} {})",
+                    e.code, e.reason
+                ));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {API_CALL_TIMEOUT:?}"),
+        };
+        engine.metrics.record_retries.inc();
+        tracing::warn!(delivery = %name, namespace = %ns, error = %failure, retry_in_ms = delay.as_millis() as u64,
+            "could not record the attempt; retrying the write (the request is not sent again)");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECORD_BACKOFF_CAP);
+    }
 }
 
 /// A label for the attempts metric.
@@ -310,8 +471,31 @@ fn record_of(outgoing: &Outgoing) -> RecordedRequest {
     }
 }
 
-/// Everything before sending: secrets, headers, body. `Err` says, without
-/// any secret value, why the request cannot be built.
+/// Why a request was not built. Neither variant carries a secret value.
+#[derive(Debug, thiserror::Error)]
+enum NotSent {
+    /// Missing or broken configuration: recorded as a failed attempt and
+    /// retried, since it can be fixed.
+    #[error("{0}")]
+    Config(String),
+    /// The Delivery itself is unusable: it fails at once.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<String> for NotSent {
+    fn from(s: String) -> Self {
+        Self::Config(s)
+    }
+}
+
+impl From<&str> for NotSent {
+    fn from(s: &str) -> Self {
+        Self::Config(s.to_string())
+    }
+}
+
+/// Everything before sending: secrets, headers, body.
 async fn prepare(
     engine: &Engine,
     delivery: &Delivery,
@@ -319,7 +503,7 @@ async fn prepare(
     settings: &Settings,
     ns: &str,
     now: Timestamp,
-) -> Result<Outgoing, String> {
+) -> Result<Outgoing, NotSent> {
     let secret_ref = webhook
         .spec
         .secret_ref
@@ -375,7 +559,10 @@ async fn prepare(
         };
         custom.push(resolved);
     }
-    let body = request::body(delivery, webhook.spec.custom_payload.as_deref()).map_err(|e| e.to_string())?;
+    let body = request::body(delivery, webhook.spec.custom_payload.as_deref()).map_err(|e| match e {
+        request::BodyError::Payload(p) => NotSent::Invalid(p.to_string()),
+        request::BodyError::Template(t) => NotSent::Config(t.to_string()),
+    })?;
     let keys = SigningKeys {
         header: &settings.signature_header,
         current,

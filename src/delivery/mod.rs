@@ -14,6 +14,7 @@ pub mod retry;
 pub mod signing;
 pub mod summary;
 
+use crate::leader::Leadership;
 use crate::metrics::{Metrics, StateLabel};
 use crate::resources::delivery::{Delivery, Phase};
 use crate::resources::webhook::{DEACTIVATED_ANNOTATION, Deactivation, DeactivationRecord};
@@ -25,21 +26,32 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tokio_util::time::{DelayQueue, delay_queue};
 
 /// Requests in flight to one webhook unless its hub says otherwise.
 pub const DEFAULT_CONCURRENCY_PER_WEBHOOK: u32 = 4;
-/// Wait before re-making an attempt whose result could not be recorded.
-const RECORD_RETRY: Duration = Duration::from_secs(5);
+/// Wait before trying again an attempt that was deferred before sending.
+const DEFER: Duration = Duration::from_secs(5);
+/// The latest a retry can be due: the longest retry window allowed, plus
+/// slack. A later `nextAttemptAt` is nonsense written by someone else.
+const LATEST_DUE: Duration = Duration::from_secs(169 * 3600);
+/// After the longest request timeout, how long shutdown waits for the
+/// records of attempts in flight.
+const RECORD_GRACE: Duration = Duration::from_secs(15);
+/// How long a deposed leader tries to record outcomes it already has (its
+/// writes are conditional, so they cannot overwrite the new leader's).
+const LOST_GRACE: Duration = Duration::from_secs(5);
 /// How often finished Deliveries are checked against the retention policy.
 const RETENTION_SWEEP: Duration = Duration::from_secs(5);
 
@@ -61,15 +73,15 @@ pub struct Engine {
     /// that write is under way), so no attempt slips out in between.
     deactivated: Mutex<HashMap<Key, (Option<i64>, String)>>,
     recorder: Recorder,
-    /// Set on shutdown: attempts not yet started are not started.
-    stopping: AtomicBool,
+    /// Whether this process may send; checked before each request.
+    pub(crate) leadership: Leadership,
+    /// Cancelled on shutdown: attempts not yet started are not started.
+    stop_starting: CancellationToken,
+    /// Every attempt task, so shutdown can wait for them to be recorded.
+    in_flight: TaskTracker,
     /// This engine's share of the webhook gauges (engines share them).
     reported_webhooks: Mutex<(i64, i64)>,
-    global_size: usize,
 }
-
-/// How long shutdown waits for attempts in flight to be recorded.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Where a tracked delivery is.
 enum Slot {
@@ -109,6 +121,7 @@ impl Engine {
         secrets: Arc<SecretCache>,
         metrics: Arc<Metrics>,
         global: Arc<Semaphore>,
+        leadership: Leadership,
     ) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
@@ -125,12 +138,13 @@ impl Engine {
             secrets,
             http: http::Clients::default(),
             metrics,
-            global_size: global.available_permits(),
             global,
             per_webhook: Mutex::default(),
             deactivated: Mutex::default(),
             recorder,
-            stopping: AtomicBool::new(false),
+            leadership,
+            stop_starting: CancellationToken::new(),
+            in_flight: TaskTracker::new(),
             reported_webhooks: Mutex::default(),
         })
     }
@@ -254,17 +268,19 @@ impl Engine {
         entry.1.clone()
     }
 
-    /// Delivers until `shutdown` resolves. `namespace` limits the watch.
+    /// Delivers until `shutdown` resolves, then waits for the attempts in
+    /// flight to be recorded (or, when leadership was lost, for a short
+    /// while). `namespace` limits the watch.
     pub async fn run(self: Arc<Self>, namespace: Option<String>, shutdown: impl std::future::Future<Output = ()>) {
-        let api: Api<Delivery> = match &namespace {
+        // Each Delivery is decoded on its own: one that cannot be is
+        // reported and skipped, never fatal to the watch.
+        let api: Api<DeserializeGuard<Delivery>> = match &namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
         let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
-        let (done_tx, mut done_rx) =
-            mpsc::unbounded_channel::<(Key, Result<attempt::Done, attempt::Error>, Arc<Delivery>)>();
-        let mut queue: DelayQueue<Key> = DelayQueue::new();
-        let mut tracked: HashMap<Key, Slot> = HashMap::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Key, attempt::Outcome, Arc<Delivery>)>();
+        let mut state = Tracking::default();
         // Keys seen during a (re)list; those not seen were deleted meanwhile.
         let mut relisting: Option<HashSet<Key>> = None;
         let mut finished = retention::Index::default();
@@ -293,35 +309,46 @@ impl Engine {
                             relisting = Some(HashSet::new());
                             finished.clear();
                         }
-                        watcher::Event::InitApply(d) => {
+                        watcher::Event::InitApply(DeserializeGuard(d)) => {
+                            let Some(d) = self.decoded(d) else { continue };
                             if let Some(seen) = relisting.as_mut() {
                                 seen.insert(key_of(&d));
                             }
                             index_finished(&d, &mut finished);
-                            self.consider(slim(d), &mut tracked, &mut queue);
+                            self.consider(slim(d), &mut state);
                         }
                         watcher::Event::InitDone => {
                             if let Some(seen) = relisting.take() {
-                                let gone: Vec<Key> = tracked.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                                let gone: Vec<Key> = state.tracked.keys().filter(|k| !seen.contains(*k)).cloned().collect();
                                 for key in gone {
-                                    untrack(&key, &mut tracked, &mut queue);
+                                    state.untrack(&key);
                                 }
                             }
                         }
-                        watcher::Event::Apply(d) => {
+                        watcher::Event::Apply(DeserializeGuard(d)) => {
+                            let Some(d) = self.decoded(d) else { continue };
                             index_finished(&d, &mut finished);
-                            self.consider(slim(d), &mut tracked, &mut queue);
+                            self.consider(slim(d), &mut state);
                         }
-                        watcher::Event::Delete(d) => {
-                            finished.forget(&d);
-                            untrack(&key_of(&d), &mut tracked, &mut queue);
+                        watcher::Event::Delete(DeserializeGuard(d)) => {
+                            let key = match &d {
+                                Ok(d) => {
+                                    finished.forget(d);
+                                    key_of(d)
+                                }
+                                Err(invalid) => (
+                                    invalid.metadata.namespace.clone().unwrap_or_default(),
+                                    invalid.metadata.name.clone().unwrap_or_default(),
+                                ),
+                            };
+                            state.untrack(&key);
                         }
                     }
                 }
-                Some(expired) = queue.next(), if !queue.is_empty() => {
+                Some(expired) = state.queue.next(), if !state.queue.is_empty() => {
                     let key = expired.into_inner();
-                    if let Some(Slot::Queued { delivery, .. }) = tracked.remove(&key) {
-                        tracked.insert(key.clone(), Slot::InFlight { latest: None });
+                    if let Some(Slot::Queued { delivery, .. }) = state.tracked.remove(&key) {
+                        state.tracked.insert(key.clone(), Slot::InFlight { latest: None });
                         self.clone().spawn_attempt(key, delivery, done_tx.clone());
                     }
                 }
@@ -340,62 +367,178 @@ impl Engine {
                         tokio::spawn(delete_expired(client, expired));
                     }
                 }
-                Some((key, result, sent)) = done_rx.recv() => {
-                    let latest = match tracked.remove(&key) {
+                Some((key, outcome, sent)) = done_rx.recv() => {
+                    let latest = match state.tracked.remove(&key) {
                         Some(Slot::InFlight { latest }) => latest,
                         _ => None,
                     };
-                    match result {
-                        Ok(attempt::Done::Recorded(stored, deactivation)) => {
-                            // The stored object is newer than anything the
-                            // watch delivered during the attempt.
-                            self.consider(slim(*stored), &mut tracked, &mut queue);
-                            if let Some(deactivation) = deactivation {
-                                let (ns, webhook) = (key.0.clone(), sent.spec.webhook.clone());
-                                let engine = self.clone();
-                                tokio::spawn(async move { engine.deactivate(&ns, &webhook, deactivation).await });
-                                // Its other pending deliveries: attempted now,
-                                // which records them Cancelled with the reason.
-                                for (k, slot) in tracked.iter_mut() {
-                                    if let Slot::Queued { timer, delivery } = slot
-                                        && k.0 == key.0
-                                        && delivery.spec.webhook == sent.spec.webhook
-                                    {
-                                        queue.reset(timer, Duration::ZERO);
-                                    }
-                                }
-                            }
-                        }
-                        Ok(attempt::Done::Gone) => {}
-                        Err(e) => {
-                            tracing::warn!(delivery = %key.1, namespace = %key.0, error = %e, "attempt not recorded; it will be made again");
-                            let timer = queue.insert(key.clone(), RECORD_RETRY);
-                            tracked.insert(key, Slot::Queued { timer, delivery: latest.unwrap_or(sent) });
+                    self.settle(key, outcome, sent, latest, &mut state);
+                }
+            }
+            // Several engines (one per namespace) share the gauge: add deltas.
+            let pending = state.tracked.len() as i64;
+            self.metrics.pending.inc_by(pending - reported_pending);
+            reported_pending = pending;
+        }
+        self.metrics.pending.dec_by(reported_pending);
+        self.drain().await;
+        summaries.abort();
+        if !self.leadership.is_lost() {
+            self.summaries.flush().await;
+        }
+    }
+
+    /// Stops starting attempts and waits for those in flight: for a
+    /// graceful stop as long as the longest request allowed plus time to
+    /// record it; after losing the lease only briefly (requests were
+    /// cancelled, and records are conditional).
+    async fn drain(&self) {
+        self.stop_starting.cancel();
+        self.in_flight.close();
+        let grace = if self.leadership.is_lost() {
+            LOST_GRACE
+        } else {
+            self.longest_request() + RECORD_GRACE
+        };
+        if !self.in_flight.is_empty() {
+            tracing::info!(
+                attempts = self.in_flight.len(),
+                grace_s = grace.as_secs(),
+                "waiting for attempts in flight to finish and be recorded"
+            );
+        }
+        if tokio::time::timeout(grace, self.in_flight.wait()).await.is_err() {
+            tracing::warn!(
+                attempts = self.in_flight.len(),
+                "attempts still unrecorded at shutdown; the next leader sends them again under the same id"
+            );
+        }
+    }
+
+    /// The longest a request may take under any watched hub's settings.
+    fn longest_request(&self) -> Duration {
+        self.hubs
+            .state()
+            .iter()
+            .filter_map(|h| h.spec.delivery.as_ref())
+            .map(|d| {
+                d.timeout.map(Into::into).unwrap_or(attempt::DEFAULT_TIMEOUT)
+                    + d.connect_timeout
+                        .map(Into::into)
+                        .unwrap_or(attempt::DEFAULT_CONNECT_TIMEOUT)
+            })
+            .max()
+            .unwrap_or(attempt::DEFAULT_TIMEOUT + attempt::DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// A Delivery from the watch, or `None` (reported) if it could not be decoded.
+    fn decoded(&self, d: Result<Delivery, kube::core::error_boundary::InvalidObject>) -> Option<Delivery> {
+        match d {
+            Ok(d) => Some(d),
+            Err(invalid) => {
+                self.metrics.invalid_deliveries.inc();
+                let (ns, name) = (
+                    invalid.metadata.namespace.clone().unwrap_or_default(),
+                    invalid.metadata.name.clone().unwrap_or_default(),
+                );
+                tracing::error!(delivery = %name, namespace = %ns, error = %invalid.error, "a Delivery cannot be decoded; skipped");
+                self.report(
+                    &ns,
+                    &name,
+                    format!("the Delivery cannot be decoded and is skipped: {}", invalid.error),
+                );
+                None
+            }
+        }
+    }
+
+    /// A Warning Event on a Delivery that is malformed (never fails the caller).
+    fn report(&self, ns: &str, name: &str, note: String) {
+        let recorder = self.recorder.clone();
+        let reference = ObjectReference {
+            api_version: Some(Delivery::api_version(&()).into()),
+            kind: Some(Delivery::kind(&()).into()),
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "InvalidDelivery".into(),
+                note: Some(note),
+                action: "Schedule".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "could not publish an InvalidDelivery event");
+            }
+        });
+    }
+
+    /// What to do once an attempt is over.
+    fn settle(
+        self: &Arc<Self>,
+        key: Key,
+        outcome: attempt::Outcome,
+        sent: Arc<Delivery>,
+        latest: Option<Arc<Delivery>>,
+        state: &mut Tracking,
+    ) {
+        match outcome {
+            attempt::Outcome::Recorded(stored, deactivation) => {
+                // The stored object is newer than anything the watch
+                // delivered during the attempt.
+                self.consider(slim(*stored), state);
+                if let Some(deactivation) = deactivation {
+                    let (ns, webhook) = (key.0.clone(), sent.spec.webhook.clone());
+                    let engine = self.clone();
+                    tokio::spawn(async move { engine.deactivate(&ns, &webhook, deactivation).await });
+                    // Its other pending deliveries: attempted now, which
+                    // records them Cancelled with the reason.
+                    for (k, slot) in state.tracked.iter_mut() {
+                        if let Slot::Queued { timer, delivery } = slot
+                            && k.0 == key.0
+                            && delivery.spec.webhook == sent.spec.webhook
+                        {
+                            state.queue.reset(timer, Duration::ZERO);
                         }
                     }
                 }
             }
-            // Several engines (one per namespace) share the gauge: add deltas.
-            let pending = tracked.len() as i64;
-            self.metrics.pending.inc_by(pending - reported_pending);
-            reported_pending = pending;
+            attempt::Outcome::Superseded(stored) => self.consider(slim(*stored), state),
+            attempt::Outcome::Gone | attempt::Outcome::NotSent => {}
+            attempt::Outcome::Deferred(why) => {
+                tracing::warn!(delivery = %key.1, namespace = %key.0, reason = %why, "nothing sent; trying again shortly");
+                let timer = state.queue.insert(key.clone(), DEFER);
+                state.tracked.insert(
+                    key,
+                    Slot::Queued {
+                        timer,
+                        delivery: latest.unwrap_or(sent),
+                    },
+                );
+            }
+            attempt::Outcome::Unrecorded(why) => {
+                tracing::error!(delivery = %key.1, namespace = %key.0, reason = %why, "an attempt's outcome is not recorded");
+                // Not attempted again until the object changes: a record
+                // the API server refuses must not become a resend loop.
+                let version = latest.as_deref().unwrap_or(&sent).resource_version();
+                state.held.insert(key, version);
+            }
         }
-        // Let attempts in flight finish and be recorded, so no request is
-        // left unrecorded (it would be sent again by the next leader).
-        self.stopping.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.global.available_permits() < self.global_size && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.metrics.pending.dec_by(reported_pending);
-        summaries.abort();
-        self.summaries.flush().await;
     }
 
     /// Tracks, reschedules or drops a delivery after seeing its latest state.
-    fn consider(&self, delivery: Arc<Delivery>, tracked: &mut HashMap<Key, Slot>, queue: &mut DelayQueue<Key>) {
+    fn consider(&self, delivery: Arc<Delivery>, state: &mut Tracking) {
         let key = key_of(&delivery);
-        match tracked.get_mut(&key) {
+        if let Some(version) = state.held.get(&key) {
+            if *version == delivery.resource_version() {
+                return;
+            }
+            state.held.remove(&key);
+        }
+        match state.tracked.get_mut(&key) {
             Some(Slot::InFlight { latest }) => {
                 *latest = Some(delivery);
                 return;
@@ -407,21 +550,33 @@ impl Engine {
             _ => {}
         }
         let Some(due) = due_at(&delivery) else {
-            untrack(&key, tracked, queue);
+            state.untrack(&key);
             return;
         };
-        let delay = Duration::try_from(due.duration_since(Timestamp::now())).unwrap_or_default();
-        match tracked.get_mut(&key) {
+        let now = Timestamp::now();
+        let problems = status_problems(&delivery, now);
+        if !problems.is_empty() && state.reported.insert((key.clone(), delivery.resource_version())) {
+            self.metrics.invalid_deliveries.inc();
+            let problems = problems.join("; ");
+            tracing::warn!(delivery = %key.1, namespace = %key.0, %problems, "a Delivery's status makes no sense; scheduling it within the allowed bounds");
+            self.report(&key.0, &key.1, format!("status makes no sense: {problems}"));
+        }
+        // Clamped: a far-future time written by anyone must not stall (or,
+        // past the timer wheel's range, crash) the engine.
+        let delay = Duration::try_from(due.duration_since(now))
+            .unwrap_or_default()
+            .min(LATEST_DUE);
+        match state.tracked.get_mut(&key) {
             Some(Slot::Queued {
                 timer,
                 delivery: queued,
             }) => {
-                queue.reset(timer, delay);
+                state.queue.reset(timer, delay);
                 *queued = delivery;
             }
             _ => {
-                let timer = queue.insert(key.clone(), delay);
-                tracked.insert(key, Slot::Queued { timer, delivery });
+                let timer = state.queue.insert(key.clone(), delay);
+                state.tracked.insert(key, Slot::Queued { timer, delivery });
             }
         }
     }
@@ -430,21 +585,79 @@ impl Engine {
         self: Arc<Self>,
         key: Key,
         delivery: Arc<Delivery>,
-        done: mpsc::UnboundedSender<(Key, Result<attempt::Done, attempt::Error>, Arc<Delivery>)>,
+        done: mpsc::UnboundedSender<(Key, attempt::Outcome, Arc<Delivery>)>,
     ) {
-        tokio::spawn(async move {
+        let tracker = self.in_flight.clone();
+        tracker.spawn(async move {
             // The webhook's own limit first: waiting for it holds no global
             // permit, so a slow webhook cannot starve the others.
             let webhook_limit = self.webhook_limit(&key.0, &delivery.spec.webhook);
-            let _webhook_permit = webhook_limit.acquire_owned().await;
-            let _global_permit = self.global.clone().acquire_owned().await;
-            if self.stopping.load(Ordering::SeqCst) {
+            let permits = async {
+                let w = webhook_limit.acquire_owned().await;
+                let g = self.global.clone().acquire_owned().await;
+                (w, g)
+            };
+            let _permits = tokio::select! {
+                p = permits => p,
+                _ = self.stop_starting.cancelled() => return,
+            };
+            if self.stop_starting.is_cancelled() {
                 return;
             }
-            let result = attempt::run(&self, &delivery).await;
-            let _ = done.send((key, result, delivery));
+            let outcome = attempt::run(&self, &delivery).await;
+            let _ = done.send((key, outcome, delivery));
         });
     }
+}
+
+/// The engine's schedule: what it tracks and when each is due.
+#[derive(Default)]
+struct Tracking {
+    tracked: HashMap<Key, Slot>,
+    queue: DelayQueue<Key>,
+    /// Deliveries whose outcome could not be recorded, with the
+    /// resourceVersion they had: not attempted again until it changes.
+    held: HashMap<Key, Option<String>>,
+    /// Malformed statuses already reported (by resourceVersion).
+    reported: HashSet<(Key, Option<String>)>,
+}
+
+impl Tracking {
+    fn untrack(&mut self, key: &Key) {
+        if let Some(Slot::Queued { timer, .. }) = self.tracked.remove(key) {
+            self.queue.remove(&timer);
+        }
+        self.held.remove(key);
+        self.reported.retain(|(k, _)| k != key);
+    }
+}
+
+/// What is wrong with a Delivery's status, as written by anyone with
+/// `deliveries/status` rights (the engine schedules it within bounds anyway).
+pub fn status_problems(delivery: &Delivery, now: Timestamp) -> Vec<String> {
+    let Some(status) = delivery.status.as_ref() else {
+        return vec![];
+    };
+    let mut problems = vec![];
+    if let Some(next) = &status.next_attempt_at
+        && next.0.duration_since(now) > jiff::SignedDuration::try_from(LATEST_DUE).expect("fits")
+    {
+        problems.push(format!(
+            "nextAttemptAt {} is more than {}h ahead; it is treated as {}h ahead",
+            next.0,
+            LATEST_DUE.as_secs() / 3600,
+            LATEST_DUE.as_secs() / 3600
+        ));
+    }
+    if let Some(start) = status.round_start
+        && (start == 0 || start > status.attempt_count.saturating_add(1))
+    {
+        problems.push(format!(
+            "roundStart {start} is not between 1 and attemptCount + 1 ({}); the round is taken to start at attempt 1",
+            status.attempt_count.saturating_add(1)
+        ));
+    }
+    problems
 }
 
 /// A delivery as held in memory until its attempt: without managedFields,
@@ -480,12 +693,6 @@ fn key_of(d: &Delivery) -> Key {
     (d.namespace().unwrap_or_default(), d.name_any())
 }
 
-fn untrack(key: &Key, tracked: &mut HashMap<Key, Slot>, queue: &mut DelayQueue<Key>) {
-    if let Some(Slot::Queued { timer, .. }) = tracked.remove(key) {
-        queue.remove(&timer);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,7 +710,7 @@ mod tests {
                     name: "n".into(),
                     received_at: MicroTime(Timestamp::now()),
                 },
-                payload: serde_json::json!({}),
+                payload: "{}".into(),
             },
         );
         d.status = status;

@@ -2,8 +2,9 @@
 //! values redacted. Pure: everything it needs is passed in.
 
 use super::signing;
-use crate::resources::delivery::{Delivery, Header};
+use crate::resources::delivery::{Delivery, Header, InvalidPayload};
 use crate::template;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// What replaces a value read from a Secret in recorded headers.
@@ -39,25 +40,45 @@ pub struct Outgoing {
     pub recorded_headers: Vec<Header>,
 }
 
-/// The event as templates and filters see it.
-pub fn event_document(delivery: &Delivery) -> Value {
-    json!({
+/// The event as templates see it.
+pub fn event_document(delivery: &Delivery) -> Result<Value, InvalidPayload> {
+    Ok(json!({
         "id": delivery.spec.event.id,
         "name": delivery.spec.event.name,
-        "payload": delivery.spec.payload,
+        "payload": delivery.spec.payload_value()?,
         "receivedAt": delivery.spec.event.received_at,
-    })
+    }))
+}
+
+/// Why no body can be made for a delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The stored payload is unusable: no attempt can ever succeed.
+    #[error(transparent)]
+    Payload(#[from] InvalidPayload),
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+}
+
+/// The CMS envelope, with the payload's text inserted as stored.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    name: &'a str,
+    payload: &'a RawValue,
 }
 
 /// The body: the CMS envelope `{"name", "payload"}`, or the custom payload.
-pub fn body(delivery: &Delivery, custom_payload: Option<&str>) -> Result<Vec<u8>, template::TemplateError> {
+pub fn body(delivery: &Delivery, custom_payload: Option<&str>) -> Result<Vec<u8>, BodyError> {
     match custom_payload {
-        None => Ok(serde_json::to_vec(&json!({
-            "name": delivery.spec.event.name,
-            "payload": delivery.spec.payload,
-        }))
-        .expect("JSON values serialise")),
-        Some(t) => template::render(t, &event_document(delivery)).map(String::into_bytes),
+        None => {
+            let payload = delivery.spec.payload_raw()?;
+            let envelope = Envelope {
+                name: &delivery.spec.event.name,
+                payload: &payload,
+            };
+            Ok(serde_json::to_vec(&envelope).expect("a string and a raw value serialise"))
+        }
+        Some(t) => Ok(template::render(t, &event_document(delivery)?)?.into_bytes()),
     }
 }
 
@@ -124,7 +145,7 @@ mod tests {
                     name: "dynamic-content.content-item.updated".into(),
                     received_at: MicroTime("2026-11-22T10:00:00Z".parse().unwrap()),
                 },
-                payload: json!({ "id": "c-1", "label": "Grüße" }),
+                payload: json!({ "id": "c-1", "label": "Grüße" }).to_string(),
             },
         )
     }
@@ -152,6 +173,14 @@ mod tests {
             v,
             json!({ "name": "dynamic-content.content-item.updated", "payload": { "id": "c-1", "label": "Grüße" } })
         );
+    }
+
+    #[test]
+    fn an_undecodable_payload_is_a_payload_error_not_a_panic() {
+        let mut d = delivery();
+        d.spec.payload = "{not json".into();
+        assert!(matches!(body(&d, None), Err(BodyError::Payload(_))));
+        assert!(matches!(body(&d, Some("{{name}}")), Err(BodyError::Payload(_))));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reading an event from an ingest request: the CMS envelope
 //! `{"id"?, "name", "payload"}`, or a CloudEvent (structured or binary mode).
 
+use crate::resources::delivery::{MAX_PAYLOAD_DEPTH, json_depth};
 use axum::http::HeaderMap;
 use serde_json::Value;
 
@@ -49,11 +50,26 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<IncomingEvent, Rejectio
     {
         return Err(Rejection::Invalid(format!("id must be 1 to {MAX_ID_LEN} characters")));
     }
+    let depth = json_depth(&event.payload);
+    if depth > MAX_PAYLOAD_DEPTH {
+        return Err(Rejection::Invalid(too_deep(&depth.to_string())));
+    }
     Ok(event)
 }
 
+fn too_deep(depth: &str) -> String {
+    format!("payload nests arrays and objects {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} are accepted")
+}
+
 fn json(body: &[u8]) -> Result<Value, Rejection> {
-    serde_json::from_slice(body).map_err(|e| Rejection::Json(e.to_string()))
+    serde_json::from_slice(body).map_err(|e| {
+        // serde_json stops at 128 levels; say what the limit here is.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            Rejection::Invalid(too_deep("more than 128"))
+        } else {
+            Rejection::Json(e.to_string())
+        }
+    })
 }
 
 fn string_field(object: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, Rejection> {
@@ -225,5 +241,26 @@ mod tests {
         );
         let long = format!(r#"{{"id":"{}","name":"a.b"}}"#, "x".repeat(300));
         assert!(matches!(parse(&json_h, long.as_bytes()), Err(Rejection::Invalid(m)) if m.contains("id must be")));
+    }
+
+    #[test]
+    fn payloads_nested_past_the_limit_are_refused_naming_it() {
+        let json_h = headers(&[("content-type", "application/json")]);
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"name":"a.b","payload":{}1{}}}"#,
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        // The payload object itself is not counted: `[[1]]` is 2 levels.
+        assert!(parse(&json_h, nested(MAX_PAYLOAD_DEPTH + 1).as_bytes()).is_ok());
+        for levels in [MAX_PAYLOAD_DEPTH + 2, 126, 500] {
+            let err = parse(&json_h, nested(levels).as_bytes()).unwrap_err();
+            assert!(
+                matches!(&err, Rejection::Invalid(m) if m.contains("at most 32")),
+                "{levels}: {err}"
+            );
+        }
     }
 }

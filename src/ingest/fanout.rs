@@ -49,8 +49,8 @@ pub fn delivery_name(event_id: &str, webhook: &Webhook) -> String {
 }
 
 /// The Delivery of `event` for `webhook`, owned by the webhook so it goes
-/// when the webhook goes.
-pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &Value, received_at: Timestamp) -> Delivery {
+/// when the webhook goes. `payload` is the payload's JSON text.
+pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &str, received_at: Timestamp) -> Delivery {
     let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_string(), "hookrelay".to_string()),
         (HUB_LABEL.to_string(), webhook.spec.hub.clone()),
@@ -80,7 +80,7 @@ pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &Value, rec
                 name: name.to_string(),
                 received_at: MicroTime(received_at),
             },
-            payload: payload.clone(),
+            payload: payload.to_string(),
         },
         status: None,
     }
@@ -206,7 +206,7 @@ mod tests {
             &w,
             "e1",
             "dynamic-content.content-item.updated",
-            &json!({"id": 1}),
+            r#"{"id":1}"#,
             Timestamp::now(),
         );
         assert_eq!(d.labels()[WEBHOOK_LABEL], "shop");
@@ -214,6 +214,7 @@ mod tests {
         assert_eq!(d.labels()[EVENT_LABEL], "dynamic-content.content-item.updated");
         assert_eq!(d.owner_references()[0].uid, "uid-shop");
         assert_eq!(d.spec.event.id, "e1");
+        assert_eq!(d.spec.payload_value().unwrap(), json!({"id": 1}));
         assert!(d.status.is_none());
     }
 }

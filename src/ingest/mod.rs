@@ -266,9 +266,10 @@ async fn accept(
         &incoming.name,
         &document,
     );
+    let payload = incoming.payload.to_string();
     let deliveries: Vec<Delivery> = selected
         .iter()
-        .map(|w| fanout::build(w, &id, &incoming.name, &incoming.payload, received_at))
+        .map(|w| fanout::build(w, &id, &incoming.name, &payload, received_at))
         .collect();
 
     store(ingest, namespace, &deliveries, generated_id).await?;

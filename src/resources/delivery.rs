@@ -1,7 +1,6 @@
 //! `Delivery`: one event for one webhook — the seed's "delivery ID". Every
 //! attempt for it is recorded under the same id in its status.
 
-use super::any_json;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -37,9 +36,49 @@ pub struct DeliverySpec {
     pub hub: String,
     /// The event being delivered.
     pub event: EventRef,
-    /// The event payload as the CMS sent it.
-    #[schemars(schema_with = "any_json")]
-    pub payload: serde_json::Value,
+    /// The event payload as JSON text, as ingest accepted it. Stored as text,
+    /// not as nested YAML, so no Delivery can nest deeper than a client
+    /// decodes (one such object would break every list of Deliveries), and
+    /// the API server does not walk it on every write.
+    #[schemars(length(max = 1048576))]
+    pub payload: String,
+}
+
+/// The deepest nesting of arrays and objects accepted in an event payload.
+pub const MAX_PAYLOAD_DEPTH: usize = 32;
+
+/// Why a Delivery's payload cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("spec.payload is not a JSON document: {0}")]
+pub struct InvalidPayload(#[from] serde_json::Error);
+
+impl DeliverySpec {
+    /// The payload text, checked to be one JSON document.
+    pub fn payload_raw(&self) -> Result<Box<serde_json::value::RawValue>, InvalidPayload> {
+        Ok(serde_json::value::RawValue::from_string(self.payload.clone())?)
+    }
+
+    /// The payload as a JSON value (for templates and filters).
+    pub fn payload_value(&self) -> Result<serde_json::Value, InvalidPayload> {
+        Ok(serde_json::from_str(&self.payload)?)
+    }
+}
+
+/// How deep `value` nests arrays and objects (a scalar is 0).
+pub fn json_depth(value: &serde_json::Value) -> usize {
+    // Iterative, so a deep value cannot exhaust the stack here either.
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            serde_json::Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
 }
 
 /// Identity of an event.
@@ -85,6 +124,10 @@ impl Phase {
 /// Observed state of a delivery.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.roundStart) || self.roundStart <= (has(self.attemptCount) ? self.attemptCount : 0) + 1",
+    "message": "roundStart must be at most attemptCount + 1 (the attempt that began the current round)"
+}]))]
 pub struct DeliveryStatus {
     /// Pending, Retrying, Succeeded, Failed or Cancelled.
     #[serde(default)]
@@ -94,9 +137,11 @@ pub struct DeliveryStatus {
     pub attempts: Vec<Attempt>,
     /// Number of attempts made.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 100000))]
     pub attempt_count: u32,
     /// HTTP status of the latest response, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 999))]
     pub last_status_code: Option<u16>,
     /// When the next attempt is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +158,7 @@ pub struct DeliveryStatus {
     /// The number of the attempt that began the current round: 1, or the
     /// first attempt after a manual redelivery. Retries count from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100001))]
     pub round_start: Option<u32>,
 }
 
@@ -166,4 +212,43 @@ pub struct RecordedResponse {
 pub struct Header {
     pub name: String,
     pub value: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn depth_counts_nested_arrays_and_objects() {
+        assert_eq!(json_depth(&json!(1)), 0);
+        assert_eq!(json_depth(&json!({})), 1);
+        assert_eq!(json_depth(&json!({"a": [1, {"b": []}]})), 4);
+        let mut deep = json!(0);
+        for _ in 0..10_000 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert_eq!(json_depth(&deep), 10_000);
+        // Dropping a deep value recurses in serde_json; forget it instead.
+        std::mem::forget(deep);
+    }
+
+    #[test]
+    fn payload_text_must_be_one_json_document() {
+        let spec = |payload: &str| DeliverySpec {
+            webhook: "w".into(),
+            hub: "h".into(),
+            event: EventRef {
+                id: "e".into(),
+                name: "n".into(),
+                received_at: MicroTime(jiff::Timestamp::UNIX_EPOCH),
+            },
+            payload: payload.into(),
+        };
+        assert_eq!(spec(r#"{"id":"c-1"}"#).payload_value().unwrap(), json!({"id": "c-1"}));
+        assert_eq!(spec(r#" {"id": 1} "#).payload_raw().unwrap().get(), r#"{"id": 1}"#);
+        let err = spec("{not json").payload_value().unwrap_err().to_string();
+        assert!(err.starts_with("spec.payload is not a JSON document"), "{err}");
+        assert!(spec(&"[".repeat(200)).payload_value().is_err());
+    }
 }

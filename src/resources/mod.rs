@@ -96,12 +96,6 @@ pub fn condition(
     }
 }
 
-/// JSON schema for a free-form JSON value (an event payload, a filter value):
-/// structural schemas express "anything" with this extension alone.
-pub(crate) fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
-}
-
 /// Schema of a list of conditions, merged by type as Kubernetes expects.
 pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<Vec<Condition>>();
