@@ -39,6 +39,12 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 const CREATE_CONCURRENCY: usize = 16;
 /// What a 503 asks the CMS to wait before retrying.
 const RETRY_AFTER_SECONDS: u64 = 5;
+/// After refusing a request whose body is still arriving, how much of it
+/// is read and dropped, and for how long, so the sender (which may not read
+/// an answer before it has sent everything) gets the answer instead of a
+/// reset connection.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 pub struct Settings {
     pub listen: SocketAddr,
@@ -186,15 +192,30 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let response = match accept(&ingest, &namespace, &hub, &headers, body).await {
+    let mut body = Some(body);
+    let response = match accept(&ingest, &namespace, &hub, &headers, &mut body).await {
         Ok(accepted) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
         Err(problem) => {
+            // Refused before the body was read (wrong token, too large):
+            // read and drop it, bounded, then close the connection, so the
+            // sender reads this answer rather than a reset.
+            let unread = body.take();
+            let close = unread.is_some();
+            if let Some(unread) = unread {
+                drain(unread.into_data_stream()).await;
+            }
             if problem.status.is_server_error() {
                 tracing::warn!(namespace, hub, code = problem.code, message = %problem.message, "event not accepted");
             } else {
                 tracing::debug!(namespace, hub, code = problem.code, message = %problem.message, "event rejected");
             }
-            problem.into_response()
+            let mut response = problem.into_response();
+            if close {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     let code = response.status().as_u16().to_string();
@@ -207,7 +228,7 @@ async fn accept(
     namespace: &str,
     hub_name: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Result<serde_json::Value, Problem> {
     let not_found = || {
         Problem::new(
@@ -227,13 +248,7 @@ async fn accept(
         .ok_or_else(not_found)?;
     authenticate(ingest, &hub, namespace, headers).await?;
 
-    let body = axum::body::to_bytes(body, ingest.body_limit).await.map_err(|_| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "TooLarge",
-            format!("the event body exceeds the limit of {} bytes", ingest.body_limit),
-        )
-    })?;
+    let body = read_body(body, headers, ingest.body_limit).await?;
     let incoming = event::parse(headers, &body).map_err(|rejection| match rejection {
         event::Rejection::MediaType(_) => Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -277,6 +292,52 @@ async fn accept(
     let names: Vec<String> = deliveries.iter().map(|d| d.name_any()).collect();
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
     Ok(json!({ "id": id, "name": incoming.name, "deliveries": names }))
+}
+
+/// Reads the body up to `limit` bytes. A declared length over the limit is
+/// refused before reading; a body that grows past it is refused on the spot,
+/// leaving the rest unread in `body` for the caller to drain.
+async fn read_body(body: &mut Option<Body>, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TooLarge",
+            format!("the event body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body.take().expect("the body is read once").into_data_stream();
+    let mut read = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "BadBody", format!("reading the body: {e}")))?;
+        if read.len() + chunk.len() > limit {
+            *body = Some(Body::from_stream(stream));
+            return Err(too_large());
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(read.freeze())
+}
+
+/// Reads and drops what is left of a refused body, bounded in bytes and time.
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut dropped = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            dropped += chunk.len();
+            if dropped > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Checks the bearer token against the hub's, in constant time.

@@ -6,12 +6,41 @@ use kube::config::Kubeconfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub struct TcpProxy {
     pub addr: SocketAddr,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    /// False while stalled: connections stay open, nothing is forwarded.
+    flowing: watch::Sender<bool>,
+}
+
+/// Copies `from` to `to` while the gate is open; while it is closed, holds
+/// whatever it read and reads nothing more.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if gate.wait_for(|open| *open).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if gate.wait_for(|open| *open).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpProxy {
@@ -24,13 +53,17 @@ impl TcpProxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("binding the proxy");
         let addr = listener.local_addr().unwrap();
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (flowing, gate) = watch::channel(true);
         let accept = {
             let tasks = tasks.clone();
             tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let gate = gate.clone();
                     let relay = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            let (in_read, in_write) = inbound.into_split();
+                            let (out_read, out_write) = outbound.into_split();
+                            tokio::join!(pump(in_read, out_write, gate.clone()), pump(out_read, in_write, gate));
                         }
                     });
                     tasks.lock().unwrap().push(relay.abort_handle());
@@ -38,7 +71,18 @@ impl TcpProxy {
             })
         };
         tasks.lock().unwrap().push(accept.abort_handle());
-        TcpProxy { addr, tasks }
+        TcpProxy { addr, tasks, flowing }
+    }
+
+    /// Holds every connection open and forwards nothing (new ones are
+    /// accepted and held too), as a hung network path or API server does.
+    pub fn stall(&self) {
+        self.flowing.send_replace(false);
+    }
+
+    /// Forwards again what was held and everything after it.
+    pub fn flow(&self) {
+        self.flowing.send_replace(true);
     }
 
     /// Stops accepting and drops every open connection.

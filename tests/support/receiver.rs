@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use std::collections::{HashMap, VecDeque};
@@ -20,6 +20,8 @@ pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The process that sent it (found from its socket while connected).
+    pub sender_pid: Option<u32>,
 }
 
 impl Received {
@@ -72,6 +74,8 @@ struct Book {
     received: Vec<Received>,
     scripted: HashMap<String, VecDeque<Reply>>,
     defaults: HashMap<String, Reply>,
+    /// Whether to find each request's sending process (a /proc scan).
+    identify: bool,
 }
 
 #[derive(Clone)]
@@ -83,13 +87,29 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on 127.0.0.1 with a free port; every path answers 200 until scripted.
     pub async fn start() -> Receiver {
-        let book = Arc::new(Mutex::new(Book::default()));
+        Self::start_with(false).await
+    }
+
+    /// Like `start`, and notes the process that sent each request.
+    pub async fn start_identifying() -> Receiver {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(identify: bool) -> Receiver {
+        let book = Arc::new(Mutex::new(Book {
+            identify,
+            ..Book::default()
+        }));
         let app = Router::new().fallback(answer).with_state(book.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the receiver");
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .expect("receiver")
+        });
         Receiver { addr, book }
     }
 
@@ -140,12 +160,15 @@ impl Receiver {
 
 async fn answer(
     State(book): State<Arc<Mutex<Book>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    let identify = book.lock().unwrap().identify;
+    let sender_pid = identify.then(|| pid_of_local_port(peer.port())).flatten();
     let reply = {
         let mut book = book.lock().unwrap();
         book.received.push(Received {
@@ -154,6 +177,7 @@ async fn answer(
             headers,
             body,
             at: Instant::now(),
+            sender_pid,
         });
         let scripted = book.scripted.get_mut(&path).and_then(|q| q.pop_front());
         scripted
@@ -171,4 +195,27 @@ async fn answer(
         );
     }
     response
+}
+
+/// The process owning the IPv4 TCP socket whose local port is `port`: the
+/// socket's inode from /proc/net/tcp, then the process holding it open.
+pub fn pid_of_local_port(port: u16) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+        (local_port == port).then(|| fields.get(9).map(|s| s.to_string()))?
+    })?;
+    let wanted = format!("socket:[{inode}]");
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        if pid == me {
+            return None;
+        }
+        let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(wanted.as_str())))
+            .then_some(pid)
+    })
 }
