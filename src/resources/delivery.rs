@@ -49,18 +49,28 @@ pub const MAX_PAYLOAD_DEPTH: usize = 32;
 
 /// Why a Delivery's payload cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("spec.payload is not a JSON document: {0}")]
-pub struct InvalidPayload(#[from] serde_json::Error);
+pub enum InvalidPayload {
+    #[error("spec.payload is not a JSON document: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("spec.payload nests arrays and objects {0} levels deep; at most {MAX_PAYLOAD_DEPTH} are allowed")]
+    TooDeep(usize),
+}
 
 impl DeliverySpec {
-    /// The payload text, checked to be one JSON document.
-    pub fn payload_raw(&self) -> Result<Box<serde_json::value::RawValue>, InvalidPayload> {
-        Ok(serde_json::value::RawValue::from_string(self.payload.clone())?)
+    /// The payload as a JSON value (for templates and filters), checked to
+    /// be one JSON document within the depth limit, whoever stored it.
+    pub fn payload_value(&self) -> Result<serde_json::Value, InvalidPayload> {
+        let value: serde_json::Value = serde_json::from_str(&self.payload)?;
+        match json_depth(&value) {
+            depth if depth > MAX_PAYLOAD_DEPTH => Err(InvalidPayload::TooDeep(depth)),
+            _ => Ok(value),
+        }
     }
 
-    /// The payload as a JSON value (for templates and filters).
-    pub fn payload_value(&self) -> Result<serde_json::Value, InvalidPayload> {
-        Ok(serde_json::from_str(&self.payload)?)
+    /// The payload text as stored, after the same checks.
+    pub fn payload_raw(&self) -> Result<Box<serde_json::value::RawValue>, InvalidPayload> {
+        self.payload_value()?;
+        Ok(serde_json::value::RawValue::from_string(self.payload.clone())?)
     }
 }
 
@@ -250,5 +260,15 @@ mod tests {
         let err = spec("{not json").payload_value().unwrap_err().to_string();
         assert!(err.starts_with("spec.payload is not a JSON document"), "{err}");
         assert!(spec(&"[".repeat(200)).payload_value().is_err());
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(spec(&deep(MAX_PAYLOAD_DEPTH)).payload_raw().is_ok());
+        assert!(matches!(
+            spec(&deep(MAX_PAYLOAD_DEPTH + 1)).payload_raw(),
+            Err(InvalidPayload::TooDeep(33))
+        ));
+        assert!(matches!(
+            spec(&deep(300)).payload_raw(),
+            Err(InvalidPayload::NotJson(_))
+        ));
     }
 }

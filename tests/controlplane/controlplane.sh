@@ -123,6 +123,33 @@ make_pki() {
   client_cert restricted hookrelay-restricted
 }
 
+start_server() { # name command args...: in the background, arguments kept for `restart`
+  local name=$1; shift
+  printf '%s\0' "$@" > "$run_dir/$name.cmd"
+  "$@" >> "$run_dir/logs/$name.log" 2>&1 9>&- &
+  echo $! > "$run_dir/$name.pid"
+}
+
+# SIGKILLs one server and starts it again with the same arguments and data,
+# after DOWN seconds: the chaos test's API server and etcd crashes.
+restart() { # name [down-seconds]
+  local name=${1:?usage: restart etcd|kube-apiserver|kube-controller-manager [down-seconds]} down=${2:-0}
+  [[ -f $run_dir/$name.cmd ]] || die "$name was not started by this script (no $run_dir/$name.cmd)"
+  if alive "$run_dir/$name.pid"; then
+    local pid; pid=$(cat "$run_dir/$name.pid")
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  sleep "$down"
+  local args=()
+  mapfile -d '' args < "$run_dir/$name.cmd"
+  start_server "$name" "${args[@]}"
+  if [[ $name == kube-apiserver ]]; then
+    wait_for "kube-apiserver /readyz" 120 ready || die "kube-apiserver did not come back within 120s"
+  fi
+  log "restarted $name"
+}
+
 wait_for() { # description seconds command...
   local what=$1 deadline=$((SECONDS + $2)); shift 2
   until "$@" >/dev/null 2>&1; do
@@ -154,22 +181,18 @@ up() {
   local fsync=(--unsafe-no-fsync)
   [[ ${ETCD_UNSAFE_NO_FSYNC:-true} == false ]] && fsync=()
 
-  "$bin_dir/etcd" --name hookrelay-local --data-dir "$run_dir/etcd" \
+  start_server etcd "$bin_dir/etcd" --name hookrelay-local --data-dir "$run_dir/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-cluster "hookrelay-local=http://127.0.0.1:$etcd_peer" "${fsync[@]}" \
-    > "$run_dir/logs/etcd.log" 2>&1 9>&- &
-  echo $! > "$run_dir/etcd.pid"
+    --initial-cluster "hookrelay-local=http://127.0.0.1:$etcd_peer" "${fsync[@]}"
 
-  "$bin_dir/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
+  start_server kube-apiserver "$bin_dir/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$apiserver_port" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
     --service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range 10.0.0.0/24 \
-    --authorization-mode RBAC --allow-privileged=true \
-    > "$run_dir/logs/kube-apiserver.log" 2>&1 9>&- &
-  echo $! > "$run_dir/kube-apiserver.pid"
+    --authorization-mode RBAC --allow-privileged=true
 
   kubeconfig "$run_dir/admin.kubeconfig" admin
   kubeconfig "$run_dir/restricted.kubeconfig" restricted
@@ -184,15 +207,13 @@ up() {
 
   # Only the controllers the tests rely on: garbage collection of
   # ownerReferences, namespace deletion, default ServiceAccounts, root CA.
-  "$bin_dir/kube-controller-manager" --kubeconfig "$run_dir/controller-manager.kubeconfig" \
+  start_server kube-controller-manager "$bin_dir/kube-controller-manager" --kubeconfig "$run_dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$run_dir/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$run_dir/controller-manager.kubeconfig" \
     --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
     --leader-elect=false --use-service-account-credentials=false \
-    --bind-address 127.0.0.1 --secure-port "$kcm_port" \
-    > "$run_dir/logs/kube-controller-manager.log" 2>&1 9>&- &
-  echo $! > "$run_dir/kube-controller-manager.pid"
+    --bind-address 127.0.0.1 --secure-port "$kcm_port"
 
   sleep 1
   alive "$run_dir/kube-controller-manager.pid" || {
@@ -229,8 +250,9 @@ case ${1:-} in
   up) up ;;
   down) down ;;
   status) alive "$run_dir/kube-apiserver.pid" && ready ;;
+  restart) shift; restart "$@" ;;
   kubectl) shift; exec "$bin_dir/kubectl" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   helm) shift; exec "$bin_dir/helm" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   bin) echo "$bin_dir" ;;
-  *) echo "usage: $0 build|up|down|status|bin|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@
 //! ever skipped.
 #![allow(dead_code)]
 
+pub mod audit;
 pub mod proxy;
 pub mod receiver;
 pub mod stack;
@@ -341,6 +342,32 @@ impl ChildProcess {
                 .then(|| v[field].as_str().map(str::to_string))
                 .flatten()
         })
+    }
+
+    /// Sends a signal by name (TERM, STOP, CONT) to this process, by its pid.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits until the process has exited; its exit status.
+    pub async fn exited(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for hookrelay") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hookrelay (pid {}) did not exit within {timeout:?}",
+                self.pid()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// SIGKILL, as a crash would.
