@@ -299,6 +299,8 @@ pub fn tool(name: &str) -> PathBuf {
 pub struct ChildProcess {
     child: Child,
     pub log: PathBuf,
+    /// Where this process's lines begin in the (shared, appended) log.
+    log_start: usize,
 }
 
 impl ChildProcess {
@@ -312,6 +314,7 @@ impl ChildProcess {
             .append(true)
             .open(&log)
             .expect("log file");
+        let log_start = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
             .args(args)
             .args(["--log-format", "json"])
@@ -322,7 +325,7 @@ impl ChildProcess {
             .stderr(file)
             .spawn()
             .expect("starting hookrelay");
-        ChildProcess { child, log }
+        ChildProcess { child, log, log_start }
     }
 
     pub fn pid(&self) -> u32 {
@@ -334,9 +337,11 @@ impl ChildProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The value of `field` in the first JSON log line whose message is `message`.
+    /// The value of `field` in the first JSON log line of this process (not
+    /// of a predecessor sharing its log file) whose message is `message`.
     pub fn log_field(&self, message: &str, field: &str) -> Option<String> {
-        self.logs().lines().find_map(|line| {
+        let logs = self.logs();
+        logs.get(self.log_start..)?.lines().find_map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).ok()?;
             (v["message"] == message)
                 .then(|| v[field].as_str().map(str::to_string))
@@ -368,6 +373,11 @@ impl ChildProcess {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether the process has exited by itself.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     /// SIGKILL, as a crash would.
