@@ -60,7 +60,14 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
         panic!("the chaos test restarts the local control plane's servers; run it without HOOKRELAY_TEST_KUBECONFIG");
     }
     let started = Instant::now();
+    let mut hub: hookrelay::resources::Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
+    // Every finished delivery is kept until the end, to be checked.
+    hub.spec.retention = Some(hookrelay::resources::hub::RetentionPolicy {
+        keep_per_webhook: Some(1000),
+        ..Default::default()
+    });
     let options = Options {
+        hub,
         controller_args: LEASE.iter().map(|s| s.to_string()).collect(),
         ..Options::default()
     };

@@ -479,3 +479,86 @@ async fn undecodable_deliveries_fail_or_are_skipped_alone_also_after_a_relist() 
     );
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
+    use hookrelay::delivery::{Engine, attempt};
+    use hookrelay::resources::{Hub, SecretKeyRef, Webhook};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::reflector;
+
+    // No controller: an engine whose caches are empty, as a controller's are
+    // in the moment after ingest (whose cache is ahead) stored a Delivery
+    // for a webhook created a moment before.
+    let env = support::TestEnv::new("engine_cache_lags_behind_ingest").await;
+    let receiver = Receiver::start().await;
+    let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
+    env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("shop-signing".into()),
+            ..Default::default()
+        },
+        string_data: Some([("secret".to_string(), "s".repeat(32))].into()),
+        ..Default::default()
+    };
+    env.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let mut shop = spec(receiver.url("/hook"), &[EVENT]);
+    shop.secret_ref = Some(SecretKeyRef {
+        name: "shop-signing".into(),
+        key: "secret".into(),
+    });
+    env.api::<Webhook>()
+        .create(&PostParams::default(), &Webhook::new("shop", shop))
+        .await
+        .unwrap();
+    let (webhooks, _) = reflector::store::<Webhook>();
+    let (hubs, _) = reflector::store::<Hub>();
+    let engine = Engine::new(
+        env.client.clone(),
+        webhooks,
+        hubs,
+        hookrelay::secret_cache::SecretCache::new(env.client.clone()),
+        hookrelay::metrics::Metrics::new(),
+        std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+        hookrelay::leader::Leadership::unconditional(),
+    );
+
+    let stored = |name: &str, webhook: &str| {
+        let d = Delivery::new(
+            name,
+            DeliverySpec {
+                webhook: webhook.into(),
+                hub: "main".into(),
+                event: EventRef {
+                    id: name.into(),
+                    name: EVENT.into(),
+                    received_at: MicroTime(jiff::Timestamp::now()),
+                },
+                payload: "{}".into(),
+            },
+        );
+        let api = env.api::<Delivery>();
+        async move { api.create(&PostParams::default(), &d).await.unwrap() }
+    };
+    let for_shop = stored("for-shop", "shop").await;
+    match attempt::run(&engine, &for_shop).await {
+        attempt::Outcome::Recorded(d, None) => {
+            assert_eq!(d.status.unwrap().phase, Phase::Succeeded, "delivered, not cancelled")
+        }
+        _ => panic!("the delivery was not recorded as made"),
+    }
+    assert_eq!(receiver.received("/hook").len(), 1);
+
+    // A webhook the API server does not know either: cancelled, saying why.
+    let for_ghost = stored("for-ghost", "ghost").await;
+    match attempt::run(&engine, &for_ghost).await {
+        attempt::Outcome::Recorded(d, None) => {
+            let s = d.status.unwrap();
+            assert_eq!(s.phase, Phase::Cancelled);
+            assert_eq!(s.message.as_deref(), Some("not sent: the webhook was deleted"));
+        }
+        _ => panic!("the delivery was not recorded as cancelled"),
+    }
+    env.cleanup().await;
+}
