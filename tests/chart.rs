@@ -81,6 +81,10 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
         );
     }
     assert!(default.contains("readOnlyRootFilesystem: true") && default.contains("runAsNonRoot: true"));
+    // Room for the longest delivery timeout (5m) plus connect timeout (1m)
+    // before a stopping leader is killed with requests in flight.
+    assert!(default.contains("terminationGracePeriodSeconds: 390"), "{default}");
+    assert!(default.contains("--lease-duration=15s"));
     let mut template = vec!["template", "rel", chart, "--namespace", &env.ns];
     template.extend(others);
     let namespaced = run("helm", &template, None);
