@@ -502,7 +502,10 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
         string_data: Some([("secret".to_string(), "s".repeat(32))].into()),
         ..Default::default()
     };
-    env.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let mut shop = spec(receiver.url("/hook"), &[EVENT]);
     shop.secret_ref = Some(SecretKeyRef {
         name: "shop-signing".into(),
