@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONTROLPLANE := tests/controlplane/controlplane.sh
 
-.PHONY: help demo test lint unit bench crds controlplane-build controlplane-up controlplane-down
+.PHONY: help demo test test-under-load lint unit bench crds controlplane-build controlplane-up controlplane-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -13,6 +13,15 @@ demo: ## run hookrelay against the local control plane (builds it once)
 # Every target but the benchmarks (`make bench`), which are not tests.
 test: lint ## every test: lint, unit tests and integration tests on the local control plane
 	cargo test --locked --lib --bins --tests --examples
+
+# The suite must hold on a busy machine: stress-ng keeps both cores busy
+# (bounded to an hour, stopped by its pid) while `make test` runs.
+test-under-load: ## make test while stress-ng --cpu 2 runs beside it (installs stress-ng if missing)
+	@command -v stress-ng >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng; }
+	@stress-ng --cpu 2 --timeout 3600s --quiet & load=$$!; \
+	  status=0; started=$$SECONDS; $(MAKE) test || status=$$?; \
+	  kill $$load; wait $$load 2>/dev/null; \
+	  echo "test-under-load: make test exited $$status after $$((SECONDS - started))s under stress-ng --cpu 2"; exit $$status
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all --check

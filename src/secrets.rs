@@ -83,6 +83,30 @@ pub fn build_generated(
 }
 
 /// The value under `key`, if present, UTF-8 and not empty.
+/// Label by which a Secret's owner consents to its values being sent in a
+/// Webhook's headers. Without it a Webhook author could send any Secret of
+/// the namespace to a URL of their choosing.
+pub const HEADER_CONSENT_LABEL: &str = "hookrelay.dev/webhook-header";
+
+/// A header's value from a Secret, if its owner consented (the label). The
+/// message is the same whether the Secret is missing or unlabelled, so it
+/// does not tell a Webhook author which Secrets exist.
+pub fn header_value<'a>(secret: Option<&'a Secret>, header: &str, name: &str, key: &str) -> Result<&'a str, String> {
+    let consented = secret.filter(|s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(HEADER_CONSENT_LABEL))
+            .is_some_and(|v| v == "true")
+    });
+    let Some(secret) = consented else {
+        return Err(format!(
+            "header {header}: Secret {name} does not exist or is not labelled {HEADER_CONSENT_LABEL}: \"true\" (its owner's consent to send it)"
+        ));
+    };
+    value(secret, key).ok_or_else(|| format!("header {header}: Secret {name} has no non-empty key {key}"))
+}
+
 pub fn value<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
     let bytes = secret.data.as_ref()?.get(key)?;
     std::str::from_utf8(&bytes.0).ok().filter(|v| !v.is_empty())
@@ -172,6 +196,30 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_secrets_need_their_owners_consent_and_do_not_reveal_existence() {
+        let secret = |labelled: bool| Secret {
+            metadata: ObjectMeta {
+                name: Some("api-key".into()),
+                labels: labelled.then(|| [(HEADER_CONSENT_LABEL.to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            data: Some([("key".to_string(), ByteString(b"v".to_vec()))].into()),
+            ..Default::default()
+        };
+        let (labelled, unlabelled) = (secret(true), secret(false));
+        assert_eq!(header_value(Some(&labelled), "X-Key", "api-key", "key"), Ok("v"));
+        let missing = header_value(None, "X-Key", "api-key", "key").unwrap_err();
+        let refused = header_value(Some(&unlabelled), "X-Key", "api-key", "key").unwrap_err();
+        assert_eq!(missing, refused, "the same answer whether it exists or not");
+        assert!(missing.contains(HEADER_CONSENT_LABEL));
+        assert!(
+            header_value(Some(&labelled), "X-Key", "api-key", "other")
+                .unwrap_err()
+                .contains("no non-empty key other")
+        );
+    }
 
     fn owner() -> OwnerReference {
         OwnerReference {

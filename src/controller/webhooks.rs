@@ -71,7 +71,10 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
     let hub = ctx.hubs.get(&ObjectRef::new(&webhook.spec.hub).within(&ns));
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let signing = signing_secret(&webhook, hub.as_deref(), &secrets_api, &ctx.secrets, &ns, now).await?;
+    let mut signing = signing_secret(&webhook, hub.as_deref(), &secrets_api, &ctx.secrets, &ns, now).await?;
+    if signing.problem.is_none() {
+        signing.problem = header_secrets_problem(&webhook.spec, &ctx.secrets, &ns).await?;
+    }
     let status = desired_status(&webhook, hub.as_deref(), &signing, &now);
 
     publish_events(&webhook, &signing, &status, &ctx).await;
@@ -171,6 +174,24 @@ async fn signing_secret(
             recheck_at: None,
         },
     })
+}
+
+/// Why a header's Secret cannot be used (missing, not consented, no key),
+/// without telling which of the first two.
+async fn header_secrets_problem(
+    spec: &WebhookSpec,
+    cache: &SecretCache,
+    ns: &str,
+) -> Result<Option<(&'static str, String)>, Error> {
+    for header in &spec.headers {
+        let Some(from) = &header.value_from else { continue };
+        let r = &from.secret_key_ref;
+        let secret = cache.get(ns, &r.name).await?;
+        if let Err(message) = secrets::header_value(secret.as_deref(), &header.name, &r.name, &r.key) {
+            return Ok(Some(("HeaderSecretNotUsable", message)));
+        }
+    }
+    Ok(None)
 }
 
 /// Why the webhook cannot deliver, if it cannot: (reason, message).

@@ -541,14 +541,8 @@ async fn prepare(
                     .secrets
                     .get(ns, &r.name)
                     .await
-                    .map_err(|e| format!("reading Secret {}: {e}", r.name))?
-                    .ok_or_else(|| format!("header {}: Secret {} not found", header.name, r.name))?;
-                let value = secrets::value(&s, &r.key).ok_or_else(|| {
-                    format!(
-                        "header {}: Secret {} has no non-empty key {}",
-                        header.name, r.name, r.key
-                    )
-                })?;
+                    .map_err(|e| format!("reading Secret {}: {e}", r.name))?;
+                let value = secrets::header_value(s.as_deref(), &header.name, &r.name, &r.key)?;
                 ResolvedHeader {
                     name: header.name.clone(),
                     value: value.to_string(),

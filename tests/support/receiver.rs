@@ -76,6 +76,9 @@ struct Book {
     defaults: HashMap<String, Reply>,
     /// Whether to find each request's sending process (a /proc scan).
     identify: bool,
+    /// Requests being answered now, and the most ever at once, per path.
+    in_flight: HashMap<String, usize>,
+    most_in_flight: HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -144,6 +147,11 @@ impl Receiver {
             .collect()
     }
 
+    /// The most requests on `path` that were being answered at once.
+    pub fn most_in_flight(&self, path: &str) -> usize {
+        self.book.lock().unwrap().most_in_flight.get(path).copied().unwrap_or(0)
+    }
+
     pub fn all_received(&self) -> Vec<Received> {
         self.book.lock().unwrap().received.clone()
     }
@@ -179,6 +187,11 @@ async fn answer(
             at: Instant::now(),
             sender_pid,
         });
+        let now = book.in_flight.entry(path.clone()).or_default();
+        *now += 1;
+        let now = *now;
+        let most = book.most_in_flight.entry(path.clone()).or_default();
+        *most = (*most).max(now);
         let scripted = book.scripted.get_mut(&path).and_then(|q| q.pop_front());
         scripted
             .or_else(|| book.defaults.get(&path).cloned())
@@ -186,6 +199,10 @@ async fn answer(
     };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    // Answered (as far as this count goes) once the reply is built.
+    if let Some(n) = book.lock().unwrap().in_flight.get_mut(&path) {
+        *n -= 1;
     }
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     for (name, value) in reply.headers {
