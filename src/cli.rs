@@ -64,6 +64,17 @@ struct ControllerArgs {
     /// (default: 2/15 of --lease-duration).
     #[arg(long, env = "HOOKRELAY_RETRY_PERIOD", value_parser = parse_duration)]
     retry_period: Option<std::time::Duration>,
+    /// Networks no delivery may reach whatever a Hub says, added to the
+    /// built-in floor (link-local, cloud metadata, 0.0.0.0/8, ::, multicast,
+    /// broadcast), comma-separated CIDRs.
+    #[arg(long, env = "HOOKRELAY_EGRESS_DENY", value_delimiter = ',')]
+    egress_deny: Vec<String>,
+    /// Deny private and shared ranges too (10/8, 172.16/12, 192.168/16,
+    /// 100.64/10, fc00::/7), when every handler is on the public internet.
+    #[arg(long, env = "HOOKRELAY_EGRESS_DENY_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    egress_deny_private: bool,
+    #[command(flatten)]
+    budget: Budget,
     #[command(flatten)]
     logging: Logging,
 }
@@ -77,13 +88,27 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Args, Debug)]
+struct Budget {
+    /// The size a Delivery may reach as stored, in bytes (16384 to 1048576).
+    /// Attempts beyond it are left out (the first and newest kept); an
+    /// event whose payload exceeds half of it is refused with 413. Give
+    /// controller and ingest the same value.
+    #[arg(long, env = "HOOKRELAY_DELIVERY_BUDGET", default_value_t = crate::resources::delivery::DEFAULT_BUDGET,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16384..=1048576))]
+    delivery_budget: usize,
+}
+
+#[derive(Args, Debug)]
 struct IngestArgs {
     /// Address the ingest HTTP server listens on (events, /healthz, /readyz, /metrics).
     #[arg(long, env = "HOOKRELAY_INGEST_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Largest event body accepted, in bytes; larger ones get 413.
-    #[arg(long, env = "HOOKRELAY_BODY_LIMIT", default_value_t = crate::ingest::DEFAULT_BODY_LIMIT)]
-    body_limit: usize,
+    /// Largest event body accepted, in bytes; larger ones get 413 (default:
+    /// half the Delivery size budget).
+    #[arg(long, env = "HOOKRELAY_BODY_LIMIT")]
+    body_limit: Option<usize>,
+    #[command(flatten)]
+    budget: Budget,
     /// Serve only hubs of these namespaces, comma-separated or repeated
     /// (default: all namespaces).
     #[arg(long = "namespace", env = "HOOKRELAY_NAMESPACES", value_delimiter = ',')]
@@ -118,11 +143,20 @@ impl Cli {
                 } else {
                     None
                 };
+                let mut floor = crate::egress::parse_networks(args.egress_deny.iter().map(String::as_str))
+                    .map_err(|e| anyhow::anyhow!("--egress-deny: {e}"))?;
+                if args.egress_deny_private {
+                    floor.extend(
+                        crate::egress::parse_networks(crate::egress::PRIVATE.iter().copied()).expect("built in"),
+                    );
+                }
                 let settings = crate::controller::Settings {
                     namespaces: args.namespaces,
                     metrics_listen: args.metrics_listen,
                     concurrency: args.concurrency,
                     leader_election,
+                    egress_floor: crate::egress::Floor::with(&floor),
+                    delivery_budget: args.budget.delivery_budget,
                 };
                 let shutdown = CancellationToken::new();
                 tokio::spawn({
@@ -140,7 +174,10 @@ impl Cli {
                 let client = kube::Client::try_default().await?;
                 let settings = crate::ingest::Settings {
                     listen: args.listen,
-                    body_limit: args.body_limit,
+                    body_limit: args
+                        .body_limit
+                        .unwrap_or(crate::resources::delivery::max_payload(args.budget.delivery_budget)),
+                    delivery_budget: args.budget.delivery_budget,
                     namespaces: args.namespaces,
                 };
                 crate::ingest::run(client, settings, shutdown_signal()).await

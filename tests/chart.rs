@@ -85,6 +85,7 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
     // before a stopping leader is killed with requests in flight.
     assert!(default.contains("terminationGracePeriodSeconds: 390"), "{default}");
     assert!(default.contains("--lease-duration=15s"));
+    assert!(default.contains("--egress-deny-private=false") && !default.contains("--egress-deny="));
     let mut template = vec!["template", "rel", chart, "--namespace", &env.ns];
     template.extend(others);
     let namespaced = run("helm", &template, None);

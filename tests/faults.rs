@@ -523,8 +523,12 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
         hubs,
         hookrelay::secret_cache::SecretCache::new(env.client.clone()),
         hookrelay::metrics::Metrics::new(),
-        std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
-        hookrelay::leader::Leadership::unconditional(),
+        hookrelay::delivery::Options {
+            global: std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+            leadership: hookrelay::leader::Leadership::unconditional(),
+            egress_floor: Default::default(),
+            delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
+        },
     );
 
     let stored = |name: &str, webhook: &str| {

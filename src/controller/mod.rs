@@ -188,6 +188,10 @@ pub struct Settings {
     pub concurrency: usize,
     /// Lease-based leader election; `None` runs as the only replica.
     pub leader_election: Option<leader::Settings>,
+    /// Networks no delivery may reach, whatever a Hub says.
+    pub egress_floor: crate::egress::Floor,
+    /// The size a Delivery may reach as stored.
+    pub delivery_budget: usize,
 }
 
 /// Serves the operational endpoints, waits to lead (with leader election),
@@ -274,7 +278,13 @@ async fn lead(
     } else {
         settings.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
-    let global = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
+    // One global limit and one leadership for the engines of every namespace.
+    let options = crate::delivery::Options {
+        global: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
+        leadership,
+        egress_floor: settings.egress_floor.clone(),
+        delivery_budget: settings.delivery_budget,
+    };
     let ready: Vec<Readiness> = scopes.iter().map(|_| Readiness::default()).collect();
     {
         let ready = ready.clone();
@@ -289,10 +299,9 @@ async fn lead(
         lead_namespace(
             client.clone(),
             namespace,
-            global.clone(),
+            options.clone(),
             metrics.clone(),
             ready,
-            leadership.clone(),
             stop.clone(),
         )
     });
@@ -303,10 +312,9 @@ async fn lead(
 async fn lead_namespace(
     client: Client,
     namespace: Option<&str>,
-    global: Arc<tokio::sync::Semaphore>,
+    options: crate::delivery::Options,
     metrics: Arc<Metrics>,
     readiness: Readiness,
-    leadership: Leadership,
     stop: CancellationToken,
 ) {
     let shutdown = stop;
@@ -382,8 +390,7 @@ async fn lead_namespace(
         hubs.clone(),
         secrets,
         metrics.clone(),
-        global,
-        leadership,
+        options,
     );
     let engine_run = {
         let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());

@@ -33,7 +33,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn resolve(webhook: &Webhook, hub: Option<&Hub>) -> Self {
+    pub fn resolve(webhook: &Webhook, hub: Option<&Hub>, floor: &egress::Floor) -> Self {
         let hub_spec = hub.map(|h| &h.spec);
         let delivery = hub_spec.and_then(|h| h.delivery.as_ref());
         Self {
@@ -54,7 +54,7 @@ impl Settings {
                 .and_then(|s| s.header.clone())
                 .unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_string()),
             schedule: Schedule::resolve(webhook.spec.retry.as_ref(), hub_spec.and_then(|h| h.retry.as_ref())),
-            egress: egress::Policy::from_spec(hub_spec.and_then(|h| h.egress.as_ref())),
+            egress: egress::Policy::from_spec(floor, hub_spec.and_then(|h| h.egress.as_ref())),
         }
     }
 }
@@ -164,7 +164,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
         Ok(h) => h,
         Err(e) => return Outcome::Deferred(e),
     };
-    let settings = Settings::resolve(&webhook, hub.as_deref());
+    let settings = Settings::resolve(&webhook, hub.as_deref(), &engine.egress_floor);
 
     let started_at = Timestamp::now();
     let prepared = prepare(engine, delivery, &webhook, &settings, &ns, started_at).await;
@@ -202,7 +202,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
         Err(reason) => (
             RecordedRequest {
                 method: webhook.spec.method.as_str().into(),
-                url: webhook.spec.url.clone(),
+                url: request::redact_url(&webhook.spec.url),
                 headers: vec![],
             },
             Err(format!("not sent: {reason}")),
@@ -303,6 +303,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
         status_code,
         outcome: status.phase,
     };
+    fit_budget(delivery, &mut status, engine.delivery_budget);
     match record(engine, delivery, status, summary).await {
         Outcome::Recorded(stored, _) => Outcome::Recorded(stored, deactivation),
         other => other,
@@ -355,6 +356,46 @@ fn status_patch(status: &DeliveryStatus, resource_version: Option<&str>) -> serd
         "metadata": { "resourceVersion": resource_version },
         "status": value,
     })
+}
+
+/// Keeps a Delivery with `status` within `budget` bytes as stored: attempts
+/// between the first and the newest are left out, oldest first (counted in
+/// `attemptsOmitted`); if that is not enough, the kept attempts lose their
+/// response bodies and headers, the first before the newest.
+pub fn fit_budget(delivery: &Delivery, status: &mut DeliveryStatus, budget: usize) {
+    let mut shell = delivery.clone();
+    shell.metadata.managed_fields = None;
+    shell.status = Some(DeliveryStatus {
+        attempts: vec![],
+        ..status.clone()
+    });
+    // The object without attempts, plus each attempt (and a separator).
+    let base = json_len(&shell);
+    let mut sizes: Vec<usize> = status.attempts.iter().map(|a| json_len(a) + 1).collect();
+    let total = |sizes: &[usize]| base + sizes.iter().sum::<usize>();
+    while total(&sizes) > budget && status.attempts.len() > 2 {
+        status.attempts.remove(1);
+        sizes.remove(1);
+        status.attempts_omitted += 1;
+    }
+    let last = status.attempts.len().saturating_sub(1);
+    for i in [0, last] {
+        if total(&sizes) <= budget {
+            return;
+        }
+        if let Some(response) = status.attempts.get_mut(i).and_then(|a| a.response.as_mut()) {
+            response.body_truncated |= !response.body.is_empty();
+            response.headers_truncated |= !response.headers.is_empty();
+            response.body.clear();
+            response.headers.clear();
+            sizes[i] = json_len(&status.attempts[i]) + 1;
+        }
+    }
+}
+
+/// How many bytes `value` takes as JSON.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(value).map(|v| v.len()).unwrap_or(0)
 }
 
 /// A record small enough for any API server: the first and the newest
@@ -466,7 +507,7 @@ fn attempt_result(status: Option<u16>, error: Option<&str>) -> &'static str {
 fn record_of(outgoing: &Outgoing) -> RecordedRequest {
     RecordedRequest {
         method: outgoing.method.to_string(),
-        url: outgoing.url.clone(),
+        url: request::redact_url(&outgoing.url),
         headers: outgoing.recorded_headers.clone(),
     }
 }
@@ -571,4 +612,107 @@ async fn prepare(
         &custom,
         now.as_second(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::delivery::{DeliverySpec, EventRef, Header, RecordedResponse};
+
+    fn attempt(number: u32, body: usize) -> Attempt {
+        Attempt {
+            number,
+            time: MicroTime(Timestamp::UNIX_EPOCH),
+            duration_ms: 1,
+            request: RecordedRequest {
+                method: "POST".into(),
+                url: "http://127.0.0.1/h".into(),
+                headers: vec![],
+            },
+            response: Some(RecordedResponse {
+                status_code: 500,
+                headers: vec![Header {
+                    name: "x".into(),
+                    value: "y".repeat(100),
+                }],
+                headers_truncated: false,
+                body: "b".repeat(body),
+                body_truncated: false,
+            }),
+            error: None,
+        }
+    }
+
+    fn delivery() -> Delivery {
+        Delivery::new(
+            "d",
+            DeliverySpec {
+                webhook: "w".into(),
+                hub: "h".into(),
+                event: EventRef {
+                    id: "e".into(),
+                    name: "n".into(),
+                    received_at: MicroTime(Timestamp::UNIX_EPOCH),
+                },
+                payload: format!("\"{}\"", "p".repeat(1000)),
+            },
+        )
+    }
+
+    fn stored_size(d: &Delivery, status: &DeliveryStatus) -> usize {
+        let mut d = d.clone();
+        d.status = Some(status.clone());
+        json_len(&d)
+    }
+
+    #[test]
+    fn attempts_beyond_the_budget_are_omitted_keeping_the_first_and_newest() {
+        let d = delivery();
+        let mut status = DeliveryStatus {
+            attempts: (1..=19).map(|n| attempt(n, 4000)).collect(),
+            attempt_count: 19,
+            ..Default::default()
+        };
+        fit_budget(&d, &mut status, 20_000);
+        assert!(stored_size(&d, &status) <= 20_000);
+        let numbers: Vec<u32> = status.attempts.iter().map(|a| a.number).collect();
+        assert_eq!(numbers.first(), Some(&1));
+        assert_eq!(numbers.last(), Some(&19));
+        assert_eq!(status.attempts_omitted as usize + numbers.len(), 19);
+        assert_eq!(status.attempt_count, 19, "the true total stays");
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "newest kept, oldest dropped first: {numbers:?}"
+        );
+    }
+
+    #[test]
+    fn within_the_budget_nothing_changes_and_past_it_bodies_go_too() {
+        let d = delivery();
+        let mut status = DeliveryStatus {
+            attempts: vec![attempt(1, 100), attempt(2, 100)],
+            attempt_count: 2,
+            ..Default::default()
+        };
+        let before = status.clone();
+        fit_budget(&d, &mut status, 100_000);
+        assert_eq!(status, before);
+        let mut big = DeliveryStatus {
+            attempts: vec![attempt(1, 30_000), attempt(2, 30_000)],
+            attempt_count: 2,
+            ..Default::default()
+        };
+        fit_budget(&d, &mut big, 40_000);
+        assert!(stored_size(&d, &big) <= 40_000);
+        let first = big.attempts[0].response.as_ref().unwrap();
+        assert!(
+            first.body.is_empty() && first.body_truncated,
+            "the first loses its body first"
+        );
+        assert_eq!(
+            big.attempts[1].response.as_ref().unwrap().body.len(),
+            30_000,
+            "the newest keeps it"
+        );
+    }
 }

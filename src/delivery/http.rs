@@ -32,6 +32,9 @@ impl Clients {
 fn build(key: &ClientKey) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // HTTP(S)_PROXY from the environment would make the proxy's address
+        // the only one checked against the egress policy.
+        .no_proxy()
         .connect_timeout(key.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         .dns_resolver(Arc::new(CheckedResolver(key.egress.clone())))
@@ -106,14 +109,7 @@ pub async fn send(
     let exchange = async {
         let mut response = builder.send().await.map_err(describe)?;
         let status = response.status().as_u16();
-        let headers: Vec<Header> = response
-            .headers()
-            .iter()
-            .map(|(n, v)| Header {
-                name: n.to_string(),
-                value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            })
-            .collect();
+        let (headers, headers_truncated) = record_headers(response.headers());
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -129,13 +125,15 @@ pub async fn send(
                 break;
             }
         }
-        let body = String::from_utf8_lossy(&body).into_owned();
+        // Measured as stored: escaping can make a body several times longer.
+        let (body, cut) = fit_escaped(&String::from_utf8_lossy(&body), limits.body_limit);
         Ok((
             RecordedResponse {
                 status_code: status,
                 headers,
+                headers_truncated,
                 body,
-                body_truncated: truncated,
+                body_truncated: truncated || cut,
             },
             retry_after,
         ))
@@ -144,6 +142,86 @@ pub async fn send(
         Ok(result) => result,
         Err(_) => Err(format!("timed out after {}s", limits.timeout.as_secs_f64())),
     }
+}
+
+/// Response headers recorded at most (the rest are counted as truncated).
+pub const MAX_RECORDED_HEADERS: usize = 32;
+/// Bytes of response header names and values recorded at most.
+pub const MAX_RECORDED_HEADER_BYTES: usize = 4096;
+/// One header value recorded at most this long.
+const MAX_RECORDED_HEADER_VALUE: usize = 512;
+/// Response headers whose values are credentials or sessions: recorded as
+/// `<redacted>`.
+pub const SENSITIVE_RESPONSE_HEADERS: &[&str] = &[
+    "set-cookie",
+    "set-cookie2",
+    "cookie",
+    "authorization",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "www-authenticate",
+    "x-amz-security-token",
+    "x-aws-ec2-metadata-token",
+    "x-csrf-token",
+    "x-xsrf-token",
+];
+
+/// Response headers as recorded: sensitive values redacted, each value cut
+/// at 512 bytes, at most 32 headers and 4 KiB in all; `true` when any were
+/// left out or cut.
+pub fn record_headers(headers: &reqwest::header::HeaderMap) -> (Vec<Header>, bool) {
+    let mut recorded = Vec::new();
+    let (mut bytes, mut truncated) = (0, false);
+    for (name, value) in headers {
+        let value = if SENSITIVE_RESPONSE_HEADERS.contains(&name.as_str()) {
+            super::request::REDACTED.to_string()
+        } else {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let (cut, was_cut) = cut_at(&text, MAX_RECORDED_HEADER_VALUE);
+            truncated |= was_cut;
+            cut
+        };
+        let size = name.as_str().len() + value.len();
+        if recorded.len() == MAX_RECORDED_HEADERS || bytes + size > MAX_RECORDED_HEADER_BYTES {
+            truncated = true;
+            break;
+        }
+        bytes += size;
+        recorded.push(Header {
+            name: name.to_string(),
+            value,
+        });
+    }
+    (recorded, truncated)
+}
+
+/// `text` cut to at most `limit` bytes at a character boundary.
+fn cut_at(text: &str, limit: usize) -> (String, bool) {
+    if text.len() <= limit {
+        return (text.to_string(), false);
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_string(), true)
+}
+
+/// `text` cut so that, escaped as a JSON string (as it is stored), it takes
+/// at most `limit` bytes; `true` when cut.
+pub fn fit_escaped(text: &str, limit: usize) -> (String, bool) {
+    let mut size = 0;
+    for (i, c) in text.char_indices() {
+        size += match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if size > limit {
+            return (text[..i].to_string(), true);
+        }
+    }
+    (text.to_string(), false)
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare for webhooks and
@@ -177,6 +255,49 @@ fn describe(error: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_size_is_what_json_stores() {
+        let samples = ["plain", "quote \" and \\ back", "ctl \u{1}\u{2}\n\t", "Grüße €", ""];
+        for s in samples {
+            let stored = serde_json::to_string(s).unwrap().len() - 2;
+            let (kept, cut) = fit_escaped(s, stored);
+            assert_eq!((kept.as_str(), cut), (s, false), "{s:?} fits its own escaped size");
+            if stored > 0 {
+                let (kept, cut) = fit_escaped(s, stored - 1);
+                assert!(cut && serde_json::to_string(&kept).unwrap().len() - 2 < stored, "{s:?}");
+            }
+        }
+        // 64 KiB of control characters would be 384 KiB escaped; it is cut.
+        let hostile = "\u{1}".repeat(65536);
+        let (kept, cut) = fit_escaped(&hostile, 4096);
+        assert!(cut && serde_json::to_string(&kept).unwrap().len() <= 4096 + 2);
+    }
+
+    #[test]
+    fn recorded_headers_are_redacted_and_bounded() {
+        use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+        let mut h = HeaderMap::new();
+        h.insert("set-cookie", HeaderValue::from_static("session=abc"));
+        h.insert("www-authenticate", HeaderValue::from_static("Bearer realm=x"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        let (recorded, truncated) = record_headers(&h);
+        let value = |n: &str| recorded.iter().find(|x| x.name == n).map(|x| x.value.clone());
+        assert_eq!(value("set-cookie").as_deref(), Some("<redacted>"));
+        assert_eq!(value("www-authenticate").as_deref(), Some("<redacted>"));
+        assert_eq!(value("content-type").as_deref(), Some("text/plain"));
+        assert!(!truncated);
+        let mut big = HeaderMap::new();
+        for i in 0..400 {
+            big.insert(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&"v".repeat(450)).unwrap(),
+            );
+        }
+        let (recorded, truncated) = record_headers(&big);
+        let bytes: usize = recorded.iter().map(|h| h.name.len() + h.value.len()).sum();
+        assert!(truncated && recorded.len() <= MAX_RECORDED_HEADERS && bytes <= MAX_RECORDED_HEADER_BYTES);
+    }
 
     #[test]
     fn retry_after_seconds_parse() {

@@ -57,6 +57,17 @@ const RETENTION_SWEEP: Duration = Duration::from_secs(5);
 
 type Key = (String, String);
 
+/// What the controller decides for every engine it runs.
+#[derive(Clone)]
+pub struct Options {
+    /// Requests in flight at once, shared by all engines.
+    pub global: Arc<Semaphore>,
+    pub leadership: Leadership,
+    pub egress_floor: crate::egress::Floor,
+    /// The size a Delivery may reach as stored.
+    pub delivery_budget: usize,
+}
+
 /// Shared by every attempt.
 pub struct Engine {
     pub(crate) client: Client,
@@ -75,6 +86,9 @@ pub struct Engine {
     recorder: Recorder,
     /// Whether this process may send; checked before each request.
     pub(crate) leadership: Leadership,
+    /// Networks no delivery may reach, whatever a Hub says.
+    pub(crate) egress_floor: crate::egress::Floor,
+    pub(crate) delivery_budget: usize,
     /// Cancelled on shutdown: attempts not yet started are not started.
     stop_starting: CancellationToken,
     /// Every attempt task, so shutdown can wait for them to be recorded.
@@ -120,9 +134,14 @@ impl Engine {
         hubs: Store<Hub>,
         secrets: Arc<SecretCache>,
         metrics: Arc<Metrics>,
-        global: Arc<Semaphore>,
-        leadership: Leadership,
+        options: Options,
     ) -> Arc<Self> {
+        let Options {
+            global,
+            leadership,
+            egress_floor,
+            delivery_budget,
+        } = options;
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -143,6 +162,8 @@ impl Engine {
             deactivated: Mutex::default(),
             recorder,
             leadership,
+            egress_floor,
+            delivery_budget,
             stop_starting: CancellationToken::new(),
             in_flight: TaskTracker::new(),
             reported_webhooks: Mutex::default(),

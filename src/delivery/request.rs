@@ -40,6 +40,20 @@ pub struct Outgoing {
     pub recorded_headers: Vec<Header>,
 }
 
+/// `url` as recorded: credentials in it (`https://user:pass@host/`) read
+/// `<redacted>`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}{REDACTED}{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// The event as templates see it.
 pub fn event_document(delivery: &Delivery) -> Result<Value, InvalidPayload> {
     Ok(json!({
@@ -163,6 +177,23 @@ mod tests {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:s3cr3t@hooks.example.com/in?x=@y"),
+            "https://<redacted>@hooks.example.com/in?x=@y"
+        );
+        assert_eq!(
+            redact_url("http://tok@127.0.0.1:8080"),
+            "http://<redacted>@127.0.0.1:8080"
+        );
+        assert_eq!(
+            redact_url("https://hooks.example.com/a@b"),
+            "https://hooks.example.com/a@b"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

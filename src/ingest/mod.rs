@@ -31,8 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
-/// Largest event body accepted unless configured otherwise.
-pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// How long storing the Deliveries may take before ingest answers 503.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries of one event stored at once.
@@ -49,6 +47,8 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 pub struct Settings {
     pub listen: SocketAddr,
     pub body_limit: usize,
+    /// The size a Delivery may reach; a payload may take half of it.
+    pub delivery_budget: usize,
     /// Namespaces served; empty serves all.
     pub namespaces: Vec<String>,
 }
@@ -66,6 +66,7 @@ struct Ingest {
     secrets: Arc<SecretCache>,
     metrics: Arc<Metrics>,
     body_limit: usize,
+    delivery_budget: usize,
 }
 
 /// Starts a reflector for `K` and returns its store; the watch runs on a task.
@@ -136,6 +137,7 @@ pub async fn run(
         secrets,
         metrics: metrics.clone(),
         body_limit: settings.body_limit,
+        delivery_budget: settings.delivery_budget,
     });
     let router = Router::new()
         .route("/v1/namespaces/{namespace}/hubs/{hub}/events", post(receive))
@@ -282,6 +284,18 @@ async fn accept(
         &document,
     );
     let payload = incoming.payload.to_string();
+    let most = crate::resources::delivery::max_payload(ingest.delivery_budget);
+    if payload.len() > most {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TooLarge",
+            format!(
+                "the payload takes {} bytes; a Delivery's size budget of {} bytes allows at most {most} for the payload (half, the rest is for its attempts)",
+                payload.len(),
+                ingest.delivery_budget
+            ),
+        ));
+    }
     let deliveries: Vec<Delivery> = selected
         .iter()
         .map(|w| fanout::build(w, &id, &incoming.name, &payload, received_at))

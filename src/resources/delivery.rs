@@ -44,6 +44,19 @@ pub struct DeliverySpec {
     pub payload: String,
 }
 
+/// The size a Delivery may reach, as stored, unless the operator sets
+/// another (`--delivery-budget`, 16 KiB to 1 MiB; etcd refuses objects
+/// above about 1.5 MiB).
+pub const DEFAULT_BUDGET: usize = 256 * 1024;
+pub const MIN_BUDGET: usize = 16 * 1024;
+pub const MAX_BUDGET: usize = 1024 * 1024;
+
+/// The largest payload a Delivery under `budget` may carry: half of it, so
+/// the other half is left for its attempts.
+pub fn max_payload(budget: usize) -> usize {
+    budget / 2
+}
+
 /// The deepest nesting of arrays and objects accepted in an event payload.
 pub const MAX_PAYLOAD_DEPTH: usize = 32;
 
@@ -162,6 +175,12 @@ pub struct DeliveryStatus {
     /// Why the delivery is in its phase, for Failed and Cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Attempts left out of `attempts` to keep the Delivery within its size
+    /// budget (the first and the newest are always kept); `attemptCount`
+    /// stays the true total.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub attempts_omitted: u32,
     /// The value of the `hookrelay.dev/redeliver` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivered_for: Option<String>,
@@ -170,6 +189,10 @@ pub struct DeliveryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100001))]
     pub round_start: Option<u32>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One HTTP request and its outcome.
@@ -208,8 +231,14 @@ pub struct RecordedRequest {
 #[serde(rename_all = "camelCase")]
 pub struct RecordedResponse {
     pub status_code: u16,
+    /// Response headers, at most 32 and 4 KiB; credentials and cookies
+    /// (Set-Cookie, WWW-Authenticate, ...) read "<redacted>".
     pub headers: Vec<Header>,
-    /// The body, as text, cut at the hub's response body limit.
+    /// Whether headers were left out or cut to stay within those bounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headers_truncated: bool,
+    /// The body, as text, cut so that as stored (escaped) it is within the
+    /// hub's response body limit.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
     /// Whether the body was longer than what is recorded.

@@ -131,20 +131,22 @@ pub struct SigningSettings {
     pub rotation_overlap: Option<Duration>,
 }
 
-/// Destination networks, in CIDR notation, that deliveries may not connect to.
-/// Link-local and cloud metadata networks (169.254.0.0/16, fe80::/10,
-/// fd00:ec2::254/128) are denied unless listed in `allowedNetworks`.
+/// Destination networks, in CIDR notation, that this hub's deliveries may
+/// not connect to, on top of the operator's floor (link-local, cloud
+/// metadata, 0.0.0.0/8, ::, multicast, broadcast, and whatever the operator
+/// adds), which no hub can lift.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EgressPolicy {
-    /// Networks denied in addition to the defaults, such as "10.0.0.0/8".
+    /// Networks denied in addition to the operator's floor, such as "10.0.0.0/8".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 64)), extend("x-kubernetes-validations" = [{
         "rule": "self.all(n, isCIDR(n))",
         "message": "deniedNetworks entries must be CIDRs such as \"10.0.0.0/8\" or \"fd00::/8\""
     }]))]
     pub denied_networks: Vec<String>,
-    /// Default-denied networks to allow again, such as "169.254.0.0/16".
+    /// Exceptions carved out of `deniedNetworks`, such as "10.1.0.0/16" when
+    /// "10.0.0.0/8" is denied. They never lift the operator's floor.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 64)), extend("x-kubernetes-validations" = [{
         "rule": "self.all(n, isCIDR(n))",
