@@ -524,7 +524,7 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
         hookrelay::secret_cache::SecretCache::new(env.client.clone()),
         hookrelay::metrics::Metrics::new(),
         hookrelay::delivery::Options {
-            global: std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+            global: hookrelay::delivery::slots::Slots::new(4),
             leadership: hookrelay::leader::Leadership::unconditional(),
             egress_floor: Default::default(),
             delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,

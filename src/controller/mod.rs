@@ -280,7 +280,7 @@ async fn lead(
     };
     // One global limit and one leadership for the engines of every namespace.
     let options = crate::delivery::Options {
-        global: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
+        global: crate::delivery::slots::Slots::new(settings.concurrency),
         leadership,
         egress_floor: settings.egress_floor.clone(),
         delivery_budget: settings.delivery_budget,

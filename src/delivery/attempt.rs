@@ -88,6 +88,8 @@ pub const GONE: &str = "Gone";
 
 /// How long one API call of an attempt may take before it counts as failed.
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a custom payload may take to render.
+const RENDER_BUDGET: Duration = Duration::from_secs(2);
 /// Longest pause between two tries of the same record write.
 const RECORD_BACKOFF_CAP: Duration = Duration::from_secs(30);
 
@@ -594,7 +596,25 @@ async fn prepare(
         };
         custom.push(resolved);
     }
-    let body = request::body(delivery, webhook.spec.custom_payload.as_deref()).map_err(|e| match e {
+    let body = match webhook.spec.custom_payload.clone() {
+        None => request::body(delivery, None),
+        // A tenant's template: rendered off the async threads, with a time
+        // budget (its cost is bounded by `template::check` as well).
+        Some(template) => {
+            let delivery = delivery.clone();
+            let render = tokio::task::spawn_blocking(move || request::body(&delivery, Some(&template)));
+            match tokio::time::timeout(RENDER_BUDGET, render).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => return Err(NotSent::Config(format!("customPayload: rendering failed: {e}"))),
+                Err(_) => {
+                    return Err(NotSent::Config(format!(
+                        "customPayload: rendering took longer than {RENDER_BUDGET:?}"
+                    )));
+                }
+            }
+        }
+    }
+    .map_err(|e| match e {
         request::BodyError::Payload(p) => NotSent::Invalid(p.to_string()),
         request::BodyError::Template(t) => NotSent::Config(t.to_string()),
     })?;

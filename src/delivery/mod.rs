@@ -12,6 +12,7 @@ pub mod request;
 pub mod retention;
 pub mod retry;
 pub mod signing;
+pub mod slots;
 pub mod summary;
 
 use crate::leader::Leadership;
@@ -60,8 +61,8 @@ type Key = (String, String);
 /// What the controller decides for every engine it runs.
 #[derive(Clone)]
 pub struct Options {
-    /// Requests in flight at once, shared by all engines.
-    pub global: Arc<Semaphore>,
+    /// Requests in flight at once, shared fairly by tenants and all engines.
+    pub global: Arc<slots::Slots>,
     pub leadership: Leadership,
     pub egress_floor: crate::egress::Floor,
     /// The size a Delivery may reach as stored.
@@ -77,7 +78,7 @@ pub struct Engine {
     pub(crate) http: http::Clients,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) summaries: summary::Summaries,
-    global: Arc<Semaphore>,
+    global: Arc<slots::Slots>,
     per_webhook: Mutex<HashMap<Key, (u32, Arc<Semaphore>)>>,
     /// Webhooks this engine deactivated: treated as inactive until the cache
     /// shows a generation newer than the deactivating write (`None` while
@@ -271,14 +272,16 @@ impl Engine {
         *reported = (active, inactive);
     }
 
-    /// The limiter of one webhook, sized from its hub's setting.
+    /// The limiter of one webhook, sized from its hub's setting but never
+    /// above a quarter of the global limit.
     fn webhook_limit(&self, ns: &str, webhook: &str) -> Arc<Semaphore> {
         let size = self
             .webhooks
             .get(&ObjectRef::new(webhook).within(ns))
             .and_then(|w| self.hubs.get(&ObjectRef::new(&w.spec.hub).within(ns)))
             .and_then(|h| h.spec.delivery.as_ref().and_then(|d| d.concurrency_per_webhook))
-            .unwrap_or(DEFAULT_CONCURRENCY_PER_WEBHOOK);
+            .unwrap_or(DEFAULT_CONCURRENCY_PER_WEBHOOK)
+            .min((self.global.size() / 4).max(1) as u32);
         let mut limits = self.per_webhook.lock().unwrap_or_else(|e| e.into_inner());
         let entry = limits
             .entry((ns.to_string(), webhook.to_string()))
@@ -615,7 +618,7 @@ impl Engine {
             let webhook_limit = self.webhook_limit(&key.0, &delivery.spec.webhook);
             let permits = async {
                 let w = webhook_limit.acquire_owned().await;
-                let g = self.global.clone().acquire_owned().await;
+                let g = self.global.acquire(&key.0).await;
                 (w, g)
             };
             let _permits = tokio::select! {

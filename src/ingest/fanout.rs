@@ -15,23 +15,34 @@ use std::collections::BTreeMap;
 pub const EVENT_LABEL: &str = "hookrelay.dev/event";
 
 /// The webhooks of `hub` in `ns` that `event` triggers: active, subscribed
-/// (exactly or by wildcard), and passing their filters. A webhook whose
-/// filter path is invalid is skipped (its Ready condition says why).
+/// (exactly or by wildcard), and passing their filters. Webhooks that would
+/// be selected but whose filters or template do not compile are returned
+/// apart, with the reason (their Ready condition says it too).
 pub fn select<'a>(
     webhooks: impl IntoIterator<Item = &'a Webhook>,
     ns: &str,
     hub: &str,
     name: &str,
     document: &Value,
-) -> Vec<&'a Webhook> {
-    let mut selected: Vec<&Webhook> = webhooks
+) -> (Vec<&'a Webhook>, Vec<(String, String)>) {
+    let mut selected: Vec<&Webhook> = Vec::new();
+    let mut skipped = Vec::new();
+    let candidates = webhooks
         .into_iter()
         .filter(|w| w.namespace().as_deref() == Some(ns) && w.spec.hub == hub && w.spec.active)
-        .filter(|w| w.spec.events.iter().any(|s| subscription_matches(s, name)))
-        .filter(|w| filters::matches(&w.spec.filters, document).unwrap_or(false))
-        .collect();
+        .filter(|w| w.spec.events.iter().any(|s| subscription_matches(s, name)));
+    for w in candidates {
+        let template = w.spec.custom_payload.as_deref().map(crate::template::check);
+        match (filters::matches(&w.spec.filters, document), template) {
+            (Err(e), _) => skipped.push((w.name_any(), e.to_string())),
+            (_, Some(Err(e))) => skipped.push((w.name_any(), e.to_string())),
+            (Ok(true), _) => selected.push(w),
+            (Ok(false), _) => {}
+        }
+    }
     selected.sort_by_key(|w| w.name_any());
-    selected
+    skipped.sort();
+    (selected, skipped)
 }
 
 /// The Delivery name for (event id, webhook): deterministic, so a repeated
@@ -170,6 +181,7 @@ mod tests {
             &json!({ "locale": "en-GB" }),
         );
         let names: Vec<String> = select(&hooks, "ns", "main", "dynamic-content.content-item.updated", &doc)
+            .0
             .iter()
             .map(|w| w.name_any())
             .collect();
@@ -182,8 +194,30 @@ mod tests {
                 "dynamic-content.content-item.updated",
                 &doc
             )
+            .0
             .is_empty()
         );
+    }
+
+    #[test]
+    fn webhooks_whose_filters_or_template_do_not_compile_are_skipped_saying_why() {
+        let bad_filter = WebhookFilter {
+            path: "$[".into(),
+            equal: Some("x".into()),
+            in_: None,
+        };
+        let mut bad_template = webhook("templated", "main", &["a.b"], true, vec![]);
+        bad_template.spec.custom_payload = Some("{{> p}}".into());
+        let hooks = [
+            webhook("ok", "main", &["a.b"], true, vec![]),
+            webhook("filtered", "main", &["a.b"], true, vec![bad_filter]),
+            bad_template,
+        ];
+        let (selected, skipped) = select(&hooks, "ns", "main", "a.b", &document("e", "a.b", &json!({})));
+        assert_eq!(selected.iter().map(|w| w.name_any()).collect::<Vec<_>>(), vec!["ok"]);
+        let names: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["filtered", "templated"]);
+        assert!(skipped[1].1.contains("partials"), "{skipped:?}");
     }
 
     #[test]

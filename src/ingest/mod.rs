@@ -276,7 +276,7 @@ async fn accept(
     let received_at = Timestamp::now();
     let document = fanout::document(&id, &incoming.name, &incoming.payload);
     let webhooks = scope.webhooks.state();
-    let selected = fanout::select(
+    let (selected, skipped) = fanout::select(
         webhooks.iter().map(|w| w.as_ref()),
         namespace,
         hub_name,
@@ -305,7 +305,15 @@ async fn accept(
     ingest.metrics.ingest_deliveries_created.inc_by(deliveries.len() as u64);
     let names: Vec<String> = deliveries.iter().map(|d| d.name_any()).collect();
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
-    Ok(json!({ "id": id, "name": incoming.name, "deliveries": names }))
+    let mut answer = json!({ "id": id, "name": incoming.name, "deliveries": names });
+    if !skipped.is_empty() {
+        // Subscribed, but not sent to: their configuration is broken.
+        answer["skipped"] = skipped
+            .into_iter()
+            .map(|(webhook, reason)| json!({ "webhook": webhook, "reason": reason }))
+            .collect();
+    }
+    Ok(answer)
 }
 
 /// Reads the body up to `limit` bytes. A declared length over the limit is

@@ -71,9 +71,14 @@ pub struct WebhookSpec {
     pub filters: Vec<WebhookFilter>,
     /// A Handlebars template rendering the request body from the event
     /// (`{{name}}`, `{{payload.…}}`, `{{id}}`). Unset: the CMS envelope
-    /// {"name": …, "payload": …}.
+    /// {"name": …, "payload": …}. At most 16 KiB; no partials, no inline
+    /// partials or other decorators, no {{#each}} inside another; at most
+    /// 1 MiB of output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 65536))]
+    #[schemars(length(min = 1, max = 16384), extend("x-kubernetes-validations" = [{
+        "rule": "!self.contains('{{>') && !self.contains('{{~>') && !self.contains('{{#>') && !self.contains('{{~#>') && !self.contains('{{#*') && !self.contains('{{~#*') && !self.contains('{{*')",
+        "message": "customPayload may not use partials ({{> name}}) or decorators and inline partials ({{#*inline}})"
+    }]))]
     pub custom_payload: Option<String>,
     /// Bring your own signing secret: the Secret key holding it. When unset a
     /// 128-character secret is generated into a Secret owned by the webhook.
