@@ -181,6 +181,9 @@ impl Bench {
                 format!("--namespace={ns}"),
                 format!("--metrics-listen=127.0.0.1:{metrics}"),
                 "--leader-elect=false".into(),
+                // A webhook gets at most a quarter of the global limit: 32,
+                // as the hub below asks.
+                "--concurrency=128".into(),
             ],
             &format!("controller-{ns}.log"),
         );
@@ -189,6 +192,7 @@ impl Bench {
                 "ingest".into(),
                 format!("--namespace={ns}"),
                 format!("--listen=127.0.0.1:{ingest}"),
+                "--metrics-listen=127.0.0.1:0".into(),
             ],
             &format!("ingest-{ns}.log"),
         );
@@ -212,7 +216,14 @@ impl Bench {
     async fn hub(&self, ns: &str, custom: Vec<String>) -> String {
         let spec = HubSpec {
             label: "Bench".into(),
-            ingest: None,
+            // The load is the point here: no rate limit in the way.
+            ingest: Some(hookrelay::resources::hub::IngestSettings {
+                token_secret_ref: None,
+                rate_limit: Some(hookrelay::resources::hub::RateLimit {
+                    events_per_second: Some(10_000),
+                    burst: Some(100_000),
+                }),
+            }),
             custom_events: custom,
             retry: None,
             delivery: Some(DeliverySettings {

@@ -100,9 +100,21 @@ struct Budget {
 
 #[derive(Args, Debug)]
 struct IngestArgs {
-    /// Address the ingest HTTP server listens on (events, /healthz, /readyz, /metrics).
+    /// Address the ingest HTTP server listens on (events, /healthz, /readyz).
     #[arg(long, env = "HOOKRELAY_INGEST_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Address of /metrics (and /healthz, /readyz), apart from the events port.
+    #[arg(long, env = "HOOKRELAY_INGEST_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    metrics_listen: SocketAddr,
+    /// A client must send its request headers within this time.
+    #[arg(long, env = "HOOKRELAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// The most one request may take, body included (408 past it).
+    #[arg(long, env = "HOOKRELAY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: std::time::Duration,
+    /// Connections open at once; more are closed as they arrive.
+    #[arg(long, env = "HOOKRELAY_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
     /// Largest event body accepted, in bytes; larger ones get 413 (default:
     /// half the Delivery size budget).
     #[arg(long, env = "HOOKRELAY_BODY_LIMIT")]
@@ -174,6 +186,12 @@ impl Cli {
                 let client = kube::Client::try_default().await?;
                 let settings = crate::ingest::Settings {
                     listen: args.listen,
+                    metrics_listen: args.metrics_listen,
+                    connections: crate::server::ConnectionLimits {
+                        header_read_timeout: args.header_read_timeout,
+                        max_connections: args.max_connections,
+                    },
+                    request_timeout: args.request_timeout,
                     body_limit: args
                         .body_limit
                         .unwrap_or(crate::resources::delivery::max_payload(args.budget.delivery_budget)),

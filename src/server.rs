@@ -38,6 +38,14 @@ pub fn ops_routes<S: Clone + Send + Sync + 'static>(metrics: Arc<Metrics>, readi
         .with_state(Ops { metrics, readiness })
 }
 
+/// Health and readiness alone, for a public port (metrics stay off it).
+pub fn health_routes<S: Clone + Send + Sync + 'static>(metrics: Arc<Metrics>, readiness: Readiness) -> Router<S> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(Ops { metrics, readiness })
+}
+
 async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
     if ops.readiness.is_ready() {
         (StatusCode::OK, "ok")
@@ -54,6 +62,69 @@ async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
         )],
         ops.metrics.encode(),
     )
+}
+
+/// Bounds on the connections of a public listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// A client must send its request headers within this time.
+    pub header_read_timeout: std::time::Duration,
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, with a
+/// header-read timeout and a connection limit, so slow or many clients
+/// cannot exhaust the server. Connections in progress finish gracefully.
+pub async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pass, do not die.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("connection limit reached; closing a new connection");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    stopping.cancel();
+    connections.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), connections.wait()).await;
+    Ok(())
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

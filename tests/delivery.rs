@@ -129,11 +129,22 @@ async fn ingest_rejects_bad_requests_clearly_and_is_idempotent() {
     assert_eq!((s, body["error"].as_str()), (401, Some("Unauthorized")));
     let (s, _) = stack.post_raw("main", None, "application/json", event(ok), &[]).await;
     assert_eq!(s, 401);
-    let (s, body) = stack
+    let (s, unknown_hub) = stack
         .post_raw("nohub", Some(&stack.token), "application/json", event(ok), &[])
         .await;
-    assert_eq!(s, 404);
-    assert!(body["message"].as_str().unwrap().contains("nohub"), "{body}");
+    let (_, wrong_token) = stack
+        .post_raw("main", Some("wrong"), "application/json", event(ok), &[])
+        .await;
+    assert_eq!(s, 401);
+    assert_eq!(unknown_hub, wrong_token, "an unknown hub looks like a wrong token");
+    let metrics = stack
+        .ingest
+        .http
+        .get(format!("{}/metrics", stack.ingest.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 404, "/metrics is not on the events port");
     let (s, body) = stack
         .post_raw(
             "main",

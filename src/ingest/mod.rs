@@ -5,6 +5,7 @@
 
 pub mod event;
 pub mod fanout;
+pub mod rate;
 
 use crate::events::is_known_event;
 use crate::metrics::{CodeLabel, Metrics};
@@ -24,7 +25,7 @@ use jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,12 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where `/metrics` (and health) are served, apart from the events port.
+    pub metrics_listen: SocketAddr,
+    /// Header-read timeout and connection limit of the events port.
+    pub connections: server::ConnectionLimits,
+    /// The most one request may take, body included.
+    pub request_timeout: Duration,
     pub body_limit: usize,
     /// The size a Delivery may reach; a payload may take half of it.
     pub delivery_budget: usize,
@@ -67,6 +74,8 @@ struct Ingest {
     metrics: Arc<Metrics>,
     body_limit: usize,
     delivery_budget: usize,
+    request_timeout: Duration,
+    rate: rate::Limits,
 }
 
 /// Starts a reflector for `K` and returns its store; the watch runs on a task.
@@ -138,15 +147,33 @@ pub async fn run(
         metrics: metrics.clone(),
         body_limit: settings.body_limit,
         delivery_budget: settings.delivery_budget,
+        request_timeout: settings.request_timeout,
+        rate: rate::Limits::default(),
     });
     let router = Router::new()
         .route("/v1/namespaces/{namespace}/hubs/{hub}/events", post(receive))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
-        .merge(server::ops_routes(metrics, readiness));
+        .merge(server::health_routes(metrics.clone(), readiness.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let ops_listener = tokio::net::TcpListener::bind(settings.metrics_listen).await?;
+    tracing::info!(listen = %ops_listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let ops = tokio::spawn(server::serve(
+        ops_listener,
+        server::ops_routes(metrics, readiness),
+        stop.clone().cancelled_owned(),
+    ));
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "ingest listening");
-    server::serve(listener, router, shutdown).await?;
+    server::serve_limited(listener, router, stop.cancelled_owned(), settings.connections).await?;
+    ops.await??;
     Ok(())
 }
 
@@ -155,6 +182,8 @@ struct Problem {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds a 429 asks the sender to wait.
+    retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -163,7 +192,18 @@ impl Problem {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The one answer to an unknown hub and to a wrong token alike, so the
+    /// answer does not tell which hubs exist.
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a valid bearer token of the hub is required",
+        )
     }
 }
 
@@ -182,6 +222,9 @@ impl IntoResponse for Problem {
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
+            StatusCode::TOO_MANY_REQUESTS => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after.unwrap_or(1)));
+            }
             _ => {}
         }
         response
@@ -195,7 +238,22 @@ async fn receive(
     body: Body,
 ) -> Response {
     let mut body = Some(body);
-    let response = match accept(&ingest, &namespace, &hub, &headers, &mut body).await {
+    let accepted = tokio::time::timeout(
+        ingest.request_timeout,
+        accept(&ingest, &namespace, &hub, &headers, &mut body),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        // A body that trickles in, or a store that hangs: nothing was
+        // accepted (a half-stored event with an id of ours is not reachable
+        // again, one with the sender's id is completed by its retry).
+        Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!("the request took longer than {}s", ingest.request_timeout.as_secs()),
+        ))
+    });
+    let response = match accepted {
         Ok(accepted) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
         Err(problem) => {
             // Refused before the body was read (wrong token, too large):
@@ -232,23 +290,25 @@ async fn accept(
     headers: &HeaderMap,
     body: &mut Option<Body>,
 ) -> Result<serde_json::Value, Problem> {
-    let not_found = || {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "HubNotFound",
-            format!("Hub {hub_name} not found in namespace {namespace}"),
-        )
-    };
     let scope = ingest
         .scopes
         .iter()
-        .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
-        .ok_or_else(not_found)?;
-    let hub = scope
-        .hubs
-        .get(&ObjectRef::new(hub_name).within(namespace))
-        .ok_or_else(not_found)?;
+        .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace));
+    let hub = scope.and_then(|scope| scope.hubs.get(&ObjectRef::new(hub_name).within(namespace)));
+    let (Some(scope), Some(hub)) = (scope, hub) else {
+        // Unknown hub: the same answer as a wrong token.
+        return Err(Problem::unauthorized());
+    };
     authenticate(ingest, &hub, namespace, headers).await?;
+    if let Err(wait) = ingest.rate.admit(namespace, &hub, std::time::Instant::now()) {
+        let mut problem = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RateLimited",
+            format!("Hub {hub_name} accepts at most its spec.ingest.rateLimit; retry later"),
+        );
+        problem.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        return Err(problem);
+    }
 
     let body = read_body(body, headers, ingest.body_limit).await?;
     let incoming = event::parse(headers, &body).map_err(|rejection| match rejection {
@@ -296,14 +356,12 @@ async fn accept(
             ),
         ));
     }
-    let deliveries: Vec<Delivery> = selected
-        .iter()
-        .map(|w| fanout::build(w, &id, &incoming.name, &payload, received_at))
-        .collect();
-
-    store(ingest, namespace, &deliveries, generated_id).await?;
-    ingest.metrics.ingest_deliveries_created.inc_by(deliveries.len() as u64);
-    let names: Vec<String> = deliveries.iter().map(|d| d.name_any()).collect();
+    // Built one at a time as they are stored: at most CREATE_CONCURRENCY
+    // copies of the payload exist at once, whatever the fan-out.
+    let build = |w: &&Webhook| fanout::build(w, &id, &incoming.name, &payload, received_at);
+    let names: Vec<String> = selected.iter().map(|w| fanout::delivery_name(&id, w)).collect();
+    store(ingest, namespace, selected.iter().map(build), &names, generated_id).await?;
+    ingest.metrics.ingest_deliveries_created.inc_by(names.len() as u64);
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
     let mut answer = json!({ "id": id, "name": incoming.name, "deliveries": names });
     if !skipped.is_empty() {
@@ -364,13 +422,7 @@ async fn drain(mut stream: axum::body::BodyDataStream) {
 
 /// Checks the bearer token against the hub's, in constant time.
 async fn authenticate(ingest: &Ingest, hub: &Hub, namespace: &str, headers: &HeaderMap) -> Result<(), Problem> {
-    let unauthorized = || {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "a valid bearer token of the hub is required",
-        )
-    };
+    let unauthorized = Problem::unauthorized;
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -425,7 +477,13 @@ async fn authenticate(ingest: &Ingest, hub: &Hub, namespace: &str, headers: &Hea
 /// Creates every Delivery; an existing one (a repeated event) counts as
 /// stored. If any cannot be stored the event is not accepted, and when ingest
 /// chose its id (the sender cannot repeat it) the ones created are removed.
-async fn store(ingest: &Ingest, namespace: &str, deliveries: &[Delivery], generated_id: bool) -> Result<(), Problem> {
+async fn store(
+    ingest: &Ingest,
+    namespace: &str,
+    deliveries: impl Iterator<Item = Delivery>,
+    names: &[String],
+    generated_id: bool,
+) -> Result<(), Problem> {
     let api: Api<Delivery> = Api::namespaced(ingest.client.clone(), namespace);
     let create = |d: Delivery| {
         let api = api.clone();
@@ -433,14 +491,18 @@ async fn store(ingest: &Ingest, namespace: &str, deliveries: &[Delivery], genera
             match tokio::time::timeout(STORE_TIMEOUT, api.create(&PostParams::default(), &d)).await {
                 Ok(Ok(_)) => Ok(true),
                 Ok(Err(kube::Error::Api(e))) if e.code == 409 => Ok(false),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {}s", STORE_TIMEOUT.as_secs())),
+                Ok(Err(kube::Error::Api(e))) => Err(Refusal::Api(e.code, e.message)),
+                Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+                Err(_) => Err(Refusal::Unavailable(format!(
+                    "no answer within {}s",
+                    STORE_TIMEOUT.as_secs()
+                ))),
             }
         }
     };
     // Bounded: an event for a thousand webhooks must not become a thousand
     // requests at once (memory, and a burst the API server would throttle).
-    let results: Vec<Result<bool, String>> = futures::stream::iter(deliveries.iter().cloned())
+    let results: Vec<Result<bool, Refusal>> = futures::stream::iter(deliveries)
         .map(create)
         .buffered(CREATE_CONCURRENCY)
         .collect()
@@ -449,15 +511,49 @@ async fn store(ingest: &Ingest, namespace: &str, deliveries: &[Delivery], genera
         return Ok(());
     };
     if generated_id {
-        for (d, r) in deliveries.iter().zip(&results) {
+        for (name, r) in names.iter().zip(&results) {
             if matches!(r, Ok(true)) {
-                let _ = api.delete(&d.name_any(), &DeleteParams::default()).await;
+                let _ = api.delete(name, &DeleteParams::default()).await;
             }
         }
     }
-    Err(Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ApiUnavailable",
-        format!("the Kubernetes API server could not store the event ({error}); retry later"),
-    ))
+    Err(error.into_problem())
+}
+
+/// Why the API server did not store a Delivery.
+#[derive(Clone, Debug)]
+enum Refusal {
+    /// An answer with a status code (and the API server's message).
+    Api(u16, String),
+    /// No answer.
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The sender's fault is a 4xx it will not retry; anything else a 503
+    /// it will (nothing was accepted either way).
+    fn into_problem(self) -> Problem {
+        match self {
+            Refusal::Api(400 | 422, message) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidEvent",
+                format!("the event cannot be stored: {message}"),
+            ),
+            Refusal::Api(413, message) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "TooLarge",
+                format!("the event is too large to store: {message}"),
+            ),
+            Refusal::Api(code, message) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ApiUnavailable",
+                format!("the Kubernetes API server could not store the event ({code}: {message}); retry later"),
+            ),
+            Refusal::Unavailable(error) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ApiUnavailable",
+                format!("the Kubernetes API server could not store the event ({error}); retry later"),
+            ),
+        }
+    }
 }

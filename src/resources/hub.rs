@@ -62,6 +62,25 @@ pub struct IngestSettings {
     /// 128-character token is generated into a Secret owned by the hub.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeyRef>,
+    /// How many events ingest accepts for this hub (per ingest replica);
+    /// beyond it senders get 429 with Retry-After and nothing is stored.
+    /// Default: 50 per second, bursts of 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `eventsPerSecond` on average, `burst` at once.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Events accepted per second on average. 1 to 10000; default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub events_per_second: Option<u32>,
+    /// Events accepted at once after a quiet period. 1 to 100000; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: Option<u32>,
 }
 
 /// Request settings for deliveries.

@@ -164,7 +164,15 @@ impl TestEnv {
         let process = ChildProcess::start(
             &format!("ingest-{}", self.ns),
             kubeconfig,
-            &["ingest", "--namespace", &self.ns, "--listen", "127.0.0.1:0"],
+            &[
+                "ingest",
+                "--namespace",
+                &self.ns,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
         );
         let addr: String = eventually(Duration::from_secs(30), "ingest to listen", || async {
             process.log_field("ingest listening", "listen")
