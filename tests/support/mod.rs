@@ -160,20 +160,23 @@ impl TestEnv {
     /// Starts `hookrelay ingest` for this namespace on a free loopback port
     /// and waits until it serves; `kubeconfig` defaults to the admin one.
     pub async fn start_ingest(&self, kubeconfig: Option<&Path>) -> Ingest {
+        self.start_ingest_with(kubeconfig, &[]).await
+    }
+
+    /// Like `start_ingest`, with extra `hookrelay ingest` arguments.
+    pub async fn start_ingest_with(&self, kubeconfig: Option<&Path>, extra: &[&str]) -> Ingest {
         let kubeconfig = kubeconfig.unwrap_or(&self.cluster.admin_kubeconfig);
-        let process = ChildProcess::start(
-            &format!("ingest-{}", self.ns),
-            kubeconfig,
-            &[
-                "ingest",
-                "--namespace",
-                &self.ns,
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ],
-        );
+        let mut args = vec![
+            "ingest",
+            "--namespace",
+            &self.ns,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let process = ChildProcess::start(&format!("ingest-{}", self.ns), kubeconfig, &args);
         let addr: String = eventually(Duration::from_secs(30), "ingest to listen", || async {
             process.log_field("ingest listening", "listen")
         })
