@@ -18,6 +18,9 @@ enum Command {
     Controller(ControllerArgs),
     /// Run the event ingest server the CMS posts events to.
     Ingest(IngestArgs),
+    /// Serve the web console (the CMS's webhook screens) with the user's own
+    /// Kubernetes identity.
+    Console(ConsoleArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Print the version.
@@ -85,6 +88,25 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err("must not be negative".into());
     }
     Ok(d.into())
+}
+
+#[derive(Args, Debug)]
+struct ConsoleArgs {
+    /// Address to serve on (loopback by default: other machines cannot reach it).
+    #[arg(long, env = "HOOKRELAY_CONSOLE_LISTEN", default_value = "127.0.0.1:8001")]
+    listen: SocketAddr,
+    /// How users sign in: `kubeconfig` (yours; a one-time login link is
+    /// printed) or `token` (a Kubernetes bearer token, in a cluster).
+    #[arg(long, env = "HOOKRELAY_CONSOLE_AUTH", value_enum, default_value_t = crate::console::Auth::Kubeconfig)]
+    auth: crate::console::Auth,
+    /// The ingest URL the CMS posts to, shown with each hub.
+    #[arg(long, env = "HOOKRELAY_CONSOLE_INGEST_URL", default_value = "http://127.0.0.1:8080")]
+    ingest_url: String,
+    /// The namespace shown first (default: the kubeconfig's).
+    #[arg(long = "namespace", short = 'n', env = "HOOKRELAY_CONSOLE_NAMESPACE")]
+    namespace: Option<String>,
+    #[command(flatten)]
+    logging: Logging,
 }
 
 #[derive(Args, Debug)]
@@ -199,6 +221,16 @@ impl Cli {
                     namespaces: args.namespaces,
                 };
                 crate::ingest::run(client, settings, shutdown_signal()).await
+            }
+            Command::Console(args) => {
+                telemetry::init(args.logging.log_format);
+                let settings = crate::console::Settings {
+                    listen: args.listen,
+                    auth: args.auth,
+                    ingest_url: args.ingest_url,
+                    namespace: args.namespace,
+                };
+                crate::console::run(settings, shutdown_signal()).await
             }
             Command::Crd => {
                 print!("{}", crate::crd::yaml()?);

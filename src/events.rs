@@ -12,6 +12,81 @@ pub const BUILTIN_EVENTS: &[&str] = &[
     "dynamic-content.snapshot.published",
 ];
 
+/// A built-in event as people see it: the seed's group, label and words.
+pub struct EventInfo {
+    pub name: &'static str,
+    pub group: &'static str,
+    pub label: &'static str,
+    pub description: &'static str,
+}
+
+/// The built-in events in the order and groups the CMS lists them.
+pub const CATALOGUE: &[EventInfo] = &[
+    EventInfo {
+        name: "dynamic-content.edition.scheduled",
+        group: "Edition",
+        label: "scheduled",
+        description: "an edition is scheduled",
+    },
+    EventInfo {
+        name: "dynamic-content.edition.unscheduled",
+        group: "Edition",
+        label: "unscheduled",
+        description: "an edition is unscheduled",
+    },
+    EventInfo {
+        name: "dynamic-content.edition.published",
+        group: "Edition",
+        label: "published",
+        description: "a scheduled edition is published (on its start date)",
+    },
+    EventInfo {
+        name: "dynamic-content.content-item.created",
+        group: "Content item",
+        label: "created",
+        description: "a new content item is created in the production view",
+    },
+    EventInfo {
+        name: "dynamic-content.content-item.updated",
+        group: "Content item",
+        label: "updated",
+        description: "a content item is updated (any change)",
+    },
+    EventInfo {
+        name: "dynamic-content.content-item.assigned",
+        group: "Content item",
+        label: "assigned",
+        description: "a content item is assigned to a user",
+    },
+    EventInfo {
+        name: "dynamic-content.snapshot.published",
+        group: "Snapshot",
+        label: "published",
+        description: "a snapshot of a content item is published",
+    },
+    EventInfo {
+        name: "dynamic-content.content-item.workflow.updated",
+        group: "Content item workflow",
+        label: "updated",
+        description: "a content item's status has been updated",
+    },
+];
+
+/// A small payload of the kind the CMS sends for `event`, for test events
+/// and template previews.
+pub fn sample_payload(event: &str) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        e if e.contains(".edition.") => {
+            json!({ "id": "ed-2026-11", "name": "Black Friday", "start": "2026-11-27T00:00:00Z" })
+        }
+        e if e.contains(".snapshot.") => json!({ "id": "s-7", "rootContentItemId": "c-1" }),
+        e if e.ends_with("workflow.updated") => json!({ "id": "c-1", "workflowState": "Approved" }),
+        e if e.contains(".content-item.") => json!({ "id": "c-1", "label": "Winter banner", "version": 2 }),
+        _ => json!({ "id": "sample" }),
+    }
+}
+
 /// Regular expression (RE2 and Rust `regex` compatible) for an event name or a
 /// `prefix.*` wildcard subscription: lowercase dot-separated segments of
 /// letters, digits and inner hyphens. Used by the CRD schema.
@@ -48,6 +123,16 @@ pub fn unknown_subscriptions<'a>(subscriptions: &'a [String], custom: &[String])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_catalogue_lists_every_builtin_event_once() {
+        let mut names: Vec<&str> = CATALOGUE.iter().map(|e| e.name).collect();
+        names.sort();
+        let mut builtin = BUILTIN_EVENTS.to_vec();
+        builtin.sort();
+        assert_eq!(names, builtin);
+        assert!(CATALOGUE.iter().all(|e| sample_payload(e.name)["id"].is_string()));
+    }
 
     #[test]
     fn exact_subscription_matches_only_itself() {

@@ -100,9 +100,16 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
         None,
     );
     assert!(monitor.contains("kind: ServiceMonitor"));
+    let console = run("helm", &["template", "rel", chart, "--set=console.enabled=true"], None);
+    assert!(console.contains("name: rel-hookrelay-console") && console.contains("--auth=token"));
+    assert!(!default.contains("rel-hookrelay-console"), "the console is opt-in");
+    assert!(
+        default.contains("aggregate-to-view"),
+        "the aggregated roles render by default"
+    );
 
     // The API server accepts every object (the ClusterRole objects too).
-    for rendered in [&default, &namespaced] {
+    for rendered in [&default, &namespaced, &console] {
         let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(rendered));
         assert!(
             out.contains("deployment.apps/rel-hookrelay created (server dry run)"),
@@ -182,6 +189,9 @@ async fn the_charts_rbac_is_enough_and_no_more() {
             "--namespace",
             &release_ns,
             &watched,
+            // Cluster-wide and shared by every release: the console test
+            // applies them on its own.
+            "--set=rbac.aggregatedRoles=false",
         ],
         None,
     );

@@ -103,11 +103,14 @@ impl Receiver {
             identify,
             ..Book::default()
         }));
-        let app = Router::new().fallback(answer).with_state(book.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the receiver");
         let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .fallback(answer)
+            .layer(axum::Extension(LocalAddr(addr)))
+            .with_state(book.clone());
         tokio::spawn(async move {
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .await
@@ -169,6 +172,7 @@ impl Receiver {
 async fn answer(
     State(book): State<Arc<Mutex<Book>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(local): axum::Extension<LocalAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -176,7 +180,7 @@ async fn answer(
 ) -> Response {
     let path = uri.path().to_string();
     let identify = book.lock().unwrap().identify;
-    let sender_pid = identify.then(|| pid_of_local_port(peer.port())).flatten();
+    let sender_pid = identify.then(|| pid_of_connection(peer.port(), local.port())).flatten();
     let reply = {
         let mut book = book.lock().unwrap();
         book.received.push(Received {
@@ -214,14 +218,27 @@ async fn answer(
     response
 }
 
-/// The process owning the IPv4 TCP socket whose local port is `port`: the
-/// socket's inode from /proc/net/tcp, then the process holding it open.
-pub fn pid_of_local_port(port: u16) -> Option<u32> {
+/// The receiver's own address, for finding a connection's other end.
+#[derive(Clone, Copy)]
+pub struct LocalAddr(SocketAddr);
+
+impl LocalAddr {
+    fn port(&self) -> u16 {
+        self.0.port()
+    }
+}
+
+/// The process owning the client end of the IPv4 TCP connection from local
+/// port `client` to `server`: the socket's inode from /proc/net/tcp (an
+/// open one: closed sockets in TIME_WAIT have inode 0), then the process
+/// holding it.
+pub fn pid_of_connection(client: u16, server: u16) -> Option<u32> {
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let inode = table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
-        (local_port == port).then(|| fields.get(9).map(|s| s.to_string()))?
+        let (local, remote, inode) = (port(fields.get(1)?)?, port(fields.get(2)?)?, *fields.get(9)?);
+        (local == client && remote == server && inode != "0").then(|| inode.to_string())
     })?;
     let wanted = format!("socket:[{inode}]");
     let me = std::process::id();

@@ -1,0 +1,536 @@
+//! The web console in a real browser: headless Chromium driven through
+//! WebDriver (chromedriver), against `hookrelay console`, controller and
+//! ingest on the real control plane. Screenshots of every screen go to
+//! `target/console-screenshots/` (the README's come from there).
+
+mod support;
+
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use hookrelay::resources::{Delivery, Webhook};
+use hookrelay::secrets;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::receiver::{Receiver, Reply};
+use support::stack::{Stack, WAIT, deliveries_of};
+use support::{ChildProcess, TestEnv, eventually, tool};
+
+const UPDATED: &str = "dynamic-content.content-item.updated";
+
+/// chromedriver on a free loopback port, stopped (by its pid) when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (Debian: chromium-driver; .ci/run installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "chromedriver to answer", || async {
+            http.get(format!("{url}/status"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await;
+        Driver { child, url }
+    }
+
+    async fn browser(&self) -> Browser {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1100"] }),
+        );
+        // chromedriver speaks plain HTTP on loopback: no TLS stack needed.
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a headless Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `hookrelay console` as `kubeconfig`'s user; its one-time login URL.
+async fn start_console(env: &TestEnv, kubeconfig: &Path, name: &str, ingest_url: &str) -> (ChildProcess, String) {
+    let console = ChildProcess::start(
+        &format!("console-{name}-{}", env.ns),
+        kubeconfig,
+        &[
+            "console",
+            "--listen",
+            "127.0.0.1:0",
+            "-n",
+            &env.ns,
+            "--ingest-url",
+            ingest_url,
+        ],
+    );
+    let login = eventually(Duration::from_secs(30), "the console's login line", || async {
+        console
+            .logs()
+            .lines()
+            .find_map(|l| l.strip_prefix("console: ").map(str::to_string))
+    })
+    .await;
+    (console, login)
+}
+
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(browser: &Browser, name: &str) {
+    let png = browser.screenshot().await.expect("a screenshot");
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// A screenshot with the element `css` scrolled to the top of the window.
+async fn shot_of(browser: &Browser, css: &str, name: &str) {
+    browser
+        .execute(&format!("document.querySelector({css:?}).scrollIntoView();"), vec![])
+        .await
+        .unwrap();
+    shot(browser, name).await;
+}
+
+async fn text(browser: &Browser, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn click(browser: &Browser, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn fill(browser: &Browser, css: &str, value: &str) {
+    let field = browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    field.clear().await.unwrap();
+    field.send_keys(value).await.unwrap();
+}
+
+/// Waits until the page has an element matching `css`, without reloading.
+async fn appears(browser: &Browser, css: &str) {
+    eventually(WAIT, &format!("{css} on the page"), || async {
+        browser.find(Locator::Css(css)).await.ok().map(drop)
+    })
+    .await;
+}
+
+async fn secret_value(env: &TestEnv, webhook: &str) -> String {
+    let w = env.api::<Webhook>().get(webhook).await.unwrap();
+    let r = w.status.unwrap().secret_ref.unwrap();
+    let s = env.api::<Secret>().get(&r.name).await.unwrap();
+    secrets::value(&s, &r.key).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn the_console_manages_webhooks_in_a_real_browser() {
+    let stack = Stack::start("console_in_a_browser").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default("/shop", Reply::status(200).body("thanks from the handler"));
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    let (_console, login) = start_console(
+        &stack.env,
+        &stack.env.cluster.admin_kubeconfig,
+        "admin",
+        &stack.ingest.url,
+    )
+    .await;
+
+    // The login link opens a session once; then the hubs.
+    browser.goto(&login).await.unwrap();
+    appears(&browser, "a[href$='/hubs/main']").await;
+    shot(&browser, "hubs").await;
+    click(&browser, "a[href$='/hubs/main']").await;
+    appears(&browser, "#empty-state").await;
+    shot(&browser, "webhooks-empty").await;
+
+    // Add a webhook: a bad URL is refused with the API server's message next to the field.
+    click(&browser, "#empty-state a.button").await;
+    appears(&browser, "#webhook-form").await;
+    fill(&browser, "#label", "Shop").await;
+    fill(&browser, "#url", "ftp://shop.example/hook").await;
+    click(&browser, &format!("input[value='{UPDATED}']")).await;
+    click(&browser, "#save").await;
+    appears(&browser, "#url-error:not(:empty)").await;
+    let url_error = text(&browser, "#url-error").await;
+    assert!(url_error.contains("http"), "{url_error}");
+    shot(&browser, "webhook-form-error").await;
+    fill(&browser, "#url", &receiver.url("/shop")).await;
+    click(&browser, "#save").await;
+    appears(&browser, "#secret-section").await;
+    let webhooks: Api<Webhook> = stack.env.api();
+    let created = webhooks.list(&ListParams::default()).await.unwrap().items;
+    let shop = created
+        .iter()
+        .find(|w| w.spec.label == "Shop")
+        .expect("the form created a Webhook");
+    assert_eq!(shop.spec.events, vec![UPDATED.to_string()]);
+    let name = shop.metadata.name.clone().unwrap();
+    let page = format!(
+        "{}/ns/{}/webhooks/{name}",
+        login.split("/?").next().unwrap(),
+        stack.env.ns
+    );
+
+    // The secret: revealed, copied (the copied text is the Secret's value),
+    // regenerated, replaced.
+    eventually(WAIT, "the generated secret", || async {
+        webhooks.get(&name).await.ok()?.status?.secret_ref.map(drop)
+    })
+    .await;
+    browser.goto(&page).await.unwrap();
+    click(&browser, "#reveal").await;
+    appears(&browser, "#secret-value.revealed").await;
+    let value = secret_value(&stack.env, &name).await;
+    assert_eq!(text(&browser, "#secret-value").await, value);
+    browser
+        .execute(
+            "window.__copied = null; navigator.clipboard.writeText = async (t) => { window.__copied = t; };",
+            vec![],
+        )
+        .await
+        .unwrap();
+    click(&browser, "#copy").await;
+    let copied = eventually(WAIT, "the copied text", || async {
+        browser
+            .execute("return window.__copied;", vec![])
+            .await
+            .ok()?
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    assert_eq!(copied, value, "Copy puts the Secret's value on the clipboard");
+    shot_of(&browser, "#secret-section", "webhook-secret").await;
+    click(&browser, "#regenerate").await;
+    appears(&browser, "#notice").await;
+    let regenerated = eventually(WAIT, "a regenerated secret", || async {
+        let now = secret_value(&stack.env, &name).await;
+        (now != value).then_some(now)
+    })
+    .await;
+    assert_eq!(regenerated.len(), 128);
+    fill(&browser, "#replace-value", "my-own-signing-secret-0123456789").await;
+    click(&browser, "#replace").await;
+    appears(&browser, "#notice").await;
+    assert_eq!(
+        secret_value(&stack.env, &name).await,
+        "my-own-signing-secret-0123456789"
+    );
+
+    // An event through ingest appears in Recent deliveries without a reload.
+    browser.goto(&page).await.unwrap();
+    appears(&browser, "#no-deliveries").await;
+    let (status, answer) = stack
+        .post(json!({ "id": "console-1", "name": UPDATED, "payload": { "id": "c-1" } }))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let delivery = deliveries_of(&answer).remove(0);
+    appears(&browser, &format!("tr[data-delivery='{delivery}'] td.code")).await;
+    eventually(WAIT, "status code 200 in the list", || async {
+        let code = text(&browser, &format!("tr[data-delivery='{delivery}'] td.code")).await;
+        (code == "200").then_some(())
+    })
+    .await;
+    shot_of(&browser, "#recent", "webhook-deliveries").await;
+
+    // View details: the signature header and the handler's response body.
+    click(&browser, &format!("tr[data-delivery='{delivery}'] a")).await;
+    appears(&browser, "section.attempt").await;
+    let details = browser.source().await.unwrap();
+    assert!(
+        details.contains("X-Amplience-Webhook-Signature"),
+        "the signature header is shown"
+    );
+    assert!(
+        details.contains("thanks from the handler"),
+        "the response body is shown"
+    );
+    assert!(
+        text(&browser, "#request-body").await.contains("\"c-1\""),
+        "the request body is shown"
+    );
+    shot(&browser, "delivery-details").await;
+    click(&browser, "#redeliver").await;
+    let deliveries: Api<Delivery> = stack.env.api();
+    eventually(WAIT, "a second attempt after Redeliver", || async {
+        let d = deliveries.get(&delivery).await.ok()?;
+        (d.status?.attempt_count == 2).then_some(())
+    })
+    .await;
+
+    // A test event from the console is delivered.
+    browser.goto(&page).await.unwrap();
+    click(&browser, "#send-test").await;
+    appears(&browser, "#notice").await;
+    assert!(text(&browser, "#notice").await.contains("Test event sent"));
+    eventually(WAIT, "the test event at the handler", || async {
+        receiver
+            .received("/shop")
+            .iter()
+            .any(|r| r.json()["payload"]["id"] == "c-1" && r.header("webhook-id") != Some(delivery.as_str()))
+            .then_some(())
+    })
+    .await;
+
+    // The row menu: deactivate, activate, delete (with confirmation).
+    let list = format!("{}/ns/{}/hubs/main", login.split("/?").next().unwrap(), stack.env.ns);
+    for (action, active) in [("deactivate", false), ("activate", true)] {
+        browser.goto(&list).await.unwrap();
+        click(&browser, &format!("tr[data-webhook='{name}'] summary")).await;
+        if !active {
+            shot(&browser, "webhooks-menu").await;
+        }
+        click(&browser, &format!("tr[data-webhook='{name}'] button[value='{action}']")).await;
+        eventually(WAIT, &format!("{action} through the API"), || async {
+            (webhooks.get(&name).await.ok()?.spec.active == active).then_some(())
+        })
+        .await;
+    }
+    browser.goto(&list).await.unwrap();
+    click(&browser, &format!("tr[data-webhook='{name}'] summary")).await;
+    click(&browser, &format!("tr[data-webhook='{name}'] a.danger")).await;
+    appears(&browser, "#confirm-delete").await;
+    click(&browser, "#confirm-delete").await;
+    eventually(WAIT, "the webhook deleted", || async {
+        webhooks.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // The login link works once.
+    let again = reqwest::get(&login).await.unwrap();
+    assert_eq!(again.status().as_u16(), 401, "a used login link is refused");
+    // No session: refused. A wrong CSRF token: refused.
+    let base = login.split("/?").next().unwrap().to_string();
+    let anonymous = reqwest::get(format!("{base}/ns/{}", stack.env.ns)).await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    browser.goto(&list).await.unwrap();
+    let forged = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(location.pathname + '/new', { method: 'POST', credentials: 'same-origin',
+               body: new URLSearchParams({ csrf: 'forged', label: 'x', url: 'https://x.example' }) })
+               .then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.as_u64(),
+        Some(403),
+        "a form without the session's CSRF token is refused"
+    );
+    browser.close().await.unwrap();
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
+    let stack = Stack::start("console_viewer").await;
+    let receiver = Receiver::start().await;
+    stack
+        .webhook("shop", support::stack::spec(receiver.url("/shop"), &[UPDATED]))
+        .await;
+    // The chart's aggregated roles, bound to the restricted user as viewer.
+    let roles = std::process::Command::new(tool("helm"))
+        .args([
+            "template",
+            "r",
+            "charts/hookrelay",
+            "--show-only",
+            "templates/aggregated-roles.yaml",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("helm");
+    assert!(roles.status.success(), "{}", String::from_utf8_lossy(&roles.stderr));
+    for doc in serde_yaml::Deserializer::from_slice(&roles.stdout) {
+        let role: k8s_openapi::api::rbac::v1::ClusterRole = serde::Deserialize::deserialize(doc).unwrap();
+        let name = role.metadata.name.clone().unwrap();
+        Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(stack.env.client.clone())
+            .patch(
+                &name,
+                &PatchParams::apply("hookrelay-tests").force(),
+                &Patch::Apply(&role),
+            )
+            .await
+            .unwrap();
+    }
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "viewer" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hookrelay-view" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": support::RESTRICTED_USER }],
+    }))
+    .unwrap();
+    stack
+        .env
+        .api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let restricted = stack
+        .env
+        .cluster
+        .restricted_kubeconfig
+        .clone()
+        .expect("the local control plane");
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    let (_console, login) = start_console(&stack.env, &restricted, "viewer", &stack.ingest.url).await;
+    browser.goto(&login).await.unwrap();
+    appears(&browser, "a[href$='/hubs/main']").await;
+    assert!(browser.source().await.unwrap().contains("read only"));
+    click(&browser, "a[href$='/hubs/main']").await;
+    appears(&browser, "tr[data-webhook='shop']").await;
+    let list = browser.source().await.unwrap();
+    assert!(
+        !list.contains("Add webhook") && !list.contains("<summary"),
+        "no edit controls for a viewer"
+    );
+    click(&browser, "tr[data-webhook='shop'] a").await;
+    appears(&browser, "#webhook-form fieldset[disabled]").await;
+    assert!(
+        browser.find(Locator::Css("#save")).await.is_err(),
+        "no Save for a viewer"
+    );
+    shot(&browser, "webhook-viewer").await;
+    // A write attempted anyway (with a valid session and CSRF token).
+    let refused = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const csrf = document.querySelector('input[name=csrf]').value;
+             fetch(location.pathname + '/active', { method: 'POST', credentials: 'same-origin',
+               body: new URLSearchParams({ csrf, active: 'false' }) })
+               .then(async r => done([r.status, await r.text()]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused[0].as_u64(), Some(403), "{refused}");
+    assert!(
+        refused[1].as_str().unwrap().contains("may not"),
+        "a clear message: {refused}"
+    );
+    assert!(
+        stack.env.api::<Webhook>().get("shop").await.unwrap().spec.active,
+        "nothing changed"
+    );
+
+    // In a cluster users sign in with a bearer token: a ServiceAccount's,
+    // bound to hookrelay-view. The console's own identity is not used.
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = stack.env.api();
+    let account: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": "webhook-owner" } })).unwrap();
+    accounts.create(&Default::default(), &account).await.unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "webhook-owner" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hookrelay-view" },
+        "subjects": [{ "kind": "ServiceAccount", "name": "webhook-owner", "namespace": stack.env.ns }],
+    }))
+    .unwrap();
+    stack
+        .env
+        .api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let request = TokenRequest {
+        metadata: Default::default(),
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        },
+        status: None,
+    };
+    let issued: TokenRequest = accounts
+        .create_subresource("token", "webhook-owner", &Default::default(), &request)
+        .await
+        .unwrap();
+    let token = issued.status.unwrap().token;
+    // The restricted kubeconfig supplies only the address and CA here.
+    let console = ChildProcess::start(
+        &format!("console-token-{}", stack.env.ns),
+        &restricted,
+        &[
+            "console",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "token",
+            "-n",
+            &stack.env.ns,
+        ],
+    );
+    let login = eventually(Duration::from_secs(30), "the console's login line", || async {
+        console
+            .logs()
+            .lines()
+            .find_map(|l| l.strip_prefix("console: ").map(str::to_string))
+    })
+    .await;
+    assert!(login.ends_with("/login"), "{login}");
+    browser.delete_all_cookies().await.unwrap();
+    browser.goto(&login).await.unwrap();
+    fill(&browser, "#token", "not-a-token").await;
+    click(&browser, "form button[type=submit]").await;
+    appears(&browser, "p.error").await;
+    assert!(text(&browser, "p.error").await.contains("does not accept"));
+    fill(&browser, "#token", &token).await;
+    click(&browser, "form button[type=submit]").await;
+    appears(&browser, "a[href$='/hubs/main']").await;
+    let page = browser.source().await.unwrap();
+    assert!(
+        page.contains(&format!("system:serviceaccount:{}:webhook-owner", stack.env.ns)),
+        "signed in as the token's user"
+    );
+    assert!(page.contains("read only"));
+    browser.close().await.unwrap();
+    stack.cleanup().await;
+}
