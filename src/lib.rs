@@ -13,6 +13,7 @@ pub mod filters;
 pub mod ingest;
 pub mod leader;
 pub mod metrics;
+pub mod plugin;
 pub mod resources;
 pub mod secret_cache;
 pub mod secrets;

@@ -89,9 +89,16 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
     let mut template = vec!["template", "rel", chart, "--namespace", &env.ns];
     template.extend(others);
     let namespaced = run("helm", &template, None);
+    // The operator's own rights are Roles only; the cluster-wide roles left
+    // are the users' aggregated ones.
     assert!(
-        !namespaced.contains("kind: ClusterRole\n"),
-        "watchNamespaces uses Roles only"
+        !namespaced.contains("kind: ClusterRoleBinding\n"),
+        "watchNamespaces binds the operator with Roles only"
+    );
+    assert_eq!(
+        namespaced.matches("kind: ClusterRole\n").count(),
+        2,
+        "only hookrelay-view and hookrelay-edit are ClusterRoles"
     );
     assert!(namespaced.contains(&format!("--namespace={}", env.ns)));
     let monitor = run(

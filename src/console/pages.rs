@@ -11,7 +11,7 @@ use super::{Console, Session};
 use crate::events::{CATALOGUE, sample_payload};
 use crate::resources::delivery::{Delivery, Header, Phase, REDELIVER_ANNOTATION};
 use crate::resources::webhook::WebhookSpec;
-use crate::resources::{HUB_LABEL, Hub, ROTATE_SECRET_ANNOTATION, WEBHOOK_LABEL, Webhook};
+use crate::resources::{Hub, ROTATE_SECRET_ANNOTATION, WEBHOOK_LABEL, Webhook};
 use crate::secrets;
 use askama::Template;
 use axum::Extension;
@@ -970,22 +970,10 @@ pub(crate) async fn send_test(
         Ok(v) => v,
         Err(e) => return notice(&ns, &name, &format!("Not sent: the payload is not JSON ({e}).")),
     };
-    if crate::resources::delivery::json_depth(&payload) > crate::resources::delivery::MAX_PAYLOAD_DEPTH {
-        return notice(&ns, &name, "Not sent: the payload nests more than 32 levels.");
-    }
-    let id = format!("console-test-{}", super::random_token(12).to_ascii_lowercase());
-    let mut delivery = crate::ingest::fanout::build(
-        &w,
-        &id,
-        fields.get("event"),
-        &payload.to_string(),
-        jiff::Timestamp::now(),
-    );
-    delivery
-        .metadata
-        .labels
-        .get_or_insert_with(Default::default)
-        .insert(HUB_LABEL.into(), w.spec.hub.clone());
+    let delivery = match crate::ingest::fanout::test_delivery(&w, fields.get("event"), &payload) {
+        Ok(d) => d,
+        Err(e) => return notice(&ns, &name, &format!("Not sent: {e}.")),
+    };
     match Api::<Delivery>::namespaced(session.client.clone(), &ns)
         .create(&PostParams::default(), &delivery)
         .await

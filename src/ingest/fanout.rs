@@ -97,6 +97,17 @@ pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &str, recei
     }
 }
 
+/// A Delivery of a test event for `webhook` alone (the console's and the
+/// kubectl plugin's "send a test event"), with a fresh event id.
+pub fn test_delivery(webhook: &Webhook, event: &str, payload: &Value) -> Result<Delivery, String> {
+    use crate::resources::delivery::{MAX_PAYLOAD_DEPTH, json_depth};
+    if json_depth(payload) > MAX_PAYLOAD_DEPTH {
+        return Err(format!("the payload nests more than {MAX_PAYLOAD_DEPTH} levels"));
+    }
+    let id = format!("test-{}", uuid::Uuid::new_v4().simple());
+    Ok(build(webhook, &id, event, &payload.to_string(), Timestamp::now()))
+}
+
 /// The event as filters see it.
 pub fn document(id: &str, name: &str, payload: &Value) -> Value {
     json!({ "id": id, "name": name, "payload": payload })
