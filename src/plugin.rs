@@ -665,7 +665,11 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
             s.attempts_omitted
         );
     }
-    match request::body(&d, template.as_deref()) {
+    let recorded = s.request_body.clone().map(String::into_bytes);
+    match recorded
+        .map(Ok)
+        .unwrap_or_else(|| request::body(&d, template.as_deref()))
+    {
         Ok(body) => {
             let body = String::from_utf8_lossy(&body).into_owned();
             let pretty = serde_json::from_str::<Value>(&body)

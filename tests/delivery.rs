@@ -366,6 +366,12 @@ async fn selection_templates_headers_and_methods() {
     // The secret header is redacted in the recorded request.
     let templated_delivery = names.iter().find(|n| n.starts_with("templated-")).unwrap();
     let d = stack.delivery_done(templated_delivery).await;
+    // The rendered body is recorded byte for byte as the handler got it.
+    assert_eq!(
+        d.status.as_ref().unwrap().request_body.as_deref().map(str::as_bytes),
+        Some(templated.body.as_ref()),
+        "the body as sent is on record"
+    );
     let recorded = &d.status.unwrap().attempts[0].request.headers;
     assert!(
         recorded

@@ -1064,11 +1064,14 @@ pub(crate) async fn delivery(
         .await
         .ok()
         .and_then(|w| w.spec.custom_payload);
-    // The body as sent: the envelope is rebuilt byte for byte from the
-    // stored payload; a custom payload is rendered with today's template.
-    let body = match crate::delivery::request::body(&d, custom.as_deref()) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) => format!("(cannot be shown: {e})"),
+    // The body as sent: recorded for a custom payload; the envelope is
+    // rebuilt byte for byte from the stored payload.
+    let body = match (d.status.as_ref().and_then(|s| s.request_body.clone()), custom) {
+        (Some(recorded), _) => recorded,
+        (None, custom) => match crate::delivery::request::body(&d, custom.as_deref()) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("(cannot be shown: {e})"),
+        },
     };
     let status = d.status.clone().unwrap_or_default();
     let attempts = status

@@ -199,6 +199,14 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
                     return Outcome::Unrecorded("leadership was lost during the request".into());
                 }
             };
+            if webhook.spec.custom_payload.is_some() {
+                // The rendered body, recorded once (it is the same on every
+                // attempt unless the template changed).
+                let (body, cut) =
+                    super::http::fit_escaped(&String::from_utf8_lossy(&outgoing.body), engine.delivery_budget / 8);
+                status.request_body = Some(body);
+                status.request_body_truncated = cut;
+            }
             (record_of(&outgoing), result)
         }
         Err(reason) => (
@@ -350,6 +358,7 @@ fn status_patch(status: &DeliveryStatus, resource_version: Option<&str>) -> serd
             "completedAt",
             "message",
             "roundStart",
+            "requestBody",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }

@@ -181,6 +181,14 @@ pub struct DeliveryStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = 0, max = 100000))]
     pub attempts_omitted: u32,
+    /// The body as sent, when the webhook renders a custom payload (the
+    /// default envelope is `{"name", "payload"}` of the spec, byte for byte,
+    /// and is not stored twice). Cut to an eighth of the size budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// Whether `requestBody` was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_body_truncated: bool,
     /// The value of the `hookrelay.dev/redeliver` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivered_for: Option<String>,
