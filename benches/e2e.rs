@@ -269,6 +269,7 @@ impl Bench {
                 custom_payload: None,
                 secret_ref: None,
                 retry: None,
+                ordering: None,
             };
             api.create(&PostParams::default(), &Webhook::new(name, spec))
                 .await

@@ -50,10 +50,34 @@ pub fn matches(filters: &[WebhookFilter], event: &Value) -> Result<bool, Invalid
     Ok(true)
 }
 
+/// The first value `path` selects in `event`, as text (strings as they are,
+/// other values as JSON): a delivery's ordering key. `None` if nothing.
+pub fn first_value(path: &str, event: &Value) -> Result<Option<String>, InvalidPath> {
+    let path = parse(path)?;
+    Ok(path.query(event).all().into_iter().next().map(|node| match node {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }))
+}
+
+/// Checks an ordering key's path.
+pub fn check_path(path: &str) -> Result<(), InvalidPath> {
+    parse(path).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ordering_keys_are_the_first_value_as_text() {
+        let event = json!({ "id": "e", "payload": { "id": "c-1", "n": 7 } });
+        assert_eq!(first_value("$.payload.id", &event).unwrap().as_deref(), Some("c-1"));
+        assert_eq!(first_value("$.payload.n", &event).unwrap().as_deref(), Some("7"));
+        assert_eq!(first_value("$.payload.missing", &event).unwrap(), None);
+        assert!(first_value("$[", &event).is_err());
+    }
 
     fn equal(path: &str, v: &str) -> WebhookFilter {
         WebhookFilter {

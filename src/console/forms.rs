@@ -79,6 +79,7 @@ pub fn spec_from(fields: &Fields, hub: &str) -> Result<WebhookSpec, FieldErrors>
         custom_payload,
         secret_ref: None,
         retry: None,
+        ordering: None,
     })
 }
 

@@ -414,6 +414,7 @@ fn new_spec(hub: &str) -> WebhookSpec {
         custom_payload: None,
         secret_ref: None,
         retry: None,
+        ordering: None,
     }
 }
 
@@ -704,10 +705,11 @@ pub(crate) async fn update_webhook(
     // What the form does not show is kept.
     spec.secret_ref = current.spec.secret_ref.clone();
     spec.retry = current.spec.retry.clone();
+    spec.ordering = current.spec.ordering.clone();
     // Fields the form emptied are removed (a merge patch keeps what it omits).
     let mut spec_value = serde_json::to_value(&spec).expect("a spec serialises");
     if let Some(fields) = spec_value.as_object_mut() {
-        for key in ["headers", "filters", "customPayload", "secretRef", "retry"] {
+        for key in ["headers", "filters", "customPayload", "secretRef", "retry", "ordering"] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
     }

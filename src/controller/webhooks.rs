@@ -213,6 +213,9 @@ fn not_ready_reason(spec: &WebhookSpec, hub: Option<&Hub>, signing: &Signing) ->
     if let Err(e) = crate::filters::check(&spec.filters) {
         return Some(("InvalidFilter", e.to_string()));
     }
+    if let Some(Err(e)) = spec.ordering.as_ref().map(|o| crate::filters::check_path(&o.key)) {
+        return Some(("InvalidOrdering", format!("spec.ordering.key: {e}")));
+    }
     if let Some(Err(e)) = spec.custom_payload.as_deref().map(crate::template::check) {
         return Some(("InvalidTemplate", e.to_string()));
     }
@@ -353,6 +356,7 @@ mod tests {
                 custom_payload: None,
                 secret_ref: None,
                 retry: None,
+                ordering: None,
             },
         );
         w.metadata.generation = Some(3);

@@ -148,6 +148,8 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
     let ns = delivery.namespace().unwrap_or_default();
     let name = delivery.name_any();
     let mut status = delivery.status.clone().unwrap_or_default();
+    // It is its turn now (or it never waited).
+    status.waiting_for = None;
     if let Some(request) = redelivery_request(delivery) {
         // A manual redelivery: a new round of attempts under the same id,
         // recorded after the earlier ones.
@@ -359,6 +361,7 @@ fn status_patch(status: &DeliveryStatus, resource_version: Option<&str>) -> serd
             "message",
             "roundStart",
             "requestBody",
+            "waitingFor",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }

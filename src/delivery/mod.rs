@@ -8,6 +8,7 @@
 
 pub mod attempt;
 pub mod http;
+pub mod ordering;
 pub mod request;
 pub mod retention;
 pub mod retry;
@@ -106,6 +107,9 @@ enum Slot {
     },
     /// An attempt is running; `latest` is the newest object seen meanwhile.
     InFlight { latest: Option<Arc<Delivery>> },
+    /// Due, but an earlier delivery with the same ordering key is
+    /// unfinished: queued again the moment that one finishes.
+    Waiting { delivery: Arc<Delivery> },
 }
 
 /// When `delivery` should next be attempted, or `None` if it is finished
@@ -345,7 +349,7 @@ impl Engine {
                             if let Some(seen) = relisting.take() {
                                 let gone: Vec<Key> = state.tracked.keys().filter(|k| !seen.contains(*k)).cloned().collect();
                                 for key in gone {
-                                    state.untrack(&key);
+                                    self.forget(&key, &mut state);
                                 }
                             }
                         }
@@ -365,13 +369,18 @@ impl Engine {
                                     invalid.metadata.name.clone().unwrap_or_default(),
                                 ),
                             };
-                            state.untrack(&key);
+                            self.forget(&key, &mut state);
                         }
                     }
                 }
                 Some(expired) = state.queue.next(), if !state.queue.is_empty() => {
                     let key = expired.into_inner();
                     if let Some(Slot::Queued { delivery, .. }) = state.tracked.remove(&key) {
+                        if let Some(blocker) = state.order.blocker(&key) {
+                            self.note_waiting(&delivery, &blocker);
+                            state.tracked.insert(key, Slot::Waiting { delivery });
+                            continue;
+                        }
                         state.tracked.insert(key.clone(), Slot::InFlight { latest: None });
                         self.clone().spawn_attempt(key, delivery, done_tx.clone());
                     }
@@ -562,9 +571,18 @@ impl Engine {
             }
             state.held.remove(&key);
         }
+        let Some(due) = due_at(&delivery) else {
+            self.forget(&key, state);
+            return;
+        };
         match state.tracked.get_mut(&key) {
             Some(Slot::InFlight { latest }) => {
                 *latest = Some(delivery);
+                return;
+            }
+            Some(Slot::Waiting { delivery: waiting, .. }) => {
+                // Still waiting for the earlier one; keep the newest object.
+                *waiting = delivery;
                 return;
             }
             Some(Slot::Queued { delivery: queued, .. }) if attempts(&delivery) < attempts(queued) => {
@@ -573,10 +591,9 @@ impl Engine {
             }
             _ => {}
         }
-        let Some(due) = due_at(&delivery) else {
-            state.untrack(&key);
-            return;
-        };
+        if let Some(group) = self.ordering_group(&delivery) {
+            state.order.enter(key.clone(), group, &delivery);
+        }
         let now = Timestamp::now();
         let problems = status_problems(&delivery, now);
         if !problems.is_empty() && state.reported.insert((key.clone(), delivery.resource_version())) {
@@ -603,6 +620,48 @@ impl Engine {
                 state.tracked.insert(key, Slot::Queued { timer, delivery });
             }
         }
+    }
+
+    /// Stops tracking a delivery (finished or gone) and lets the next one of
+    /// its ordering key, if it was waiting, go now.
+    fn forget(&self, key: &Key, state: &mut Tracking) {
+        state.untrack(key);
+        let Some(next) = state.order.leave(key) else { return };
+        if let Some(Slot::Waiting { delivery, .. }) = state.tracked.remove(&next) {
+            let timer = state.queue.insert(next.clone(), Duration::ZERO);
+            state.tracked.insert(next, Slot::Queued { timer, delivery });
+        }
+    }
+
+    /// The ordering group of a delivery whose webhook orders by a key that
+    /// this delivery's event has.
+    fn ordering_group(&self, delivery: &Delivery) -> Option<ordering::Group> {
+        let ns = delivery.namespace().unwrap_or_default();
+        let webhook = self.webhooks.get(&ObjectRef::new(&delivery.spec.webhook).within(&ns))?;
+        let path = &webhook.spec.ordering.as_ref()?.key;
+        let document = request::event_document(delivery).ok()?;
+        let value = crate::filters::first_value(path, &document).ok()??;
+        Some((ns, delivery.spec.webhook.clone(), value))
+    }
+
+    /// Says in the Delivery's status which one it waits for (once).
+    fn note_waiting(&self, delivery: &Delivery, blocker: &str) {
+        if delivery.status.as_ref().and_then(|s| s.waiting_for.as_deref()) == Some(blocker) {
+            return;
+        }
+        let api: Api<Delivery> = Api::namespaced(self.client.clone(), &delivery.namespace().unwrap_or_default());
+        let (name, patch) = (
+            delivery.name_any(),
+            serde_json::json!({ "status": { "waitingFor": blocker } }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::debug!(delivery = %name, error = %e, "could not note what the delivery waits for");
+            }
+        });
     }
 
     fn spawn_attempt(
@@ -644,6 +703,8 @@ struct Tracking {
     held: HashMap<Key, Option<String>>,
     /// Malformed statuses already reported (by resourceVersion).
     reported: HashSet<(Key, Option<String>)>,
+    /// Unfinished deliveries of ordered webhooks, per key, in accept order.
+    order: ordering::Order,
 }
 
 impl Tracking {

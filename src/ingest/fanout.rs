@@ -133,6 +133,7 @@ mod tests {
                 custom_payload: None,
                 secret_ref: None,
                 retry: None,
+                ordering: None,
             },
         );
         w.metadata.namespace = Some("ns".into());

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Attempts","type":"integer","jsonPath":".status.attemptCount"}"#,
     printcolumn = r#"{"name":"Last Status","type":"integer","jsonPath":".status.lastStatusCode"}"#,
     printcolumn = r#"{"name":"Next Attempt","type":"date","priority":1,"jsonPath":".status.nextAttemptAt"}"#,
+    printcolumn = r#"{"name":"Waiting For","type":"string","jsonPath":".status.waitingFor"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -189,6 +190,10 @@ pub struct DeliveryStatus {
     /// Whether `requestBody` was cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub request_body_truncated: bool,
+    /// The earlier delivery with the same ordering key this one waits for
+    /// (the webhook's `spec.ordering`); cleared when it is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// The value of the `hookrelay.dev/redeliver` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivered_for: Option<String>,

@@ -87,6 +87,11 @@ pub struct WebhookSpec {
     /// Overrides the hub's retry policy for this webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Deliver one at a time, in the order ingest accepted the events, the
+    /// deliveries whose key is equal (e.g. per content item). Unset: no
+    /// ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
 }
 
 fn default_true() -> bool {
@@ -169,6 +174,18 @@ pub struct WebhookFilter {
     #[serde(rename = "in", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), inner(length(max = 1024)))]
     pub in_: Option<Vec<String>>,
+}
+
+/// Ordered delivery per key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ordering {
+    /// An RFC 9535 JSONPath into the event {id, name, payload}, such as
+    /// "$.payload.id". Deliveries with the same first value go one at a
+    /// time: a later one waits while an earlier one is Pending or Retrying.
+    /// A delivery whose path selects nothing is not ordered.
+    #[schemars(length(min = 1, max = 256))]
+    pub key: String,
 }
 
 /// Observed state of a webhook.

@@ -76,6 +76,8 @@ struct Book {
     defaults: HashMap<String, Reply>,
     /// Whether to find each request's sending process (a /proc scan).
     identify: bool,
+    /// (path, text in the body, times left): answered 500 while times last.
+    failing: Vec<(String, String, usize)>,
     /// Requests being answered now, and the most ever at once, per path.
     in_flight: HashMap<String, usize>,
     most_in_flight: HashMap<String, usize>,
@@ -150,6 +152,16 @@ impl Receiver {
             .collect()
     }
 
+    /// Answers 500 to the next `times` requests on `path` whose body
+    /// contains `needle` (others as scripted).
+    pub fn fail_matching(&self, path: &str, needle: &str, times: usize) {
+        self.book
+            .lock()
+            .unwrap()
+            .failing
+            .push((path.into(), needle.into(), times));
+    }
+
     /// The most requests on `path` that were being answered at once.
     pub fn most_in_flight(&self, path: &str) -> usize {
         self.book.lock().unwrap().most_in_flight.get(path).copied().unwrap_or(0)
@@ -196,7 +208,16 @@ async fn answer(
         let now = *now;
         let most = book.most_in_flight.entry(path.clone()).or_default();
         *most = (*most).max(now);
-        let scripted = book.scripted.get_mut(&path).and_then(|q| q.pop_front());
+        let body_text = String::from_utf8_lossy(&book.received.last().expect("just pushed").body).into_owned();
+        let failing = book
+            .failing
+            .iter_mut()
+            .find(|(p, needle, left)| *p == path && *left > 0 && body_text.contains(needle.as_str()));
+        let forced = failing.map(|rule| {
+            rule.2 -= 1;
+            Reply::status(500)
+        });
+        let scripted = forced.or_else(|| book.scripted.get_mut(&path).and_then(|q| q.pop_front()));
         scripted
             .or_else(|| book.defaults.get(&path).cloned())
             .unwrap_or(Reply::status(200))

@@ -216,6 +216,7 @@ pub fn spec(url: String, events: &[&str]) -> WebhookSpec {
         custom_payload: None,
         secret_ref: None,
         retry: None,
+        ordering: None,
     }
 }
 
