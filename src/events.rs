@@ -12,6 +12,18 @@ pub const BUILTIN_EVENTS: &[&str] = &[
     "dynamic-content.snapshot.published",
 ];
 
+/// hookrelay's own events, emitted into a hub when a webhook is
+/// deactivated or a delivery finally fails, for webhooks subscribed to
+/// them (or to `hookrelay.*`). Never accepted from a sender.
+pub const WEBHOOK_DEACTIVATED: &str = "hookrelay.webhook.deactivated";
+pub const DELIVERY_FAILED: &str = "hookrelay.delivery.failed";
+pub const OPERATIONAL_EVENTS: &[&str] = &[WEBHOOK_DEACTIVATED, DELIVERY_FAILED];
+
+/// Whether `event` is one of hookrelay's own (reserved) names.
+pub fn is_operational(event: &str) -> bool {
+    event.starts_with("hookrelay.")
+}
+
 /// A built-in event as people see it: the seed's group, label and words.
 pub struct EventInfo {
     pub name: &'static str,
@@ -112,7 +124,13 @@ pub fn is_known_event<'a>(event: &str, custom: impl IntoIterator<Item = &'a str>
 /// The subscriptions of a webhook that select no event the hub knows: a typo
 /// in an exact name, or a wildcard that matches nothing.
 pub fn unknown_subscriptions<'a>(subscriptions: &'a [String], custom: &[String]) -> Vec<&'a str> {
-    let known = || BUILTIN_EVENTS.iter().copied().chain(custom.iter().map(String::as_str));
+    let known = || {
+        BUILTIN_EVENTS
+            .iter()
+            .chain(OPERATIONAL_EVENTS)
+            .copied()
+            .chain(custom.iter().map(String::as_str))
+    };
     subscriptions
         .iter()
         .map(String::as_str)

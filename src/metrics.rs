@@ -55,6 +55,10 @@ pub struct Metrics {
     /// Deliveries that cannot be decoded or whose status makes no sense,
     /// reported and skipped or clamped.
     pub invalid_deliveries: Counter,
+    /// Webhooks the controller deactivated, by reason.
+    pub deactivations: Family<ReasonLabel, Counter>,
+    /// 1 while this controller leads (and delivers), else 0.
+    pub leader: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +80,14 @@ impl Metrics {
         let record_retries = Counter::default();
         let unrecorded = Family::<ReasonLabel, Counter>::default();
         let invalid_deliveries = Counter::default();
+        let deactivations = Family::<ReasonLabel, Counter>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "webhook_deactivations",
+            "Webhooks the controller deactivated, by reason",
+            deactivations.clone(),
+        );
+        registry.register("leader", "1 while this controller leads and delivers", leader.clone());
         registry.register(
             "attempt_record_retries",
             "Failed writes of an attempt's record, retried as writes",
@@ -114,6 +126,29 @@ impl Metrics {
             "Deliveries created by ingest",
             ingest_deliveries_created.clone(),
         );
+        // Known label values start at zero, so every family is exported
+        // (alerts and panels find it) before its first event.
+        for outcome in ["succeeded", "failed", "cancelled"] {
+            deliveries.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
+        for result in [
+            "success",
+            "http_error",
+            "timeout",
+            "connection_error",
+            "denied",
+            "not_sent",
+        ] {
+            attempts.get_or_create(&ResultLabel { result: result.into() });
+        }
+        for reason in ["superseded", "lost", "refused"] {
+            unrecorded.get_or_create(&ReasonLabel { reason: reason.into() });
+        }
+        for reason in ["RetriesExhausted", "Gone"] {
+            deactivations.get_or_create(&ReasonLabel { reason: reason.into() });
+        }
         Arc::new(Self {
             registry,
             deliveries,
@@ -126,6 +161,8 @@ impl Metrics {
             record_retries,
             unrecorded,
             invalid_deliveries,
+            deactivations,
+            leader,
         })
     }
 

@@ -305,7 +305,9 @@ async fn lead(
             stop.clone(),
         )
     });
+    metrics.leader.set(1);
     futures::future::join_all(runs).await;
+    metrics.leader.set(0);
 }
 
 /// Reconciles and delivers in `namespace` (all when `None`).

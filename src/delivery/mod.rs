@@ -8,6 +8,7 @@
 
 pub mod attempt;
 pub mod http;
+pub mod notify;
 pub mod ordering;
 pub mod request;
 pub mod retention;
@@ -238,6 +239,21 @@ impl Engine {
             entry.0 = Some(generation.unwrap_or(0));
         }
         tracing::warn!(webhook, namespace = ns, reason = %deactivation.reason, delivery = %deactivation.delivery, "webhook deactivated");
+        self.metrics
+            .deactivations
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: deactivation.reason.clone(),
+            })
+            .inc();
+        if let Some(w) = self.webhooks.get(&ObjectRef::new(webhook).within(ns)) {
+            let last_status = w
+                .status
+                .as_ref()
+                .and_then(|s| s.last_delivery.as_ref())
+                .and_then(|d| d.status_code);
+            let notice = notify::webhook_deactivated(webhook, generation, &deactivation, last_status, Timestamp::now());
+            self.notify(ns, &w.spec.hub, notice).await;
+        }
         let event = Event {
             type_: EventType::Warning,
             reason: deactivation.reason.clone(),
@@ -520,6 +536,12 @@ impl Engine {
     ) {
         match outcome {
             attempt::Outcome::Recorded(stored, deactivation) => {
+                if stored.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+                    && let Some(notice) = notify::delivery_failed(&stored, Timestamp::now())
+                {
+                    let (engine, ns, hub) = (self.clone(), key.0.clone(), stored.spec.hub.clone());
+                    tokio::spawn(async move { engine.notify(&ns, &hub, notice).await });
+                }
                 // The stored object is newer than anything the watch
                 // delivered during the attempt.
                 self.consider(slim(*stored), state);

@@ -320,6 +320,16 @@ async fn accept(
         event::Rejection::Json(_) => Problem::new(StatusCode::BAD_REQUEST, "MalformedJson", rejection.to_string()),
         event::Rejection::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, "InvalidEvent", rejection.to_string()),
     })?;
+    if crate::events::is_operational(&incoming.name) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownEvent",
+            format!(
+                "event names starting with \"hookrelay.\" ({:?}) are hookrelay's own and are not accepted from senders",
+                incoming.name
+            ),
+        ));
+    }
     if !is_known_event(&incoming.name, hub.spec.custom_events.iter().map(String::as_str)) {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
