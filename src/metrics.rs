@@ -129,7 +129,7 @@ impl Metrics {
         // Known label values start at zero, so every family is exported
         // (alerts and panels find it) before its first event.
         for outcome in ["succeeded", "failed", "cancelled"] {
-            deliveries.get_or_create(&OutcomeLabel {
+            let _ = deliveries.get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
             });
         }
@@ -141,13 +141,13 @@ impl Metrics {
             "denied",
             "not_sent",
         ] {
-            attempts.get_or_create(&ResultLabel { result: result.into() });
+            let _ = attempts.get_or_create(&ResultLabel { result: result.into() });
         }
         for reason in ["superseded", "lost", "refused"] {
-            unrecorded.get_or_create(&ReasonLabel { reason: reason.into() });
+            let _ = unrecorded.get_or_create(&ReasonLabel { reason: reason.into() });
         }
         for reason in ["RetriesExhausted", "Gone"] {
-            deactivations.get_or_create(&ReasonLabel { reason: reason.into() });
+            let _ = deactivations.get_or_create(&ReasonLabel { reason: reason.into() });
         }
         Arc::new(Self {
             registry,
