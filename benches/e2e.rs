@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use hookrelay::resources::delivery::{DeliverySpec, EventRef};
 use hookrelay::resources::hub::{DeliverySettings, HubSpec, RetentionPolicy};
-use hookrelay::resources::webhook::{HttpMethod, WebhookSpec};
+use hookrelay::resources::webhook::WebhookSpec;
 use hookrelay::resources::{Delivery, Hub, Webhook};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -257,20 +257,8 @@ impl Bench {
     async fn webhooks(&self, ns: &str, names: &[String], events: &[&str]) {
         let api: Api<Webhook> = Api::namespaced(self.client.clone(), ns);
         for name in names {
-            let spec = WebhookSpec {
-                hub: "main".into(),
-                label: name.clone(),
-                url: format!("http://{}/{name}", self.receiver_addr),
-                events: events.iter().map(|e| e.to_string()).collect(),
-                active: true,
-                method: HttpMethod::Post,
-                headers: vec![],
-                filters: vec![],
-                custom_payload: None,
-                secret_ref: None,
-                retry: None,
-                ordering: None,
-            };
+            let url = format!("http://{}/{name}", self.receiver_addr);
+            let spec = WebhookSpec::new("main", name, &url, events);
             api.create(&PostParams::default(), &Webhook::new(name, spec))
                 .await
                 .unwrap();

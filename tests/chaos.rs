@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::ChildProcess;
 use support::receiver::{Receiver, Reply};
-use support::stack::{Options, Stack, deliveries_of, spec};
+use support::stack::{Options, Stack, deliveries_of, holder_pid, spec};
 
 const EVENT: &str = "dynamic-content.content-item.updated";
 const EVENTS: usize = 300;
@@ -37,18 +37,6 @@ fn restart_control_plane(server: &str, down_seconds: u32) {
         .status()
         .expect("running controlplane.sh");
     assert!(status.success(), "restarting {server} failed");
-}
-
-fn holder_pid(lease: &Lease) -> Option<u32> {
-    lease
-        .spec
-        .as_ref()?
-        .holder_identity
-        .as_ref()?
-        .rsplit('-')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// What the sender saw: event id → the delivery names of its 202.

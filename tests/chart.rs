@@ -8,7 +8,6 @@ mod support;
 
 use hookrelay::resources::delivery::Phase;
 use hookrelay::resources::{RetryPolicy, Webhook};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::config::Kubeconfig;
@@ -140,21 +139,7 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
 
 /// A kubeconfig for a ServiceAccount, with a token from the TokenRequest API.
 async fn service_account_kubeconfig(client: &Client, ns: &str, name: &str, dir: &Path) -> PathBuf {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let request = TokenRequest {
-        metadata: ObjectMeta::default(),
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            bound_object_ref: None,
-        },
-        status: None,
-    };
-    let issued: TokenRequest = accounts
-        .create_subresource("token", name, &PostParams::default(), &request)
-        .await
-        .expect("a token for the chart's ServiceAccount");
-    let token = issued.status.unwrap().token;
+    let token = support::stack::service_account_token(client, ns, name).await;
     let mut config = Kubeconfig::read_from(&support::cluster().admin_kubeconfig).unwrap();
     for auth in &mut config.auth_infos {
         if let Some(info) = auth.auth_info.as_mut() {

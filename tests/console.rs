@@ -77,21 +77,26 @@ impl Drop for Driver {
     }
 }
 
-/// `hookrelay console` as `kubeconfig`'s user; its one-time login URL.
-async fn start_console(env: &TestEnv, kubeconfig: &Path, name: &str, ingest_url: &str) -> (ChildProcess, String) {
-    let console = ChildProcess::start(
-        &format!("console-{name}-{}", env.ns),
-        kubeconfig,
-        &[
-            "console",
-            "--listen",
-            "127.0.0.1:0",
-            "-n",
-            &env.ns,
-            "--ingest-url",
-            ingest_url,
-        ],
-    );
+/// Binds the chart's `hookrelay-view` ClusterRole to `subject` in the namespace.
+async fn bind_viewer(env: &TestEnv, name: &str, subject: serde_json::Value) {
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hookrelay-view" },
+        "subjects": [subject],
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// `hookrelay console` with `kubeconfig` and `extra` arguments; the URL it
+/// prints (the one-time login link, or /login with `--auth token`).
+async fn start_console(env: &TestEnv, kubeconfig: &Path, name: &str, extra: &[&str]) -> (ChildProcess, String) {
+    let mut args = vec!["console", "--listen", "127.0.0.1:0", "-n", &env.ns];
+    args.extend_from_slice(extra);
+    let console = ChildProcess::start(&format!("console-{name}-{}", env.ns), kubeconfig, &args);
     let login = eventually(Duration::from_secs(30), "the console's login line", || async {
         console
             .logs()
@@ -177,7 +182,7 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
         &stack.env,
         &stack.env.cluster.admin_kubeconfig,
         "admin",
-        &stack.ingest.url,
+        &["--ingest-url", &stack.ingest.url],
     )
     .await;
 
@@ -401,18 +406,12 @@ async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
             .await
             .unwrap();
     }
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "viewer" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hookrelay-view" },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": support::RESTRICTED_USER }],
-    }))
-    .unwrap();
-    stack
-        .env
-        .api::<k8s_openapi::api::rbac::v1::RoleBinding>()
-        .create(&Default::default(), &binding)
-        .await
-        .unwrap();
+    bind_viewer(
+        &stack.env,
+        "viewer",
+        json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": support::RESTRICTED_USER }),
+    )
+    .await;
     let restricted = stack
         .env
         .cluster
@@ -421,7 +420,8 @@ async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
         .expect("the local control plane");
     let driver = Driver::start().await;
     let browser = driver.browser().await;
-    let (_console, login) = start_console(&stack.env, &restricted, "viewer", &stack.ingest.url).await;
+    let (_console, login) =
+        start_console(&stack.env, &restricted, "viewer", &["--ingest-url", &stack.ingest.url]).await;
     browser.goto(&login).await.unwrap();
     appears(&browser, "a[href$='/hubs/main']").await;
     assert!(browser.source().await.unwrap().contains("read only"));
@@ -463,58 +463,19 @@ async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
 
     // In a cluster users sign in with a bearer token: a ServiceAccount's,
     // bound to hookrelay-view. The console's own identity is not used.
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     let accounts: Api<ServiceAccount> = stack.env.api();
     let account: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": "webhook-owner" } })).unwrap();
     accounts.create(&Default::default(), &account).await.unwrap();
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "webhook-owner" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hookrelay-view" },
-        "subjects": [{ "kind": "ServiceAccount", "name": "webhook-owner", "namespace": stack.env.ns }],
-    }))
-    .unwrap();
-    stack
-        .env
-        .api::<k8s_openapi::api::rbac::v1::RoleBinding>()
-        .create(&Default::default(), &binding)
-        .await
-        .unwrap();
-    let request = TokenRequest {
-        metadata: Default::default(),
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            bound_object_ref: None,
-        },
-        status: None,
-    };
-    let issued: TokenRequest = accounts
-        .create_subresource("token", "webhook-owner", &Default::default(), &request)
-        .await
-        .unwrap();
-    let token = issued.status.unwrap().token;
-    // The restricted kubeconfig supplies only the address and CA here.
-    let console = ChildProcess::start(
-        &format!("console-token-{}", stack.env.ns),
-        &restricted,
-        &[
-            "console",
-            "--listen",
-            "127.0.0.1:0",
-            "--auth",
-            "token",
-            "-n",
-            &stack.env.ns,
-        ],
-    );
-    let login = eventually(Duration::from_secs(30), "the console's login line", || async {
-        console
-            .logs()
-            .lines()
-            .find_map(|l| l.strip_prefix("console: ").map(str::to_string))
-    })
+    bind_viewer(
+        &stack.env,
+        "webhook-owner",
+        json!({ "kind": "ServiceAccount", "name": "webhook-owner", "namespace": stack.env.ns }),
+    )
     .await;
+    let token = support::stack::service_account_token(&stack.env.client, &stack.env.ns, "webhook-owner").await;
+    // The restricted kubeconfig supplies only the address and CA here.
+    let (_token_console, login) = start_console(&stack.env, &restricted, "token", &["--auth", "token"]).await;
     assert!(login.ends_with("/login"), "{login}");
     browser.delete_all_cookies().await.unwrap();
     browser.goto(&login).await.unwrap();

@@ -14,44 +14,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::audit::Audit;
 use support::proxy::TcpProxy;
 use support::receiver::{Received, Receiver, Reply};
-use support::stack::{Options, Stack, WAIT, deliveries_of, spec};
+use support::stack::{Options, Stack, WAIT, all_succeeded, deliveries_of, holder_pid, ids_seen, spec};
 use support::{ChildProcess, eventually};
 
 const EVENT: &str = "dynamic-content.snapshot.published";
 
 fn event(id: &str) -> serde_json::Value {
     json!({ "id": id, "name": EVENT, "payload": { "id": id } })
-}
-
-/// How many times the receiver saw each `webhook-id`.
-fn ids_seen(received: &[Received]) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for r in received {
-        *seen
-            .entry(r.header("webhook-id").unwrap_or_default().to_string())
-            .or_insert(0) += 1;
-    }
-    seen
-}
-
-async fn all_succeeded(stack: &Stack, expected: usize, timeout: Duration) -> Vec<Delivery> {
-    let api: Api<Delivery> = stack.env.api();
-    eventually(timeout, &format!("{expected} deliveries to succeed"), || async {
-        let list = api.list(&ListParams::default()).await.ok()?;
-        let done = list
-            .items
-            .iter()
-            .filter(|d| d.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
-            .count();
-        (done == expected).then_some(list.items)
-    })
-    .await
 }
 
 /// A kubeconfig that reaches the API server through a proxy the test controls.
@@ -62,18 +36,6 @@ async fn proxied_kubeconfig() -> (TcpProxy, std::net::SocketAddr, std::path::Pat
     let proxy = TcpProxy::start(apiserver).await;
     let kubeconfig = write_kubeconfig(proxy.addr);
     (proxy, apiserver, kubeconfig)
-}
-
-fn holder_pid(lease: &Lease) -> Option<u32> {
-    lease
-        .spec
-        .as_ref()?
-        .holder_identity
-        .as_ref()?
-        .rsplit('-')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Waits until `pid` holds the controller lease.
@@ -297,7 +259,7 @@ async fn sigterm_hands_over_without_cutting_or_repeating_a_request() {
 
 /// A Delivery for `webhook` written directly through the API, as anyone
 /// with create rights could.
-async fn create_delivery(stack: &Stack, name: &str, webhook: &str, payload: &str) -> Delivery {
+async fn create_delivery(env: &support::TestEnv, name: &str, webhook: &str, payload: &str) -> Delivery {
     let d = Delivery::new(
         name,
         DeliverySpec {
@@ -311,12 +273,7 @@ async fn create_delivery(stack: &Stack, name: &str, webhook: &str, payload: &str
             payload: payload.into(),
         },
     );
-    stack
-        .env
-        .api::<Delivery>()
-        .create(&PostParams::default(), &d)
-        .await
-        .unwrap()
+    env.api::<Delivery>().create(&PostParams::default(), &d).await.unwrap()
 }
 
 async fn patch_status(stack: &Stack, name: &str, status: serde_json::Value) -> Result<Delivery, kube::Error> {
@@ -365,17 +322,14 @@ async fn warning_events(stack: &Stack, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn nonsensical_status_values_are_refused_or_clamped_and_reported() {
-    let options = Options {
-        controller_args: vec!["--leader-elect=false".into()],
-        ..Options::default()
-    };
+    let options = Options::single_controller();
     let mut stack = Stack::start_with("nonsensical_status_values", options).await;
     let receiver = Receiver::start().await;
     stack.webhook("shop", spec(receiver.url("/hook"), &[EVENT])).await;
 
     // Written by someone with deliveries/status rights while no controller runs.
     stack.kill_controller();
-    create_delivery(&stack, "far-future", "shop", "{}").await;
+    create_delivery(&stack.env, "far-future", "shop", "{}").await;
     patch_status(
         &stack,
         "far-future",
@@ -383,7 +337,7 @@ async fn nonsensical_status_values_are_refused_or_clamped_and_reported() {
     )
     .await
     .expect("a far-future time is a valid time");
-    create_delivery(&stack, "bad-round", "shop", "{}").await;
+    create_delivery(&stack.env, "bad-round", "shop", "{}").await;
     for bad in [
         json!({ "attemptCount": 1, "roundStart": 0 }),
         json!({ "attemptCount": 1, "roundStart": 7 }),
@@ -412,22 +366,19 @@ async fn nonsensical_status_values_are_refused_or_clamped_and_reported() {
 
 #[tokio::test]
 async fn undecodable_deliveries_fail_or_are_skipped_alone_also_after_a_relist() {
-    let options = Options {
-        controller_args: vec!["--leader-elect=false".into()],
-        ..Options::default()
-    };
+    let options = Options::single_controller();
     let mut stack = Stack::start_with("undecodable_deliveries", options).await;
     let receiver = Receiver::start().await;
     stack.webhook("shop", spec(receiver.url("/hook"), &[EVENT])).await;
 
     // Payloads no handler can be sent: not JSON, or nested past any decoder.
-    create_delivery(&stack, "not-json", "shop", "{not json").await;
+    create_delivery(&stack.env, "not-json", "shop", "{not json").await;
     let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
-    create_delivery(&stack, "too-deep", "shop", &deep).await;
+    create_delivery(&stack.env, "too-deep", "shop", &deep).await;
     // A shape the API server accepts and this client cannot decode (an
     // attempt number above u32): skipped by the watch, reported.
     stack.kill_controller();
-    create_delivery(&stack, "bad-shape", "shop", "{}").await;
+    create_delivery(&stack.env, "bad-shape", "shop", "{}").await;
     let stored = patch_status(
         &stack,
         "bad-shape",
@@ -531,24 +482,7 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
         },
     );
 
-    let stored = |name: &str, webhook: &str| {
-        let d = Delivery::new(
-            name,
-            DeliverySpec {
-                webhook: webhook.into(),
-                hub: "main".into(),
-                event: EventRef {
-                    id: name.into(),
-                    name: EVENT.into(),
-                    received_at: MicroTime(jiff::Timestamp::now()),
-                },
-                payload: "{}".into(),
-            },
-        );
-        let api = env.api::<Delivery>();
-        async move { api.create(&PostParams::default(), &d).await.unwrap() }
-    };
-    let for_shop = stored("for-shop", "shop").await;
+    let for_shop = create_delivery(&env, "for-shop", "shop", "{}").await;
     match attempt::run(&engine, &for_shop).await {
         attempt::Outcome::Recorded(d, None) => {
             assert_eq!(d.status.unwrap().phase, Phase::Succeeded, "delivered, not cancelled")
@@ -558,7 +492,7 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
     assert_eq!(receiver.received("/hook").len(), 1);
 
     // A webhook the API server does not know either: cancelled, saying why.
-    let for_ghost = stored("for-ghost", "ghost").await;
+    let for_ghost = create_delivery(&env, "for-ghost", "ghost", "{}").await;
     match attempt::run(&engine, &for_ghost).await {
         attempt::Outcome::Recorded(d, None) => {
             let s = d.status.unwrap();

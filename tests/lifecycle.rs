@@ -87,10 +87,7 @@ async fn failed_attempts_are_retried_under_one_delivery_id() {
 
 #[tokio::test]
 async fn running_out_of_retries_deactivates_the_webhook_and_cancels_the_rest() {
-    let options = Options {
-        controller_args: vec!["--leader-elect=false".into()],
-        ..Options::default()
-    };
+    let options = Options::single_controller();
     let mut stack = Stack::start_with("running_out_of_retries", options).await;
     let receiver = Receiver::start().await;
     receiver.set_default("/hook", Reply::status(404));

@@ -49,10 +49,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn running_out_of_retries_notifies_subscribed_webhooks_and_the_charts_metrics_exist() {
-    let options = Options {
-        controller_args: vec!["--leader-elect=false".into()],
-        ..Options::default()
-    };
+    let options = Options::single_controller();
     let stack = Stack::start_with("operational_events", options).await;
     let receiver = Receiver::start().await;
     receiver.set_default("/flaky", Reply::status(500));

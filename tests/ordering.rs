@@ -18,10 +18,7 @@ const UPDATED: &str = "dynamic-content.content-item.updated";
 
 #[tokio::test]
 async fn updates_of_one_item_arrive_in_order_and_other_items_do_not_wait() {
-    let options = Options {
-        controller_args: vec!["--leader-elect=false".into()],
-        ..Options::default()
-    };
+    let options = Options::single_controller();
     let mut stack = Stack::start_with("ordered_per_content_item", options).await;
     let receiver = Receiver::start().await;
     // Item A's first update fails twice before it is taken.

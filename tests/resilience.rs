@@ -3,51 +3,19 @@
 
 mod support;
 
-use hookrelay::resources::Delivery;
-use hookrelay::resources::delivery::Phase;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::ListParams;
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::Duration;
 use support::receiver::{Receiver, Reply};
-use support::stack::{Options, Stack, WAIT, deliveries_of, spec};
+use support::stack::{Options, Stack, WAIT, all_succeeded, deliveries_of, holder_pid, ids_seen, spec};
 use support::{ChildProcess, eventually};
 
 const EVENT: &str = "dynamic-content.snapshot.published";
 
-/// How many times the receiver saw each `webhook-id`.
-fn ids_seen(receiver: &Receiver) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for r in receiver.all_received() {
-        *seen
-            .entry(r.header("webhook-id").unwrap_or_default().to_string())
-            .or_insert(0) += 1;
-    }
-    seen
-}
-
-async fn all_succeeded(stack: &Stack, expected: usize, timeout: Duration) -> Vec<Delivery> {
-    let api: Api<Delivery> = stack.env.api();
-    eventually(timeout, &format!("{expected} deliveries to succeed"), || async {
-        let list = api.list(&ListParams::default()).await.ok()?;
-        let done = list
-            .items
-            .iter()
-            .filter(|d| d.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
-            .count();
-        (list.items.len() == expected && done == expected).then_some(list.items)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn sigkilled_controller_loses_no_delivery() {
-    let options = Options {
-        controller_args: vec!["--leader-elect=false".into()],
-        ..Options::default()
-    };
+    let options = Options::single_controller();
     let mut stack = Stack::start_with("sigkilled_controller_loses_none", options).await;
     let receiver = Receiver::start().await;
     for i in 0..4 {
@@ -84,7 +52,7 @@ async fn sigkilled_controller_loses_no_delivery() {
     stack.restart_controller();
     all_succeeded(&stack, 200, Duration::from_secs(120)).await;
 
-    let seen = ids_seen(&receiver);
+    let seen = ids_seen(&receiver.all_received());
     for name in &names {
         assert!(seen.contains_key(name), "{name} never reached the receiver");
     }
@@ -94,18 +62,6 @@ async fn sigkilled_controller_loses_no_delivery() {
         receiver.all_received().len()
     );
     stack.cleanup().await;
-}
-
-fn holder_pid(lease: &Lease) -> Option<u32> {
-    lease
-        .spec
-        .as_ref()?
-        .holder_identity
-        .as_ref()?
-        .rsplit('-')
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[tokio::test]
@@ -139,7 +95,7 @@ async fn two_controllers_deliver_once_and_the_follower_takes_over() {
         assert_eq!(status, 202);
     }
     all_succeeded(&stack, 20, WAIT).await;
-    let seen = ids_seen(&receiver);
+    let seen = ids_seen(&receiver.all_received());
     assert_eq!(seen.len(), 20);
     assert!(seen.values().all(|n| *n == 1), "an attempt was made twice: {seen:?}");
 
@@ -164,7 +120,7 @@ async fn two_controllers_deliver_once_and_the_follower_takes_over() {
     all_succeeded(&stack, 30, WAIT).await;
     let lease = leases.get("hookrelay-controller").await.unwrap();
     assert_eq!(holder_pid(&lease), Some(survivor_pid));
-    assert_eq!(ids_seen(&receiver).len(), 30);
+    assert_eq!(ids_seen(&receiver.all_received()).len(), 30);
     stack.cleanup().await;
 }
 
@@ -203,7 +159,7 @@ async fn watches_recover_when_the_api_server_goes_away_and_comes_back() {
     let (status, _) = stack.post(json!({ "id": "after", "name": EVENT, "payload": {} })).await;
     assert_eq!(status, 202);
     all_succeeded(&stack, 3, Duration::from_secs(120)).await;
-    assert_eq!(ids_seen(&receiver).len(), 3);
+    assert_eq!(ids_seen(&receiver.all_received()).len(), 3);
     assert!(
         stack
             .controller

@@ -29,6 +29,16 @@ use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+/// `expr?` for a handler that answers with a page: an `Err` is the page.
+macro_rules! or_page {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(page) => return page,
+        }
+    };
+}
+
 /// What every page shows around its content.
 pub(crate) struct Chrome {
     pub ns: String,
@@ -402,20 +412,14 @@ struct DeliveriesFragment {
 }
 
 fn new_spec(hub: &str) -> WebhookSpec {
-    WebhookSpec {
-        hub: hub.into(),
-        label: String::new(),
-        url: String::new(),
-        events: vec![],
-        active: true,
-        method: Default::default(),
-        headers: vec![],
-        filters: vec![],
-        custom_payload: None,
-        secret_ref: None,
-        retry: None,
-        ordering: None,
-    }
+    WebhookSpec::new(hub, "", "", &[])
+}
+
+async fn read_webhook(session: &Session, ns: &str, name: &str) -> Result<Webhook, Response> {
+    Api::<Webhook>::namespaced(session.client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(|e| api_problem(&e, &format!("read Webhook {name}")))
 }
 
 async fn hub_of(session: &Session, ns: &str, hub: &str) -> Result<Hub, Response> {
@@ -557,10 +561,7 @@ pub(crate) async fn new_webhook(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, hub)): Path<(String, String)>,
 ) -> Response {
-    let hub = match hub_of(&session, &ns, &hub).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    let hub = or_page!(hub_of(&session, &ns, &hub).await);
     form_page(
         &session,
         &ns,
@@ -591,14 +592,8 @@ pub(crate) async fn create_webhook(
     Path((ns, hub)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = match checked(&session, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let hub = match hub_of(&session, &ns, &hub).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    let fields = or_page!(checked(&session, &body));
+    let hub = or_page!(hub_of(&session, &ns, &hub).await);
     let spec = match forms::spec_from(&fields, &hub.name_any()) {
         Ok(s) => s,
         Err(errors) => {
@@ -660,14 +655,8 @@ pub(crate) async fn webhook(
     Path((ns, name)): Path<(String, String)>,
     Query(query): Query<WebhookQuery>,
 ) -> Response {
-    let w = match Api::<Webhook>::namespaced(session.client.clone(), &ns).get(&name).await {
-        Ok(w) => w,
-        Err(e) => return api_problem(&e, &format!("read Webhook {name}")),
-    };
-    let hub = match hub_of(&session, &ns, &w.spec.hub).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    let w = or_page!(read_webhook(&session, &ns, &name).await);
+    let hub = or_page!(hub_of(&session, &ns, &w.spec.hub).await);
     let extras = PageExtras {
         reveal: query.reveal.is_some(),
         outcome: query.outcome.unwrap_or_default(),
@@ -682,19 +671,13 @@ pub(crate) async fn update_webhook(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = match checked(&session, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let fields = or_page!(checked(&session, &body));
     let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
     let current = match api.get(&name).await {
         Ok(w) => w,
         Err(e) => return api_problem(&e, &format!("read Webhook {name}")),
     };
-    let hub = match hub_of(&session, &ns, &current.spec.hub).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    let hub = or_page!(hub_of(&session, &ns, &current.spec.hub).await);
     let mut spec = match forms::spec_from(&fields, &current.spec.hub) {
         Ok(s) => s,
         Err(errors) => {
@@ -753,10 +736,7 @@ pub(crate) async fn set_active(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = match checked(&session, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let fields = or_page!(checked(&session, &body));
     let active = fields.get("active") == "true";
     let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
     let patch = serde_json::json!({ "spec": { "active": active } });
@@ -798,15 +778,28 @@ pub(crate) async fn delete_webhook(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = match checked(&session, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let fields = or_page!(checked(&session, &body));
     let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
     match api.delete(&name, &DeleteParams::default()).await {
         Ok(_) => Redirect::to(&format!("/ns/{}/hubs/{}", url_part(&ns), url_part(fields.get("hub")))).into_response(),
         Err(e) => api_problem(&e, &format!("delete Webhook {name}")),
     }
+}
+
+/// Sets `annotation` to the current time: a new value asks the controller
+/// to act once (rotate a secret, redeliver).
+async fn stamp<K>(session: &Session, ns: &str, name: &str, annotation: &str) -> Result<K, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let patch =
+        serde_json::json!({ "metadata": { "annotations": { annotation: jiff::Timestamp::now().to_string() } } });
+    Api::<K>::namespaced(session.client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
 }
 
 // ---- Secret --------------------------------------------------------------
@@ -816,10 +809,7 @@ pub(crate) async fn secret_value(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    let w = match Api::<Webhook>::namespaced(session.client.clone(), &ns).get(&name).await {
-        Ok(w) => w,
-        Err(e) => return api_problem(&e, &format!("read Webhook {name}")),
-    };
+    let w = or_page!(read_webhook(&session, &ns, &name).await);
     let Some(reference) = w
         .spec
         .secret_ref
@@ -853,16 +843,8 @@ pub(crate) async fn regenerate_secret(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = checked(&session, &body) {
-        return r;
-    }
-    let patch = serde_json::json!({ "metadata": { "annotations": {
-        ROTATE_SECRET_ANNOTATION: jiff::Timestamp::now().to_string()
-    }}});
-    match Api::<Webhook>::namespaced(session.client.clone(), &ns)
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    or_page!(checked(&session, &body));
+    match stamp::<Webhook>(&session, &ns, &name, ROTATE_SECRET_ANNOTATION).await {
         Ok(_) => notice(
             &ns,
             &name,
@@ -877,18 +859,12 @@ pub(crate) async fn replace_secret(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = match checked(&session, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let fields = or_page!(checked(&session, &body));
     let value = fields.get("value").trim().to_string();
     if value.len() < 16 {
         return notice(&ns, &name, "Not replaced: a secret needs at least 16 characters.");
     }
-    let w = match Api::<Webhook>::namespaced(session.client.clone(), &ns).get(&name).await {
-        Ok(w) => w,
-        Err(e) => return api_problem(&e, &format!("read Webhook {name}")),
-    };
+    let w = or_page!(read_webhook(&session, &ns, &name).await);
     let Some(reference) = w
         .spec
         .secret_ref
@@ -919,18 +895,9 @@ pub(crate) async fn preview(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = match checked(&session, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let w = match Api::<Webhook>::namespaced(session.client.clone(), &ns).get(&name).await {
-        Ok(w) => w,
-        Err(e) => return api_problem(&e, &format!("read Webhook {name}")),
-    };
-    let hub = match hub_of(&session, &ns, &w.spec.hub).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    let fields = or_page!(checked(&session, &body));
+    let w = or_page!(read_webhook(&session, &ns, &name).await);
+    let hub = or_page!(hub_of(&session, &ns, &w.spec.hub).await);
     let event = fields.get("event").to_string();
     let template = fields.get("customPayload").to_string();
     let document = serde_json::json!({
@@ -960,14 +927,8 @@ pub(crate) async fn send_test(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = match checked(&session, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let w = match Api::<Webhook>::namespaced(session.client.clone(), &ns).get(&name).await {
-        Ok(w) => w,
-        Err(e) => return api_problem(&e, &format!("read Webhook {name}")),
-    };
+    let fields = or_page!(checked(&session, &body));
+    let w = or_page!(read_webhook(&session, &ns, &name).await);
     let payload: serde_json::Value = match serde_json::from_str(fields.get("payload")) {
         Ok(v) => v,
         Err(e) => return notice(&ns, &name, &format!("Not sent: the payload is not JSON ({e}).")),
@@ -1116,16 +1077,8 @@ pub(crate) async fn redeliver(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = checked(&session, &body) {
-        return r;
-    }
-    let patch = serde_json::json!({ "metadata": { "annotations": {
-        REDELIVER_ANNOTATION: jiff::Timestamp::now().to_string()
-    }}});
-    match Api::<Delivery>::namespaced(session.client.clone(), &ns)
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    or_page!(checked(&session, &body));
+    match stamp::<Delivery>(&session, &ns, &name, REDELIVER_ANNOTATION).await {
         Ok(_) => Redirect::to(&format!("/ns/{}/deliveries/{}", url_part(&ns), url_part(&name))).into_response(),
         Err(e) => api_problem(&e, &format!("redeliver {name}")),
     }

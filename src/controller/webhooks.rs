@@ -345,18 +345,8 @@ mod tests {
         let mut w = Webhook::new(
             "shop",
             WebhookSpec {
-                hub: "main".into(),
-                label: "Shop".into(),
-                url: "https://shop.example.com/hook".into(),
-                events: events.iter().map(|e| e.to_string()).collect(),
                 active,
-                method: Default::default(),
-                headers: vec![],
-                filters: vec![],
-                custom_payload: None,
-                secret_ref: None,
-                retry: None,
-                ordering: None,
+                ..WebhookSpec::new("main", "Shop", "https://shop.example.com/hook", events)
             },
         );
         w.metadata.generation = Some(3);

@@ -122,18 +122,9 @@ mod tests {
         let mut w = Webhook::new(
             name,
             WebhookSpec {
-                hub: hub.into(),
-                label: name.into(),
-                url: "http://127.0.0.1:1/h".into(),
-                events: events.iter().map(|s| s.to_string()).collect(),
                 active,
-                method: Default::default(),
-                headers: vec![],
                 filters,
-                custom_payload: None,
-                secret_ref: None,
-                retry: None,
-                ordering: None,
+                ..WebhookSpec::new(hub, name, "http://127.0.0.1:1/h", events)
             },
         );
         w.metadata.namespace = Some("ns".into());

@@ -176,6 +176,27 @@ pub struct WebhookFilter {
     pub in_: Option<Vec<String>>,
 }
 
+impl WebhookSpec {
+    /// An active webhook of `hub` sending `events` to `url` by POST, with
+    /// every other setting at its default.
+    pub fn new(hub: &str, label: &str, url: &str, events: &[&str]) -> Self {
+        Self {
+            hub: hub.into(),
+            label: label.into(),
+            url: url.into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            active: true,
+            method: HttpMethod::Post,
+            headers: vec![],
+            filters: vec![],
+            custom_payload: None,
+            secret_ref: None,
+            retry: None,
+            ordering: None,
+        }
+    }
+}
+
 /// Ordered delivery per key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -2,7 +2,8 @@
 //! the set-up of every end-to-end delivery test.
 
 use super::{ChildProcess, Ingest, TestEnv, eventually};
-use hookrelay::resources::webhook::{HttpMethod, WebhookSpec};
+use hookrelay::resources::delivery::Phase;
+use hookrelay::resources::webhook::WebhookSpec;
 use hookrelay::resources::{Delivery, Hub, Webhook};
 use hookrelay::secrets;
 use k8s_openapi::api::core::v1::Secret;
@@ -36,6 +37,16 @@ pub struct Options {
     pub controller_kubeconfig: Option<PathBuf>,
     /// Set up this namespace instead of a new one.
     pub env: Option<TestEnv>,
+}
+
+impl Options {
+    /// One controller that delivers without leader election.
+    pub fn single_controller() -> Self {
+        Self {
+            controller_args: vec!["--leader-elect=false".into()],
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Options {
@@ -204,20 +215,7 @@ pub async fn hub_token(env: &TestEnv, hub: &str) -> String {
 }
 
 pub fn spec(url: String, events: &[&str]) -> WebhookSpec {
-    WebhookSpec {
-        hub: "main".into(),
-        label: "Test".into(),
-        url,
-        events: events.iter().map(|s| s.to_string()).collect(),
-        active: true,
-        method: HttpMethod::Post,
-        headers: vec![],
-        filters: vec![],
-        custom_payload: None,
-        secret_ref: None,
-        retry: None,
-        ordering: None,
-    }
+    WebhookSpec::new("main", "Test", &url, events)
 }
 
 pub fn deliveries_of(answer: &Value) -> Vec<String> {
@@ -227,4 +225,64 @@ pub fn deliveries_of(answer: &Value) -> Vec<String> {
         .iter()
         .map(|d| d.as_str().unwrap().to_string())
         .collect()
+}
+
+/// How many times the receiver saw each `webhook-id`.
+pub fn ids_seen(received: &[super::receiver::Received]) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for r in received {
+        *seen
+            .entry(r.header("webhook-id").unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Waits until exactly `expected` Deliveries exist and all Succeeded.
+pub async fn all_succeeded(stack: &Stack, expected: usize, timeout: Duration) -> Vec<Delivery> {
+    let api: Api<Delivery> = stack.env.api();
+    eventually(timeout, &format!("{expected} deliveries to succeed"), || async {
+        let list = api.list(&kube::api::ListParams::default()).await.ok()?;
+        let done = list
+            .items
+            .iter()
+            .filter(|d| d.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
+            .count();
+        (list.items.len() == expected && done == expected).then_some(list.items)
+    })
+    .await
+}
+
+/// The pid in the controller Lease's holder identity (host-pid).
+pub fn holder_pid(lease: &k8s_openapi::api::coordination::v1::Lease) -> Option<u32> {
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .as_ref()?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A token for a ServiceAccount, from the TokenRequest API.
+pub async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        metadata: Default::default(),
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        },
+        status: None,
+    };
+    let issued: TokenRequest = accounts
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token for ServiceAccount {name}: {e}"));
+    issued.status.expect("a TokenRequest status").token
 }
