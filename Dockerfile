@@ -1,8 +1,10 @@
 # One image, one binary: `hookrelay controller` and `hookrelay ingest` run
-# from it as two containers of one Pod (see charts/hookrelay).
+# from it as two containers of one Pod (see charts/hookrelay); `hookrelay
+# console` as its own Deployment when enabled.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock rustfmt.toml ./
+# askama.toml: where the console's compile-checked templates are.
+COPY Cargo.toml Cargo.lock rustfmt.toml askama.toml ./
 COPY src ./src
 COPY crds ./crds
 COPY charts ./charts

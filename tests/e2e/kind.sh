@@ -45,4 +45,5 @@ kubectl get -n hookrelay-e2e hubs,webhooks,secrets
 
 echo "==> integration suite against the kind cluster"
 HOOKRELAY_TEST_KUBECONFIG=$kubeconfig cargo test --locked --test cluster --test validation --test secrets \
-  --test idempotence --test delivery --test ingest_outage --test lifecycle --test resilience --test chart
+  --test idempotence --test delivery --test ingest_outage --test lifecycle --test resilience --test chart \
+  --test faults --test tenants --test ordering --test notifications --test plugin --test properties
