@@ -10,7 +10,42 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     vec![Hub::crd(), Webhook::crd(), Delivery::crd()]
         .into_iter()
         .map(drop_unknown_formats)
+        .map(with_type_meta)
+        .map(labelled)
         .collect()
+}
+
+/// Labels on the CRDs themselves, for inventory and GitOps tools.
+fn labelled(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    crd.metadata.labels = Some(
+        [
+            ("app.kubernetes.io/name", "hookrelay"),
+            ("app.kubernetes.io/part-of", "hookrelay"),
+            ("app.kubernetes.io/component", "crd"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    crd
+}
+
+/// Declares `apiVersion` and `kind` in the schema, as strict offline
+/// validators (kubeconform) expect; the API server fills them in anyway.
+fn with_type_meta(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(crd).expect("a CRD serialises to JSON");
+    for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        let properties = &mut version["schema"]["openAPIV3Schema"]["properties"];
+        properties["apiVersion"] = serde_json::json!({
+            "type": "string",
+            "description": "The versioned schema of this object: hookrelay.dev/v1alpha1."
+        });
+        properties["kind"] = serde_json::json!({
+            "type": "string",
+            "description": "The kind of this object."
+        });
+    }
+    serde_json::from_value(value).expect("adding type fields keeps a valid CRD")
 }
 
 /// schemars marks Rust's unsigned integers with formats such as "uint32",
@@ -51,6 +86,41 @@ pub fn yaml() -> Result<String, serde_yaml::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every property of every schema, by path, that has no description.
+    fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+            let here = format!("{path}.{name}");
+            if property.get("description").is_none() {
+                out.push(here.clone());
+            }
+            undescribed(property, &here, out);
+        }
+        if let Some(items) = schema.get("items") {
+            undescribed(items, &format!("{path}[]"), out);
+        }
+    }
+
+    #[test]
+    fn every_field_and_kind_is_described_by_hand() {
+        for crd in all() {
+            let value = serde_json::to_value(&crd).unwrap();
+            let schema = &value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let kind = &crd.spec.names.kind;
+            let description = schema["description"].as_str().unwrap_or_default();
+            assert!(!description.contains("Auto-generated"), "{kind}: {description}");
+            let mut missing = vec![];
+            undescribed(schema, kind, &mut missing);
+            assert!(missing.is_empty(), "fields without a description: {missing:?}");
+            assert_eq!(schema["properties"]["kind"]["type"], "string");
+            assert!(
+                crd.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l["app.kubernetes.io/name"] == "hookrelay")
+            );
+        }
+    }
 
     #[test]
     fn committed_crd_files_match_the_types() {

@@ -252,3 +252,93 @@ async fn the_charts_rbac_is_enough_and_no_more() {
     let _ = namespaces.delete(&release_ns, &DeleteParams::default()).await;
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_chart_works_as_a_subchart_and_its_escape_hatches_render_where_they_belong() {
+    let env = TestEnv::new("chart_subchart_escape_hatches").await;
+    // An umbrella chart that includes hookrelay: Helm passes `global` to it.
+    let umbrella = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("umbrella-{}", env.ns));
+    std::fs::create_dir_all(&umbrella).unwrap();
+    std::fs::write(
+        umbrella.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: hookrelay\n    version: 0.1.0\n    repository: file://{}\n",
+            chart().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        umbrella.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example\nhookrelay:\n  replicaCount: 1\n",
+    )
+    .unwrap();
+    run("helm", &["dependency", "build", umbrella.to_str().unwrap()], None);
+    let namespace = format!("--namespace={}", env.ns);
+    let rendered = run(
+        "helm",
+        &["template", "rel", umbrella.to_str().unwrap(), &namespace],
+        None,
+    );
+    assert!(rendered.contains("kind: Deployment"));
+    let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+    assert!(out.contains("(server dry run)"), "{out}");
+
+    // Each escape hatch lands where it belongs.
+    let chart = chart();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let hatches = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart.to_str().unwrap(),
+            &namespace,
+            "--set=networkPolicy.enabled=true",
+            "--set=priorityClassName=system-cluster-critical",
+            "--set=topologySpreadConstraints[0].maxSkew=1",
+            "--set=topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "--set=topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+            "--set=extraEnv[0].name=HTTPS_PROXY_NOTE",
+            "--set=extraEnv[0].value=unused",
+            "--set=extraArgs={--log-format=text}",
+            &format!("--set=image.digest={digest}"),
+            "--set=nameOverride=relay",
+            "--set=fullnameOverride=platform-relay",
+        ],
+        None,
+    );
+    let deployment = hatches
+        .split("\n---")
+        .find(|d| d.contains("kind: Deployment") && d.contains("name: platform-relay\n"))
+        .expect("the Deployment, renamed");
+    assert!(deployment.contains("priorityClassName: system-cluster-critical"));
+    assert!(deployment.contains("topologySpreadConstraints:") && deployment.contains("topology.kubernetes.io/zone"));
+    assert_eq!(
+        deployment.matches("- name: HTTPS_PROXY_NOTE").count(),
+        2,
+        "extraEnv in both containers"
+    );
+    assert_eq!(
+        deployment.matches("- \"--log-format=text\"").count(),
+        2,
+        "extraArgs in both containers"
+    );
+    assert!(deployment.contains(&format!("image: ghcr.io/hookrelay/hookrelay@{digest}")));
+    assert!(deployment.contains("app.kubernetes.io/name: relay"));
+    assert!(hatches.contains("kind: NetworkPolicy"));
+    let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&hatches));
+    assert!(
+        out.contains("networkpolicy.networking.k8s.io/platform-relay created (server dry run)"),
+        "{out}"
+    );
+    // Two replicas by default: spread over nodes unless told otherwise.
+    let default = run("helm", &["template", "rel", chart.to_str().unwrap()], None);
+    assert!(default.contains("podAntiAffinity:") && default.contains("kubernetes.io/hostname"));
+    let single = run(
+        "helm",
+        &["template", "rel", chart.to_str().unwrap(), "--set=replicaCount=1"],
+        None,
+    );
+    assert!(!single.contains("podAntiAffinity:"));
+    env.cleanup().await;
+}

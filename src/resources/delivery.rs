@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
     group = "hookrelay.dev",
     version = "v1alpha1",
     kind = "Delivery",
+    doc = "One event for one webhook (the CMS's delivery ID, also the webhook-id header): the payload, and every attempt's request and response in its status.",
     plural = "deliveries",
     shortname = "dlv",
     category = "hookrelay",
@@ -233,7 +234,9 @@ pub struct Attempt {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedRequest {
+    /// The HTTP method: POST, PUT, PATCH or DELETE.
     pub method: String,
+    /// The handler's URL, credentials in it read "<redacted>".
     pub url: String,
     /// Headers in the order sent; values from Secrets read "<redacted>".
     pub headers: Vec<Header>,
@@ -243,6 +246,7 @@ pub struct RecordedRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedResponse {
+    /// The HTTP status code the handler answered.
     pub status_code: u16,
     /// Response headers, at most 32 and 4 KiB; credentials and cookies
     /// (Set-Cookie, WWW-Authenticate, ...) read "<redacted>".
@@ -262,7 +266,9 @@ pub struct RecordedResponse {
 /// An HTTP header.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct Header {
+    /// The header's name, as sent or received.
     pub name: String,
+    /// Its value, "<redacted>" for secrets and credentials.
     pub value: String,
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     group = "hookrelay.dev",
     version = "v1alpha1",
     kind = "Hub",
+    doc = "A CMS hub: where one CMS posts its events (its ingest URL and bearer token), and the defaults (retries, timeouts, retention, signing, egress) for the webhooks that belong to it.",
     plural = "hubs",
     shortname = "hrhub",
     category = "hookrelay",

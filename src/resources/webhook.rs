@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     group = "hookrelay.dev",
     version = "v1alpha1",
     kind = "Webhook",
+    doc = "A webhook: a handler URL that gets a signed, retried, recorded HTTP request for each event of its hub it subscribes to. Deactivated by the controller when it keeps failing.",
     plural = "webhooks",
     shortname = "wh",
     category = "hookrelay",
