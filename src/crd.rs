@@ -11,8 +11,25 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         .into_iter()
         .map(drop_unknown_formats)
         .map(with_type_meta)
+        .map(unreconciled_by_default)
         .map(labelled)
         .collect()
+}
+
+/// A Hub or Webhook the controller has not looked at yet reads
+/// `status.observedGeneration: 0`, which kstatus (Flux, cli-utils, `kubectl
+/// wait`) takes as "in progress" rather than "current". Deliveries have no
+/// generation to observe.
+fn unreconciled_by_default(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    if crd.spec.names.kind == "Delivery" {
+        return crd;
+    }
+    let mut value = serde_json::to_value(crd).expect("a CRD serialises to JSON");
+    for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        version["schema"]["openAPIV3Schema"]["properties"]["status"]["default"] =
+            serde_json::json!({ "observedGeneration": 0 });
+    }
+    serde_json::from_value(value).expect("a status default keeps a valid CRD")
 }
 
 /// Labels on the CRDs themselves, for inventory and GitOps tools.

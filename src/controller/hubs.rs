@@ -106,9 +106,16 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
             &now,
         ),
     };
+    let [reconciling, stalled] = crate::resources::progress_conditions(
+        previous,
+        problem.as_ref().map(|(r, m)| (*r, m.as_str())),
+        false,
+        generation,
+        &now,
+    );
     let status = HubStatus {
         observed_generation: generation,
-        conditions: vec![ready],
+        conditions: vec![ready, reconciling, stalled],
         ingest_token_secret_ref: token_ref.clone(),
         webhooks: Some(total),
         active_webhooks: Some(active),

@@ -257,9 +257,19 @@ fn desired_status(webhook: &Webhook, hub: Option<&Hub>, signing: &Signing, now: 
         ),
     };
     let active = condition(previous, conditions::ACTIVE, ok, reason, message, generation, now);
+    let problem = not_ready_reason(&webhook.spec, hub, signing);
+    // A missing Hub may be on its way (applied in the same sync).
+    let waiting = problem.as_ref().is_some_and(|(reason, _)| *reason == "HubNotFound");
+    let [reconciling, stalled] = crate::resources::progress_conditions(
+        previous,
+        problem.as_ref().map(|(r, m)| (*r, m.as_str())),
+        waiting,
+        generation,
+        now,
+    );
     WebhookStatus {
         observed_generation: generation,
-        conditions: vec![ready, active],
+        conditions: vec![ready, active, reconciling, stalled],
         secret_ref: signing.secret_ref.clone(),
         rotated_for: signing.rotated_for.clone(),
         deactivated_at: record.as_ref().map(|r| r.at.clone()),

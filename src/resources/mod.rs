@@ -67,6 +67,66 @@ pub struct RetryPolicy {
 pub mod conditions {
     pub const READY: &str = "Ready";
     pub const ACTIVE: &str = "Active";
+    /// kstatus: True while work is under way (InProgress).
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: True when it will not get Ready without a change (Failed).
+    pub const STALLED: &str = "Stalled";
+}
+
+/// The kstatus conditions that go with a Ready condition: what is missing
+/// may still arrive (`waiting`: e.g. a Hub applied in the same sync) is
+/// Reconciling; anything else that keeps it from Ready needs a change and
+/// is Stalled. Both are False once Ready.
+pub fn progress_conditions(
+    previous: &[Condition],
+    problem: Option<(&str, &str)>,
+    waiting: bool,
+    observed_generation: Option<i64>,
+    now: &jiff::Timestamp,
+) -> [Condition; 2] {
+    let (reconciling, stalled) = match problem {
+        None => (
+            condition(
+                previous,
+                conditions::RECONCILING,
+                false,
+                "Ready",
+                "up to date",
+                observed_generation,
+                now,
+            ),
+            condition(
+                previous,
+                conditions::STALLED,
+                false,
+                "Ready",
+                "up to date",
+                observed_generation,
+                now,
+            ),
+        ),
+        Some((reason, message)) => (
+            condition(
+                previous,
+                conditions::RECONCILING,
+                waiting,
+                reason,
+                message,
+                observed_generation,
+                now,
+            ),
+            condition(
+                previous,
+                conditions::STALLED,
+                !waiting,
+                reason,
+                message,
+                observed_generation,
+                now,
+            ),
+        ),
+    };
+    [reconciling, stalled]
 }
 
 /// Builds a condition; `last_transition_time` is kept from `previous` when
