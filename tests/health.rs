@@ -210,3 +210,46 @@ async fn gitops_health_follows_the_controller() {
     assert_eq!(argo_health("webhook", &as_json(&deactivated)).0, "Degraded");
     stack.cleanup().await;
 }
+
+/// Every property under `schema` (following `$ref`s into `schemas`) without
+/// a description, by path; Kubernetes' own types (ObjectMeta, Condition...)
+/// are described upstream and not walked.
+fn undescribed(schema: &Value, schemas: &Value, path: &str, out: &mut Vec<String>) {
+    let resolved = match schema["allOf"][0]["$ref"].as_str().or(schema["$ref"].as_str()) {
+        Some(r) if r.contains("io.k8s.") => return,
+        Some(r) => &schemas[r.rsplit('/').next().unwrap()],
+        None => schema,
+    };
+    for (name, property) in resolved["properties"].as_object().into_iter().flatten() {
+        let here = format!("{path}.{name}");
+        if property["description"].is_null() && name != "metadata" {
+            out.push(here.clone());
+        }
+        undescribed(property, schemas, &here, out);
+    }
+    if !resolved["items"].is_null() {
+        undescribed(&resolved["items"], schemas, &format!("{path}[]"), out);
+    }
+}
+
+#[tokio::test]
+async fn kubectl_explain_has_a_description_for_every_field() {
+    let env = support::TestEnv::new("explain_descriptions").await;
+    let request = http::Request::get("/openapi/v3/apis/hookrelay.dev/v1alpha1")
+        .body(Vec::new())
+        .unwrap();
+    let document: Value = env.client.request(request).await.expect("the API server's OpenAPI v3");
+    let schemas = &document["components"]["schemas"];
+    for kind in ["Hub", "Webhook", "Delivery"] {
+        let schema = &schemas[format!("dev.hookrelay.v1alpha1.{kind}")];
+        let description = schema["description"].as_str().unwrap_or_default();
+        assert!(
+            !description.is_empty() && !description.contains("Auto-generated"),
+            "{kind}: {description:?}"
+        );
+        let mut missing = vec![];
+        undescribed(schema, schemas, kind, &mut missing);
+        assert!(missing.is_empty(), "{kind}: fields without a description: {missing:?}");
+    }
+    env.cleanup().await;
+}
