@@ -167,7 +167,7 @@ async fn ingest_rejects_bad_requests_clearly_and_is_idempotent() {
         .into_bytes();
     // Declared length and chunked (no length): either way the sender reads
     // the 413, though ingest refuses it before the body is all sent.
-    for round in 0..5 {
+    for round in 0..20 {
         let (s, body) = stack
             .post_raw("main", Some(&stack.token), "application/json", big.clone(), &[])
             .await;
