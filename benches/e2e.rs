@@ -219,6 +219,7 @@ impl Bench {
             // The load is the point here: no rate limit in the way.
             ingest: Some(hookrelay::resources::hub::IngestSettings {
                 token_secret_ref: None,
+                verify: vec![],
                 rate_limit: Some(hookrelay::resources::hub::RateLimit {
                     events_per_second: Some(10_000),
                     burst: Some(100_000),

@@ -283,6 +283,7 @@ async fn ingest_cuts_slow_clients_and_limits_each_hub() {
     let limited = hub(|h| {
         h.spec.ingest = Some(IngestSettings {
             token_secret_ref: None,
+            verify: vec![],
             rate_limit: Some(RateLimit {
                 events_per_second: Some(1),
                 burst: Some(3),

@@ -6,10 +6,12 @@
 pub mod event;
 pub mod fanout;
 pub mod rate;
+pub mod verify;
 
 use crate::events::is_known_event;
 use crate::metrics::{CodeLabel, Metrics};
 use crate::resources::delivery::Delivery;
+use crate::resources::hub::{Scheme, VerifyScheme};
 use crate::resources::{Hub, Webhook};
 use crate::secret_cache::SecretCache;
 use crate::secrets;
@@ -299,7 +301,19 @@ async fn accept(
         // Unknown hub: the same answer as a wrong token.
         return Err(Problem::unauthorized());
     };
-    authenticate(ingest, &hub, namespace, headers).await?;
+    // The bearer token, or (when the hub accepts them) a signature of the
+    // body, which must then be read first.
+    let schemes = hub.spec.ingest.as_ref().map(|i| i.verify.clone()).unwrap_or_default();
+    let bearer = schemes.iter().find(|s| s.scheme == Scheme::Bearer);
+    let mut signed: Option<(bytes::Bytes, Option<String>)> = None;
+    if schemes.is_empty() || (bearer.is_some() && headers.contains_key(header::AUTHORIZATION)) {
+        let token = bearer.and_then(|b| b.secret_ref.as_ref());
+        authenticate(ingest, &hub, namespace, headers, token).await?;
+    } else {
+        let bytes = read_body(body, headers, ingest.body_limit).await?;
+        let id = verify_signed(ingest, namespace, &schemes, headers, &bytes).await?;
+        signed = Some((bytes, id));
+    }
     if let Err(wait) = ingest.rate.admit(namespace, &hub, std::time::Instant::now()) {
         let mut problem = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -310,7 +324,10 @@ async fn accept(
         return Err(problem);
     }
 
-    let body = read_body(body, headers, ingest.body_limit).await?;
+    let (body, signed_id) = match signed {
+        Some((bytes, id)) => (bytes, id),
+        None => (read_body(body, headers, ingest.body_limit).await?, None),
+    };
     let incoming = event::parse(headers, &body).map_err(|rejection| match rejection {
         event::Rejection::MediaType(_) => Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -341,8 +358,11 @@ async fn accept(
         ));
     }
 
-    let generated_id = incoming.id.is_none();
-    let id = incoming.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // A Standard Webhooks message id is the event id: the sender's retries
+    // are idempotent.
+    let sender_id = incoming.id.clone().or(signed_id);
+    let generated_id = sender_id.is_none();
+    let id = sender_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let received_at = Timestamp::now();
     let document = fanout::document(&id, &incoming.name, &incoming.payload);
     let webhooks = scope.webhooks.state();
@@ -431,7 +451,73 @@ async fn drain(mut stream: axum::body::BodyDataStream) {
 }
 
 /// Checks the bearer token against the hub's, in constant time.
-async fn authenticate(ingest: &Ingest, hub: &Hub, namespace: &str, headers: &HeaderMap) -> Result<(), Problem> {
+/// Checks the body's signature against each signature scheme of the hub;
+/// the event id a Standard Webhooks sender gave, if that scheme admitted it.
+async fn verify_signed(
+    ingest: &Ingest,
+    namespace: &str,
+    schemes: &[VerifyScheme],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<String>, Problem> {
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // The reason given is that of a scheme whose headers were presented.
+    let mut why: Option<String> = None;
+    for scheme in schemes.iter().filter(|s| s.scheme != Scheme::Bearer) {
+        let (Some(reference), presented) = (
+            &scheme.secret_ref,
+            match scheme.scheme {
+                Scheme::Amplience => header_text("x-amplience-webhook-signature").is_some(),
+                _ => header_text("webhook-signature").is_some(),
+            },
+        ) else {
+            continue;
+        };
+        let secret = match ingest.secrets.get(namespace, &reference.name).await {
+            Ok(Some(s)) => s,
+            _ => {
+                tracing::warn!(namespace, secret = %reference.name, "a verification Secret of a hub is missing");
+                continue;
+            }
+        };
+        let Some(value) = secrets::value(&secret, &reference.key) else {
+            continue;
+        };
+        let checked = match scheme.scheme {
+            Scheme::Amplience => {
+                verify::amplience(value, body, header_text("x-amplience-webhook-signature")).map(|()| None)
+            }
+            Scheme::StandardWebhooks => {
+                let tolerance = scheme
+                    .tolerance
+                    .map(|t| std::time::Duration::from(t).as_secs() as i64)
+                    .unwrap_or(300);
+                let signed = verify::StandardHeaders {
+                    id: header_text("webhook-id"),
+                    timestamp: header_text("webhook-timestamp"),
+                    signature: header_text("webhook-signature"),
+                };
+                verify::standard_webhooks(value, &signed, body, Timestamp::now().as_second(), tolerance).map(Some)
+            }
+            Scheme::Bearer => continue,
+        };
+        match checked {
+            Ok(id) => return Ok(id),
+            Err(e) if presented || why.is_none() => why = Some(e),
+            Err(_) => {}
+        }
+    }
+    let why = why.unwrap_or_else(|| "a bearer token or a signature the hub accepts is required".into());
+    Err(Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", why))
+}
+
+async fn authenticate(
+    ingest: &Ingest,
+    hub: &Hub,
+    namespace: &str,
+    headers: &HeaderMap,
+    token_ref: Option<&crate::resources::SecretKeyRef>,
+) -> Result<(), Problem> {
     let unauthorized = Problem::unauthorized;
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -439,11 +525,9 @@ async fn authenticate(ingest: &Ingest, hub: &Hub, namespace: &str, headers: &Hea
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(unauthorized)?;
-    let token_ref = hub
-        .spec
-        .ingest
-        .as_ref()
-        .and_then(|i| i.token_secret_ref.clone())
+    let token_ref = token_ref
+        .cloned()
+        .or_else(|| hub.spec.ingest.as_ref().and_then(|i| i.token_secret_ref.clone()))
         .or_else(|| hub.status.as_ref().and_then(|s| s.ingest_token_secret_ref.clone()))
         .ok_or_else(|| {
             Problem::new(

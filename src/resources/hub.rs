@@ -68,6 +68,51 @@ pub struct IngestSettings {
     /// Default: 50 per second, bursts of 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// How senders may prove they are the CMS; any one scheme admits a
+    /// request. Unset: the bearer token only. Lets the CMS's own webhooks
+    /// (signed with X-Amplience-Webhook-Signature) or any Standard Webhooks
+    /// sender post here without a bearer header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub verify: Vec<VerifyScheme>,
+}
+
+/// One accepted way to authenticate an ingest request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.scheme == 'bearer' || has(self.secretRef)",
+    "message": "secretRef is required for the amplience and standardWebhooks schemes"
+}]))]
+pub struct VerifyScheme {
+    /// bearer (the hub's token, or secretRef's), amplience (HMAC-SHA256 of
+    /// the body in X-Amplience-Webhook-Signature) or standardWebhooks
+    /// (webhook-id, webhook-timestamp, webhook-signature).
+    pub scheme: Scheme,
+    /// The shared secret (or, for bearer, the token). For standardWebhooks
+    /// a "whsec_" prefix is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// standardWebhooks: how far webhook-timestamp may be from now, such as
+    /// "5m" (default). 1s to 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('1s') && duration(self) <= duration('1h')",
+        "message": "tolerance must be a duration between 1s and 1h, such as \"5m\""
+    }]))]
+    pub tolerance: Option<Duration>,
+}
+
+/// An ingest authentication scheme.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Scheme {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// The CMS's `X-Amplience-Webhook-Signature`.
+    Amplience,
+    /// Standard Webhooks signatures.
+    StandardWebhooks,
 }
 
 /// A token bucket: `eventsPerSecond` on average, `burst` at once.

@@ -1,0 +1,151 @@
+//! Signed ingest: a hub that accepts the CMS's own webhook signature and
+//! Standard Webhooks signatures besides its bearer token. Signatures are
+//! computed here with hmac/sha2/base64 directly, not with the code under test.
+
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use hookrelay::resources::SecretKeyRef;
+use hookrelay::resources::hub::{IngestSettings, Scheme, VerifyScheme};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use serde_json::json;
+use sha2::Sha256;
+use support::receiver::Receiver;
+use support::stack::{Options, Stack, deliveries_of, spec};
+
+const EVENT: &str = "dynamic-content.snapshot.published";
+const CMS_SECRET: &str = "cms-shared-secret-0123456789";
+const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn hmac_b64(key: &[u8], message: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(message);
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn secret_ref(name: &str) -> Option<SecretKeyRef> {
+    Some(SecretKeyRef {
+        name: name.into(),
+        key: "secret".into(),
+    })
+}
+
+#[tokio::test]
+async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forgeries() {
+    let mut hub: hookrelay::resources::Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
+    hub.spec.ingest = Some(IngestSettings {
+        token_secret_ref: None,
+        rate_limit: None,
+        verify: vec![
+            VerifyScheme {
+                scheme: Scheme::Bearer,
+                secret_ref: None,
+                tolerance: None,
+            },
+            VerifyScheme {
+                scheme: Scheme::Amplience,
+                secret_ref: secret_ref("cms-webhook"),
+                tolerance: None,
+            },
+            VerifyScheme {
+                scheme: Scheme::StandardWebhooks,
+                secret_ref: secret_ref("standard-webhooks"),
+                tolerance: None,
+            },
+        ],
+    });
+    let env = support::TestEnv::new("signed_ingest").await;
+    for (name, value) in [("cms-webhook", CMS_SECRET), ("standard-webhooks", SW_SECRET)] {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            string_data: Some([("secret".to_string(), value.to_string())].into()),
+            ..Default::default()
+        };
+        env.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let options = Options {
+        hub,
+        env: Some(env),
+        ..Options::single_controller()
+    };
+    let stack = Stack::start_with("signed_ingest", options).await;
+    let receiver = Receiver::start().await;
+    stack.webhook("shop", spec(receiver.url("/shop"), &[EVENT])).await;
+
+    let body = json!({ "name": EVENT, "payload": { "id": "s-1" } })
+        .to_string()
+        .into_bytes();
+    let post = |body: Vec<u8>, headers: Vec<(&'static str, String)>| {
+        let stack = &stack;
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            stack.post_full("main", None, "application/json", body, &headers).await
+        }
+    };
+
+    // The CMS's signature: HMAC-SHA256 of the exact body, base64.
+    let cms = hmac_b64(CMS_SECRET.as_bytes(), &body);
+    let (status, _, answer) = post(body.clone(), vec![("X-Amplience-Webhook-Signature", cms.clone())]).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, _, answer) = post(
+        body.clone(),
+        vec![("X-Amplience-Webhook-Signature", hmac_b64(b"wrong", &body))],
+    )
+    .await;
+    assert_eq!(status, 401, "{answer}");
+    let mut changed = body.clone();
+    *changed.last_mut().unwrap() = b' ';
+    changed.push(b'}');
+    let (status, _, answer) = post(changed, vec![("X-Amplience-Webhook-Signature", cms)]).await;
+    assert_eq!(status, 401, "a body changed by one byte: {answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("does not match"),
+        "{answer}"
+    );
+
+    // Standard Webhooks: key = base64-decode of the secret after "whsec_".
+    let key = STANDARD.decode(SW_SECRET.trim_start_matches("whsec_")).unwrap();
+    let signed = |id: &str, timestamp: i64| {
+        let message = [format!("{id}.{timestamp}.").as_bytes(), &body].concat();
+        vec![
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", format!("v1,{}", hmac_b64(&key, &message))),
+        ]
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let (status, _, first) = post(body.clone(), signed("msg_2Lh9", now)).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["id"], "msg_2Lh9", "the message id is the event id");
+    let (status, _, again) = post(body.clone(), signed("msg_2Lh9", now)).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        deliveries_of(&again),
+        deliveries_of(&first),
+        "a sender's retry is idempotent"
+    );
+    let (status, _, stale) = post(body.clone(), signed("msg_old", now - 3600)).await;
+    assert_eq!(status, 401);
+    assert!(stale["message"].as_str().unwrap().contains("stale"), "{stale}");
+    let mut forged = signed("msg_forged", now);
+    forged[2].1 = format!("v1,{}", hmac_b64(b"not the key", b"x"));
+    let (status, _, _) = post(body.clone(), forged).await;
+    assert_eq!(status, 401);
+
+    // The bearer token still works, and nothing unsigned gets in.
+    let (status, answer) = stack.post(json!({ "name": EVENT, "payload": {} })).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, _, _) = post(body.clone(), vec![]).await;
+    assert_eq!(status, 401);
+    receiver.wait_for("/shop", 3, support::stack::WAIT).await;
+    stack.cleanup().await;
+}
