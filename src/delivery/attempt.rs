@@ -106,6 +106,24 @@ enum Target {
     Cancel(String),
 }
 
+/// Reads an object from the API server (when a cache does not have it),
+/// bounded in time; `Err` says why the answer is unknown.
+async fn read<K>(engine: &Engine, ns: &str, name: &str) -> Result<Option<K>, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(engine.client.clone(), ns);
+    let kind = K::kind(&());
+    match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(name)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => Err(format!("reading {kind} {name}: {e}")),
+        Err(_) => Err(format!("reading {kind} {name}: no answer within {API_CALL_TIMEOUT:?}")),
+    }
+}
+
 /// The webhook of a delivery, and whether it may be sent to. The cache may
 /// lag behind ingest's (a webhook created or reactivated a moment ago), so a
 /// missing or inactive webhook is confirmed with the API server before
@@ -116,30 +134,22 @@ async fn target(engine: &Engine, ns: &str, name: &str) -> Result<Target, String>
     {
         return Ok(Target::Deliver(w));
     }
-    let api: Api<Webhook> = Api::namespaced(engine.client.clone(), ns);
-    match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(name)).await {
-        Ok(Ok(Some(w))) => Ok(match engine.inactive_reason(&w) {
+    Ok(match read::<Webhook>(engine, ns, name).await? {
+        Some(w) => match engine.inactive_reason(&w) {
             None => Target::Deliver(Arc::new(w)),
             Some(why) => Target::Cancel(why),
-        }),
-        Ok(Ok(None)) => Ok(Target::Cancel("the webhook was deleted".into())),
-        Ok(Err(e)) => Err(format!("reading Webhook {name}: {e}")),
-        Err(_) => Err(format!("reading Webhook {name}: no answer within {API_CALL_TIMEOUT:?}")),
-    }
+        },
+        None => Target::Cancel("the webhook was deleted".into()),
+    })
 }
 
 /// The hub of a webhook, from the cache or else the API server, so a lagging
 /// cache never sends with the default settings (egress, timeouts) instead
 /// of the hub's.
 async fn hub_of(engine: &Engine, ns: &str, name: &str) -> Result<Option<Arc<Hub>>, String> {
-    if let Some(h) = engine.hubs.get(&ObjectRef::new(name).within(ns)) {
-        return Ok(Some(h));
-    }
-    let api: Api<Hub> = Api::namespaced(engine.client.clone(), ns);
-    match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(name)).await {
-        Ok(Ok(h)) => Ok(h.map(Arc::new)),
-        Ok(Err(e)) => Err(format!("reading Hub {name}: {e}")),
-        Err(_) => Err(format!("reading Hub {name}: no answer within {API_CALL_TIMEOUT:?}")),
+    match engine.hubs.get(&ObjectRef::new(name).within(ns)) {
+        Some(h) => Ok(Some(h)),
+        None => Ok(read::<Hub>(engine, ns, name).await?.map(Arc::new)),
     }
 }
 
@@ -347,23 +357,28 @@ fn progress(status: Option<&DeliveryStatus>) -> (u32, Phase, Option<String>, Opt
     (s.attempt_count, s.phase, s.redelivered_for, s.round_start)
 }
 
-/// The merge patch of a record: the whole status, with absent optional
-/// fields cleared, conditional on the resourceVersion the attempt started
-/// from, so a deposed leader's write fails instead of overwriting.
+/// Every field of a Delivery's status, from its schema: those a record
+/// leaves out are sent as null, so a merge patch clears them.
+fn status_fields() -> &'static [String] {
+    static FIELDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let schema = schemars::schema_for!(DeliveryStatus);
+        schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    });
+    &FIELDS
+}
+
+/// The merge patch of a record: the whole status, with absent fields
+/// cleared, conditional on the resourceVersion the attempt started from, so
+/// a deposed leader's write fails instead of overwriting.
 fn status_patch(status: &DeliveryStatus, resource_version: Option<&str>) -> serde_json::Value {
     let mut value = serde_json::to_value(status).expect("a status serialises");
     if let Some(fields) = value.as_object_mut() {
-        for key in [
-            "attempts",
-            "lastStatusCode",
-            "nextAttemptAt",
-            "completedAt",
-            "message",
-            "roundStart",
-            "requestBody",
-            "waitingFor",
-        ] {
-            fields.entry(key).or_insert(serde_json::Value::Null);
+        for key in status_fields() {
+            fields.entry(key.as_str()).or_insert(serde_json::Value::Null);
         }
     }
     serde_json::json!({
@@ -413,26 +428,15 @@ fn json_len(value: &impl serde::Serialize) -> usize {
 }
 
 /// A record small enough for any API server: the first and the newest
-/// attempt, the newest without response headers and body.
-pub(crate) fn compact(mut status: DeliveryStatus) -> DeliveryStatus {
-    if status.attempts.len() > 2 {
-        let last = status.attempts.pop().expect("more than two");
-        status.attempts.truncate(1);
-        status.attempts.push(last);
-    }
-    if let Some(last) = status.attempts.last_mut() {
-        if let Some(r) = last.response.as_mut() {
-            r.headers.clear();
-            r.body_truncated |= !r.body.is_empty();
-            r.body.clear();
+/// attempt without response headers and bodies, errors cut to 1 KiB.
+fn compact(delivery: &Delivery, mut status: DeliveryStatus) -> DeliveryStatus {
+    fit_budget(delivery, &mut status, 0);
+    for e in status.attempts.iter_mut().filter_map(|a| a.error.as_mut()) {
+        let mut end = e.len().min(1024);
+        while !e.is_char_boundary(end) {
+            end -= 1;
         }
-        if let Some(e) = last.error.as_mut() {
-            let mut end = e.len().min(1024);
-            while !e.is_char_boundary(end) {
-                end -= 1;
-            }
-            e.truncate(end);
-        }
+        e.truncate(end);
     }
     status
 }
@@ -467,25 +471,24 @@ async fn record(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus
             Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
                 // Written since we read it. If nobody recorded progress (a
                 // label, an annotation changed) the record still stands.
-                match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(&name)).await {
-                    Ok(Ok(None)) => return Outcome::Gone,
-                    Ok(Ok(Some(fresh))) if progress(fresh.status.as_ref()) == base => {
+                match read::<Delivery>(engine, &ns, &name).await {
+                    Ok(None) => return Outcome::Gone,
+                    Ok(Some(fresh)) if progress(fresh.status.as_ref()) == base => {
                         resource_version = fresh.resource_version();
                         continue;
                     }
-                    Ok(Ok(Some(fresh))) => {
+                    Ok(Some(fresh)) => {
                         tracing::warn!(delivery = %name, namespace = %ns, "another writer recorded this delivery first; this attempt's record is dropped");
                         engine.metrics.unrecorded("superseded");
                         return Outcome::Superseded(Box::new(fresh));
                     }
-                    Ok(Err(e)) => format!("re-reading after a conflict: {e}"),
-                    Err(_) => "re-reading after a conflict: no answer".to_string(),
+                    Err(e) => format!("after a conflict: {e}"),
                 }
             }
             Ok(Err(kube::Error::Api(e))) if matches!(e.code, 400 | 413 | 422) => {
                 if !compacted {
                     tracing::warn!(delivery = %name, namespace = %ns, code = e.code, reason = %e.reason, "the API server refuses the record; writing it compacted");
-                    status = compact(status);
+                    status = compact(delivery, status);
                     compacted = true;
                     continue;
                 }
@@ -650,6 +653,40 @@ async fn prepare(
 mod tests {
     use super::*;
     use crate::resources::delivery::{DeliverySpec, EventRef, Header, RecordedResponse};
+
+    #[test]
+    fn a_record_clears_every_status_field_it_leaves_out() {
+        let patch = status_patch(&DeliveryStatus::default(), Some("7"));
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+        for field in [
+            "nextAttemptAt",
+            "waitingFor",
+            "attemptsOmitted",
+            "requestBodyTruncated",
+            "requestBody",
+        ] {
+            assert!(
+                patch["status"].get(field).is_some(),
+                "{field} is sent (as null when absent)"
+            );
+        }
+    }
+
+    #[test]
+    fn a_compacted_record_keeps_first_and_newest_without_bodies() {
+        let d = delivery();
+        let mut status = DeliveryStatus {
+            attempts: (1..=5).map(|n| attempt(n, 1000)).collect(),
+            attempt_count: 5,
+            ..Default::default()
+        };
+        status.attempts[4].error = Some("e".repeat(5000));
+        let c = compact(&d, status);
+        let numbers: Vec<u32> = c.attempts.iter().map(|a| a.number).collect();
+        assert_eq!(numbers, vec![1, 5]);
+        assert!(c.attempts.iter().all(|a| a.response.as_ref().unwrap().body.is_empty()));
+        assert_eq!(c.attempts[1].error.as_ref().unwrap().len(), 1024);
+    }
 
     fn attempt(number: u32, body: usize) -> Attempt {
         Attempt {

@@ -613,7 +613,11 @@ impl Engine {
             }
             _ => {}
         }
-        if let Some(group) = self.ordering_group(&delivery) {
+        // Its place is fixed by stored state: worked out (payload parsed)
+        // once per delivery, not on every watch event.
+        if !state.order.contains(&key)
+            && let Some(group) = self.ordering_group(&delivery)
+        {
             state.order.enter(key.clone(), group, &delivery);
         }
         let now = Timestamp::now();

@@ -22,6 +22,11 @@ pub struct Order {
 }
 
 impl Order {
+    /// Whether `key` already has its place.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.members.contains_key(key)
+    }
+
     /// Adds an unfinished delivery to its group (once).
     pub fn enter(&mut self, key: Key, group: Group, delivery: &Delivery) {
         if self.members.contains_key(&key) {
