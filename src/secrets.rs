@@ -92,19 +92,26 @@ pub const HEADER_CONSENT_LABEL: &str = "hookrelay.dev/webhook-header";
 /// message is the same whether the Secret is missing or unlabelled, so it
 /// does not tell a Webhook author which Secrets exist.
 pub fn header_value<'a>(secret: Option<&'a Secret>, header: &str, name: &str, key: &str) -> Result<&'a str, String> {
-    let consented = secret.filter(|s| {
+    let secret = consented(secret, HEADER_CONSENT_LABEL)
+        .ok_or_else(|| format!("header {header}: {}", not_consented(name, HEADER_CONSENT_LABEL)))?;
+    value(secret, key).ok_or_else(|| format!("header {header}: Secret {name} has no non-empty key {key}"))
+}
+
+/// `secret` if it exists and its owner set `label` to "true".
+pub fn consented<'a>(secret: Option<&'a Secret>, label: &str) -> Option<&'a Secret> {
+    secret.filter(|s| {
         s.metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(HEADER_CONSENT_LABEL))
+            .and_then(|l| l.get(label))
             .is_some_and(|v| v == "true")
-    });
-    let Some(secret) = consented else {
-        return Err(format!(
-            "header {header}: Secret {name} does not exist or is not labelled {HEADER_CONSENT_LABEL}: \"true\" (its owner's consent to send it)"
-        ));
-    };
-    value(secret, key).ok_or_else(|| format!("header {header}: Secret {name} has no non-empty key {key}"))
+    })
+}
+
+/// Why a Secret cannot be used, the same whether it is missing or
+/// unlabelled.
+pub fn not_consented(name: &str, label: &str) -> String {
+    format!("Secret {name} does not exist or is not labelled {label}: \"true\" (its owner's consent to use it)")
 }
 
 pub fn value<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {

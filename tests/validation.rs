@@ -129,6 +129,45 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         ),
         (webhook("get", |s| s["method"] = json!("GET")), &["spec.method", "POST"]),
         (
+            webhook("tls-http", |s| {
+                s["url"] = json!("http://127.0.0.1/hook");
+                s["tls"] = json!({ "clientCertSecretRef": { "name": "c" } });
+            }),
+            &["spec", "tls needs an https url"],
+        ),
+        (
+            webhook("oauth2-header", |s| {
+                s["oauth2"] = json!({
+                    "tokenURL": "https://login.example.com/token",
+                    "clientID": "c",
+                    "clientSecretRef": { "name": "o", "key": "k" }
+                });
+                s["headers"] = json!([{ "name": "authorization", "value": "Basic x" }]);
+            }),
+            &["spec", "oauth2 sets the Authorization header"],
+        ),
+        (
+            webhook("oauth2-url", |s| {
+                s["oauth2"] = json!({
+                    "tokenURL": "file:///etc/passwd",
+                    "clientID": "c",
+                    "clientSecretRef": { "name": "o", "key": "k" }
+                });
+            }),
+            &["spec.oauth2.tokenURL", "http or https"],
+        ),
+        (
+            webhook("oauth2-auth", |s| {
+                s["oauth2"] = json!({
+                    "tokenURL": "https://login.example.com/token",
+                    "clientID": "c",
+                    "clientSecretRef": { "name": "o", "key": "k" },
+                    "clientAuth": "jwt"
+                });
+            }),
+            &["spec.oauth2.clientAuth", "basic"],
+        ),
+        (
             webhook("reserved", |s| {
                 s["headers"] = json!([{ "name": "Content-Type", "value": "text/plain" }])
             }),

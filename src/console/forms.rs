@@ -80,6 +80,8 @@ pub fn spec_from(fields: &Fields, hub: &str) -> Result<WebhookSpec, FieldErrors>
         secret_ref: None,
         retry: None,
         ordering: None,
+        tls: None,
+        oauth2: None,
     })
 }
 

@@ -689,10 +689,21 @@ pub(crate) async fn update_webhook(
     spec.secret_ref = current.spec.secret_ref.clone();
     spec.retry = current.spec.retry.clone();
     spec.ordering = current.spec.ordering.clone();
+    spec.tls = current.spec.tls.clone();
+    spec.oauth2 = current.spec.oauth2.clone();
     // Fields the form emptied are removed (a merge patch keeps what it omits).
     let mut spec_value = serde_json::to_value(&spec).expect("a spec serialises");
     if let Some(fields) = spec_value.as_object_mut() {
-        for key in ["headers", "filters", "customPayload", "secretRef", "retry", "ordering"] {
+        for key in [
+            "headers",
+            "filters",
+            "customPayload",
+            "secretRef",
+            "retry",
+            "ordering",
+            "tls",
+            "oauth2",
+        ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
     }

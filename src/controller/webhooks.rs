@@ -3,6 +3,7 @@
 
 use super::generated_secret::{self, Change, Desired, State};
 use super::{Context, Error};
+use crate::delivery::auth;
 use crate::events::unknown_subscriptions;
 use crate::resources::webhook::{DEACTIVATED_ANNOTATION, DeactivationRecord, WebhookSpec};
 use crate::resources::{
@@ -46,6 +47,15 @@ pub fn using_secret(store: &Store<Webhook>, secret: &PartialObjectMeta<Secret>) 
                 .headers
                 .iter()
                 .any(|h| h.value_from.as_ref().is_some_and(|v| v.secret_key_ref.name == name))
+            || webhook.spec.tls.as_ref().is_some_and(|t| {
+                t.client_cert_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                    || t.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
+            })
+            || webhook
+                .spec
+                .oauth2
+                .as_ref()
+                .is_some_and(|o| o.client_secret_ref.name == name)
     })
 }
 
@@ -74,6 +84,11 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
     let mut signing = signing_secret(&webhook, hub.as_deref(), &secrets_api, &ctx.secrets, &ns, now).await?;
     if signing.problem.is_none() {
         signing.problem = header_secrets_problem(&webhook.spec, &ctx.secrets, &ns).await?;
+    }
+    if signing.problem.is_none()
+        && let Err(message) = auth::resolve(&ctx.secrets, &ns, &webhook.name_any(), &webhook.spec).await?
+    {
+        signing.problem = Some(("CredentialNotUsable", message));
     }
     let status = desired_status(&webhook, hub.as_deref(), &signing, &now);
 

@@ -2,6 +2,7 @@
 //! send, and record the result with a single status write.
 
 use super::Engine;
+use super::auth::{self, Credentials};
 use super::http::{ClientKey, Limits};
 use super::request::{self, DEFAULT_SIGNATURE_HEADER, Outgoing, ResolvedHeader, SigningKeys};
 use super::retry::{self, Next, Schedule};
@@ -193,11 +194,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
     }
     let clock = Instant::now();
     let (recorded_request, result) = match prepared {
-        Ok(outgoing) => {
-            let client = engine.http.get(&ClientKey {
-                connect_timeout: settings.connect_timeout,
-                egress: settings.egress.clone(),
-            });
+        Ok((mut outgoing, credentials)) => {
             let limits = Limits {
                 timeout: settings.timeout,
                 body_limit: settings.body_limit,
@@ -205,7 +202,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
             // Losing the lease cancels the request: a follower may be
             // sending the same delivery already.
             let result = tokio::select! {
-                r = super::http::send(&client, &settings.egress, &outgoing, &limits) => r,
+                r = exchange(engine, &settings, &mut outgoing, credentials, &limits) => r,
                 _ = engine.leadership.lost() => {
                     engine.metrics.unrecorded("lost");
                     return Outcome::Unrecorded("leadership was lost during the request".into());
@@ -521,6 +518,52 @@ fn attempt_result(status: Option<u16>, error: Option<&str>) -> &'static str {
     }
 }
 
+/// Sends the request with the webhook's client certificate and, for
+/// OAuth 2.0, a bearer token; a 401 answer gets one retry with a new token.
+async fn exchange(
+    engine: &Engine,
+    settings: &Settings,
+    outgoing: &mut Outgoing,
+    credentials: Credentials,
+    limits: &Limits,
+) -> Result<(crate::resources::delivery::RecordedResponse, Option<Duration>), String> {
+    let client = |tls| {
+        engine
+            .http
+            .get(&ClientKey {
+                connect_timeout: settings.connect_timeout,
+                egress: settings.egress.clone(),
+                tls,
+            })
+            .map_err(|e| format!("not sent: {e}"))
+    };
+    let handler = client(credentials.tls)?;
+    let Some(oauth) = credentials.oauth2 else {
+        return super::http::send(&handler, &settings.egress, outgoing, limits).await;
+    };
+    // The token endpoint: no client certificate, the same egress checks.
+    let token_client = client(None)?;
+    let token = |refused| {
+        let (tokens, client) = (&engine.tokens, &token_client);
+        let oauth = &oauth;
+        async move {
+            tokens
+                .get(client, &settings.egress, settings.timeout, oauth, refused)
+                .await
+                .map_err(|e| format!("not sent: {e}"))
+        }
+    };
+    let first = token(None).await?;
+    auth::set_bearer(outgoing, &first);
+    let answer = super::http::send(&handler, &settings.egress, outgoing, limits).await;
+    if !matches!(&answer, Ok((response, _)) if response.status_code == 401) {
+        return answer;
+    }
+    // Revoked or expired early: one new token, one more try.
+    auth::set_bearer(outgoing, &token(Some(first.as_str())).await?);
+    super::http::send(&handler, &settings.egress, outgoing, limits).await
+}
+
 fn record_of(outgoing: &Outgoing) -> RecordedRequest {
     RecordedRequest {
         method: outgoing.method.to_string(),
@@ -561,7 +604,10 @@ async fn prepare(
     settings: &Settings,
     ns: &str,
     now: Timestamp,
-) -> Result<Outgoing, NotSent> {
+) -> Result<(Outgoing, Credentials), NotSent> {
+    let credentials = auth::resolve(&engine.secrets, ns, &webhook.name_any(), &webhook.spec)
+        .await
+        .map_err(|e| format!("reading Secrets: {e}"))??;
     let secret_ref = webhook
         .spec
         .secret_ref
@@ -638,7 +684,7 @@ async fn prepare(
         current,
         previous,
     };
-    Ok(request::build(
+    let outgoing = request::build(
         &delivery.name_any(),
         webhook.spec.method.as_str(),
         &webhook.spec.url,
@@ -646,7 +692,8 @@ async fn prepare(
         &keys,
         &custom,
         now.as_second(),
-    ))
+    );
+    Ok((outgoing, credentials))
 }
 
 #[cfg(test)]

@@ -16,21 +16,77 @@ use std::time::Duration;
 pub struct ClientKey {
     pub connect_timeout: Duration,
     pub egress: Policy,
+    /// A webhook's client certificate and CAs; a renewed Secret makes a new key.
+    pub tls: Option<Tls>,
 }
 
-/// Reused clients, so connections are pooled across attempts.
-#[derive(Default)]
-pub struct Clients(Mutex<HashMap<ClientKey, reqwest::Client>>);
+/// TLS material of a webhook, as PEM.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// Certificate chain and private key presented to the handler.
+    pub identity: Option<Arc<[u8]>>,
+    /// CA certificates trusted instead of the public roots.
+    pub roots: Option<Arc<[u8]>>,
+}
 
-impl Clients {
-    pub fn get(&self, key: &ClientKey) -> reqwest::Client {
-        let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        clients.entry(key.clone()).or_insert_with(|| build(key)).clone()
+impl std::fmt::Debug for Tls {
+    // The private key stays out of every log and panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
+            .field("roots", &self.roots.as_ref().map(|r| r.len()))
+            .finish()
     }
 }
 
-fn build(key: &ClientKey) -> reqwest::Client {
-    reqwest::Client::builder()
+impl Tls {
+    /// Parses the material, so a broken Secret is reported by its field
+    /// (the parser's own messages are not repeated: they may quote bytes).
+    pub fn check(&self) -> Result<(Option<reqwest::Identity>, Vec<reqwest::Certificate>), String> {
+        let identity = match &self.identity {
+            None => None,
+            Some(pem) => Some(reqwest::Identity::from_pem(pem).map_err(|_| {
+                "spec.tls.clientCertSecretRef: tls.crt and tls.key are not a PEM certificate chain and its private key"
+                    .to_string()
+            })?),
+        };
+        let roots = match &self.roots {
+            None => vec![],
+            Some(pem) => reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or("spec.tls.caSecretRef: the key does not hold PEM certificates")?,
+        };
+        Ok((identity, roots))
+    }
+}
+
+/// How long a client nobody used is kept (its pool, and the key material
+/// of a certificate since renewed).
+const IDLE_CLIENT: Duration = Duration::from_secs(600);
+
+/// Reused clients, so connections are pooled across attempts.
+#[derive(Default)]
+pub struct Clients(Mutex<HashMap<ClientKey, (reqwest::Client, std::time::Instant)>>);
+
+impl Clients {
+    /// The client for `key`; `Err` names the TLS field that cannot be used.
+    pub fn get(&self, key: &ClientKey) -> Result<reqwest::Client, String> {
+        let now = std::time::Instant::now();
+        let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((client, used)) = clients.get_mut(key) {
+            *used = now;
+            return Ok(client.clone());
+        }
+        let client = build(key)?;
+        clients.retain(|_, (_, used)| now.duration_since(*used) < IDLE_CLIENT);
+        clients.insert(key.clone(), (client.clone(), now));
+        Ok(client)
+    }
+}
+
+fn build(key: &ClientKey) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         // HTTP(S)_PROXY from the environment would make the proxy's address
         // the only one checked against the egress policy.
@@ -38,9 +94,22 @@ fn build(key: &ClientKey) -> reqwest::Client {
         .connect_timeout(key.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         .dns_resolver(Arc::new(CheckedResolver(key.egress.clone())))
-        .user_agent(format!("hookrelay/{}", crate::VERSION))
+        .user_agent(format!("hookrelay/{}", crate::VERSION));
+    if let Some(tls) = &key.tls {
+        let (identity, roots) = tls.check()?;
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        if !roots.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+    }
+    builder
         .build()
-        .expect("the TLS backend initialises")
+        .map_err(|_| "spec.tls: the client certificate or CAs are not usable for TLS".to_string())
 }
 
 /// Resolves names with the system resolver and drops denied addresses; a
@@ -248,6 +317,12 @@ fn describe(error: reqwest::Error) -> String {
             text.push_str(&part);
         }
         source = s.source();
+    }
+    // The handler's TLS said what is missing: name the field that supplies it.
+    if text.contains("CertificateRequired") {
+        text.push_str(" (the handler requires a client certificate: spec.tls.clientCertSecretRef)");
+    } else if text.contains("UnknownIssuer") {
+        text.push_str(" (the handler's certificate is not trusted: spec.tls.caSecretRef names the CAs to trust)");
     }
     text
 }

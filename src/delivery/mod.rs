@@ -7,6 +7,7 @@
 //! restarted engine resumes every unfinished delivery at `nextAttemptAt`.
 
 pub mod attempt;
+pub mod auth;
 pub mod http;
 pub mod notify;
 pub mod ordering;
@@ -78,6 +79,7 @@ pub struct Engine {
     pub(crate) hubs: Store<Hub>,
     pub(crate) secrets: Arc<SecretCache>,
     pub(crate) http: http::Clients,
+    pub(crate) tokens: auth::Tokens,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) summaries: summary::Summaries,
     global: Arc<slots::Slots>,
@@ -162,6 +164,7 @@ impl Engine {
             hubs,
             secrets,
             http: http::Clients::default(),
+            tokens: auth::Tokens::default(),
             metrics,
             global,
             per_webhook: Mutex::default(),

@@ -30,6 +30,16 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.tls) || url(self.url).getScheme() == 'https'",
+        "message": "tls needs an https url"
+    },
+    {
+        "rule": "!has(self.oauth2) || !has(self.headers) || !self.headers.exists(h, h.name.lowerAscii() == 'authorization')",
+        "message": "oauth2 sets the Authorization header: remove it from headers"
+    }
+]))]
 pub struct WebhookSpec {
     /// Name of the Hub, in the same namespace, whose events trigger this webhook.
     #[schemars(length(min = 1, max = 253))]
@@ -93,6 +103,89 @@ pub struct WebhookSpec {
     /// ordering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<Ordering>,
+    /// TLS towards the handler: a client certificate to present (mutual
+    /// TLS) and the CAs to trust instead of the public roots. Needs an
+    /// https url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<WebhookTls>,
+    /// Authenticate to the handler with an OAuth 2.0 access token from the
+    /// client-credentials grant, sent as `Authorization: Bearer` (recorded
+    /// as `<redacted>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2>,
+}
+
+/// Label by which a Secret's owner consents to a Webhook using it as a
+/// credential (`spec.tls.clientCertSecretRef`, `spec.oauth2.clientSecretRef`).
+pub const CREDENTIAL_CONSENT_LABEL: &str = "hookrelay.dev/webhook-credential";
+
+/// TLS settings towards the handler.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookTls {
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) whose certificate
+    /// the requests present. Its owner consents with the label
+    /// `hookrelay.dev/webhook-credential: "true"`. A renewed certificate is
+    /// used from the next attempt on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<SecretRef>,
+    /// A Secret key holding PEM CA certificates: the handler's certificate
+    /// must chain to one of them. Unset: the public web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// OAuth 2.0 client credentials (RFC 6749 section 4.4).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2 {
+    /// The token endpoint: an absolute http or https URL. It passes the same
+    /// egress checks as the handler.
+    #[serde(rename = "tokenURL")]
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [{
+        "rule": "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",
+        "message": "tokenURL must be an absolute http or https URL with a host, such as \"https://login.example.com/oauth2/token\""
+    }]))]
+    pub token_url: String,
+    /// The client identifier.
+    #[serde(rename = "clientID")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub client_id: String,
+    /// The Secret key holding the client secret. Its owner consents with the
+    /// label `hookrelay.dev/webhook-credential: "true"`.
+    pub client_secret_ref: SecretKeyRef,
+    /// Scopes requested, sent space-separated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 256), regex(pattern = r"^[!#-\[\]-~]+$"))
+    )]
+    pub scopes: Vec<String>,
+    /// The `audience` parameter some providers require (Auth0, Okta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// How the client authenticates to the token endpoint: `basic` (HTTP
+    /// Basic, the default) or `body` (client_id and client_secret in the form).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// How an OAuth 2.0 client presents its secret.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Basic,
+    Body,
 }
 
 fn default_true() -> bool {
@@ -194,6 +287,8 @@ impl WebhookSpec {
             secret_ref: None,
             retry: None,
             ordering: None,
+            tls: None,
+            oauth2: None,
         }
     }
 }

@@ -1,0 +1,477 @@
+//! Authenticating to handlers: mutual TLS with a client certificate from a
+//! `kubernetes.io/tls` Secret (renewals picked up without a restart), and
+//! OAuth 2.0 client credentials (one token for many deliveries, one refresh
+//! on a 401, the token never recorded). Handlers and the token endpoint
+//! listen on loopback; certificates are made here with rcgen.
+
+mod support;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hookrelay::resources::delivery::Phase;
+use hookrelay::resources::hub::EgressPolicy;
+use hookrelay::resources::webhook::{CREDENTIAL_CONSENT_LABEL, OAuth2, SecretRef, WebhookSpec, WebhookTls};
+use hookrelay::resources::{Delivery, SecretKeyRef, Webhook};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use support::eventually;
+use support::stack::{Options, Stack, WAIT, deliveries_of};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+// One event per webhook, so each post makes one delivery.
+const EVENT: &str = "dynamic-content.content-item.updated";
+const OTHER_EVENT: &str = "dynamic-content.content-item.created";
+const THIRD_EVENT: &str = "dynamic-content.snapshot.published";
+
+/// A test CA that issues server and client certificates.
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, as PEM.
+struct Issued {
+    cert_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "hookrelay test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Pki {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn issue(&self, name: &str, san: &[&str]) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(san.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+}
+
+/// What the TLS handler saw: the client certificate (DER) of each request.
+type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// An https handler on 127.0.0.1 that requires a client certificate from
+/// `pki` and answers 200, noting the certificate of each request.
+async fn tls_handler(pki: &Pki) -> (SocketAddr, Seen) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+    roots.add(ca).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .unwrap();
+    let server = pki.issue("handler", &["127.0.0.1"]);
+    let chain = vec![rustls::pki_types::CertificateDer::from(server.der.clone())];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, noted) = (acceptor.clone(), noted.clone());
+            tokio::spawn(async move {
+                // A client without a certificate fails here.
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec());
+                let service = hyper::service::service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
+                    noted.lock().unwrap().push(cert.clone().unwrap_or_default());
+                    async { Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok"))) }
+                });
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn tls_secret(name: &str, issued: &Issued, consent: bool) -> Secret {
+    let mut secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        string_data: Some(
+            [
+                ("tls.crt".to_string(), issued.cert_pem.clone()),
+                ("tls.key".to_string(), issued.key_pem.clone()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    if consent {
+        secret.metadata.labels = Some([(CREDENTIAL_CONSENT_LABEL.to_string(), "true".to_string())].into());
+    }
+    secret
+}
+
+fn opaque_secret(name: &str, key: &str, value: &str, consent: bool) -> Secret {
+    let mut secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some([(key.to_string(), value.to_string())].into()),
+        ..Default::default()
+    };
+    if consent {
+        secret.metadata.labels = Some([(CREDENTIAL_CONSENT_LABEL.to_string(), "true".to_string())].into());
+    }
+    secret
+}
+
+/// Posts `event`; returns the name of the delivery made for `webhook`.
+async fn post_for(stack: &Stack, webhook: &str, event: &str, n: usize) -> String {
+    let (status, answer) = stack.post(json!({ "name": event, "payload": { "n": n } })).await;
+    assert_eq!(status, 202, "{answer}");
+    let api: Api<Delivery> = stack.env.api();
+    for name in deliveries_of(&answer) {
+        if api.get(&name).await.unwrap().spec.webhook == webhook {
+            return name;
+        }
+    }
+    panic!("no delivery for {webhook} in {answer}");
+}
+
+/// The first attempt's error of a delivery, once it has one.
+async fn first_error(stack: &Stack, name: &str) -> String {
+    let api: Api<Delivery> = stack.env.api();
+    eventually(WAIT, &format!("an attempt of {name}"), || async {
+        let d = api.get(name).await.ok()?;
+        d.status?.attempts.first()?.error.clone()
+    })
+    .await
+}
+
+async fn ready_reason(stack: &Stack, name: &str) -> (String, String) {
+    let api: Api<Webhook> = stack.env.api();
+    eventually(WAIT, &format!("webhook {name} reconciled"), || async {
+        let w = api.get(name).await.ok()?;
+        let c = w.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        Some((c.reason, c.message))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_presents_the_secrets_certificate_and_picks_up_a_renewal() {
+    let pki = Pki::new();
+    let (addr, seen) = tls_handler(&pki).await;
+    let stack = Stack::start_with("handler_mtls", Options::single_controller()).await;
+    let secrets: Api<Secret> = stack.env.api();
+    let first = pki.issue("shop-a", &[]);
+    for secret in [
+        tls_secret("client-cert", &first, true),
+        tls_secret("unconsented-cert", &first, false),
+        opaque_secret("handler-ca", "ca.crt", &pki.ca_pem, false),
+    ] {
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+    }
+    let url = format!("https://{addr}/hook");
+    let ca = Some(SecretKeyRef {
+        name: "handler-ca".into(),
+        key: "ca.crt".into(),
+    });
+    let mut with_cert = WebhookSpec::new("main", "mTLS", &url, &[EVENT]);
+    with_cert.tls = Some(WebhookTls {
+        client_cert_secret_ref: Some(SecretRef {
+            name: "client-cert".into(),
+        }),
+        ca_secret_ref: ca.clone(),
+    });
+    stack.webhook("with-cert", with_cert.clone()).await;
+    let mut without_cert = WebhookSpec::new("main", "no client cert", &url, &[OTHER_EVENT]);
+    without_cert.tls = Some(WebhookTls {
+        client_cert_secret_ref: None,
+        ca_secret_ref: ca,
+    });
+    stack.webhook("without-cert", without_cert).await;
+
+    // A Secret whose owner did not consent is refused at reconcile, by field.
+    let mut unconsented = with_cert.clone();
+    unconsented.events = vec![THIRD_EVENT.into()];
+    unconsented.tls.as_mut().unwrap().client_cert_secret_ref = Some(SecretRef {
+        name: "unconsented-cert".into(),
+    });
+    let webhooks: Api<Webhook> = stack.env.api();
+    webhooks
+        .create(&PostParams::default(), &Webhook::new("unconsented", unconsented))
+        .await
+        .unwrap();
+    let (reason, message) = ready_reason(&stack, "unconsented").await;
+    assert_eq!(reason, "CredentialNotUsable", "{message}");
+    assert!(
+        message.contains("spec.tls.clientCertSecretRef") && message.contains(CREDENTIAL_CONSENT_LABEL),
+        "{message}"
+    );
+    webhooks.delete("unconsented", &Default::default()).await.unwrap();
+
+    let delivered = post_for(&stack, "with-cert", EVENT, 1).await;
+    let refused = post_for(&stack, "without-cert", OTHER_EVENT, 1).await;
+    let done = stack.delivery_done(&delivered).await;
+    assert_eq!(done.status.unwrap().phase, Phase::Succeeded);
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec![first.der.clone()],
+        "the Secret's certificate was presented"
+    );
+
+    let error = first_error(&stack, &refused).await;
+    println!("without a client certificate: {error}");
+    assert!(
+        error.to_lowercase().contains("certificate"),
+        "the error says why: {error}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "no request got through without a certificate"
+    );
+
+    // A renewed certificate is used from the next attempt on, no restart.
+    let renewed = pki.issue("shop-a-renewed", &[]);
+    secrets
+        .replace(
+            "client-cert",
+            &PostParams::default(),
+            &tls_secret("client-cert", &renewed, true),
+        )
+        .await
+        .unwrap();
+    let after = post_for(&stack, "with-cert", EVENT, 2).await;
+    assert_eq!(
+        stack.delivery_done(&after).await.status.unwrap().phase,
+        Phase::Succeeded
+    );
+    assert_eq!(
+        seen.lock().unwrap().last(),
+        Some(&renewed.der),
+        "the renewed certificate was presented"
+    );
+
+    let logs = stack.logs();
+    assert!(!logs.contains("PRIVATE KEY"), "no key material in logs");
+    stack.cleanup().await;
+}
+
+/// A token endpoint and a handler that accepts only tokens it issued and
+/// has not revoked.
+#[derive(Default)]
+struct Authority {
+    issued: Vec<String>,
+    revoked: Vec<String>,
+    token_requests: Vec<String>,
+    /// Authorization header of each handler request, and the answer.
+    handled: Vec<(String, u16)>,
+}
+
+const CLIENT_ID: &str = "hookrelay-test";
+const CLIENT_SECRET: &str = "client-secret-9f8e7d6c5b4a";
+
+async fn token(State(a): State<Arc<Mutex<Authority>>>, headers: HeaderMap, body: String) -> Response {
+    let mut a = a.lock().unwrap();
+    a.token_requests.push(body);
+    // Basic base64("hookrelay-test:client-secret-9f8e7d6c5b4a"), computed with coreutils' base64.
+    let expected = "Basic aG9va3JlbGF5LXRlc3Q6Y2xpZW50LXNlY3JldC05ZjhlN2Q2YzViNGE=";
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected) {
+        let refusal = json!({ "error": "invalid_client", "error_description": "client authentication failed" });
+        return (StatusCode::UNAUTHORIZED, axum::Json(refusal)).into_response();
+    }
+    let value = format!("tok-{}-{}", a.issued.len() + 1, uuid::Uuid::new_v4().simple());
+    a.issued.push(value.clone());
+    axum::Json(json!({ "access_token": value, "token_type": "Bearer", "expires_in": 3600 })).into_response()
+}
+
+async fn protected(State(a): State<Arc<Mutex<Authority>>>, headers: HeaderMap) -> StatusCode {
+    let mut a = a.lock().unwrap();
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let valid = presented
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| a.issued.iter().any(|i| i == t) && !a.revoked.iter().any(|r| r == t));
+    let status = if valid { 200 } else { 401 };
+    a.handled.push((presented, status));
+    StatusCode::from_u16(status).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth2_fetches_one_token_for_many_deliveries_and_refreshes_once_on_401() {
+    let authority: Arc<Mutex<Authority>> = Arc::default();
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/hook", post(protected))
+        .with_state(authority.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut options = Options::single_controller();
+    // 127.0.0.9 is denied for this hub: a token endpoint there is refused.
+    options.hub.spec.egress = Some(EgressPolicy {
+        denied_networks: vec!["127.0.0.9/32".into()],
+        allowed_networks: vec![],
+    });
+    let stack = Stack::start_with("handler_oauth2", options).await;
+    let secrets: Api<Secret> = stack.env.api();
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque_secret("oauth-client", "secret", CLIENT_SECRET, true),
+        )
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque_secret("wrong-client", "secret", "not-the-secret", true),
+        )
+        .await
+        .unwrap();
+    let oauth = |token_url: String, secret: &str| OAuth2 {
+        token_url,
+        client_id: CLIENT_ID.into(),
+        client_secret_ref: SecretKeyRef {
+            name: secret.into(),
+            key: "secret".into(),
+        },
+        scopes: vec!["hooks:write".into()],
+        audience: None,
+        client_auth: Default::default(),
+    };
+    let url = format!("http://{addr}/hook");
+    let mut good = WebhookSpec::new("main", "OAuth2", &url, &[EVENT]);
+    good.oauth2 = Some(oauth(format!("http://{addr}/token"), "oauth-client"));
+    stack.webhook("oauth", good.clone()).await;
+
+    let mut names = vec![];
+    for n in 0..5 {
+        names.push(post_for(&stack, "oauth", EVENT, n).await);
+    }
+    for name in &names {
+        assert_eq!(stack.delivery_done(name).await.status.unwrap().phase, Phase::Succeeded);
+    }
+    {
+        let a = authority.lock().unwrap();
+        assert_eq!(a.token_requests.len(), 1, "one token served five deliveries");
+        assert_eq!(
+            a.token_requests[0], "grant_type=client_credentials&scope=hooks%3Awrite",
+            "the client-credentials grant"
+        );
+        assert!(
+            a.handled
+                .iter()
+                .all(|(h, s)| *h == format!("Bearer {}", a.issued[0]) && *s == 200)
+        );
+    }
+
+    // The handler stops accepting the token: one refresh, one more request,
+    // and the attempt succeeds.
+    let revoked = authority.lock().unwrap().issued[0].clone();
+    authority.lock().unwrap().revoked.push(revoked.clone());
+    let name = post_for(&stack, "oauth", EVENT, 5).await;
+    let done = stack.delivery_done(&name).await.status.unwrap();
+    assert_eq!((done.phase, done.attempt_count), (Phase::Succeeded, 1));
+    {
+        let a = authority.lock().unwrap();
+        assert_eq!(a.token_requests.len(), 2, "a 401 triggers exactly one refresh");
+        let last: Vec<u16> = a.handled.iter().rev().take(2).map(|(_, s)| *s).collect();
+        assert_eq!(last, vec![200, 401]);
+    }
+    let recorded = &done.attempts[0].request.headers;
+    assert!(
+        recorded
+            .iter()
+            .any(|h| h.name == "Authorization" && h.value == "<redacted>")
+    );
+
+    // A token endpoint that refuses the client: the attempt fails saying so.
+    let mut wrong = good.clone();
+    wrong.events = vec![OTHER_EVENT.into()];
+    wrong.oauth2 = Some(oauth(format!("http://{addr}/token"), "wrong-client"));
+    stack.webhook("oauth-wrong", wrong).await;
+    let refused = post_for(&stack, "oauth-wrong", OTHER_EVENT, 6).await;
+    let error = first_error(&stack, &refused).await;
+    assert!(
+        error.contains("oauth2: token endpoint") && error.contains("401: invalid_client"),
+        "{error}"
+    );
+    // A token endpoint the hub's egress policy denies is never asked.
+    let mut denied = good.clone();
+    denied.events = vec![THIRD_EVENT.into()];
+    denied.oauth2 = Some(oauth("http://127.0.0.9:9/token".into(), "oauth-client"));
+    stack.webhook("oauth-denied", denied).await;
+    let refused = post_for(&stack, "oauth-denied", THIRD_EVENT, 7).await;
+    let error = first_error(&stack, &refused).await;
+    assert!(error.contains("egress denied"), "{error}");
+
+    // Neither the tokens nor the client secret appear in status, Events or logs.
+    let mut exposed = String::new();
+    for d in stack.env.api::<Delivery>().list(&ListParams::default()).await.unwrap() {
+        exposed.push_str(&serde_json::to_string(&d).unwrap());
+    }
+    for w in stack.env.api::<Webhook>().list(&ListParams::default()).await.unwrap() {
+        exposed.push_str(&serde_json::to_string(&w.status).unwrap());
+    }
+    for e in stack.env.api::<Event>().list(&ListParams::default()).await.unwrap() {
+        exposed.push_str(&serde_json::to_string(&e).unwrap());
+    }
+    exposed.push_str(&stack.logs());
+    let issued = authority.lock().unwrap().issued.clone();
+    assert_eq!(issued.len(), 2);
+    for secret in issued
+        .iter()
+        .map(String::as_str)
+        .chain([CLIENT_SECRET, "not-the-secret"])
+    {
+        assert!(!exposed.contains(secret), "{secret} leaked");
+    }
+    // The handler got no request from the refused webhooks.
+    let answered = authority.lock().unwrap().handled.len();
+    assert_eq!(answered, 7, "five, a 401 and its retry");
+    stack.cleanup().await;
+}
