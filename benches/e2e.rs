@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 5_000;
+/// Deliveries pending in the backlog phase.
+const BACKLOG: usize = 100_000;
 const CONCURRENCY: usize = 32;
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 const EVENT: &str = "dynamic-content.content-item.updated";
@@ -36,12 +38,20 @@ struct Book {
     arrivals: HashMap<String, Instant>,
     delays: HashMap<String, Duration>,
     count: usize,
+    /// Paths starting with this answer 503 until then, with a Retry-After
+    /// pointing just past it (spread over 30 s): a handler that is down.
+    down: Option<(String, Instant)>,
+    /// Requests answered 503 while down, and 200 after, on those paths.
+    refused: usize,
+    recovered: usize,
+    last_recovered: Option<Instant>,
 }
 
 type Receiver = Arc<Mutex<Book>>;
 
-async fn receive(State(book): State<Receiver>, uri: Uri, headers: HeaderMap) -> &'static str {
-    let delay = {
+async fn receive(State(book): State<Receiver>, uri: Uri, headers: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (delay, retry_after) = {
         let mut b = book.lock().unwrap();
         b.count += 1;
         let id = headers
@@ -50,12 +60,33 @@ async fn receive(State(book): State<Receiver>, uri: Uri, headers: HeaderMap) -> 
             .unwrap_or_default()
             .to_string();
         b.arrivals.entry(id).or_insert_with(Instant::now);
-        b.delays.get(uri.path()).copied()
+        let now = Instant::now();
+        let mut retry_after = None;
+        if let Some((prefix, back_at)) = b.down.clone()
+            && uri.path().starts_with(&prefix)
+        {
+            if now < back_at {
+                b.refused += 1;
+                retry_after = Some(back_at.duration_since(now).as_secs() + 1 + (b.refused % 30) as u64);
+            } else {
+                b.recovered += 1;
+                b.last_recovered = Some(now);
+            }
+        }
+        (b.delays.get(uri.path()).copied(), retry_after)
     };
+    if let Some(seconds) = retry_after {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", seconds.to_string())],
+            "down",
+        )
+            .into_response();
+    }
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    "ok"
+    "ok".into_response()
 }
 
 struct Proc(Child);
@@ -69,21 +100,27 @@ impl Drop for Proc {
 impl Proc {
     /// Peak resident set (KiB) and CPU seconds, from /proc.
     fn usage(&self) -> (u64, f64) {
-        let pid = self.0.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (hwm, ticks / 100.0)
+        usage(self.0.id())
     }
+}
 
+/// Peak resident set (KiB) and CPU seconds of any process, from /proc.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (hwm, ticks / 100.0)
+}
+
+impl Proc {
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
         status
@@ -101,6 +138,57 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The benchmark's own kube-apiserver and etcd, for their CPU and memory.
+struct ControlPlane {
+    dir: PathBuf,
+    kubectl: PathBuf,
+}
+
+impl ControlPlane {
+    fn pid(&self, name: &str) -> u32 {
+        std::fs::read_to_string(self.dir.join(format!("{name}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU seconds of kube-apiserver so far.
+    fn apiserver_cpu(&self) -> f64 {
+        usage(self.pid("kube-apiserver")).1
+    }
+
+    /// Peak RSS (MiB) of kube-apiserver and etcd, and etcd's database size (MiB).
+    fn memory(&self) -> (f64, f64, f64) {
+        let db = std::fs::metadata(self.dir.join("etcd/member/snap/db"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        (
+            usage(self.pid("kube-apiserver")).0 as f64 / 1024.0,
+            usage(self.pid("etcd")).0 as f64 / 1024.0,
+            db as f64 / 1048576.0,
+        )
+    }
+
+    /// With HOOKRELAY_BENCH_PROFILE set: a CPU profile of kube-apiserver over
+    /// the next `seconds`, saved as target/bench/NAME.pprof (read it with
+    /// `go tool pprof -top target/bench/NAME.pprof`).
+    fn profile(&self, out: &Path, name: &str, seconds: u32) -> Option<std::thread::JoinHandle<()>> {
+        std::env::var_os("HOOKRELAY_BENCH_PROFILE")?;
+        let (kubectl, file) = (self.kubectl.clone(), out.join(format!("{name}.pprof")));
+        let kubeconfig = self.dir.join("admin.kubeconfig");
+        Some(std::thread::spawn(move || {
+            let output = Command::new(kubectl)
+                .env("KUBECONFIG", kubeconfig)
+                .args(["get", "--raw", &format!("/debug/pprof/profile?seconds={seconds}")])
+                .output();
+            if let Ok(o) = output {
+                let _ = std::fs::write(&file, o.stdout);
+                println!("profile written to {}", file.display());
+            }
+        }))
+    }
 }
 
 struct Bench {
@@ -214,6 +302,10 @@ impl Bench {
     }
 
     async fn hub(&self, ns: &str, custom: Vec<String>) -> String {
+        self.hub_keeping(ns, custom, 10_000).await
+    }
+
+    async fn hub_keeping(&self, ns: &str, custom: Vec<String>, keep: u32) -> String {
         let spec = HubSpec {
             label: "Bench".into(),
             // The load is the point here: no rate limit in the way.
@@ -232,7 +324,7 @@ impl Bench {
                 ..Default::default()
             }),
             retention: Some(RetentionPolicy {
-                keep_per_webhook: Some(10_000),
+                keep_per_webhook: Some(keep),
                 max_age: None,
             }),
             signing: None,
@@ -373,7 +465,8 @@ impl Bench {
         .await
     }
 
-    /// API server write requests so far, by resource.
+    /// API server requests so far: successful writes by resource, others
+    /// by verb, code and resource.
     async fn writes(&self) -> HashMap<String, f64> {
         let text = self
             .client
@@ -387,11 +480,16 @@ impl Bench {
                 Some(line[start..start + line[start..].find('"')?].to_string())
             };
             let verb = label("verb").unwrap_or_default();
-            if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&verb.as_str()) {
-                continue;
-            }
+            let write = ["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&verb.as_str());
+            let code = label("code").unwrap_or_default();
+            // Reads and failed writes are counted apart: "GET deliveries 409".
+            let prefix = if write && code.starts_with('2') {
+                String::new()
+            } else {
+                format!("{verb} {code} ")
+            };
             let resource = format!(
-                "{}{}",
+                "{prefix}{}{}",
                 label("resource").unwrap_or_default(),
                 label("subresource")
                     .filter(|s| !s.is_empty())
@@ -405,9 +503,20 @@ impl Bench {
     }
 }
 
+/// Successful writes between two readings of `writes()`.
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> (f64, String) {
+    delta_of(before, after, |k| !k.contains(' '))
+}
+
+/// Reads, watches and failed writes between two readings.
+fn delta_other(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> (f64, String) {
+    delta_of(before, after, |k| k.contains(' '))
+}
+
+fn delta_of(before: &HashMap<String, f64>, after: &HashMap<String, f64>, keep: impl Fn(&str) -> bool) -> (f64, String) {
     let mut parts: Vec<(String, f64)> = after
         .iter()
+        .filter(|(k, _)| keep(k))
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
         .filter(|(_, d)| *d > 0.0)
         .collect();
@@ -452,6 +561,18 @@ async fn main() {
         .expect("controlplane.sh");
     assert!(up.status.success(), "the control plane did not start");
     let kubeconfig = PathBuf::from(String::from_utf8_lossy(&up.stdout).lines().last().unwrap().trim());
+    let bin = Command::new("bash")
+        .arg(root.join("tests/controlplane/controlplane.sh"))
+        .arg("bin")
+        .output()
+        .expect("controlplane.sh bin");
+    let cp = ControlPlane {
+        dir: cache.join("bench-controlplane"),
+        kubectl: PathBuf::from(String::from_utf8_lossy(&bin.stdout).trim()).join("kubectl"),
+    };
+    // HOOKRELAY_BENCH_PHASES=throughput,backlog runs only those phases.
+    let phases = std::env::var("HOOKRELAY_BENCH_PHASES").unwrap_or_default();
+    let run = |phase: &str| phases.is_empty() || phases.split(',').any(|p| p.trim() == phase);
     let config = Config::from_custom_kubeconfig(
         Kubeconfig::read_from(&kubeconfig).unwrap(),
         &KubeConfigOptions::default(),
@@ -513,13 +634,20 @@ async fn main() {
     b.webhooks(&ns, &["w0".into()], &[EVENT]).await;
 
     let before = b.writes().await;
+    let cpu_before = cp.apiserver_cpu();
+    let profile = cp.profile(&out_dir, "apiserver-deliveries", 10);
     let (accepted, took) = b
         .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t1")
         .await;
     let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
+    let delivery_cpu = (cp.apiserver_cpu() - cpu_before) * 1000.0 / accepted.len().max(1) as f64;
+    if let Some(p) = profile {
+        let _ = p.join();
+    }
     tokio::time::sleep(hookrelay::delivery::summary::FLUSH_INTERVAL * 3).await;
     let after = b.writes().await;
     let (writes, breakdown) = delta(&before, &after);
+    let (others, other_breakdown) = delta_other(&before, &after);
     let ingest_rate = accepted.len() as f64 / took.as_secs_f64();
     let first_accept = accepted.values().min().copied();
     let delivery_rate = match (done, first_accept) {
@@ -534,6 +662,10 @@ async fn main() {
     let per_delivery = writes / accepted.len().max(1) as f64;
     b.note("API writes per delivery", format!("{per_delivery:.2}"));
     b.note("  writes by resource", breakdown);
+    b.note(
+        "  other API requests (verb, code, resource)",
+        format!("{others:.0}: {other_breakdown}"),
+    );
     let saturated = latencies(&accepted, &b.receiver);
     b.note(
         "latency accepted → received at saturation p50/p90/p99/max",
@@ -564,6 +696,8 @@ async fn main() {
             payload: json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 }).to_string(),
         },
     );
+    let cpu_before = cp.apiserver_cpu();
+    let profile = cp.profile(&out_dir, "apiserver-creates", 5);
     let raw_started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -584,6 +718,10 @@ async fn main() {
         let _ = t.await;
     }
     let raw_rate = EVENTS as f64 / raw_started.elapsed().as_secs_f64();
+    let raw_cpu = (cp.apiserver_cpu() - cpu_before) * 1000.0 / EVENTS as f64;
+    if let Some(p) = profile {
+        let _ = p.join();
+    }
     b.note(
         "raw Delivery creates/s (one client, 32 concurrent)",
         format!("{raw_rate:.0}"),
@@ -592,99 +730,110 @@ async fn main() {
         "deliveries/s ÷ raw creates/s",
         format!("{:.2}", delivery_rate / raw_rate),
     );
-
-    // 10 webhooks per event.
-    let more: Vec<String> = (1..10).map(|i| format!("w{i}")).collect();
-    b.webhooks(&ns, &more, &[EVENT]).await;
-    let succeeded_before = b
-        .metric(&metrics_url, "hookrelay_deliveries_total{outcome=\"succeeded\"}")
-        .await;
-    let (accepted10, took10) = b
-        .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t10")
-        .await;
-    let done10 = b
-        .succeeded(&metrics_url, succeeded_before + accepted10.len() as f64, PHASE_LIMIT)
-        .await;
-    let first10 = accepted10.values().min().copied();
-    let rate10 = match (done10, first10) {
-        (Some(at), Some(first)) => accepted10.len() as f64 / at.duration_since(first).as_secs_f64(),
-        _ => 0.0,
-    };
     b.note(
-        "events accepted/s, 10 webhooks (5,000 events)",
-        format!("{:.0}", EVENTS as f64 / took10.as_secs_f64()),
-    );
-    b.note(
-        "deliveries completed/s, 10 webhooks",
-        format!("{rate10:.0}{}", if done10.is_none() { " (incomplete)" } else { "" }),
+        "kube-apiserver CPU s per 1,000 deliveries / per 1,000 raw creates",
+        format!("{delivery_cpu:.1} / {raw_cpu:.1}"),
     );
 
-    // 2. Latency at a steady 50 events/s (1 webhook: a custom event only w-steady hears).
-    b.webhooks(&ns, &["steady".into()], &["bench.other"]).await;
-    let (steady, _) = b
-        .post(&ingest_url, &ns, &token, "bench.other", 1_000, Some(50), 1, "steady")
-        .await;
-    until(Duration::from_secs(60), || async {
-        let book = b.receiver.lock().unwrap();
-        steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
-    })
-    .await;
-    let l = latencies(&steady, &b.receiver);
-    b.note(
-        "latency accepted → received at 50 events/s p50/p90/p99/max",
-        format!(
-            "{} / {} / {} / {}",
-            ms(percentile(&l, 0.5)),
-            ms(percentile(&l, 0.9)),
-            ms(percentile(&l, 0.99)),
-            ms(*l.last().unwrap_or(&Duration::ZERO))
-        ),
-    );
-
-    // 5. Isolation: one webhook answering in 5 s, nine fast ones.
-    b.receiver
-        .lock()
-        .unwrap()
-        .delays
-        .insert("/iso-slow".into(), Duration::from_secs(5));
-    let iso: Vec<String> = std::iter::once("iso-slow".to_string())
-        .chain((0..9).map(|i| format!("iso-{i}")))
-        .collect();
-    b.webhooks(&ns, &iso, &["bench.isolation"]).await;
-    let (iso_accepted, _) = b
-        .post(
-            &ingest_url,
-            &ns,
-            &token,
-            "bench.isolation",
-            500,
-            None,
-            CONCURRENCY,
-            "iso",
-        )
-        .await;
-    let fast: HashMap<String, Instant> = iso_accepted
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("iso-slow"))
-        .collect();
-    let arrived = until(Duration::from_secs(120), || async {
-        let book = b.receiver.lock().unwrap();
-        let times: Vec<Instant> = fast.keys().filter_map(|k| book.arrivals.get(k).copied()).collect();
-        (times.len() == fast.len()).then(|| times.into_iter().max().unwrap())
-    })
-    .await;
-    let first = fast.values().min().copied();
-    if let (Some(last), Some(first)) = (arrived, first) {
+    if run("fanout") {
+        // 10 webhooks per event.
+        let more: Vec<String> = (1..10).map(|i| format!("w{i}")).collect();
+        b.webhooks(&ns, &more, &[EVENT]).await;
+        let succeeded_before = b
+            .metric(&metrics_url, "hookrelay_deliveries_total{outcome=\"succeeded\"}")
+            .await;
+        let (accepted10, took10) = b
+            .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t10")
+            .await;
+        let done10 = b
+            .succeeded(&metrics_url, succeeded_before + accepted10.len() as f64, PHASE_LIMIT)
+            .await;
+        let first10 = accepted10.values().min().copied();
+        let rate10 = match (done10, first10) {
+            (Some(at), Some(first)) => accepted10.len() as f64 / at.duration_since(first).as_secs_f64(),
+            _ => 0.0,
+        };
         b.note(
-            "isolation: deliveries/s to 9 fast webhooks beside a 5 s one",
+            "events accepted/s, 10 webhooks (5,000 events)",
+            format!("{:.0}", EVENTS as f64 / took10.as_secs_f64()),
+        );
+        b.note(
+            "deliveries completed/s, 10 webhooks",
+            format!("{rate10:.0}{}", if done10.is_none() { " (incomplete)" } else { "" }),
+        );
+    }
+
+    if run("latency") {
+        // 2. Latency at a steady 50 events/s (1 webhook: a custom event only w-steady hears).
+        b.webhooks(&ns, &["steady".into()], &["bench.other"]).await;
+        let (steady, _) = b
+            .post(&ingest_url, &ns, &token, "bench.other", 1_000, Some(50), 1, "steady")
+            .await;
+        until(Duration::from_secs(60), || async {
+            let book = b.receiver.lock().unwrap();
+            steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
+        })
+        .await;
+        let l = latencies(&steady, &b.receiver);
+        b.note(
+            "latency accepted → received at 50 events/s p50/p90/p99/max",
             format!(
-                "{:.0} ({} deliveries in {:.2} s)",
-                fast.len() as f64 / last.duration_since(first).as_secs_f64(),
-                fast.len(),
-                last.duration_since(first).as_secs_f64()
+                "{} / {} / {} / {}",
+                ms(percentile(&l, 0.5)),
+                ms(percentile(&l, 0.9)),
+                ms(percentile(&l, 0.99)),
+                ms(*l.last().unwrap_or(&Duration::ZERO))
             ),
         );
     }
+
+    if run("isolation") {
+        // 5. Isolation: one webhook answering in 5 s, nine fast ones.
+        b.receiver
+            .lock()
+            .unwrap()
+            .delays
+            .insert("/iso-slow".into(), Duration::from_secs(5));
+        let iso: Vec<String> = std::iter::once("iso-slow".to_string())
+            .chain((0..9).map(|i| format!("iso-{i}")))
+            .collect();
+        b.webhooks(&ns, &iso, &["bench.isolation"]).await;
+        let (iso_accepted, _) = b
+            .post(
+                &ingest_url,
+                &ns,
+                &token,
+                "bench.isolation",
+                500,
+                None,
+                CONCURRENCY,
+                "iso",
+            )
+            .await;
+        let fast: HashMap<String, Instant> = iso_accepted
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("iso-slow"))
+            .collect();
+        let arrived = until(Duration::from_secs(120), || async {
+            let book = b.receiver.lock().unwrap();
+            let times: Vec<Instant> = fast.keys().filter_map(|k| book.arrivals.get(k).copied()).collect();
+            (times.len() == fast.len()).then(|| times.into_iter().max().unwrap())
+        })
+        .await;
+        let first = fast.values().min().copied();
+        if let (Some(last), Some(first)) = (arrived, first) {
+            b.note(
+                "isolation: deliveries/s to 9 fast webhooks beside a 5 s one",
+                format!(
+                    "{:.0} ({} deliveries in {:.2} s)",
+                    fast.len() as f64 / last.duration_since(first).as_secs_f64(),
+                    fast.len(),
+                    last.duration_since(first).as_secs_f64()
+                ),
+            );
+        }
+    }
+
     let (c_peak, c_cpu) = controller.usage();
     let (i_peak, i_cpu) = ingest.usage();
     b.note(
@@ -698,42 +847,175 @@ async fn main() {
     drop(controller);
     drop(ingest);
 
-    // 4. Memory with 1,000 webhooks and 10,000 retained Deliveries (fresh processes).
-    let mns = format!("bench-mem-{stamp}");
-    b.namespace(&mns).await;
-    let (controller, ingest, ingest_url, metrics_url) = b.start(&mns);
-    let token = b.hub(&mns, vec!["bench.memory".into()]).await;
-    b.wait_ready(&ingest_url).await;
-    let names: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
-    b.webhooks(&mns, &names, &["bench.memory"]).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // let the summaries and reconciles settle
-    let rss_before = controller.rss_kib();
-    let (mem_accepted, _) = b
-        .post(&ingest_url, &mns, &token, "bench.memory", 10, None, 1, "mem")
+    if run("memory") {
+        // 4. Memory with 1,000 webhooks and 10,000 retained Deliveries (fresh processes).
+        let mns = format!("bench-mem-{stamp}");
+        b.namespace(&mns).await;
+        let (controller, ingest, ingest_url, metrics_url) = b.start(&mns);
+        let token = b.hub(&mns, vec!["bench.memory".into()]).await;
+        b.wait_ready(&ingest_url).await;
+        let names: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+        b.webhooks(&mns, &names, &["bench.memory"]).await;
+        tokio::time::sleep(Duration::from_secs(3)).await; // let the summaries and reconciles settle
+        let rss_before = controller.rss_kib();
+        let (mem_accepted, _) = b
+            .post(&ingest_url, &mns, &token, "bench.memory", 10, None, 1, "mem")
+            .await;
+        let _ = b.succeeded(&metrics_url, mem_accepted.len() as f64, PHASE_LIMIT).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss_after = controller.rss_kib();
+        let (c_peak, c_cpu) = controller.usage();
+        let (i_peak, i_cpu) = ingest.usage();
+        b.note(
+            "1,000 webhooks + 10,000 Deliveries: controller peak RSS / CPU",
+            format!("{:.1} MiB / {c_cpu:.1} s", c_peak as f64 / 1024.0),
+        );
+        b.note(
+            "1,000 webhooks + 10,000 Deliveries: ingest peak RSS / CPU",
+            format!("{:.1} MiB / {i_cpu:.1} s", i_peak as f64 / 1024.0),
+        );
+        b.note(
+            "controller bytes per retained Delivery",
+            format!(
+                "{:.0} ({} deliveries)",
+                (rss_after.saturating_sub(rss_before) * 1024) as f64 / mem_accepted.len().max(1) as f64,
+                mem_accepted.len()
+            ),
+        );
+        drop(controller);
+        drop(ingest);
+    }
+
+    // 6. A backlog: BACKLOG deliveries pending for a handler that is down
+    // (10 webhooks of 10,000 each, all to one handler answering 503 with a
+    // Retry-After just past the moment it comes back), a controller
+    // restarted over them, then the drain once the handler is back.
+    if run("backlog") {
+        let bns = format!("bench-backlog-{stamp}");
+        b.namespace(&bns).await;
+        let webhooks = 10;
+        // Long enough for ingest and the first attempts at the throughput
+        // measured above, plus the restart.
+        let create_estimate = Duration::from_secs_f64(BACKLOG as f64 / delivery_rate.max(50.0) * 1.3);
+        let back_at = Instant::now() + create_estimate + Duration::from_secs(150);
+        b.receiver.lock().unwrap().down = Some(("/bl".into(), back_at));
+        let (controller, ingest, ingest_url, metrics_url) = b.start(&bns);
+        let token = b
+            .hub_keeping(&bns, vec!["bench.backlog".into(), "bench.bystander".into()], 10_000)
+            .await;
+        b.wait_ready(&ingest_url).await;
+        let names: Vec<String> = (0..webhooks).map(|i| format!("bl{i}")).collect();
+        b.webhooks(&bns, &names, &["bench.backlog"]).await;
+        b.webhooks(&bns, &["bystander".into()], &["bench.bystander"]).await;
+        let started = Instant::now();
+        let (accepted, took) = b
+            .post(
+                &ingest_url,
+                &bns,
+                &token,
+                "bench.backlog",
+                BACKLOG / webhooks,
+                None,
+                CONCURRENCY,
+                "bl",
+            )
+            .await;
+        let pending = accepted.len();
+        // Every delivery has had its first attempt refused.
+        let refused = until(PHASE_LIMIT, || async {
+            (b.receiver.lock().unwrap().refused >= pending).then_some(())
+        })
         .await;
-    let _ = b.succeeded(&metrics_url, mem_accepted.len() as f64, PHASE_LIMIT).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_after = controller.rss_kib();
-    let (c_peak, c_cpu) = controller.usage();
-    let (i_peak, i_cpu) = ingest.usage();
-    b.note(
-        "1,000 webhooks + 10,000 Deliveries: controller peak RSS / CPU",
-        format!("{:.1} MiB / {c_cpu:.1} s", c_peak as f64 / 1024.0),
-    );
-    b.note(
-        "1,000 webhooks + 10,000 Deliveries: ingest peak RSS / CPU",
-        format!("{:.1} MiB / {i_cpu:.1} s", i_peak as f64 / 1024.0),
-    );
-    b.note(
-        "controller bytes per retained Delivery",
-        format!(
-            "{:.0} ({} deliveries)",
-            (rss_after.saturating_sub(rss_before) * 1024) as f64 / mem_accepted.len().max(1) as f64,
-            mem_accepted.len()
-        ),
-    );
-    drop(controller);
-    drop(ingest);
+        b.note(
+            "backlog: deliveries pending (accepted, first attempt refused)",
+            format!(
+                "{pending} in {:.0} s{}",
+                started.elapsed().as_secs_f64(),
+                if refused.is_none() { " (not all attempted)" } else { "" }
+            ),
+        );
+        b.note(
+            "backlog: events accepted/s while it builds (10 webhooks)",
+            format!("{:.0}", (pending / webhooks) as f64 / took.as_secs_f64()),
+        );
+        // Another webhook's latency while the backlog waits.
+        let (bystander, _) = b
+            .post(&ingest_url, &bns, &token, "bench.bystander", 500, Some(50), 1, "by")
+            .await;
+        until(Duration::from_secs(60), || async {
+            let book = b.receiver.lock().unwrap();
+            bystander.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
+        })
+        .await;
+        let l = latencies(&bystander, &b.receiver);
+        b.note(
+            "backlog: another webhook's latency at 50 events/s p50/p99",
+            format!("{} / {}", ms(percentile(&l, 0.5)), ms(percentile(&l, 0.99))),
+        );
+        let (c_peak, _) = controller.usage();
+        let (i_peak, _) = ingest.usage();
+        b.note(
+            "controller peak RSS with 100,000 deliveries pending",
+            format!("{:.0} MiB", c_peak as f64 / 1024.0),
+        );
+        b.note("backlog: ingest peak RSS", format!("{:.0} MiB", i_peak as f64 / 1024.0));
+        drop(controller);
+
+        // A controller started over the backlog: how long until it holds
+        // every pending delivery (listed and scheduled).
+        let restarted_at = Instant::now();
+        let (controller, _unused_ingest, _, metrics_url2) = b.start(&bns);
+        drop(_unused_ingest);
+        let listed = until(PHASE_LIMIT, || async {
+            let n = b.metric(&metrics_url2, "hookrelay_deliveries_pending").await;
+            (n >= pending as f64).then(Instant::now)
+        })
+        .await;
+        b.note(
+            "backlog: a restarted controller has listed and scheduled them in",
+            match listed {
+                Some(at) => format!("{:.1} s", at.duration_since(restarted_at).as_secs_f64()),
+                None => "not within the phase limit".into(),
+            },
+        );
+        let _ = metrics_url;
+        let (cp_api, cp_etcd, db) = cp.memory();
+        b.note(
+            "backlog: kube-apiserver / etcd peak RSS, etcd database",
+            format!("{cp_api:.0} MiB / {cp_etcd:.0} MiB / {db:.0} MiB"),
+        );
+
+        // The handler comes back: the drain.
+        tokio::time::sleep_until(back_at.into()).await;
+        let drained = until(PHASE_LIMIT, || async {
+            let book = b.receiver.lock().unwrap();
+            (book.recovered >= pending).then(|| book.last_recovered.unwrap())
+        })
+        .await;
+        let (first, last) = {
+            let book = b.receiver.lock().unwrap();
+            (back_at, drained.or(book.last_recovered))
+        };
+        let recovered = b.receiver.lock().unwrap().recovered;
+        let rate = last
+            .map(|l| recovered as f64 / l.duration_since(first).as_secs_f64().max(0.001))
+            .unwrap_or(0.0);
+        b.note("drain rate after the backlog, deliveries/s", format!("{rate:.0}"));
+        b.note(
+            "backlog: drain ÷ throughput (1 webhook)",
+            format!(
+                "{:.2} ({recovered} delivered{})",
+                rate / delivery_rate.max(1.0),
+                if drained.is_none() { ", incomplete" } else { "" }
+            ),
+        );
+        let (c_peak, c_cpu) = controller.usage();
+        b.note(
+            "backlog: restarted controller peak RSS / CPU (list and drain)",
+            format!("{:.0} MiB / {c_cpu:.0} s", c_peak as f64 / 1024.0),
+        );
+        drop(controller);
+    }
 
     // The report.
     let mut md = String::new();

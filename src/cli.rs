@@ -151,14 +151,26 @@ struct IngestArgs {
     logging: Logging,
 }
 
+/// A client for the cluster in KUBECONFIG or the in-cluster service
+/// account, introducing itself as `component` (the API server names field
+/// managers, audit entries and metrics after it; kube-rs sends none).
+async fn client_as(component: &str) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    let agent = format!("{component}/{}", crate::VERSION);
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_str(&agent)?,
+    ));
+    Ok(kube::Client::try_from(config)?)
+}
+
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Controller(args) => {
                 telemetry::init(args.logging.log_format);
                 tracing::info!(version = crate::VERSION, "starting controller");
-                // The cluster comes from KUBECONFIG or the in-cluster service account.
-                let client = kube::Client::try_default().await?;
+                let client = client_as("hookrelay-controller").await?;
                 let leader_election = if args.leader_elect {
                     let mut election = crate::leader::Settings::for_lease(
                         args.leader_election_namespace
@@ -205,7 +217,7 @@ impl Cli {
             Command::Ingest(args) => {
                 telemetry::init(args.logging.log_format);
                 tracing::info!(version = crate::VERSION, "starting ingest");
-                let client = kube::Client::try_default().await?;
+                let client = client_as("hookrelay-ingest").await?;
                 let settings = crate::ingest::Settings {
                     listen: args.listen,
                     metrics_listen: args.metrics_listen,

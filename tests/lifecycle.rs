@@ -53,6 +53,27 @@ fn active_condition(w: &Webhook) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
+/// A retry due further ahead than the engine holds whole deliveries for
+/// (30 s) is held in brief, read again when due and sent then, once.
+#[tokio::test]
+async fn a_retry_due_far_ahead_is_read_again_and_sent_when_due() {
+    let stack = Stack::start("retry_due_far_ahead").await;
+    let receiver = Receiver::start().await;
+    receiver.script("/hook", [Reply::status(503).header("Retry-After", "33")]);
+    let mut s = spec(receiver.url("/hook"), &[EVENT]);
+    s.retry = retry(5, "10m");
+    stack.webhook("later", s).await;
+
+    let name = post_one(&stack, "evt-far").await;
+    let got = receiver.wait_for("/hook", 2, Duration::from_secs(90)).await;
+    let done = stack.delivery_done(&name).await.status.unwrap();
+    assert_eq!((done.phase, done.attempt_count), (Phase::Succeeded, 2));
+    let waited = got[1].at.duration_since(got[0].at);
+    assert!(waited >= Duration::from_secs(32), "sent when due, not before: {waited:?}");
+    assert_eq!(receiver.received("/hook").len(), 2, "sent once when due");
+    stack.cleanup().await;
+}
+
 #[tokio::test]
 async fn failed_attempts_are_retried_under_one_delivery_id() {
     let stack = Stack::start("failed_attempts_are_retried").await;

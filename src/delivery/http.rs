@@ -235,13 +235,27 @@ pub const SENSITIVE_RESPONSE_HEADERS: &[&str] = &[
     "x-xsrf-token",
 ];
 
-/// Response headers as recorded: sensitive values redacted, each value cut
+/// Response headers not recorded: about the connection or the transfer,
+/// never about the handler's answer (each costs the API server on every
+/// write and every watcher).
+const UNRECORDED_RESPONSE_HEADERS: &[&str] = &[
+    "date",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+];
+
+/// Response headers as recorded: connection headers left out, sensitive values redacted, each value cut
 /// at 512 bytes, at most 32 headers and 4 KiB in all; `true` when any were
 /// left out or cut.
 pub fn record_headers(headers: &reqwest::header::HeaderMap) -> (Vec<Header>, bool) {
     let mut recorded = Vec::new();
     let (mut bytes, mut truncated) = (0, false);
     for (name, value) in headers {
+        if UNRECORDED_RESPONSE_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
         let value = if SENSITIVE_RESPONSE_HEADERS.contains(&name.as_str()) {
             super::request::REDACTED.to_string()
         } else {

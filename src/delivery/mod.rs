@@ -36,6 +36,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
@@ -56,6 +57,10 @@ const RECORD_GRACE: Duration = Duration::from_secs(15);
 /// How long a deposed leader tries to record outcomes it already has (its
 /// writes are conditional, so they cannot overwrite the new leader's).
 const LOST_GRACE: Duration = Duration::from_secs(5);
+/// Whole deliveries waiting for a slot at most; more wait in brief.
+const MAX_WAITING_WHOLE: usize = 1024;
+/// A delivery read when due counts as due this early (clocks of writers differ).
+const DUE_TOLERANCE: Duration = Duration::from_secs(1);
 /// How often finished Deliveries are checked against the retention policy.
 const RETENTION_SWEEP: Duration = Duration::from_secs(5);
 
@@ -98,6 +103,8 @@ pub struct Engine {
     stop_starting: CancellationToken,
     /// Every attempt task, so shutdown can wait for them to be recorded.
     in_flight: TaskTracker,
+    /// Whole deliveries waiting for a slot (see `MAX_WAITING_WHOLE`).
+    waiting_whole: AtomicUsize,
     /// This engine's share of the webhook gauges (engines share them).
     reported_webhooks: Mutex<(i64, i64)>,
 }
@@ -106,13 +113,86 @@ pub struct Engine {
 enum Slot {
     Queued {
         timer: delay_queue::Key,
-        delivery: Arc<Delivery>,
+        delivery: Held,
     },
     /// An attempt is running; `latest` is the newest object seen meanwhile.
-    InFlight { latest: Option<Arc<Delivery>> },
+    InFlight {
+        latest: Option<Arc<Delivery>>,
+    },
     /// Due, but an earlier delivery with the same ordering key is
     /// unfinished: queued again the moment that one finishes.
-    Waiting { delivery: Arc<Delivery> },
+    Waiting {
+        delivery: Held,
+    },
+}
+
+/// A delivery due further ahead than this is held in brief and read again
+/// when due.
+const WHOLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// A tracked delivery as held until its attempt: the whole object when it
+/// is due soon (no read before sending), else only what the schedule needs,
+/// so a backlog of 100,000 Retrying deliveries costs megabytes, not
+/// gigabytes. A brief one is read from the API server when it is due.
+#[derive(Clone)]
+enum Held {
+    Whole(Arc<Delivery>),
+    Brief(Arc<Brief>),
+}
+
+/// What the schedule needs of a delivery.
+struct Brief {
+    webhook: String,
+    attempts: u32,
+    resource_version: Option<String>,
+    waiting_for: Option<String>,
+}
+
+impl Held {
+    /// How to hold `delivery`, due in `delay`.
+    fn of(delivery: Arc<Delivery>, delay: Duration) -> Held {
+        if delay <= WHOLE_WITHIN {
+            return Held::Whole(delivery);
+        }
+        Held::brief(&delivery)
+    }
+
+    fn brief(delivery: &Delivery) -> Held {
+        Held::Brief(Arc::new(Brief {
+            webhook: delivery.spec.webhook.clone(),
+            attempts: attempts(delivery),
+            resource_version: delivery.resource_version(),
+            waiting_for: delivery.status.as_ref().and_then(|s| s.waiting_for.clone()),
+        }))
+    }
+
+    fn webhook(&self) -> &str {
+        match self {
+            Held::Whole(d) => &d.spec.webhook,
+            Held::Brief(b) => &b.webhook,
+        }
+    }
+
+    fn attempts(&self) -> u32 {
+        match self {
+            Held::Whole(d) => attempts(d),
+            Held::Brief(b) => b.attempts,
+        }
+    }
+
+    fn resource_version(&self) -> Option<String> {
+        match self {
+            Held::Whole(d) => d.resource_version(),
+            Held::Brief(b) => b.resource_version.clone(),
+        }
+    }
+
+    fn waiting_for(&self) -> Option<&str> {
+        match self {
+            Held::Whole(d) => d.status.as_ref().and_then(|s| s.waiting_for.as_deref()),
+            Held::Brief(b) => b.waiting_for.as_deref(),
+        }
+    }
 }
 
 /// When `delivery` should next be attempted, or `None` if it is finished
@@ -176,6 +256,7 @@ impl Engine {
             stop_starting: CancellationToken::new(),
             in_flight: TaskTracker::new(),
             reported_webhooks: Mutex::default(),
+            waiting_whole: AtomicUsize::new(0),
         })
     }
 
@@ -326,7 +407,7 @@ impl Engine {
             None => Api::all(self.client.clone()),
         };
         let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Key, attempt::Outcome, Arc<Delivery>)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Key, attempt::Outcome, Held)>();
         let mut state = Tracking::default();
         // Keys seen during a (re)list; those not seen were deleted meanwhile.
         let mut relisting: Option<HashSet<Key>> = None;
@@ -396,12 +477,13 @@ impl Engine {
                     let key = expired.into_inner();
                     if let Some(Slot::Queued { delivery, .. }) = state.tracked.remove(&key) {
                         if let Some(blocker) = state.order.blocker(&key) {
-                            self.note_waiting(&delivery, &blocker);
+                            self.note_waiting(&key, &delivery, &blocker);
                             state.tracked.insert(key, Slot::Waiting { delivery });
                             continue;
                         }
                         state.tracked.insert(key.clone(), Slot::InFlight { latest: None });
-                        self.clone().spawn_attempt(key, delivery, done_tx.clone());
+                        let early = state.cancelling.remove(&key);
+                        self.clone().spawn_attempt(key, delivery, early, done_tx.clone());
                     }
                 }
                 _ = sweep.tick() => {
@@ -533,7 +615,7 @@ impl Engine {
         self: &Arc<Self>,
         key: Key,
         outcome: attempt::Outcome,
-        sent: Arc<Delivery>,
+        sent: Held,
         latest: Option<Arc<Delivery>>,
         state: &mut Tracking,
     ) {
@@ -549,7 +631,7 @@ impl Engine {
                 // delivered during the attempt.
                 self.consider(slim(*stored), state);
                 if let Some(deactivation) = deactivation {
-                    let (ns, webhook) = (key.0.clone(), sent.spec.webhook.clone());
+                    let (ns, webhook) = (key.0.clone(), sent.webhook().to_string());
                     let engine = self.clone();
                     tokio::spawn(async move { engine.deactivate(&ns, &webhook, deactivation).await });
                     // Its other pending deliveries: attempted now, which
@@ -557,9 +639,10 @@ impl Engine {
                     for (k, slot) in state.tracked.iter_mut() {
                         if let Slot::Queued { timer, delivery } = slot
                             && k.0 == key.0
-                            && delivery.spec.webhook == sent.spec.webhook
+                            && delivery.webhook() == sent.webhook()
                         {
                             state.queue.reset(timer, Duration::ZERO);
+                            state.cancelling.insert(k.clone());
                         }
                     }
                 }
@@ -573,7 +656,7 @@ impl Engine {
                     key,
                     Slot::Queued {
                         timer,
-                        delivery: latest.unwrap_or(sent),
+                        delivery: latest.map(Held::Whole).unwrap_or(sent),
                     },
                 );
             }
@@ -581,7 +664,10 @@ impl Engine {
                 tracing::error!(delivery = %key.1, namespace = %key.0, reason = %why, "an attempt's outcome is not recorded");
                 // Not attempted again until the object changes: a record
                 // the API server refuses must not become a resend loop.
-                let version = latest.as_deref().unwrap_or(&sent).resource_version();
+                let version = match latest {
+                    Some(d) => d.resource_version(),
+                    None => sent.resource_version(),
+                };
                 state.held.insert(key, version);
             }
         }
@@ -606,11 +692,12 @@ impl Engine {
                 return;
             }
             Some(Slot::Waiting { delivery: waiting, .. }) => {
-                // Still waiting for the earlier one; keep the newest object.
-                *waiting = delivery;
+                // Still waiting for the earlier one, for as long as that
+                // takes: in brief.
+                *waiting = Held::brief(&delivery);
                 return;
             }
-            Some(Slot::Queued { delivery: queued, .. }) if attempts(&delivery) < attempts(queued) => {
+            Some(Slot::Queued { delivery: queued, .. }) if attempts(&delivery) < queued.attempts() => {
                 // An older state than the one we hold (a late watch event).
                 return;
             }
@@ -636,6 +723,7 @@ impl Engine {
         let delay = Duration::try_from(due.duration_since(now))
             .unwrap_or_default()
             .min(LATEST_DUE);
+        let delivery = Held::of(delivery, delay);
         match state.tracked.get_mut(&key) {
             Some(Slot::Queued {
                 timer,
@@ -674,13 +762,13 @@ impl Engine {
     }
 
     /// Says in the Delivery's status which one it waits for (once).
-    fn note_waiting(&self, delivery: &Delivery, blocker: &str) {
-        if delivery.status.as_ref().and_then(|s| s.waiting_for.as_deref()) == Some(blocker) {
+    fn note_waiting(&self, key: &Key, delivery: &Held, blocker: &str) {
+        if delivery.waiting_for() == Some(blocker) {
             return;
         }
-        let api: Api<Delivery> = Api::namespaced(self.client.clone(), &delivery.namespace().unwrap_or_default());
+        let api: Api<Delivery> = Api::namespaced(self.client.clone(), &key.0);
         let (name, patch) = (
-            delivery.name_any(),
+            key.1.clone(),
             serde_json::json!({ "status": { "waitingFor": blocker } }),
         );
         tokio::spawn(async move {
@@ -693,32 +781,82 @@ impl Engine {
         });
     }
 
+    /// Makes an attempt of a due delivery (or, `early`, of one brought
+    /// forward to be cancelled with its deactivated webhook).
     fn spawn_attempt(
         self: Arc<Self>,
         key: Key,
-        delivery: Arc<Delivery>,
-        done: mpsc::UnboundedSender<(Key, attempt::Outcome, Arc<Delivery>)>,
+        held: Held,
+        early: bool,
+        done: mpsc::UnboundedSender<(Key, attempt::Outcome, Held)>,
     ) {
         let tracker = self.in_flight.clone();
         tracker.spawn(async move {
+            // A whole object waits for a slot only while few do: past that
+            // it waits in brief and is read when its turn comes, so a
+            // backlog coming due at once costs little memory.
+            let (held, waiting) = match held {
+                Held::Whole(d) if self.waiting_whole.fetch_add(1, AtomicOrdering::Relaxed) >= MAX_WAITING_WHOLE => {
+                    self.waiting_whole.fetch_sub(1, AtomicOrdering::Relaxed);
+                    (Held::brief(&d), false)
+                }
+                Held::Whole(d) => (Held::Whole(d), true),
+                brief => (brief, false),
+            };
             // The webhook's own limit first: waiting for it holds no global
             // permit, so a slow webhook cannot starve the others.
-            let webhook_limit = self.webhook_limit(&key.0, &delivery.spec.webhook);
+            let webhook_limit = self.webhook_limit(&key.0, held.webhook());
             let permits = async {
                 let w = webhook_limit.acquire_owned().await;
                 let g = self.global.acquire(&key.0).await;
                 (w, g)
             };
-            let _permits = tokio::select! {
-                p = permits => p,
-                _ = self.stop_starting.cancelled() => return,
+            let permits = tokio::select! {
+                p = permits => Some(p),
+                _ = self.stop_starting.cancelled() => None,
             };
-            if self.stop_starting.is_cancelled() {
-                return;
+            if waiting {
+                self.waiting_whole.fetch_sub(1, AtomicOrdering::Relaxed);
             }
-            let outcome = attempt::run(&self, &delivery).await;
-            let _ = done.send((key, outcome, delivery));
+            let Some(_permits) = permits.filter(|_| !self.stop_starting.is_cancelled()) else {
+                return;
+            };
+            // Boxed: a task waiting for its slot holds only what is above.
+            Box::pin(self.clone().attempt_now(key, held, early, done)).await;
         });
+    }
+
+    /// The attempt of a delivery holding its slots. A brief one is read
+    /// only now: a backlog coming due at once is read as fast as it can be
+    /// sent, not all at once.
+    async fn attempt_now(
+        self: Arc<Self>,
+        key: Key,
+        held: Held,
+        early: bool,
+        done: mpsc::UnboundedSender<(Key, attempt::Outcome, Held)>,
+    ) {
+        let delivery = match &held {
+            Held::Whole(d) => d.clone(),
+            Held::Brief(_) => match attempt::read::<Delivery>(&self, &key.0, &key.1).await {
+                Ok(Some(d)) if due_at(&d).is_some_and(|due| early || due <= Timestamp::now() + DUE_TOLERANCE) => slim(d),
+                // Changed meanwhile (finished, or due later): rescheduled.
+                Ok(Some(d)) => {
+                    let _ = done.send((key, attempt::Outcome::Superseded(Box::new(d)), held));
+                    return;
+                }
+                Ok(None) => {
+                    let _ = done.send((key, attempt::Outcome::Gone, held));
+                    return;
+                }
+                Err(why) => {
+                    let _ = done.send((key, attempt::Outcome::Deferred(why), held));
+                    return;
+                }
+            },
+        };
+        let outcome = attempt::run(&self, &delivery).await;
+        let _ = done.send((key, outcome, Held::Whole(delivery)));
     }
 }
 
@@ -734,6 +872,9 @@ struct Tracking {
     reported: HashSet<(Key, Option<String>)>,
     /// Unfinished deliveries of ordered webhooks, per key, in accept order.
     order: ordering::Order,
+    /// Deliveries brought forward because their webhook was deactivated:
+    /// attempted (and so cancelled) although not due.
+    cancelling: HashSet<Key>,
 }
 
 impl Tracking {
@@ -742,6 +883,7 @@ impl Tracking {
             self.queue.remove(&timer);
         }
         self.held.remove(key);
+        self.cancelling.remove(key);
         self.reported.retain(|(k, _)| k != key);
     }
 }
