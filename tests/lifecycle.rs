@@ -69,7 +69,10 @@ async fn a_retry_due_far_ahead_is_read_again_and_sent_when_due() {
     let done = stack.delivery_done(&name).await.status.unwrap();
     assert_eq!((done.phase, done.attempt_count), (Phase::Succeeded, 2));
     let waited = got[1].at.duration_since(got[0].at);
-    assert!(waited >= Duration::from_secs(32), "sent when due, not before: {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(32),
+        "sent when due, not before: {waited:?}"
+    );
     assert_eq!(receiver.received("/hook").len(), 2, "sent once when due");
     stack.cleanup().await;
 }

@@ -13,7 +13,7 @@ use crate::resources::{Hub, Webhook};
 use crate::secrets;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::PostParams;
+use kube::api::{GetParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
@@ -116,10 +116,23 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
+    read_with(engine, ns, name, &GetParams::default()).await
+}
+
+/// `read` with a resourceVersion match: `GetParams::at(v)` is served from
+/// the API server's cache, never older than version `v`.
+pub(crate) async fn read_with<K>(engine: &Engine, ns: &str, name: &str, params: &GetParams) -> Result<Option<K>, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let api: Api<K> = Api::namespaced(engine.client.clone(), ns);
     let kind = K::kind(&());
-    match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(name)).await {
-        Ok(Ok(found)) => Ok(found),
+    match tokio::time::timeout(API_CALL_TIMEOUT, api.get_with(name, params)).await {
+        Ok(Ok(found)) => Ok(Some(found)),
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(None),
         Ok(Err(e)) => Err(format!("reading {kind} {name}: {e}")),
         Err(_) => Err(format!("reading {kind} {name}: no answer within {API_CALL_TIMEOUT:?}")),
     }

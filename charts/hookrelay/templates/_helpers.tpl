@@ -64,8 +64,13 @@ delivery engine, retention) and ingest share the Pod's ServiceAccount.
   resources: ["webhooks"]
   verbs: ["patch"]
 - apiGroups: ["hookrelay.dev"]
-  resources: ["hubs/status", "webhooks/status", "deliveries/status"]
+  resources: ["hubs/status", "webhooks/status"]
   verbs: ["patch"]
+# A delivery's record is a PUT of its status (cheaper for the API server
+# than a patch); "waitingFor" is noted with a patch.
+- apiGroups: ["hookrelay.dev"]
+  resources: ["deliveries/status"]
+  verbs: ["update", "patch"]
 # Generated Secrets are owned with blockOwnerDeletion.
 - apiGroups: ["hookrelay.dev"]
   resources: ["hubs/finalizers", "webhooks/finalizers"]
