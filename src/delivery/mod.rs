@@ -2,9 +2,10 @@
 //! timer queue at their due time, and makes attempts under a per-webhook and
 //! a global concurrency limit, so a slow webhook never holds up another.
 //!
-//! Only unfinished Deliveries are held in memory; finished ones pass through
-//! the watch and are dropped. State lives in the Delivery status, so a
-//! restarted engine resumes every unfinished delivery at `nextAttemptAt`.
+//! Only unfinished Deliveries are held in memory, and those due more than
+//! 30 s ahead only in brief (read again when due); finished ones pass
+//! through the watch and are dropped. State lives in the Delivery status, so
+//! a restarted engine resumes every unfinished delivery at `nextAttemptAt`.
 
 pub mod attempt;
 pub mod auth;
