@@ -262,11 +262,13 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
     assert_eq!(regenerated.len(), 128);
     fill(&browser, "#replace-value", "my-own-signing-secret-0123456789").await;
     click(&browser, "#replace").await;
+    // The regenerate notice may still be on screen while the form posts:
+    // wait for the value itself, not for a notice.
+    eventually(WAIT, "the replaced secret", || async {
+        (secret_value(&stack.env, &name).await == "my-own-signing-secret-0123456789").then_some(())
+    })
+    .await;
     appears(&browser, "#notice").await;
-    assert_eq!(
-        secret_value(&stack.env, &name).await,
-        "my-own-signing-secret-0123456789"
-    );
 
     // An event through ingest appears in Recent deliveries without a reload.
     browser.goto(&page).await.unwrap();
