@@ -564,8 +564,13 @@ async fn exchange(
     if !matches!(&answer, Ok((response, _)) if response.status_code == 401) {
         return answer;
     }
-    // Revoked or expired early: one new token, one more try.
-    auth::set_bearer(outgoing, &token(Some(first.as_str())).await?);
+    // Revoked or expired early: one new token, one more try. If no new
+    // token comes, the 401 that was received is what gets recorded (a
+    // request was sent: "not sent" would be untrue).
+    let Ok(fresh) = token(Some(first.as_str())).await else {
+        return answer;
+    };
+    auth::set_bearer(outgoing, &fresh);
     super::http::send(&handler, &settings.egress, outgoing, limits).await
 }
 
