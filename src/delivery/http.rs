@@ -316,6 +316,9 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 /// The error and its causes in one line: reqwest's top-level message alone
 /// ("error sending request") does not say what went wrong.
 fn describe(error: reqwest::Error) -> String {
+    // reqwest quotes the URL, userinfo included (`https://user:pass@…`);
+    // the record names the URL already, redacted.
+    let error = error.without_url();
     let mut text = if error.is_timeout() {
         "timed out".to_string()
     } else if error.is_connect() {
@@ -344,6 +347,15 @@ fn describe(error: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn errors_do_not_repeat_the_url_and_its_credentials() {
+        // Nothing listens on port 9 of 127.0.0.1: the connection is refused.
+        let client = reqwest::Client::new();
+        let error = client.get("http://user:s3cr3t@127.0.0.1:9/").send().await.unwrap_err();
+        let text = describe(error);
+        assert!(!text.contains("s3cr3t") && text.contains("connection failed"), "{text}");
+    }
 
     #[test]
     fn escaped_size_is_what_json_stores() {
