@@ -76,10 +76,32 @@ struct ControllerArgs {
     /// 100.64/10, fc00::/7), when every handler is on the public internet.
     #[arg(long, env = "HOOKRELAY_EGRESS_DENY_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     egress_deny_private: bool,
+    /// How long a replica's claim on a due delivery lasts (Postgres store):
+    /// after a crash its claimed deliveries are sent by another replica
+    /// after this. Never less than the longest request a hub allows + 15s.
+    #[arg(long, env = "HOOKRELAY_CLAIM_LEASE", default_value = "45s", value_parser = parse_duration)]
+    claim_lease: std::time::Duration,
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(flatten)]
     budget: Budget,
     #[command(flatten)]
     logging: Logging,
+}
+
+/// Where deliveries are stored.
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// kubernetes: a Delivery object per delivery (kubectl shows them);
+    /// postgres: rows in the database at --postgres-url, for volumes the
+    /// API server cannot carry. Controller and ingest must agree.
+    #[arg(long, env = "HOOKRELAY_STORE", value_enum, default_value_t = crate::store::Kind::Kubernetes)]
+    store: crate::store::Kind,
+    /// The Postgres database of --store postgres, as a URL
+    /// (postgres://user:password@host:5432/db); the schema is created and
+    /// migrated at start.
+    #[arg(long, env = "HOOKRELAY_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -142,6 +164,8 @@ struct IngestArgs {
     #[arg(long, env = "HOOKRELAY_BODY_LIMIT")]
     body_limit: Option<usize>,
     #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
     budget: Budget,
     /// Serve only hubs of these namespaces, comma-separated or repeated
     /// (default: all namespaces).
@@ -179,7 +203,7 @@ impl Cli {
                             .or_else(|| args.namespaces.first().cloned())
                             .unwrap_or_else(|| "default".into()),
                         "hookrelay-controller".into(),
-                        identity(),
+                        crate::identity(),
                         args.lease_duration,
                     );
                     election.renew_deadline = args.renew_deadline.unwrap_or(election.renew_deadline);
@@ -203,6 +227,8 @@ impl Cli {
                     leader_election,
                     egress_floor: crate::egress::Floor::with(&floor),
                     delivery_budget: args.budget.delivery_budget,
+                    postgres: crate::store::open(args.store.store, args.store.postgres_url.as_deref()).await?,
+                    claim_lease: args.claim_lease,
                 };
                 let shutdown = CancellationToken::new();
                 tokio::spawn({
@@ -231,6 +257,7 @@ impl Cli {
                         .unwrap_or(crate::resources::delivery::max_payload(args.budget.delivery_budget)),
                     delivery_budget: args.budget.delivery_budget,
                     namespaces: args.namespaces,
+                    postgres: crate::store::open(args.store.store, args.store.postgres_url.as_deref()).await?,
                 };
                 crate::ingest::run(client, settings, shutdown_signal()).await
             }
@@ -256,13 +283,6 @@ impl Cli {
     }
 }
 
-/// Who this replica is in leader election: its Pod's name, else host and pid.
-fn identity() -> String {
-    std::env::var("POD_NAME").unwrap_or_else(|_| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "hookrelay".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    })
-}
 
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a Pod).
 pub async fn shutdown_signal() {

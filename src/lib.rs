@@ -18,8 +18,18 @@ pub mod resources;
 pub mod secret_cache;
 pub mod secrets;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod template;
 
 /// The version of this build, as sent in `User-Agent: hookrelay/<version>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Who this replica is (leader election, store claims): its Pod's name,
+/// else host and pid.
+pub fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "hookrelay".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}

@@ -192,14 +192,108 @@ pub struct Settings {
     pub egress_floor: crate::egress::Floor,
     /// The size a Delivery may reach as stored.
     pub delivery_budget: usize,
+    /// The Postgres store, when deliveries live there: then every replica
+    /// delivers (claiming from the store), and only the reconcilers need
+    /// the lease.
+    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    /// How long a replica's claim on a delivery lasts (Postgres store).
+    pub claim_lease: Duration,
+}
+
+/// Runs the controller (see `reconcile_and_deliver`), and with the Postgres
+/// store delivers on this replica whether or not it leads.
+pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let delivering = settings.postgres.clone().map(|store| {
+        let stop = shutdown.child_token();
+        let task = tokio::spawn(deliver_from_postgres(
+            client.clone(),
+            scopes(&settings),
+            delivery_options(&settings, Leadership::unconditional()),
+            settings.claim_lease,
+            metrics.clone(),
+            store,
+            stop.clone(),
+        ));
+        (stop, task)
+    });
+    let result = reconcile_and_deliver(client, settings, metrics, shutdown).await;
+    if let Some((stop, task)) = delivering {
+        stop.cancel();
+        task.await?;
+    }
+    result
+}
+
+/// The namespaces served, `None` for all.
+fn scopes(settings: &Settings) -> Vec<Option<String>> {
+    if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+fn delivery_options(settings: &Settings, leadership: Leadership) -> crate::delivery::Options {
+    crate::delivery::Options {
+        global: crate::delivery::slots::Slots::new(settings.concurrency),
+        leadership,
+        egress_floor: settings.egress_floor.clone(),
+        delivery_budget: settings.delivery_budget,
+        postgres: settings.postgres.clone(),
+    }
+}
+
+/// Delivers from the Postgres store in every served namespace until `stop`:
+/// an engine per namespace reading webhooks and hubs from its own caches.
+async fn deliver_from_postgres(
+    client: Client,
+    scopes: Vec<Option<String>>,
+    options: crate::delivery::Options,
+    lease: Duration,
+    metrics: Arc<Metrics>,
+    store: Arc<crate::store::postgres::Postgres>,
+    stop: CancellationToken,
+) {
+    let runs = scopes.into_iter().map(|namespace| {
+        let hubs = crate::ingest::watched(api::<Hub>(&client, namespace.as_deref()));
+        let webhooks = crate::ingest::watched(api::<Webhook>(&client, namespace.as_deref()));
+        let secrets = SecretCache::new(client.clone());
+        tokio::spawn(secrets.clone().watch(namespace.clone()));
+        let engine = Engine::new(
+            client.clone(),
+            webhooks.clone(),
+            hubs.clone(),
+            secrets,
+            metrics.clone(),
+            options.clone(),
+        );
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let ready = async { hubs.wait_until_ready().await.is_ok() && webhooks.wait_until_ready().await.is_ok() };
+            let ready = tokio::select! {
+                r = ready => r,
+                _ = stop.cancelled() => false,
+            };
+            if ready {
+                tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "caches synced; delivering from postgres");
+                crate::delivery::claims::run(engine, store, namespace, lease, stop.cancelled_owned()).await;
+            }
+        }
+    });
+    futures::future::join_all(runs).await;
 }
 
 /// Serves the operational endpoints, waits to lead (with leader election),
 /// then reconciles and delivers until `shutdown` is cancelled. Losing the
 /// lease ends the process with an error, so Kubernetes restarts it as a
 /// candidate (as client-go's leader election does).
-pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+async fn reconcile_and_deliver(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let listener = tokio::net::TcpListener::bind(settings.metrics_listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
@@ -273,18 +367,9 @@ async fn lead(
     leadership: Leadership,
     stop: CancellationToken,
 ) {
-    let scopes: Vec<Option<&str>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().map(|n| Some(n.as_str())).collect()
-    };
+    let scopes = scopes(settings);
     // One global limit and one leadership for the engines of every namespace.
-    let options = crate::delivery::Options {
-        global: crate::delivery::slots::Slots::new(settings.concurrency),
-        leadership,
-        egress_floor: settings.egress_floor.clone(),
-        delivery_budget: settings.delivery_budget,
-    };
+    let options = delivery_options(settings, leadership);
     let ready: Vec<Readiness> = scopes.iter().map(|_| Readiness::default()).collect();
     {
         let ready = ready.clone();
@@ -295,10 +380,10 @@ async fn lead(
             readiness.set_ready();
         });
     }
-    let runs = scopes.into_iter().zip(ready).map(|(namespace, ready)| {
+    let runs = scopes.iter().zip(ready).map(|(namespace, ready)| {
         lead_namespace(
             client.clone(),
-            namespace,
+            namespace.as_deref(),
             options.clone(),
             metrics.clone(),
             ready,
@@ -386,14 +471,11 @@ async fn lead_namespace(
         .run(hubs::reconcile, error_policy, ctx)
         .for_each(|_| async {});
 
-    let engine = Engine::new(
-        client.clone(),
-        webhooks.clone(),
-        hubs.clone(),
-        secrets,
-        metrics.clone(),
-        options,
-    );
+    // With the Postgres store every replica delivers (`deliver_from_postgres`).
+    let engine = options
+        .postgres
+        .is_none()
+        .then(|| Engine::new(client.clone(), webhooks.clone(), hubs.clone(), secrets, metrics.clone(), options));
     let engine_run = {
         let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());
         let namespace = namespace.map(str::to_string);
@@ -404,8 +486,10 @@ async fn lead_namespace(
                 return;
             }
             readiness.set_ready();
-            tracing::info!("caches synced; delivering");
-            engine.run(namespace, shutdown.cancelled_owned()).await;
+            if let Some(engine) = engine {
+                tracing::info!("caches synced; delivering");
+                engine.run(namespace, shutdown.cancelled_owned()).await;
+            }
         }
     };
 

@@ -167,8 +167,13 @@ async fn hub_of(engine: &Engine, ns: &str, name: &str) -> Result<Option<Arc<Hub>
     }
 }
 
-/// Makes one attempt of `delivery` and records it.
-pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
+/// How long a claim must outlast a request's timeout for it to be sent.
+pub(crate) const CLAIM_MARGIN: Duration = Duration::from_secs(10);
+
+/// Makes one attempt of `delivery` and records it. `claimed_until` is when
+/// this process's claim on it ends (Postgres store): no request is started
+/// that could outlast it, as another replica may take it over then.
+pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Instant>) -> Outcome {
     let ns = delivery.namespace().unwrap_or_default();
     let name = delivery.name_any();
     let mut status = delivery.status.clone().unwrap_or_default();
@@ -201,8 +206,11 @@ pub async fn run(engine: &Engine, delivery: &Delivery) -> Outcome {
         engine.metrics.invalid_deliveries.inc();
         return close(engine, delivery, status, Phase::Failed, why.clone()).await;
     }
-    // The last moment to make sure this process still leads.
-    if !engine.leadership.may_act() {
+    // The last moment to make sure this process still leads, or still
+    // holds its claim for as long as the request may take.
+    let longest = settings.timeout + settings.connect_timeout + CLAIM_MARGIN;
+    let claim_too_short = claimed_until.is_some_and(|until| Instant::now() + longest > until);
+    if !engine.leadership.may_act() || claim_too_short {
         return Outcome::NotSent;
     }
     let clock = Instant::now();
@@ -444,7 +452,73 @@ fn compact(delivery: &Delivery, mut status: DeliveryStatus) -> DeliveryStatus {
 /// The status write of an attempt. Once a request was sent its outcome is
 /// kept here until stored: a failed write is retried as a write, with
 /// capped exponential backoff, never by sending the request again.
-async fn record(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus, summary: DeliverySummary) -> Outcome {
+async fn record(engine: &Engine, delivery: &Delivery, status: DeliveryStatus, summary: DeliverySummary) -> Outcome {
+    if let Some(store) = &engine.postgres {
+        return record_in_postgres(engine, store, delivery, status, summary).await;
+    }
+    record_in_kubernetes(engine, delivery, status, summary).await
+}
+
+/// What an attempt's record counts once stored.
+fn recorded(engine: &Engine, ns: &str, delivery: &Delivery, status: &DeliveryStatus, summary: DeliverySummary) {
+    let finished = status.phase.is_finished();
+    if finished {
+        engine
+            .metrics
+            .delivery_finished(&format!("{:?}", status.phase).to_lowercase());
+    }
+    engine.summaries.record(ns, &delivery.spec.webhook, summary, finished);
+}
+
+/// `record` in the Postgres store: one conditional UPDATE (same version,
+/// claim still ours), retried as a write while the database does not answer.
+async fn record_in_postgres(
+    engine: &Engine,
+    store: &crate::store::postgres::Postgres,
+    delivery: &Delivery,
+    status: DeliveryStatus,
+    summary: DeliverySummary,
+) -> Outcome {
+    let ns = delivery.namespace().unwrap_or_default();
+    let name = delivery.name_any();
+    let Some(seen) = crate::store::postgres::version_of(delivery) else {
+        return Outcome::Unrecorded("the delivery was not read from the store".into());
+    };
+    let mut updated = delivery.clone();
+    updated.status = Some(status);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let failure = match store.record(&updated, seen, &engine.claimant).await {
+            Ok(Some(stored)) => {
+                let status = stored.status.clone().unwrap_or_default();
+                recorded(engine, &ns, delivery, &status, summary);
+                return Outcome::Recorded(Box::new(stored), None);
+            }
+            Ok(None) => match store.read(&ns, &name).await {
+                Ok(None) => return Outcome::Gone,
+                Ok(Some(fresh)) => {
+                    tracing::warn!(delivery = %name, namespace = %ns, "another replica took this delivery over first; this attempt's record is dropped");
+                    engine.metrics.unrecorded("superseded");
+                    return Outcome::Superseded(Box::new(fresh));
+                }
+                Err(e) => format!("after a conflict: {e}"),
+            },
+            Err(e) => e,
+        };
+        engine.metrics.record_retries.inc();
+        tracing::warn!(delivery = %name, namespace = %ns, error = %failure, retry_in_ms = delay.as_millis() as u64,
+            "could not record the attempt; retrying the write (the request is not sent again)");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECORD_BACKOFF_CAP);
+    }
+}
+
+async fn record_in_kubernetes(
+    engine: &Engine,
+    delivery: &Delivery,
+    mut status: DeliveryStatus,
+    summary: DeliverySummary,
+) -> Outcome {
     let ns = delivery.namespace().unwrap_or_default();
     let name = delivery.name_any();
     let api: Api<Delivery> = Api::namespaced(engine.client.clone(), &ns);
@@ -460,13 +534,7 @@ async fn record(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus
         let write = engine.client.request::<Delivery>(request);
         let failure = match tokio::time::timeout(API_CALL_TIMEOUT, write).await {
             Ok(Ok(stored)) => {
-                let finished = status.phase.is_finished();
-                if finished {
-                    engine
-                        .metrics
-                        .delivery_finished(&format!("{:?}", status.phase).to_lowercase());
-                }
-                engine.summaries.record(&ns, &delivery.spec.webhook, summary, finished);
+                recorded(engine, &ns, delivery, &status, summary);
                 return Outcome::Recorded(Box::new(stored), None);
             }
             Ok(Err(kube::Error::Api(e))) if e.code == 404 => return Outcome::Gone,

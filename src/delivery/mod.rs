@@ -9,6 +9,7 @@
 
 pub mod attempt;
 pub mod auth;
+pub mod claims;
 pub mod http;
 pub mod notify;
 pub mod ordering;
@@ -76,6 +77,8 @@ pub struct Options {
     pub egress_floor: crate::egress::Floor,
     /// The size a Delivery may reach as stored.
     pub delivery_budget: usize,
+    /// Deliveries are rows there instead of `Delivery` objects.
+    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
 }
 
 /// Shared by every attempt.
@@ -100,6 +103,10 @@ pub struct Engine {
     /// Networks no delivery may reach, whatever a Hub says.
     pub(crate) egress_floor: crate::egress::Floor,
     pub(crate) delivery_budget: usize,
+    /// The Postgres store, when deliveries live there.
+    pub(crate) postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    /// Who this process is in the store's claims.
+    pub(crate) claimant: String,
     /// Cancelled on shutdown: attempts not yet started are not started.
     stop_starting: CancellationToken,
     /// Every attempt task, so shutdown can wait for them to be recorded.
@@ -230,6 +237,7 @@ impl Engine {
             leadership,
             egress_floor,
             delivery_budget,
+            postgres,
         } = options;
         let recorder = Recorder::new(
             client.clone(),
@@ -254,6 +262,9 @@ impl Engine {
             leadership,
             egress_floor,
             delivery_budget,
+            postgres,
+            // Unique per process: a restarted Pod keeps its name, not its claims.
+            claimant: format!("{}/{}", crate::identity(), uuid::Uuid::new_v4().simple()),
             stop_starting: CancellationToken::new(),
             in_flight: TaskTracker::new(),
             reported_webhooks: Mutex::default(),
@@ -380,13 +391,7 @@ impl Engine {
     /// The limiter of one webhook, sized from its hub's setting but never
     /// above a quarter of the global limit.
     fn webhook_limit(&self, ns: &str, webhook: &str) -> Arc<Semaphore> {
-        let size = self
-            .webhooks
-            .get(&ObjectRef::new(webhook).within(ns))
-            .and_then(|w| self.hubs.get(&ObjectRef::new(&w.spec.hub).within(ns)))
-            .and_then(|h| h.spec.delivery.as_ref().and_then(|d| d.concurrency_per_webhook))
-            .unwrap_or(DEFAULT_CONCURRENCY_PER_WEBHOOK)
-            .min((self.global.size() / 4).max(1) as u32);
+        let size = self.webhook_limit_size(ns, webhook);
         let mut limits = self.per_webhook.lock().unwrap_or_else(|e| e.into_inner());
         let entry = limits
             .entry((ns.to_string(), webhook.to_string()))
@@ -395,6 +400,16 @@ impl Engine {
             *entry = (size, Arc::new(Semaphore::new(size as usize)));
         }
         entry.1.clone()
+    }
+
+    fn webhook_limit_size(&self, ns: &str, webhook: &str) -> u32 {
+        self
+            .webhooks
+            .get(&ObjectRef::new(webhook).within(ns))
+            .and_then(|w| self.hubs.get(&ObjectRef::new(&w.spec.hub).within(ns)))
+            .and_then(|h| h.spec.delivery.as_ref().and_then(|d| d.concurrency_per_webhook))
+            .unwrap_or(DEFAULT_CONCURRENCY_PER_WEBHOOK)
+            .min((self.global.size() / 4).max(1) as u32)
     }
 
     /// Delivers until `shutdown` resolves, then waits for the attempts in
@@ -869,7 +884,7 @@ impl Engine {
                 }
             },
         };
-        let outcome = attempt::run(&self, &delivery).await;
+        let outcome = attempt::run(&self, &delivery, None).await;
         let _ = done.send((key, outcome, Held::Whole(delivery)));
     }
 }

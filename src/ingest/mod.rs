@@ -60,6 +60,9 @@ pub struct Settings {
     pub delivery_budget: usize,
     /// Namespaces served; empty serves all.
     pub namespaces: Vec<String>,
+    /// The Postgres store, when deliveries live there instead of in
+    /// `Delivery` objects.
+    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
 }
 
 /// The watched Hubs and Webhooks of one namespace (or of all, `None`).
@@ -78,6 +81,7 @@ struct Ingest {
     delivery_budget: usize,
     request_timeout: Duration,
     rate: rate::Limits,
+    postgres: Option<Arc<crate::store::postgres::Postgres>>,
 }
 
 /// Starts a reflector for `K` and returns its store; the watch runs on a task.
@@ -151,6 +155,7 @@ pub async fn run(
         delivery_budget: settings.delivery_budget,
         request_timeout: settings.request_timeout,
         rate: rate::Limits::default(),
+        postgres: settings.postgres,
     });
     let router = Router::new()
         .route("/v1/namespaces/{namespace}/hubs/{hub}/events", post(receive))
@@ -390,7 +395,30 @@ async fn accept(
     // copies of the payload exist at once, whatever the fan-out.
     let build = |w: &&Webhook| fanout::build(w, &id, &incoming.name, &payload, received_at);
     let names: Vec<String> = selected.iter().map(|w| fanout::delivery_name(&id, w)).collect();
-    store(ingest, namespace, selected.iter().map(build), &names, generated_id).await?;
+    match &ingest.postgres {
+        Some(postgres) => {
+            // One transaction (grouped with concurrent events): all or none.
+            let rows = selected
+                .iter()
+                .map(|w| crate::store::postgres::NewDelivery {
+                    delivery: build(w),
+                    ordering_key: w
+                        .spec
+                        .ordering
+                        .as_ref()
+                        .and_then(|o| crate::filters::first_value(&o.key, &document).ok().flatten()),
+                })
+                .collect();
+            postgres.insert(rows).await.map_err(|e| {
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "StoreUnavailable",
+                    format!("the delivery store could not store the event ({e}); retry later"),
+                )
+            })?;
+        }
+        None => store(ingest, namespace, selected.iter().map(build), &names, generated_id).await?,
+    }
     ingest.metrics.ingest_deliveries_created.inc_by(names.len() as u64);
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
     let mut answer = json!({ "id": id, "name": incoming.name, "deliveries": names });

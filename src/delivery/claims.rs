@@ -1,0 +1,203 @@
+//! Delivering from the Postgres store. Every replica runs this loop: it
+//! claims due deliveries (as many as it has free slots, within each
+//! webhook's limit counted across replicas) and attempts them with the same
+//! code as the Kubernetes store. Nothing is held in memory between
+//! attempts: a Retrying delivery waits in the database until it is due and
+//! whichever replica claims it then sends it.
+
+use super::{DEFER, Engine, RETENTION_SWEEP, attempt, notify, retention};
+use crate::resources::delivery::{Delivery, Phase};
+use crate::store::postgres::{Claimed, Postgres};
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often the loop looks for due deliveries when nothing woke it
+/// (ingest's notifications wake it for new ones; this catches retries).
+const POLL: Duration = Duration::from_millis(250);
+
+/// Claims and delivers until `shutdown` resolves, then waits for the
+/// attempts in flight to be recorded. `namespace` limits the claims.
+pub async fn run(
+    engine: Arc<Engine>,
+    store: Arc<Postgres>,
+    namespace: Option<String>,
+    lease: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let namespaces: Vec<String> = namespace.into_iter().collect();
+    let committed = store.listen();
+    let freed = Arc::new(Notify::new());
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let summaries = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.summaries.run().await })
+    };
+    let mut sweep = tokio::time::interval(RETENTION_SWEEP);
+    let mut backoff = Duration::from_millis(200);
+    tokio::pin!(shutdown);
+    loop {
+        let room = engine.global.size().saturating_sub(in_flight.load(Ordering::Relaxed));
+        let mut wait = POLL;
+        // Long enough for the longest request any hub allows: an attempt
+        // never starts a request its claim might not outlast.
+        let lease = lease.max(engine.longest_request() + attempt::CLAIM_MARGIN + Duration::from_secs(5));
+        if room > 0 {
+            match store
+                .claim(
+                    &engine.claimant,
+                    room,
+                    lease,
+                    &namespaces,
+                    &engine.webhook_limits(),
+                    engine.default_webhook_limit() as i32,
+                )
+                .await
+            {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(200);
+                    let full = claimed.len() == room;
+                    for c in claimed {
+                        in_flight.fetch_add(1, Ordering::Relaxed);
+                        spawn_attempt(&engine, &store, c, in_flight.clone(), freed.clone());
+                    }
+                    if full {
+                        // More may be due: claim again once a slot frees.
+                        wait = Duration::MAX;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not claim due deliveries");
+                    wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let timer = tokio::time::sleep(wait.min(Duration::from_secs(3600)));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = committed.notified() => {}
+            _ = freed.notified() => {}
+            _ = timer => {}
+            _ = sweep.tick() => {
+                engine.count_webhooks();
+                let (policies, default) = engine.retention_policies();
+                if let Err(e) = store.sweep(&namespaces, &policies, default).await {
+                    tracing::warn!(error = %e, "retention: could not delete expired deliveries");
+                }
+            }
+        }
+    }
+    engine.drain().await;
+    summaries.abort();
+    engine.summaries.flush().await;
+}
+
+fn spawn_attempt(engine: &Arc<Engine>, store: &Arc<Postgres>, claimed: Claimed, in_flight: Arc<AtomicUsize>, freed: Arc<Notify>) {
+    let (engine, store) = (engine.clone(), store.clone());
+    engine.clone().in_flight.spawn(async move {
+        attempt(&engine, &store, claimed).await;
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+        freed.notify_one();
+    });
+}
+
+/// One claimed delivery: its slots, its attempt, and what follows.
+async fn attempt(engine: &Arc<Engine>, store: &Postgres, Claimed { delivery, until }: Claimed) {
+    let (ns, name) = (delivery.namespace().unwrap_or_default(), delivery.name_any());
+    let webhook_limit = engine.webhook_limit(&ns, &delivery.spec.webhook);
+    let permits = async {
+        let w = webhook_limit.acquire_owned().await;
+        let g = engine.global.acquire(&ns).await;
+        (w, g)
+    };
+    let permits = tokio::select! {
+        p = permits => Some(p),
+        _ = engine.stop_starting.cancelled() => None,
+    };
+    let outcome = match permits {
+        Some(_permits) if !engine.stop_starting.is_cancelled() => attempt::run(engine, &delivery, Some(until)).await,
+        _ => attempt::Outcome::NotSent,
+    };
+    let release = |after: Duration| async move {
+        if let Err(e) = store.release(&ns, &name, &engine.claimant, after).await {
+            // The claim then simply runs out.
+            tracing::debug!(delivery = %name, error = %e, "could not give a claim back");
+        }
+    };
+    match outcome {
+        attempt::Outcome::Recorded(stored, deactivation) => after_record(engine, store, &stored, deactivation).await,
+        attempt::Outcome::Superseded(_) | attempt::Outcome::Gone => {}
+        attempt::Outcome::NotSent => release(Duration::ZERO).await,
+        attempt::Outcome::Deferred(why) => {
+            tracing::warn!(delivery = %delivery.name_any(), reason = %why, "nothing sent; trying again shortly");
+            release(DEFER).await;
+        }
+        attempt::Outcome::Unrecorded(why) => {
+            // The claim runs out and the delivery is sent again, same id.
+            tracing::error!(delivery = %delivery.name_any(), reason = %why, "an attempt's outcome is not recorded");
+        }
+    }
+}
+
+/// Notices and deactivation after a record, as the Kubernetes store's engine does.
+async fn after_record(
+    engine: &Arc<Engine>,
+    store: &Postgres,
+    stored: &Delivery,
+    deactivation: Option<crate::resources::webhook::Deactivation>,
+) {
+    let ns = stored.namespace().unwrap_or_default();
+    if stored.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+        && let Some(notice) = notify::delivery_failed(stored, Timestamp::now())
+    {
+        engine.notify(&ns, &stored.spec.hub, notice).await;
+    }
+    if let Some(deactivation) = deactivation {
+        engine.deactivate(&ns, &stored.spec.webhook, deactivation).await;
+        // Its other unfinished deliveries: attempted now, which records
+        // them Cancelled with the reason.
+        if let Err(e) = store.hasten(&ns, &stored.spec.webhook).await {
+            tracing::warn!(webhook = %stored.spec.webhook, error = %e, "could not bring a deactivated webhook's deliveries forward; they are cancelled when due");
+        }
+    }
+}
+
+impl Engine {
+    /// Every watched webhook's limit, for claims.
+    fn webhook_limits(&self) -> Vec<(String, String, i32)> {
+        self.webhooks
+            .state()
+            .iter()
+            .map(|w| {
+                let ns = w.namespace().unwrap_or_default();
+                let limit = self.webhook_limit_size(&ns, &w.name_any());
+                (ns, w.name_any(), limit as i32)
+            })
+            .collect()
+    }
+
+    /// The limit of a webhook no cache knows yet.
+    fn default_webhook_limit(&self) -> u32 {
+        super::DEFAULT_CONCURRENCY_PER_WEBHOOK.min((self.global.size() / 4).max(1) as u32)
+    }
+
+    /// Every watched webhook's retention policy, and the default.
+    fn retention_policies(&self) -> (Vec<(String, String, retention::Policy)>, retention::Policy) {
+        let policies = self
+            .webhooks
+            .state()
+            .iter()
+            .map(|w| {
+                let ns = w.namespace().unwrap_or_default();
+                let hub = self.hubs.get(&ObjectRef::new(&w.spec.hub).within(&ns));
+                (ns, w.name_any(), retention::Policy::of(hub.as_deref()))
+            })
+            .collect();
+        (policies, retention::Policy::of(None))
+    }
+}

@@ -1,0 +1,554 @@
+//! The Postgres delivery store. A Delivery is one row: the object as JSON
+//! (`doc`, the same document a `Delivery` object holds) beside the columns
+//! the schedule needs (`due_at`, the claim, the ordering key). Its
+//! `version` plays the part of a resourceVersion: every record is an
+//! `UPDATE … WHERE version = $seen AND claimed_by = $me`, so a replica
+//! whose claim was taken over cannot overwrite the new owner's record.
+//!
+//! - Ingest inserts an event's deliveries and answers 202 after the commit.
+//!   Events arriving while a commit is under way are committed together
+//!   (group commit), so throughput does not hinge on one fsync per event.
+//! - Every controller replica claims due rows (`claimed_by`, `claim_until`)
+//!   and sends them; no leader is needed. A claim lasts `--claim-lease`; a
+//!   replica never starts a request its claim would not outlast, so a
+//!   claim that expires (the replica died) is taken over without a second
+//!   request in flight.
+//! - Per-webhook limits hold across replicas: a claim counts the rows of
+//!   the webhook claimed by anyone.
+
+use crate::resources::delivery::{Delivery, Phase};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// Schema versions, applied in order, each once, under an advisory lock (so
+/// replicas starting together do not race).
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE hookrelay_deliveries (
+    namespace    text NOT NULL,
+    name         text NOT NULL,
+    webhook      text NOT NULL,
+    hub          text NOT NULL,
+    -- accept order, for ordering keys
+    seq          bigserial,
+    version      bigint NOT NULL DEFAULT 1,
+    phase        text NOT NULL DEFAULT 'Pending',
+    -- when the next attempt is due; NULL once finished
+    due_at       timestamptz,
+    claimed_by   text,
+    claim_until  timestamptz,
+    ordering_key text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz,
+    -- the Delivery as JSON: metadata, spec and status
+    doc          text NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+CREATE INDEX hookrelay_deliveries_due ON hookrelay_deliveries (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX hookrelay_deliveries_ordered ON hookrelay_deliveries (namespace, webhook, ordering_key, seq)
+    WHERE due_at IS NOT NULL AND ordering_key IS NOT NULL;
+CREATE INDEX hookrelay_deliveries_finished ON hookrelay_deliveries (namespace, webhook, completed_at)
+    WHERE due_at IS NULL;
+"#,
+)];
+
+/// Any number: the advisory lock migrations hold.
+const MIGRATION_LOCK: i64 = 0x686f6f6b72656c;
+/// The channel ingest notifies on commit, so controllers claim at once.
+const CHANNEL: &str = "hookrelay_due";
+/// How long one statement may take before it counts as failed.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events committed together at most (rows).
+const GROUP_ROWS: usize = 1024;
+/// Commits under way at once.
+const COMMITTERS: usize = 2;
+
+/// A new delivery for ingest to insert.
+pub struct NewDelivery {
+    pub delivery: Delivery,
+    /// The value of the webhook's ordering key in this event, if it orders.
+    pub ordering_key: Option<String>,
+}
+
+struct Group {
+    rows: Vec<NewDelivery>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// A due delivery claimed by this replica.
+pub struct Claimed {
+    pub delivery: Delivery,
+    /// The claim's end, by this process's clock (measured from before the
+    /// claim was asked for, so never later than the database's).
+    pub until: std::time::Instant,
+}
+
+/// The store: a connection pool and the group committer.
+pub struct Postgres {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    groups: mpsc::Sender<Group>,
+}
+
+/// Errors, without the connection string (it may hold a password).
+fn describe(e: impl std::fmt::Display) -> String {
+    format!("postgres: {e}")
+}
+
+impl Postgres {
+    /// Connects and migrates the schema, retrying until the database answers.
+    pub async fn connect(url: &str) -> anyhow::Result<Arc<Postgres>> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--postgres-url is not a Postgres connection URL: {e}"))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(STATEMENT_TIMEOUT))
+            .create_timeout(Some(STATEMENT_TIMEOUT))
+            .build()?;
+        let (groups, receiver) = mpsc::channel(4096);
+        let store = Arc::new(Postgres { pool, config, groups });
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match store.migrate().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres store not reachable yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(commit_groups(store.pool.clone(), receiver.clone()));
+        }
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, String> {
+        self.pool.get().await.map_err(describe)
+    }
+
+    async fn migrate(&self) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(describe)?;
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+             CREATE TABLE IF NOT EXISTS hookrelay_schema (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
+        ))
+        .await
+        .map_err(describe)?;
+        let applied: i32 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM hookrelay_schema", &[])
+            .await
+            .map_err(describe)?
+            .get(0);
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+            tx.batch_execute(sql).await.map_err(describe)?;
+            tx.execute("INSERT INTO hookrelay_schema (version) VALUES ($1)", &[version])
+                .await
+                .map_err(describe)?;
+            tracing::info!(version, "postgres store: schema migrated");
+        }
+        tx.commit().await.map_err(describe)
+    }
+
+    /// Stores an event's deliveries; `Ok` once committed. A delivery that
+    /// exists already (a repeated event) counts as stored.
+    pub async fn insert(&self, rows: Vec<NewDelivery>) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (done, answer) = oneshot::channel();
+        self.groups
+            .send(Group { rows, done })
+            .await
+            .map_err(|_| "postgres store: shut down".to_string())?;
+        answer.await.map_err(|_| "postgres store: commit abandoned".to_string())?
+    }
+
+    /// Claims up to `most` due deliveries for `claimant` for `lease`, at
+    /// most `limit_of(webhook)` in flight per webhook across all claimants
+    /// (`default_limit` for webhooks not listed), oldest due first, never
+    /// one whose ordering key has an earlier unfinished delivery.
+    pub async fn claim(
+        &self,
+        claimant: &str,
+        most: usize,
+        lease: Duration,
+        namespaces: &[String],
+        limits: &[(String, String, i32)],
+        default_limit: i32,
+    ) -> Result<Vec<Claimed>, String> {
+        const CLAIM: &str = r#"
+WITH limits AS (
+    SELECT * FROM unnest($3::text[], $4::text[], $5::int[]) AS l(namespace, webhook, most)
+), busy AS (
+    SELECT namespace, webhook, count(*)::int AS n FROM hookrelay_deliveries
+    WHERE due_at IS NOT NULL AND claim_until > now() GROUP BY namespace, webhook
+), ranked AS (
+    SELECT d.namespace, d.name, d.webhook, d.due_at, d.seq,
+           row_number() OVER (PARTITION BY d.namespace, d.webhook ORDER BY d.due_at, d.seq) AS r
+    FROM hookrelay_deliveries d
+    WHERE d.due_at <= now() AND (d.claim_until IS NULL OR d.claim_until <= now())
+      AND (cardinality($6::text[]) = 0 OR d.namespace = ANY($6))
+      AND (d.ordering_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM hookrelay_deliveries e
+          WHERE e.namespace = d.namespace AND e.webhook = d.webhook AND e.ordering_key = d.ordering_key
+            AND e.seq < d.seq AND e.due_at IS NOT NULL))
+), chosen AS (
+    SELECT r.namespace, r.name FROM ranked r
+    LEFT JOIN busy b USING (namespace, webhook)
+    LEFT JOIN limits l USING (namespace, webhook)
+    WHERE r.r + coalesce(b.n, 0) <= coalesce(l.most, $7)
+    ORDER BY r.due_at, r.seq
+    LIMIT $2
+)
+UPDATE hookrelay_deliveries t SET claimed_by = $1, claim_until = now() + make_interval(secs => $8)
+FROM chosen c
+WHERE t.namespace = c.namespace AND t.name = c.name
+  AND t.due_at <= now() AND (t.claim_until IS NULL OR t.claim_until <= now())
+RETURNING t.doc, t.version"#;
+        let started = std::time::Instant::now();
+        let client = self.client().await?;
+        let statement = client.prepare_cached(CLAIM).await.map_err(describe)?;
+        let (ns, webhooks, most_each): (Vec<&str>, Vec<&str>, Vec<i32>) =
+            limits.iter().map(|(n, w, m)| (n.as_str(), w.as_str(), *m)).collect();
+        let rows = timed(client.query(
+            &statement,
+            &[
+                &claimant,
+                &(most as i64),
+                &ns,
+                &webhooks,
+                &most_each,
+                &namespaces,
+                &default_limit,
+                &lease.as_secs_f64(),
+            ],
+        ))
+        .await?;
+        let until = started + lease;
+        rows.iter()
+            .map(|row| {
+                Ok(Claimed {
+                    delivery: decode(row.get(0), row.get(1))?,
+                    until,
+                })
+            })
+            .collect()
+    }
+
+    /// Records `delivery` as it now stands, if it still has the version it
+    /// was read at and `claimant` still holds its claim (which ends). `None`:
+    /// someone else wrote it first, or it is gone.
+    pub async fn record(&self, delivery: &Delivery, seen: i64, claimant: &str) -> Result<Option<Delivery>, String> {
+        const RECORD: &str = "UPDATE hookrelay_deliveries
+            SET doc = $3, version = version + 1, phase = $4, due_at = $5, completed_at = $6,
+                claimed_by = NULL, claim_until = NULL
+            WHERE namespace = $1 AND name = $2 AND version = $7 AND claimed_by = $8
+            RETURNING version";
+        let status = delivery.status.clone().unwrap_or_default();
+        let due = due_of(&status);
+        let completed = status.completed_at.as_ref().map(|t| t.0);
+        let doc = serde_json::to_string(&stored(delivery)).map_err(describe)?;
+        let client = self.client().await?;
+        let statement = client.prepare_cached(RECORD).await.map_err(describe)?;
+        let row = timed(client.query_opt(
+            &statement,
+            &[
+                &namespace_of(delivery),
+                &delivery.name_any(),
+                &doc,
+                &format!("{:?}", status.phase),
+                &due,
+                &completed,
+                &seen,
+                &claimant,
+            ],
+        ))
+        .await?;
+        Ok(row.map(|row| {
+            let mut recorded = delivery.clone();
+            recorded.metadata.resource_version = Some(row.get::<_, i64>(0).to_string());
+            recorded
+        }))
+    }
+
+    /// The delivery as stored, if it exists.
+    pub async fn read(&self, namespace: &str, name: &str) -> Result<Option<Delivery>, String> {
+        let client = self.client().await?;
+        let row = timed(client.query_opt(
+            "SELECT doc, version FROM hookrelay_deliveries WHERE namespace = $1 AND name = $2",
+            &[&namespace, &name],
+        ))
+        .await?;
+        row.map(|row| decode(row.get(0), row.get(1))).transpose()
+    }
+
+    /// Gives a claim back without an attempt, due again no sooner than `after`.
+    pub async fn release(&self, namespace: &str, name: &str, claimant: &str, after: Duration) -> Result<(), String> {
+        let client = self.client().await?;
+        timed(client.execute(
+            "UPDATE hookrelay_deliveries
+             SET claimed_by = NULL, claim_until = NULL, due_at = greatest(due_at, now() + make_interval(secs => $4))
+             WHERE namespace = $1 AND name = $2 AND claimed_by = $3 AND due_at IS NOT NULL",
+            &[&namespace, &name, &claimant, &after.as_secs_f64()],
+        ))
+        .await
+        .map(drop)
+    }
+
+    /// Makes every unfinished delivery of a webhook due now (a deactivated
+    /// webhook's deliveries are then cancelled at once, not at their retry).
+    pub async fn hasten(&self, namespace: &str, webhook: &str) -> Result<u64, String> {
+        let client = self.client().await?;
+        timed(client.execute(
+            "UPDATE hookrelay_deliveries SET due_at = now() WHERE namespace = $1 AND webhook = $2 AND due_at > now()",
+            &[&namespace, &webhook],
+        ))
+        .await
+    }
+
+    /// Deletes finished deliveries past their webhook's retention: beyond the
+    /// newest `keep`, or finished longer ago than `max_age`.
+    pub async fn sweep(
+        &self,
+        namespaces: &[String],
+        policies: &[(String, String, crate::delivery::retention::Policy)],
+        default: crate::delivery::retention::Policy,
+    ) -> Result<u64, String> {
+        const SWEEP: &str = r#"
+WITH policy AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[]) AS p(namespace, webhook, keep, max_age)
+), finished AS (
+    SELECT d.namespace, d.name, d.webhook, d.completed_at,
+           row_number() OVER (PARTITION BY d.namespace, d.webhook ORDER BY d.completed_at DESC, d.name DESC) AS r
+    FROM hookrelay_deliveries d
+    WHERE d.due_at IS NULL AND (cardinality($7::text[]) = 0 OR d.namespace = ANY($7))
+)
+DELETE FROM hookrelay_deliveries t
+USING finished f LEFT JOIN policy p USING (namespace, webhook)
+WHERE t.namespace = f.namespace AND t.name = f.name AND t.due_at IS NULL
+  AND (f.r > coalesce(p.keep, $5) OR f.completed_at < now() - make_interval(secs => coalesce(p.max_age, $6)))"#;
+        let (mut ns, mut webhooks, mut keep, mut age) = (vec![], vec![], vec![], vec![]);
+        for (n, w, p) in policies {
+            ns.push(n.as_str());
+            webhooks.push(w.as_str());
+            keep.push(p.keep as i64);
+            age.push(p.max_age.as_secs_f64());
+        }
+        let client = self.client().await?;
+        timed(client.execute(
+            SWEEP,
+            &[
+                &ns,
+                &webhooks,
+                &keep,
+                &age,
+                &(default.keep as i64),
+                &default.max_age.as_secs_f64(),
+                &namespaces,
+            ],
+        ))
+        .await
+    }
+
+    /// A `Notify` woken whenever ingest commits deliveries, kept listening
+    /// across connection losses (claims also run on a timer without it).
+    pub fn listen(self: &Arc<Self>) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        let (config, wake) = (self.config.clone(), notify.clone());
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                if let Err(e) = listen_once(&config, &wake).await {
+                    tracing::debug!(error = %e, "postgres store: notifications interrupted; reconnecting");
+                }
+                // Whatever was committed while not listening is claimed now.
+                wake.notify_one();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+        notify
+    }
+}
+
+/// Listens on one connection until it ends.
+async fn listen_once(config: &tokio_postgres::Config, wake: &Arc<Notify>) -> Result<(), String> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(describe)?;
+    let forward = {
+        let wake = wake.clone();
+        async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => return describe(e),
+                }
+            }
+            "postgres: connection closed".to_string()
+        }
+    };
+    let driver = tokio::spawn(forward);
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(describe)?;
+    let ended = driver.await.map_err(describe)?;
+    Err(ended)
+}
+
+/// Commits groups as they come: one transaction for everything that
+/// arrived while the previous commit was under way.
+async fn commit_groups(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Group>>>) {
+    loop {
+        let mut groups = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else { return };
+            let mut rows = first.rows.len();
+            groups.push(first);
+            while rows < GROUP_ROWS {
+                let Ok(next) = receiver.try_recv() else { break };
+                rows += next.rows.len();
+                groups.push(next);
+            }
+        }
+        let result = commit(&pool, &groups).await;
+        for group in groups {
+            let _ = group.done.send(result.clone());
+        }
+    }
+}
+
+async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
+    const INSERT: &str = "INSERT INTO hookrelay_deliveries (namespace, name, webhook, hub, ordering_key, doc, due_at)
+        SELECT n, m, w, h, k, d, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+            AS t(n, m, w, h, k, d)
+        ON CONFLICT (namespace, name) DO NOTHING";
+    let rows = groups.iter().flat_map(|g| &g.rows);
+    let mut columns: (Vec<String>, Vec<String>, Vec<&str>, Vec<&str>, Vec<Option<&str>>, Vec<String>) = Default::default();
+    for row in rows {
+        let d = &row.delivery;
+        columns.0.push(namespace_of(d));
+        columns.1.push(d.name_any());
+        columns.2.push(&d.spec.webhook);
+        columns.3.push(&d.spec.hub);
+        columns.4.push(row.ordering_key.as_deref());
+        columns.5.push(serde_json::to_string(&stored(d)).map_err(describe)?);
+    }
+    let mut client = pool.get().await.map_err(describe)?;
+    let work = async {
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(INSERT).await?;
+        tx.execute(
+            &statement,
+            &[&columns.0, &columns.1, &columns.2, &columns.3, &columns.4, &columns.5],
+        )
+        .await?;
+        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+        tx.commit().await
+    };
+    timed(work).await
+}
+
+/// A statement bounded by `STATEMENT_TIMEOUT`.
+async fn timed<T>(work: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, work).await {
+        Ok(result) => result.map_err(describe),
+        Err(_) => Err(format!("postgres: no answer within {STATEMENT_TIMEOUT:?}")),
+    }
+}
+
+/// When a delivery with `status` is next due: `None` once finished.
+fn due_of(status: &crate::resources::delivery::DeliveryStatus) -> Option<Timestamp> {
+    match status.phase {
+        p if p.is_finished() => None,
+        Phase::Retrying => Some(status.next_attempt_at.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now)),
+        _ => Some(Timestamp::now()),
+    }
+}
+
+fn namespace_of(delivery: &Delivery) -> String {
+    delivery.namespace().unwrap_or_default()
+}
+
+/// The document kept of a delivery: without resourceVersion (the row's
+/// `version` is that) and managedFields.
+fn stored(delivery: &Delivery) -> Delivery {
+    let mut d = delivery.clone();
+    d.metadata.resource_version = None;
+    d.metadata.managed_fields = None;
+    d
+}
+
+fn decode(doc: &str, version: i64) -> Result<Delivery, String> {
+    let mut delivery: Delivery =
+        serde_json::from_str(doc).map_err(|e| format!("postgres: a stored delivery does not decode: {e}"))?;
+    delivery.metadata.resource_version = Some(version.to_string());
+    Ok(delivery)
+}
+
+/// The version a delivery read from this store was read at.
+pub fn version_of(delivery: &Delivery) -> Option<i64> {
+    delivery.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::delivery::DeliveryStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    #[test]
+    fn finished_deliveries_are_never_due_and_retries_at_their_time() {
+        for phase in [Phase::Succeeded, Phase::Failed, Phase::Cancelled] {
+            let status = DeliveryStatus {
+                phase,
+                ..Default::default()
+            };
+            assert_eq!(due_of(&status), None);
+        }
+        let at: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let retrying = DeliveryStatus {
+            phase: Phase::Retrying,
+            next_attempt_at: Some(MicroTime(at)),
+            ..Default::default()
+        };
+        assert_eq!(due_of(&retrying), Some(at));
+        assert!(due_of(&DeliveryStatus::default()).is_some_and(|t| t <= Timestamp::now()));
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_from_one() {
+        for (i, (version, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i as i32 + 1);
+        }
+    }
+
+    #[test]
+    fn the_version_is_the_resource_version() {
+        let mut d = decode(r#"{"apiVersion":"hookrelay.dev/v1alpha1","kind":"Delivery","metadata":{"name":"d","namespace":"n"},"spec":{"webhook":"w","hub":"h","event":{"id":"e","name":"x","receivedAt":"2030-01-01T00:00:00.000000Z"},"payload":"{}"}}"#, 7).unwrap();
+        assert_eq!(version_of(&d), Some(7));
+        d.metadata.managed_fields = Some(vec![]);
+        let kept = stored(&d);
+        assert_eq!(kept.metadata.resource_version, None);
+        assert_eq!(kept.metadata.managed_fields, None);
+    }
+}
