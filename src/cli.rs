@@ -283,7 +283,6 @@ impl Cli {
     }
 }
 
-
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a Pod).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -479,11 +479,12 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
             leadership: hookrelay::leader::Leadership::unconditional(),
             egress_floor: Default::default(),
             delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
+            postgres: None,
         },
     );
 
     let for_shop = create_delivery(&env, "for-shop", "shop", "{}").await;
-    match attempt::run(&engine, &for_shop).await {
+    match attempt::run(&engine, &for_shop, None).await {
         attempt::Outcome::Recorded(d, None) => {
             assert_eq!(d.status.unwrap().phase, Phase::Succeeded, "delivered, not cancelled")
         }
@@ -493,7 +494,7 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
 
     // A webhook the API server does not know either: cancelled, saying why.
     let for_ghost = create_delivery(&env, "for-ghost", "ghost", "{}").await;
-    match attempt::run(&engine, &for_ghost).await {
+    match attempt::run(&engine, &for_ghost, None).await {
         attempt::Outcome::Recorded(d, None) => {
             let s = d.status.unwrap();
             assert_eq!(s.phase, Phase::Cancelled);

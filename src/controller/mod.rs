@@ -276,7 +276,10 @@ async fn deliver_from_postgres(
                 _ = stop.cancelled() => false,
             };
             if ready {
-                tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "caches synced; delivering from postgres");
+                tracing::info!(
+                    namespace = namespace.as_deref().unwrap_or("<all>"),
+                    "caches synced; delivering from postgres"
+                );
                 crate::delivery::claims::run(engine, store, namespace, lease, stop.cancelled_owned()).await;
             }
         }
@@ -472,10 +475,16 @@ async fn lead_namespace(
         .for_each(|_| async {});
 
     // With the Postgres store every replica delivers (`deliver_from_postgres`).
-    let engine = options
-        .postgres
-        .is_none()
-        .then(|| Engine::new(client.clone(), webhooks.clone(), hubs.clone(), secrets, metrics.clone(), options));
+    let engine = options.postgres.is_none().then(|| {
+        Engine::new(
+            client.clone(),
+            webhooks.clone(),
+            hubs.clone(),
+            secrets,
+            metrics.clone(),
+            options,
+        )
+    });
     let engine_run = {
         let (hubs, webhooks, readiness) = (hubs.clone(), webhooks.clone(), readiness.clone());
         let namespace = namespace.map(str::to_string);

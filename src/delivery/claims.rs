@@ -97,7 +97,13 @@ pub async fn run(
     engine.summaries.flush().await;
 }
 
-fn spawn_attempt(engine: &Arc<Engine>, store: &Arc<Postgres>, claimed: Claimed, in_flight: Arc<AtomicUsize>, freed: Arc<Notify>) {
+fn spawn_attempt(
+    engine: &Arc<Engine>,
+    store: &Arc<Postgres>,
+    claimed: Claimed,
+    in_flight: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+) {
     let (engine, store) = (engine.clone(), store.clone());
     engine.clone().in_flight.spawn(async move {
         attempt(&engine, &store, claimed).await;

@@ -403,8 +403,7 @@ impl Engine {
     }
 
     fn webhook_limit_size(&self, ns: &str, webhook: &str) -> u32 {
-        self
-            .webhooks
+        self.webhooks
             .get(&ObjectRef::new(webhook).within(ns))
             .and_then(|w| self.hubs.get(&ObjectRef::new(&w.spec.hub).within(ns)))
             .and_then(|h| h.spec.delivery.as_ref().and_then(|d| d.concurrency_per_webhook))

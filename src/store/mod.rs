@@ -17,7 +17,10 @@ pub enum Kind {
 /// Connects to the store `kind` names: `None` for Kubernetes, the Postgres
 /// store (schema migrated) for Postgres. A missing URL is an error naming
 /// the flag.
-pub async fn open(kind: Kind, postgres_url: Option<&str>) -> anyhow::Result<Option<std::sync::Arc<postgres::Postgres>>> {
+pub async fn open(
+    kind: Kind,
+    postgres_url: Option<&str>,
+) -> anyhow::Result<Option<std::sync::Arc<postgres::Postgres>>> {
     match kind {
         Kind::Kubernetes => Ok(None),
         Kind::Postgres => {

@@ -180,7 +180,9 @@ impl Postgres {
             .send(Group { rows, done })
             .await
             .map_err(|_| "postgres store: shut down".to_string())?;
-        answer.await.map_err(|_| "postgres store: commit abandoned".to_string())?
+        answer
+            .await
+            .map_err(|_| "postgres store: commit abandoned".to_string())?
     }
 
     /// Claims up to `most` due deliveries for `claimant` for `lease`, at
@@ -409,7 +411,10 @@ async fn listen_once(config: &tokio_postgres::Config, wake: &Arc<Notify>) -> Res
         }
     };
     let driver = tokio::spawn(forward);
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(describe)?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(describe)?;
     let ended = driver.await.map_err(describe)?;
     Err(ended)
 }
@@ -443,7 +448,14 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
             AS t(n, m, w, h, k, d)
         ON CONFLICT (namespace, name) DO NOTHING";
     let rows = groups.iter().flat_map(|g| &g.rows);
-    let mut columns: (Vec<String>, Vec<String>, Vec<&str>, Vec<&str>, Vec<Option<&str>>, Vec<String>) = Default::default();
+    let mut columns: (
+        Vec<String>,
+        Vec<String>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<Option<&str>>,
+        Vec<String>,
+    ) = Default::default();
     for row in rows {
         let d = &row.delivery;
         columns.0.push(namespace_of(d));
@@ -480,7 +492,13 @@ async fn timed<T>(work: impl Future<Output = Result<T, tokio_postgres::Error>>) 
 fn due_of(status: &crate::resources::delivery::DeliveryStatus) -> Option<Timestamp> {
     match status.phase {
         p if p.is_finished() => None,
-        Phase::Retrying => Some(status.next_attempt_at.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now)),
+        Phase::Retrying => Some(
+            status
+                .next_attempt_at
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(Timestamp::now),
+        ),
         _ => Some(Timestamp::now()),
     }
 }

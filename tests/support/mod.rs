@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod audit;
+pub mod postgres;
 pub mod proxy;
 pub mod receiver;
 pub mod stack;

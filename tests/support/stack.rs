@@ -37,6 +37,8 @@ pub struct Options {
     pub controller_kubeconfig: Option<PathBuf>,
     /// Set up this namespace instead of a new one.
     pub env: Option<TestEnv>,
+    /// Extra `hookrelay ingest` arguments.
+    pub ingest_args: Vec<String>,
 }
 
 impl Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             controller_args: vec![],
             controller_kubeconfig: None,
             env: None,
+            ingest_args: vec![],
         }
     }
 }
@@ -82,7 +85,10 @@ impl Stack {
             .await
             .unwrap();
         let token = hub_token(&env, "main").await;
-        let ingest = env.start_ingest(options.ingest_kubeconfig.as_deref()).await;
+        let ingest_args: Vec<&str> = options.ingest_args.iter().map(String::as_str).collect();
+        let ingest = env
+            .start_ingest_with(options.ingest_kubeconfig.as_deref(), &ingest_args)
+            .await;
         Stack {
             env,
             controller,

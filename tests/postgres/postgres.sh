@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# A local Postgres for the tests and benchmarks: Debian's postgresql
+# binaries, a data directory of its own, listening on 127.0.0.1 only,
+# fsync on. Started once and reused, like the local control plane.
+#
+#   postgres.sh up      start (or reuse); prints the connection URL last
+#   postgres.sh down    stop (fast shutdown)
+#   postgres.sh kill    SIGKILL the server and its backends (chaos tests)
+#
+# HOOKRELAY_POSTGRES_DIR (default /var/tmp/hookrelay-postgres) and
+# HOOKRELAY_POSTGRES_PORT (default 55432) select the instance.
+set -euo pipefail
+dir="${HOOKRELAY_POSTGRES_DIR:-/var/tmp/hookrelay-postgres}"
+port="${HOOKRELAY_POSTGRES_PORT:-55432}"
+data="$dir/data"
+
+bin=""
+for candidate in "$(dirname "$(command -v initdb || echo /none/initdb)")" /usr/lib/postgresql/*/bin; do
+  if [[ -x "$candidate/initdb" && -x "$candidate/pg_ctl" ]]; then bin="$candidate"; break; fi
+done
+if [[ -z "$bin" ]]; then
+  echo "postgres.sh: initdb and pg_ctl not found; install Debian's postgresql package (apt-get install postgresql)" >&2
+  exit 1
+fi
+
+# (The server must not inherit the lock's descriptor: `9>&-` below.)
+# Postgres refuses to run as root; as root it runs as the postgres user.
+as_owner() {
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+running() { [[ -f "$data/postmaster.pid" ]] && as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; }
+
+up() {
+  mkdir -p "$dir"
+  [[ $(id -u) == 0 ]] && chown postgres: "$dir"
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    as_owner "$bin/initdb" -D "$data" -U hookrelay --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+      || { cat "$dir/initdb.log" >&2; exit 1; }
+  fi
+  if ! running; then
+    as_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=on -c max_connections=200" \
+      start >/dev/null 9>&- || { tail -20 "$dir/postgres.log" >&2; exit 1; }
+  fi
+  echo "postgres://hookrelay@127.0.0.1:$port/postgres"
+}
+
+down() {
+  if running; then as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null; fi
+}
+
+kill_server() {
+  local pid
+  pid=$(head -1 "$data/postmaster.pid" 2>/dev/null || true)
+  [[ -n "$pid" ]] || { echo "postgres.sh: not running" >&2; exit 1; }
+  # Backends first (children of this postmaster only), then the postmaster.
+  pkill -KILL -P "$pid" || true
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+}
+
+exec 9>"${dir%/}.lock"
+flock 9
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  kill) kill_server ;;
+  *) echo "usage: $0 up|down|kill" >&2; exit 2 ;;
+esac

@@ -1,0 +1,85 @@
+//! A local Postgres for the store tests (`tests/postgres/postgres.sh`):
+//! one shared instance per test run, or a dedicated one a test may kill.
+//! When it cannot start, the test fails with the reason.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub struct Postgres {
+    pub url: String,
+    dir: String,
+    port: u16,
+}
+
+impl Postgres {
+    /// The instance shared by the tests of this run.
+    pub fn shared() -> &'static Postgres {
+        static SHARED: OnceLock<Postgres> = OnceLock::new();
+        SHARED.get_or_init(|| Postgres::up("/var/tmp/hookrelay-postgres", 55432))
+    }
+
+    /// An instance of its own (its own directory and port), for a test that
+    /// stops or kills it.
+    pub fn dedicated(name: &str, port: u16) -> Postgres {
+        Postgres::up(&format!("/var/tmp/hookrelay-postgres-{name}"), port)
+    }
+
+    fn up(dir: &str, port: u16) -> Postgres {
+        let out = script(dir, port, "up");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the local Postgres did not start ({}); its output is above",
+            out.status
+        );
+        let url = stdout
+            .lines()
+            .last()
+            .expect("postgres.sh up prints the URL")
+            .trim()
+            .to_string();
+        Postgres {
+            url,
+            dir: dir.to_string(),
+            port,
+        }
+    }
+
+    /// SIGKILLs the server and its backends.
+    pub fn kill(&self) {
+        let out = script(&self.dir, self.port, "kill");
+        assert!(out.status.success(), "postgres.sh kill failed");
+    }
+
+    /// Starts it again after `kill` (crash recovery runs).
+    pub fn start(&self) {
+        let again = Postgres::up(&self.dir, self.port);
+        assert_eq!(again.url, self.url);
+    }
+
+    pub fn stop(&self) {
+        script(&self.dir, self.port, "down");
+    }
+
+    /// A connection for checking what the store holds.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test Postgres: {e}"));
+        tokio::spawn(connection);
+        client
+    }
+}
+
+fn script(dir: &str, port: u16, command: &str) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postgres/postgres.sh");
+    Command::new("bash")
+        .arg(&script)
+        .arg(command)
+        .env("HOOKRELAY_POSTGRES_DIR", dir)
+        .env("HOOKRELAY_POSTGRES_PORT", port.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
+}
