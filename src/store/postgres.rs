@@ -447,23 +447,25 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
         SELECT n, m, w, h, k, d, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
             AS t(n, m, w, h, k, d)
         ON CONFLICT (namespace, name) DO NOTHING";
-    let rows = groups.iter().flat_map(|g| &g.rows);
-    let mut columns: (
-        Vec<String>,
-        Vec<String>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<Option<&str>>,
-        Vec<String>,
-    ) = Default::default();
-    for row in rows {
+    // One array per column: the whole group is one statement.
+    #[derive(Default)]
+    struct Columns<'a> {
+        namespaces: Vec<String>,
+        names: Vec<String>,
+        webhooks: Vec<&'a str>,
+        hubs: Vec<&'a str>,
+        keys: Vec<Option<&'a str>>,
+        docs: Vec<String>,
+    }
+    let mut c = Columns::default();
+    for row in groups.iter().flat_map(|g| &g.rows) {
         let d = &row.delivery;
-        columns.0.push(namespace_of(d));
-        columns.1.push(d.name_any());
-        columns.2.push(&d.spec.webhook);
-        columns.3.push(&d.spec.hub);
-        columns.4.push(row.ordering_key.as_deref());
-        columns.5.push(serde_json::to_string(&stored(d)).map_err(describe)?);
+        c.namespaces.push(namespace_of(d));
+        c.names.push(d.name_any());
+        c.webhooks.push(&d.spec.webhook);
+        c.hubs.push(&d.spec.hub);
+        c.keys.push(row.ordering_key.as_deref());
+        c.docs.push(serde_json::to_string(&stored(d)).map_err(describe)?);
     }
     let mut client = pool.get().await.map_err(describe)?;
     let work = async {
@@ -471,7 +473,7 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
         let statement = tx.prepare_cached(INSERT).await?;
         tx.execute(
             &statement,
-            &[&columns.0, &columns.1, &columns.2, &columns.3, &columns.4, &columns.5],
+            &[&c.namespaces, &c.names, &c.webhooks, &c.hubs, &c.keys, &c.docs],
         )
         .await?;
         tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
