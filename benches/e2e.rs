@@ -120,6 +120,33 @@ fn usage(pid: u32) -> (u64, f64) {
     (hwm, ticks / 100.0)
 }
 
+/// CPU seconds of a Postgres server: the postmaster with the backends it
+/// reaped, plus those still running.
+fn postgres_cpu(postmaster: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{postmaster}/stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let own: f64 = fields.get(11..15).map(|f| f.iter().sum()).unwrap_or(0.0) / 100.0;
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat.rsplit(')').next().unwrap_or("").split_whitespace().nth(1);
+            parent == Some(postmaster.to_string().as_str())
+        })
+        .map(|pid| usage(pid).1)
+        .sum();
+    own + children
+}
+
 impl Proc {
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
@@ -247,6 +274,11 @@ impl Bench {
 
     /// Starts controller and ingest for `ns`; returns them and ingest's URL and controller metrics URL.
     fn start(&self, ns: &str) -> (Proc, Proc, String, String) {
+        self.start_with(ns, &[])
+    }
+
+    /// `start` with extra arguments for both (e.g. the store).
+    fn start_with(&self, ns: &str, extra: &[String]) -> (Proc, Proc, String, String) {
         let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/hookrelay");
         assert!(binary.exists(), "build first: cargo build --release --bin hookrelay");
         let (metrics, ingest) = (free_port(), free_port());
@@ -272,7 +304,10 @@ impl Bench {
                 // A webhook gets at most a quarter of the global limit: 32,
                 // as the hub below asks.
                 "--concurrency=128".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect(),
             &format!("controller-{ns}.log"),
         );
         let ingest_proc = spawn(
@@ -281,7 +316,10 @@ impl Bench {
                 format!("--namespace={ns}"),
                 format!("--listen=127.0.0.1:{ingest}"),
                 "--metrics-listen=127.0.0.1:0".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect(),
             &format!("ingest-{ns}.log"),
         );
         (
@@ -1015,6 +1053,110 @@ async fn main() {
             format!("{:.0} MiB / {c_cpu:.0} s", c_peak as f64 / 1024.0),
         );
         drop(controller);
+    }
+
+    // 7. The Postgres store: the same burst and steady load with deliveries
+    // as rows in a local Postgres (fsync on) instead of Delivery objects.
+    if run("postgres") {
+        let pg_dir = "/var/tmp/hookrelay-bench-postgres";
+        let up = Command::new("bash")
+            .arg(root.join("tests/postgres/postgres.sh"))
+            .arg("up")
+            .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
+            .env("HOOKRELAY_POSTGRES_PORT", "55434")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("postgres.sh");
+        assert!(up.status.success(), "the bench Postgres did not start");
+        let url = String::from_utf8_lossy(&up.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string();
+        // Each run starts from an empty store.
+        let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        pg.batch_execute("DROP TABLE IF EXISTS hookrelay_deliveries, hookrelay_schema")
+            .await
+            .unwrap();
+        let postmaster: u32 = std::fs::read_to_string(format!("{pg_dir}/data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or(0);
+        let pns = format!("bench-pg-{stamp}");
+        b.namespace(&pns).await;
+        let store = vec!["--store=postgres".to_string(), format!("--postgres-url={url}")];
+        let (controller, ingest, ingest_url, metrics_url) = b.start_with(&pns, &store);
+        let token = b.hub(&pns, vec!["bench.pg-steady".into()]).await;
+        b.wait_ready(&ingest_url).await;
+        b.webhooks(&pns, &["p0".into()], &[EVENT]).await;
+        let cpu = || {
+            controller.usage().1
+                + ingest.usage().1
+                + postgres_cpu(postmaster)
+                + cp.apiserver_cpu()
+                + usage(cp.pid("etcd")).1
+        };
+        let cpu_before = cpu();
+        let (accepted, _) = b
+            .post(&ingest_url, &pns, &token, EVENT, 2_000, None, CONCURRENCY, "pg")
+            .await;
+        let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
+        let cpu_used = cpu() - cpu_before;
+        let rate = match (done, accepted.values().min()) {
+            (Some(at), Some(first)) => accepted.len() as f64 / at.duration_since(*first).as_secs_f64(),
+            _ => 0.0,
+        };
+        b.note(
+            "postgres store: deliveries/s, burst 2,000 events, 32 clients",
+            format!("{rate:.0}{}", if done.is_none() { " (incomplete)" } else { "" }),
+        );
+        b.note(
+            "postgres store: CPU s per 1,000 deliveries (all processes)",
+            format!("{:.2}", cpu_used * 1000.0 / accepted.len().max(1) as f64),
+        );
+        b.note(
+            "postgres store: deliveries/s ÷ raw Delivery creates/s",
+            format!("{:.2}", rate / raw_rate),
+        );
+        b.webhooks(&pns, &["pg-steady".into()], &["bench.pg-steady"]).await;
+        let (steady, _) = b
+            .post(
+                &ingest_url,
+                &pns,
+                &token,
+                "bench.pg-steady",
+                1_000,
+                Some(50),
+                1,
+                "pg-steady",
+            )
+            .await;
+        until(Duration::from_secs(60), || async {
+            let book = b.receiver.lock().unwrap();
+            steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
+        })
+        .await;
+        let l = latencies(&steady, &b.receiver);
+        b.note(
+            "postgres store: latency accepted → received at 50 events/s p50/p90/p99/max",
+            format!(
+                "{} / {} / {} / {}",
+                ms(percentile(&l, 0.5)),
+                ms(percentile(&l, 0.9)),
+                ms(percentile(&l, 0.99)),
+                ms(*l.last().unwrap_or(&Duration::ZERO))
+            ),
+        );
+        drop(controller);
+        drop(ingest);
+        let _ = Command::new("bash")
+            .arg(root.join("tests/postgres/postgres.sh"))
+            .arg("down")
+            .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
+            .env("HOOKRELAY_POSTGRES_PORT", "55434")
+            .status();
     }
 
     // The report.

@@ -114,8 +114,35 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
         "the aggregated roles render by default"
     );
 
+    // The Postgres store: the URL comes from the named Secret, never a value.
+    let postgres = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart,
+            "--set=store.type=postgres",
+            "--set=store.postgres.urlSecretRef.name=relay-db",
+        ],
+        None,
+    );
+    assert!(
+        postgres.contains("HOOKRELAY_POSTGRES_URL") && postgres.contains("name: \"relay-db\""),
+        "{postgres}"
+    );
+    let out = Command::new(tool("helm"))
+        .args(["template", "rel", chart, "--set=store.type=postgres"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "postgres without a URL Secret must not render");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/store/postgres/urlSecretRef/name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The API server accepts every object (the ClusterRole objects too).
-    for rendered in [&default, &namespaced, &console] {
+    for rendered in [&default, &namespaced, &console, &postgres] {
         let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(rendered));
         assert!(
             out.contains("deployment.apps/rel-hookrelay created (server dry run)"),

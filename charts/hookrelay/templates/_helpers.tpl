@@ -89,6 +89,17 @@ delivery engine, retention) and ingest share the Pod's ServiceAccount.
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
 - name: POD_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: HOOKRELAY_STORE
+  value: {{ .Values.store.type | quote }}
+{{- if eq .Values.store.type "postgres" }}
+- name: HOOKRELAY_POSTGRES_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.store.postgres.urlSecretRef.name | quote }}
+      key: {{ .Values.store.postgres.urlSecretRef.key | quote }}
+- name: HOOKRELAY_CLAIM_LEASE
+  value: {{ .Values.store.postgres.claimLease | default "45s" | quote }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
