@@ -128,6 +128,8 @@ struct ConsoleArgs {
     #[arg(long = "namespace", short = 'n', env = "HOOKRELAY_CONSOLE_NAMESPACE")]
     namespace: Option<String>,
     #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
     logging: Logging,
 }
 
@@ -268,6 +270,7 @@ impl Cli {
                     auth: args.auth,
                     ingest_url: args.ingest_url,
                     namespace: args.namespace,
+                    postgres: crate::store::open(args.store.store, args.store.postgres_url.as_deref()).await?,
                 };
                 crate::console::run(settings, shutdown_signal()).await
             }

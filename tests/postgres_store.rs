@@ -175,11 +175,25 @@ async fn deliveries_with_one_ordering_key_go_one_after_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_deliver_together_within_the_webhook_limit_and_without_duplicates() {
-    // Within the hub's default ingest burst (100).
-    const EVENTS: usize = 100;
+    // 8 webhooks × 12 events. Each replica may have 4 requests in flight
+    // (`--concurrency 4`), so a webhook may have 1 (a quarter): one replica
+    // alone cannot keep all 8 webhooks busy, and neither may ever exceed 1
+    // request at a time to one webhook, counted across both.
+    const WEBHOOKS: usize = 8;
+    const EVENTS: usize = 12;
     let postgres = Postgres::shared();
-    let stack = stack("pg_replicas", postgres).await;
-    let mut args: Vec<String> = [
+    let mut args = store_args(postgres);
+    args.extend(["--leader-elect=false".into(), "--concurrency".into(), "4".into()]);
+    let stack = Stack::start_with(
+        "pg_replicas",
+        Options {
+            controller_args: args.clone(),
+            ingest_args: store_args(postgres),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut second_args: Vec<String> = [
         "controller",
         "--namespace",
         &stack.env.ns,
@@ -188,19 +202,27 @@ async fn two_replicas_deliver_together_within_the_webhook_limit_and_without_dupl
     ]
     .map(String::from)
     .into();
-    args.extend(store_args(postgres));
-    args.push("--leader-elect=false".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    second_args.extend(args);
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
     // A log file of its own, to count its attempts apart.
     let second = ChildProcess::start(
         &format!("controller2-{}", stack.env.ns),
         &stack.env.cluster.admin_kubeconfig,
-        &args,
+        &second_args,
     );
+    eventually(WAIT, "the second replica delivering", || async {
+        second.logs().contains("delivering from postgres").then_some(())
+    })
+    .await;
     let receiver = Receiver::start().await;
-    // Slow enough that both replicas have requests in flight at once.
-    receiver.set_default("/hook", Reply::status(200).delayed(Duration::from_millis(20)));
-    stack.webhook("shared", spec(receiver.url("/hook"), &[EVENT])).await;
+    for w in 0..WEBHOOKS {
+        let path = format!("/hook-{w}");
+        // Slow enough that requests overlap.
+        receiver.set_default(&path, Reply::status(200).delayed(Duration::from_millis(30)));
+        stack
+            .webhook(&format!("shared-{w}"), spec(receiver.url(&path), &[EVENT]))
+            .await;
+    }
 
     let posts = (0..EVENTS).map(|i| {
         let stack = &stack;
@@ -209,27 +231,30 @@ async fn two_replicas_deliver_together_within_the_webhook_limit_and_without_dupl
     let statuses: Vec<u16> = futures::future::join_all(posts).await;
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
 
-    let got = receiver.wait_for("/hook", EVENTS, WAIT).await;
-    // Give a duplicate the time to show up before counting.
+    let total = WEBHOOKS * EVENTS;
     let ns = stack.env.ns.clone();
     eventually(WAIT, "every delivery recorded Succeeded", || async {
         let rows = stored(postgres, &ns).await;
-        (rows.len() == EVENTS && rows.values().all(|(p, _)| p == "Succeeded")).then_some(())
+        (rows.len() == total && rows.values().all(|(p, _)| p == "Succeeded")).then_some(())
     })
     .await;
-    let seen = ids_seen(&receiver.received("/hook"));
-    assert_eq!(seen.len(), EVENTS, "every delivery arrived");
+    let received = receiver.all_received();
+    let seen = ids_seen(&received);
+    assert_eq!(seen.len(), total, "every delivery arrived");
     let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(duplicates.is_empty(), "sent twice: {duplicates:?}");
-    assert!(got.len() >= EVENTS);
-    // Both replicas sent some; together never more than the webhook's
-    // limit (4 by default) at once.
     let attempts = |logs: String| logs.matches(r#""message":"attempt""#).count();
     let (first, second) = (attempts(stack.controller.logs()), attempts(second.logs()));
     assert!(first > 0 && second > 0, "attempts per replica: {first} and {second}");
-    assert_eq!(first + second, EVENTS, "one attempt per delivery");
-    let most = receiver.most_in_flight("/hook");
-    assert!(most <= 4, "{most} requests in flight to one webhook; its limit is 4");
+    assert_eq!(first + second, total, "one attempt per delivery");
+    for w in 0..WEBHOOKS {
+        let most = receiver.most_in_flight(&format!("/hook-{w}"));
+        assert!(
+            most <= 1,
+            "{most} requests in flight at once to webhook {w}; its limit is 1"
+        );
+    }
+    println!("attempts: {first} by one replica, {second} by the other");
     stack.cleanup().await;
 }
 
@@ -302,4 +327,143 @@ async fn events_accepted_survive_a_sigkilled_postgres() {
     );
     stack.cleanup().await;
     postgres.stop();
+}
+
+/// The console signed in through its one-time link: an HTTP client with the
+/// session cookie.
+struct ConsoleSession {
+    _process: ChildProcess,
+    base: String,
+    cookie: String,
+    http: reqwest::Client,
+}
+
+impl ConsoleSession {
+    async fn start(stack: &Stack, postgres: &Postgres, kubeconfig: &std::path::Path, name: &str) -> ConsoleSession {
+        let mut args = vec!["console", "--listen", "127.0.0.1:0", "-n", &stack.env.ns];
+        let store = store_args(postgres);
+        args.extend(store.iter().map(String::as_str));
+        let process = ChildProcess::start(&format!("console-{name}-{}", stack.env.ns), kubeconfig, &args);
+        let login = eventually(Duration::from_secs(30), "the console's login line", || async {
+            process
+                .logs()
+                .lines()
+                .find_map(|l| l.strip_prefix("console: ").map(str::to_string))
+        })
+        .await;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let answer = http.get(&login).send().await.unwrap();
+        let cookie = answer.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let base = login.split("/?").next().unwrap().to_string();
+        ConsoleSession {
+            _process: process,
+            base,
+            cookie,
+            http,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, form: &str) -> (u16, String) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
+    let postgres = Postgres::shared();
+    let stack = stack("pg_console", postgres).await;
+    let receiver = Receiver::start().await;
+    stack.webhook("shop", spec(receiver.url("/shop"), &[EVENT])).await;
+    let (status, answer) = post(&stack, "evt-console", json!({ "sku": "A-1" })).await;
+    assert_eq!(status, 202, "{answer}");
+    let name = deliveries_of(&answer).remove(0);
+    receiver.wait_for("/shop", 1, WAIT).await;
+    let ns = stack.env.ns.clone();
+    eventually(WAIT, "the delivery recorded", || async {
+        stored(postgres, &ns)
+            .await
+            .get(&name)
+            .filter(|(p, _)| p == "Succeeded")
+            .map(drop)
+    })
+    .await;
+
+    let admin = ConsoleSession::start(&stack, postgres, &stack.env.cluster.admin_kubeconfig, "admin").await;
+    let (code, list) = admin.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
+    assert_eq!(code, 200, "{list}");
+    assert!(list.contains(&name) && list.contains("Succeeded"), "{list}");
+    let (code, page) = admin.get(&format!("/ns/{ns}/deliveries/{name}")).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("A-1"), "the body as sent: {page}");
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token on the page")
+        .to_string();
+    let (code, answer) = admin
+        .post(
+            &format!("/ns/{ns}/deliveries/{name}/redeliver"),
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(code, 303, "{answer}");
+    let again = receiver.wait_for("/shop", 2, WAIT).await;
+    assert_eq!(
+        again[1].header("webhook-id"),
+        Some(name.as_str()),
+        "the same delivery id"
+    );
+    eventually(WAIT, "the second round recorded", || async {
+        stored(postgres, &ns)
+            .await
+            .get(&name)
+            .filter(|(p, n)| p == "Succeeded" && *n == 2)
+            .map(drop)
+    })
+    .await;
+
+    // Someone whom RBAC grants nothing here sees nothing from the store.
+    let restricted = stack
+        .env
+        .cluster
+        .restricted_kubeconfig
+        .clone()
+        .expect("the local control plane");
+    let stranger = ConsoleSession::start(&stack, postgres, &restricted, "stranger").await;
+    let (code, page) = stranger.get(&format!("/ns/{ns}/deliveries/{name}")).await;
+    assert_eq!(code, 404, "{page}");
+    assert!(!page.contains("A-1"));
+    let (_, list) = stranger.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
+    assert!(!list.contains(&name), "{list}");
+    stack.cleanup().await;
 }

@@ -46,6 +46,9 @@ pub struct Settings {
     pub ingest_url: String,
     /// The namespace shown first.
     pub namespace: Option<String>,
+    /// The Postgres store, when deliveries live there: history is read from
+    /// it after an access review of the user's right to the Webhook.
+    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
 }
 
 /// One signed-in user: their client (their identity) and CSRF token.
@@ -53,6 +56,8 @@ pub(crate) struct Session {
     pub client: Client,
     pub csrf: String,
     pub user: String,
+    /// Where deliveries live (`None`: Delivery objects, read as the user).
+    pub store: Option<Arc<crate::store::postgres::Postgres>>,
     last_used: Mutex<Instant>,
 }
 
@@ -62,6 +67,7 @@ pub(crate) struct Console {
     login_token: Mutex<Option<String>>,
     /// Locally: the caller's client, handed to the session the token opens.
     local_client: Option<Client>,
+    store: Option<Arc<crate::store::postgres::Postgres>>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     pub ingest_url: String,
     pub default_namespace: String,
@@ -90,6 +96,7 @@ impl Console {
             client,
             csrf: random_token(32),
             user,
+            store: self.store.clone(),
             last_used: Mutex::new(Instant::now()),
         });
         self.sessions
@@ -169,6 +176,7 @@ pub async fn run(
         auth: settings.auth,
         login_token: Mutex::new(login_token.clone()),
         local_client,
+        store: settings.postgres.clone(),
         sessions: Mutex::default(),
         ingest_url: settings.ingest_url.trim_end_matches('/').to_string(),
         default_namespace,

@@ -111,13 +111,21 @@ fn api_problem(e: &kube::Error, doing: &str) -> Response {
 /// Whether the user may change Webhooks in `ns` (RBAC decides; the console
 /// only hides what would be refused anyway).
 async fn may_edit(client: &kube::Client, ns: &str) -> bool {
+    allowed(client, ns, "update", "webhooks", None).await
+}
+
+/// Whether the user may `verb` hookrelay's `resource` (`name`, or any) in
+/// `ns`, by a SelfSubjectAccessReview with their identity. Deliveries in
+/// the Postgres store are shown only to whom RBAC would show them.
+async fn allowed(client: &kube::Client, ns: &str, verb: &str, resource: &str, name: Option<&str>) -> bool {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(ns.into()),
-                verb: Some("update".into()),
+                verb: Some(verb.into()),
                 group: Some(crate::resources::GROUP.into()),
-                resource: Some("webhooks".into()),
+                resource: Some(resource.into()),
+                name: name.map(str::to_string),
                 ..Default::default()
             }),
             ..Default::default()
@@ -525,12 +533,20 @@ async fn secret_view(session: &Session, ns: &str, webhook: &Webhook, reveal: boo
 
 /// The webhook's recent deliveries, newest first, optionally by outcome.
 async fn recent(session: &Session, ns: &str, webhook: &str, outcome: &str) -> Vec<DeliveryRow> {
-    let params = ListParams::default().labels(&format!("{WEBHOOK_LABEL}={webhook}"));
-    let mut list = Api::<Delivery>::namespaced(session.client.clone(), ns)
-        .list(&params)
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
+    let mut list = match &session.store {
+        Some(store) if allowed(&session.client, ns, "get", "webhooks", Some(webhook)).await => {
+            store.recent(ns, webhook, 500).await.unwrap_or_default()
+        }
+        Some(_) => vec![],
+        None => {
+            let params = ListParams::default().labels(&format!("{WEBHOOK_LABEL}={webhook}"));
+            Api::<Delivery>::namespaced(session.client.clone(), ns)
+                .list(&params)
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+        }
+    };
     list.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
     list.into_iter()
         .filter(|d| {
@@ -948,6 +964,25 @@ pub(crate) async fn send_test(
         Ok(d) => d,
         Err(e) => return notice(&ns, &name, &format!("Not sent: {e}.")),
     };
+    if let Some(store) = &session.store {
+        // What creating a Delivery object would need.
+        if !allowed(&session.client, &ns, "create", "deliveries", None).await {
+            return message(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Your Kubernetes identity may not create deliveries in this namespace. Ask for the hookrelay-edit role in this namespace.",
+            );
+        }
+        let id = delivery.name_any();
+        let row = crate::store::postgres::NewDelivery {
+            delivery,
+            ordering_key: None,
+        };
+        return match store.insert(vec![row]).await {
+            Ok(()) => notice(&ns, &name, &format!("Test event sent as delivery {id}.")),
+            Err(e) => message(StatusCode::BAD_GATEWAY, "The delivery store did not answer", &e),
+        };
+    }
     match Api::<Delivery>::namespaced(session.client.clone(), &ns)
         .create(&PostParams::default(), &delivery)
         .await
@@ -989,6 +1024,34 @@ pub(crate) async fn deliveries_live(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
+    if let Some(store) = session.store.clone() {
+        // No watch in a database: a cheap summary, polled, says when.
+        if !allowed(&session.client, &ns, "get", "webhooks", Some(&name)).await {
+            return message(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Your Kubernetes identity may not read this webhook.",
+            );
+        }
+        let ticks = tokio::time::interval(std::time::Duration::from_secs(2));
+        let stream = futures::stream::unfold((ticks, None), move |(mut ticks, last)| {
+            let (store, ns, name) = (store.clone(), ns.clone(), name.clone());
+            async move {
+                loop {
+                    ticks.tick().await;
+                    let now = store.changes(&ns, &name).await.ok();
+                    if now.is_some() && last.is_some() && now != last {
+                        let event = SseEvent::default().event("changed").data(name.clone());
+                        return Some((Ok::<_, std::convert::Infallible>(event), (ticks, now)));
+                    }
+                    if last.is_none() && now.is_some() {
+                        return Some((Ok(SseEvent::default().comment("watching")), (ticks, now)));
+                    }
+                }
+            }
+        });
+        return Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+    }
     let api: Api<Delivery> = Api::namespaced(session.client.clone(), &ns);
     let config = watcher::Config::default().labels(&format!("{WEBHOOK_LABEL}={name}"));
     let stream = watcher(api, config)
@@ -1031,12 +1094,9 @@ pub(crate) async fn delivery(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    let d = match Api::<Delivery>::namespaced(session.client.clone(), &ns)
-        .get(&name)
-        .await
-    {
+    let d = match read_delivery(&session, &ns, &name).await {
         Ok(d) => d,
-        Err(e) => return api_problem(&e, &format!("read Delivery {name}")),
+        Err(problem) => return problem,
     };
     let custom = Api::<Webhook>::namespaced(session.client.clone(), &ns)
         .get(&d.spec.webhook)
@@ -1088,12 +1148,59 @@ pub(crate) async fn delivery(
     })
 }
 
+/// A delivery as the user may see it: a Delivery object read with their
+/// identity, or from the Postgres store if they may read its Webhook (one
+/// answer for missing and not allowed, so nothing is revealed).
+async fn read_delivery(session: &Session, ns: &str, name: &str) -> Result<Delivery, Response> {
+    let Some(store) = &session.store else {
+        return Api::<Delivery>::namespaced(session.client.clone(), ns)
+            .get(name)
+            .await
+            .map_err(|e| api_problem(&e, &format!("read Delivery {name}")));
+    };
+    match store.read(ns, name).await {
+        Ok(Some(d)) if allowed(&session.client, ns, "get", "webhooks", Some(&d.spec.webhook)).await => Ok(d),
+        Ok(_) => Err(message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("No delivery {name} that your Kubernetes identity may read in {ns}."),
+        )),
+        Err(e) => Err(message(
+            StatusCode::BAD_GATEWAY,
+            "The delivery store did not answer",
+            &e,
+        )),
+    }
+}
+
 pub(crate) async fn redeliver(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
     or_page!(checked(&session, &body));
+    if let Some(store) = &session.store {
+        // What stamping a Delivery object would need.
+        if let Err(problem) = read_delivery(&session, &ns, &name).await {
+            return problem;
+        }
+        if !allowed(&session.client, &ns, "patch", "deliveries", Some(&name)).await {
+            return message(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Your Kubernetes identity may not redeliver in this namespace. Ask for the hookrelay-edit role in this namespace.",
+            );
+        }
+        return match store.redeliver(&ns, &name, &jiff::Timestamp::now().to_string()).await {
+            Ok(true) => Redirect::to(&format!("/ns/{}/deliveries/{}", url_part(&ns), url_part(&name))).into_response(),
+            Ok(false) => message(
+                StatusCode::CONFLICT,
+                "An attempt is under way",
+                "This delivery is being attempted right now; redeliver it once that attempt is recorded.",
+            ),
+            Err(e) => message(StatusCode::BAD_GATEWAY, "The delivery store did not answer", &e),
+        };
+    }
     match stamp::<Delivery>(&session, &ns, &name, REDELIVER_ANNOTATION).await {
         Ok(_) => Redirect::to(&format!("/ns/{}/deliveries/{}", url_part(&ns), url_part(&name))).into_response(),
         Err(e) => api_problem(&e, &format!("redeliver {name}")),

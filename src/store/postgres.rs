@@ -304,6 +304,52 @@ RETURNING t.doc, t.version"#;
         row.map(|row| decode(row.get(0), row.get(1))).transpose()
     }
 
+    /// A webhook's newest deliveries (accept order), at most `most`.
+    pub async fn recent(&self, namespace: &str, webhook: &str, most: i64) -> Result<Vec<Delivery>, String> {
+        let client = self.client().await?;
+        let rows = timed(client.query(
+            "SELECT doc, version FROM hookrelay_deliveries WHERE namespace = $1 AND webhook = $2
+             ORDER BY seq DESC LIMIT $3",
+            &[&namespace, &webhook, &most],
+        ))
+        .await?;
+        rows.iter().map(|row| decode(row.get(0), row.get(1))).collect()
+    }
+
+    /// Something that changes whenever a webhook's deliveries do (for a
+    /// page that refreshes on change).
+    pub async fn changes(&self, namespace: &str, webhook: &str) -> Result<(i64, i64), String> {
+        let client = self.client().await?;
+        let row = timed(client.query_one(
+            "SELECT count(*), coalesce(sum(version), 0)::bigint FROM hookrelay_deliveries
+             WHERE namespace = $1 AND webhook = $2",
+            &[&namespace, &webhook],
+        ))
+        .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Asks for a new round of attempts (the `hookrelay.dev/redeliver`
+    /// annotation, as on a Delivery object) and makes it due now. Refused
+    /// (`Ok(false)`) while an attempt is under way: its record must not be
+    /// overwritten.
+    pub async fn redeliver(&self, namespace: &str, name: &str, request: &str) -> Result<bool, String> {
+        let client = self.client().await?;
+        let changed = timed(client.execute(
+            "UPDATE hookrelay_deliveries
+             SET doc = jsonb_set(doc::jsonb, '{metadata,annotations}',
+                     coalesce(doc::jsonb #> '{metadata,annotations}', '{}'::jsonb) || jsonb_build_object($3::text, $4::text))::text,
+                 version = version + 1, due_at = now(), completed_at = NULL
+             WHERE namespace = $1 AND name = $2 AND (claim_until IS NULL OR claim_until <= now())",
+            &[&namespace, &name, &crate::resources::delivery::REDELIVER_ANNOTATION, &request],
+        ))
+        .await?;
+        if changed == 1 {
+            let _ = client.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await;
+        }
+        Ok(changed == 1)
+    }
+
     /// Gives a claim back without an attempt, due again no sooner than `after`.
     pub async fn release(&self, namespace: &str, name: &str, claimant: &str, after: Duration) -> Result<(), String> {
         let client = self.client().await?;
