@@ -55,6 +55,11 @@ pub struct Plugin {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Read and redeliver deliveries in the Postgres store (when hookrelay
+    /// runs with --store postgres), as a URL: postgres://user:password@host/db.
+    /// Shown only for webhooks your Kubernetes identity may read.
+    #[arg(long, global = true, env = "HOOKRELAY_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -227,6 +232,8 @@ struct Ctx {
     all: bool,
     output: Output,
     color: bool,
+    /// Deliveries are read from here when set (not as Delivery objects).
+    store: Option<std::sync::Arc<crate::store::postgres::Postgres>>,
 }
 
 impl Ctx {
@@ -272,6 +279,16 @@ impl Ctx {
     }
 
     async fn delivery(&self, name: &str) -> anyhow::Result<Delivery> {
+        if let Some(store) = &self.store {
+            let ns = &self.namespace;
+            // One answer for missing and not allowed.
+            return match store.read(ns, name).await.map_err(anyhow::Error::msg)? {
+                Some(d) if crate::store::allowed(&self.client, ns, "get", "webhooks", Some(&d.spec.webhook)).await => {
+                    Ok(d)
+                }
+                _ => Err(anyhow!("no such delivery {name:?} that you may read in namespace {ns}")),
+            };
+        }
         self.here::<Delivery>()
             .get_opt(name)
             .await?
@@ -330,7 +347,18 @@ impl Plugin {
             all: self.all_namespaces,
             output: self.output,
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            store: match &self.postgres_url {
+                Some(url) => Some(crate::store::postgres::Postgres::open(url)?),
+                None => None,
+            },
         };
+        if ctx.store.is_some()
+            && (self.all_namespaces || matches!(self.command, Command::Tail { .. } | Command::Test { .. }))
+        {
+            bail!(
+                "with --postgres-url: deliveries, show and redeliver work in one namespace; tail, test and --all-namespaces read Delivery objects (use the console's Send test)"
+            );
+        }
         match self.command {
             Command::Status { hub } => status(&ctx, hub).await,
             Command::Deliveries { webhook, filter } => deliveries(&ctx, webhook, &filter).await,
@@ -566,14 +594,35 @@ async fn select(ctx: &Ctx, webhook: Option<&str>, filter: &Filter) -> anyhow::Re
         None => ListParams::default(),
     };
     let now = Timestamp::now();
-    let mut list: Vec<Delivery> = ctx
-        .api::<Delivery>()
-        .list(&params)
-        .await?
-        .items
-        .into_iter()
-        .filter(|d| filter.keeps(d, now))
-        .collect();
+    let all = match &ctx.store {
+        Some(store) => {
+            let webhooks = match webhook {
+                Some(w) => vec![w.to_string()],
+                None => ctx
+                    .here::<Webhook>()
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .map(|w| w.name_any())
+                    .collect(),
+            };
+            let mut found = vec![];
+            for w in webhooks {
+                if crate::store::allowed(&ctx.client, &ctx.namespace, "get", "webhooks", Some(&w)).await {
+                    found.extend(
+                        store
+                            .recent(&ctx.namespace, &w, 1000)
+                            .await
+                            .map_err(anyhow::Error::msg)?,
+                    );
+                }
+            }
+            found
+        }
+        None => ctx.api::<Delivery>().list(&params).await?.items,
+    };
+    let mut list: Vec<Delivery> = all.into_iter().filter(|d| filter.keeps(d, now)).collect();
     list.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
     Ok(list)
 }
@@ -762,6 +811,29 @@ async fn redeliver(
         }
     }
     let value = Timestamp::now().to_string();
+    if let Some(store) = &ctx.store {
+        // The right a Delivery object's patch would need.
+        if !crate::store::allowed(&ctx.client, &ctx.namespace, "patch", "deliveries", None).await {
+            bail!(
+                "your Kubernetes identity may not patch deliveries in namespace {} (hookrelay-edit grants it)",
+                ctx.namespace
+            );
+        }
+        for d in &chosen {
+            if !store
+                .redeliver(&ctx.namespace, &d.name_any(), &value)
+                .await
+                .map_err(anyhow::Error::msg)?
+            {
+                bail!(
+                    "{} is being attempted right now; redeliver it once that attempt is recorded",
+                    d.name_any()
+                );
+            }
+        }
+        println!("Redelivered {}.", chosen.len());
+        return Ok(());
+    }
     for d in &chosen {
         let api: Api<Delivery> = Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
         let patch = json!({ "metadata": { "annotations": { REDELIVER_ANNOTATION: value } } });

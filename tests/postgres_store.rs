@@ -452,6 +452,30 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
     })
     .await;
 
+    // The kubectl plugin reads the same history from the store.
+    let plugin = |kubeconfig: &std::path::Path, args: &[&str]| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-plugin-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("kubectl-hookrelay");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hookrelay"), &link).unwrap();
+        std::process::Command::new(link)
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns])
+            .args(args)
+            .env("HOOKRELAY_POSTGRES_URL", &postgres.url)
+            .output()
+            .unwrap()
+    };
+    let admin_kubeconfig = stack.env.cluster.admin_kubeconfig.clone();
+    let listed = plugin(&admin_kubeconfig, &["deliveries", "shop", "-o", "json"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.contains(&name) && listed.contains("Succeeded"), "{listed}");
+    let shown = plugin(&admin_kubeconfig, &["show", &name]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("A-1"), "{shown:?}");
+    let redelivered = plugin(&admin_kubeconfig, &["redeliver", &name, "--yes"]);
+    assert!(redelivered.status.success(), "{redelivered:?}");
+    receiver.wait_for("/shop", 3, WAIT).await;
+
     // Someone whom RBAC grants nothing here sees nothing from the store.
     let restricted = stack
         .env
@@ -465,5 +489,9 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
     assert!(!page.contains("A-1"));
     let (_, list) = stranger.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
     assert!(!list.contains(&name), "{list}");
+    let refused = plugin(&restricted, &["show", &name]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("no such delivery") && !said.contains("A-1"), "{said}");
     stack.cleanup().await;
 }

@@ -13,6 +13,7 @@ use crate::resources::delivery::{Delivery, Header, Phase, REDELIVER_ANNOTATION};
 use crate::resources::webhook::WebhookSpec;
 use crate::resources::{Hub, ROTATE_SECRET_ANNOTATION, WEBHOOK_LABEL, Webhook};
 use crate::secrets;
+use crate::store::allowed;
 use askama::Template;
 use axum::Extension;
 use axum::body::Bytes;
@@ -21,7 +22,6 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use futures::StreamExt;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -112,32 +112,6 @@ fn api_problem(e: &kube::Error, doing: &str) -> Response {
 /// only hides what would be refused anyway).
 async fn may_edit(client: &kube::Client, ns: &str) -> bool {
     allowed(client, ns, "update", "webhooks", None).await
-}
-
-/// Whether the user may `verb` hookrelay's `resource` (`name`, or any) in
-/// `ns`, by a SelfSubjectAccessReview with their identity. Deliveries in
-/// the Postgres store are shown only to whom RBAC would show them.
-async fn allowed(client: &kube::Client, ns: &str, verb: &str, resource: &str, name: Option<&str>) -> bool {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(ns.into()),
-                verb: Some(verb.into()),
-                group: Some(crate::resources::GROUP.into()),
-                resource: Some(resource.into()),
-                name: name.map(str::to_string),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    api.create(&PostParams::default(), &review)
-        .await
-        .ok()
-        .and_then(|r| r.status)
-        .is_some_and(|s| s.allowed)
 }
 
 async fn chrome(session: &Session, ns: &str) -> Chrome {

@@ -4,6 +4,8 @@
 
 pub mod postgres;
 
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+
 /// The delivery store a controller or ingest uses (`--store`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -30,4 +32,30 @@ pub async fn open(
             Ok(Some(postgres::Postgres::connect(url).await?))
         }
     }
+}
+
+/// Whether the user may `verb` hookrelay's `resource` (`name`, or any) in
+/// `ns`, by a SelfSubjectAccessReview with their identity. Deliveries in
+/// the Postgres store are shown only to whom RBAC would show them.
+pub async fn allowed(client: &kube::Client, ns: &str, verb: &str, resource: &str, name: Option<&str>) -> bool {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.into()),
+                verb: Some(verb.into()),
+                group: Some(crate::resources::GROUP.into()),
+                resource: Some(resource.into()),
+                name: name.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(client.clone());
+    api.create(&kube::api::PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .is_some_and(|s| s.allowed)
 }

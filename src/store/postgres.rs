@@ -103,8 +103,35 @@ fn describe(e: impl std::fmt::Display) -> String {
 }
 
 impl Postgres {
-    /// Connects and migrates the schema, retrying until the database answers.
+    /// Connects and migrates the schema, retrying until the database
+    /// answers, and starts the group committer (controller, ingest, console).
     pub async fn connect(url: &str) -> anyhow::Result<Arc<Postgres>> {
+        let (store, receiver) = Self::pool(url)?;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match store.migrate().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres store not reachable yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(commit_groups(store.pool.clone(), receiver.clone()));
+        }
+        Ok(store)
+    }
+
+    /// A reader of the store as it is (the kubectl plugin): no migration,
+    /// nothing inserted.
+    pub fn open(url: &str) -> anyhow::Result<Arc<Postgres>> {
+        Ok(Self::pool(url)?.0)
+    }
+
+    fn pool(url: &str) -> anyhow::Result<(Arc<Postgres>, mpsc::Receiver<Group>)> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| anyhow::anyhow!("--postgres-url is not a Postgres connection URL: {e}"))?;
@@ -122,23 +149,7 @@ impl Postgres {
             .create_timeout(Some(STATEMENT_TIMEOUT))
             .build()?;
         let (groups, receiver) = mpsc::channel(4096);
-        let store = Arc::new(Postgres { pool, config, groups });
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match store.migrate().await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres store not reachable yet");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-        for _ in 0..COMMITTERS {
-            tokio::spawn(commit_groups(store.pool.clone(), receiver.clone()));
-        }
-        Ok(store)
+        Ok((Arc::new(Postgres { pool, config, groups }), receiver))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, String> {
