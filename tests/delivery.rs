@@ -19,11 +19,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::eventually;
 use support::receiver::{Receiver, Reply};
-use support::stack::{Stack, WAIT, deliveries_of, spec};
+use support::stack::{Stack, Store, WAIT, deliveries_of, spec};
 
-#[tokio::test]
-async fn an_event_is_delivered_signed_and_recorded() {
-    let stack = Stack::start("an_event_is_delivered_signed").await;
+async fn an_event_is_delivered_signed_and_recorded(store: Store) {
+    let stack = Stack::start_in("an_event_is_delivered_signed", store).await;
     let receiver = Receiver::start().await;
     receiver.set_default("/hook", Reply::status(200).header("x-handler", "ok").body("thanks"));
     let secret = stack
@@ -389,9 +388,8 @@ async fn selection_templates_headers_and_methods() {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_slow_webhook_does_not_delay_another() {
-    let stack = Stack::start("a_slow_webhook_does_not_delay").await;
+async fn a_slow_webhook_does_not_delay_another(store: Store) {
+    let stack = Stack::start_in("a_slow_webhook_does_not_delay", store).await;
     let receiver = Receiver::start().await;
     receiver.set_default("/slow", Reply::status(200).delayed(Duration::from_secs(5)));
     let event = "dynamic-content.edition.published";
@@ -505,3 +503,8 @@ async fn header_secrets_are_sent_only_with_their_owners_consent() {
     assert!(!stack.logs().contains("hunter2"));
     stack.cleanup().await;
 }
+
+both_stores!(
+    an_event_is_delivered_signed_and_recorded,
+    a_slow_webhook_does_not_delay_another,
+);

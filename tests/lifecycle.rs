@@ -18,7 +18,7 @@ use serde_json::json;
 use std::time::Duration;
 use support::eventually;
 use support::receiver::{Receiver, Reply};
-use support::stack::{Options, Stack, WAIT, deliveries_of, spec};
+use support::stack::{Options, Stack, Store, WAIT, deliveries_of, spec};
 
 const EVENT: &str = "dynamic-content.content-item.updated";
 
@@ -55,9 +55,8 @@ fn active_condition(w: &Webhook) -> Option<(String, String)> {
 
 /// A retry due further ahead than the engine holds whole deliveries for
 /// (30 s) is held in brief, read again when due and sent then, once.
-#[tokio::test]
-async fn a_retry_due_far_ahead_is_read_again_and_sent_when_due() {
-    let stack = Stack::start("retry_due_far_ahead").await;
+async fn a_retry_due_far_ahead_is_read_again_and_sent_when_due(store: Store) {
+    let stack = Stack::start_in("retry_due_far_ahead", store).await;
     let receiver = Receiver::start().await;
     receiver.script("/hook", [Reply::status(503).header("Retry-After", "33")]);
     let mut s = spec(receiver.url("/hook"), &[EVENT]);
@@ -77,9 +76,8 @@ async fn a_retry_due_far_ahead_is_read_again_and_sent_when_due() {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn failed_attempts_are_retried_under_one_delivery_id() {
-    let stack = Stack::start("failed_attempts_are_retried").await;
+async fn failed_attempts_are_retried_under_one_delivery_id(store: Store) {
+    let stack = Stack::start_in("failed_attempts_are_retried", store).await;
     let receiver = Receiver::start().await;
     receiver.script("/hook", [Reply::status(500), Reply::status(500)]);
     let mut s = spec(receiver.url("/hook"), &[EVENT]);
@@ -235,9 +233,8 @@ async fn running_out_of_retries_deactivates_the_webhook_and_cancels_the_rest() {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn gone_deactivates_at_once_and_redirects_are_failures() {
-    let stack = Stack::start("gone_deactivates_at_once").await;
+async fn gone_deactivates_at_once_and_redirects_are_failures(store: Store) {
+    let stack = Stack::start_in("gone_deactivates_at_once", store).await;
     let receiver = Receiver::start().await;
     receiver.set_default("/gone", Reply::status(410));
     receiver.set_default(
@@ -260,9 +257,8 @@ async fn gone_deactivates_at_once_and_redirects_are_failures() {
     assert!(w.status.unwrap().deactivated_at.is_some());
 
     let moved = names.iter().find(|n| n.starts_with("moved-")).unwrap();
-    let deliveries: Api<Delivery> = stack.env.api();
     let first = eventually(WAIT, "the redirect to be recorded", || async {
-        let d = deliveries.get(moved).await.ok()?;
+        let d = stack.delivery(moved).await?;
         d.status?.attempts.into_iter().next()
     })
     .await;
@@ -271,9 +267,8 @@ async fn gone_deactivates_at_once_and_redirects_are_failures() {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn retry_after_is_honoured() {
-    let stack = Stack::start("retry_after_is_honoured").await;
+async fn retry_after_is_honoured(store: Store) {
+    let stack = Stack::start_in("retry_after_is_honoured", store).await;
     let receiver = Receiver::start().await;
     receiver.script("/hook", [Reply::status(429).header("retry-after", "2")]);
     let mut s = spec(receiver.url("/hook"), &[EVENT]);
@@ -291,24 +286,18 @@ async fn retry_after_is_honoured() {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn redelivery_makes_new_attempts_under_the_same_id() {
-    let stack = Stack::start("redelivery_same_id").await;
+async fn redelivery_makes_new_attempts_under_the_same_id(store: Store) {
+    let stack = Stack::start_in("redelivery_same_id", store).await;
     let receiver = Receiver::start().await;
     stack.webhook("shop", spec(receiver.url("/hook"), &[EVENT])).await;
     let name = post_one(&stack, "evt-1").await;
     assert_eq!(stack.delivery_done(&name).await.status.unwrap().attempt_count, 1);
 
-    let deliveries: Api<Delivery> = stack.env.api();
-    let annotate = json!({ "metadata": { "annotations": { "hookrelay.dev/redeliver": "please" } } });
-    deliveries
-        .patch(&name, &PatchParams::default(), &Patch::Merge(annotate))
-        .await
-        .unwrap();
+    stack.redeliver(&name, "please").await;
     let got = receiver.wait_for("/hook", 2, WAIT).await;
     assert_eq!(got[1].header("webhook-id"), Some(name.as_str()));
     let status = eventually(WAIT, "the second round recorded", || async {
-        let s = deliveries.get(&name).await.ok()?.status?;
+        let s = stack.delivery(&name).await?.status?;
         (s.attempt_count == 2 && s.phase == Phase::Succeeded).then_some(s)
     })
     .await;
@@ -377,8 +366,7 @@ async fn during_a_rotation_overlap_both_secrets_sign() {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn retention_keeps_the_newest_finished_deliveries() {
+async fn retention_keeps_the_newest_finished_deliveries(store: Store) {
     let mut hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
     hub.spec.retention = Some(RetentionPolicy {
         keep_per_webhook: Some(2),
@@ -388,6 +376,7 @@ async fn retention_keeps_the_newest_finished_deliveries() {
         "retention_keeps_the_newest",
         Options {
             hub,
+            store,
             ..Options::default()
         },
     )
@@ -400,10 +389,9 @@ async fn retention_keeps_the_newest_finished_deliveries() {
         stack.delivery_done(&name).await;
         names.push(name);
     }
-    let deliveries: Api<Delivery> = stack.env.api();
     let mut kept = eventually(WAIT, "retention to delete all but 2", || async {
-        let list = deliveries.list(&ListParams::default()).await.ok()?;
-        let kept: Vec<String> = list.items.iter().map(|d| d.name_any()).collect();
+        let list = stack.deliveries().await?;
+        let kept: Vec<String> = list.iter().map(|d| d.name_any()).collect();
         (kept.len() == 2).then_some(kept)
     })
     .await;
@@ -486,3 +474,12 @@ async fn egress_policy_refuses_denied_addresses_by_literal_and_by_name() {
     }
     stack.cleanup().await;
 }
+
+both_stores!(
+    a_retry_due_far_ahead_is_read_again_and_sent_when_due,
+    failed_attempts_are_retried_under_one_delivery_id,
+    gone_deactivates_at_once_and_redirects_are_failures,
+    retry_after_is_honoured,
+    redelivery_makes_new_attempts_under_the_same_id,
+    retention_keeps_the_newest_finished_deliveries,
+);

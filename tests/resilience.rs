@@ -8,14 +8,19 @@ use kube::Api;
 use serde_json::json;
 use std::time::Duration;
 use support::receiver::{Receiver, Reply};
-use support::stack::{Options, Stack, WAIT, all_succeeded, deliveries_of, holder_pid, ids_seen, spec};
+use support::stack::{Options, Stack, Store, WAIT, all_succeeded, deliveries_of, holder_pid, ids_seen, spec};
 use support::{ChildProcess, eventually};
 
 const EVENT: &str = "dynamic-content.snapshot.published";
 
-#[tokio::test]
-async fn sigkilled_controller_loses_no_delivery() {
-    let options = Options::single_controller();
+/// With the Postgres store, what the killed controller had claimed is sent
+/// once its claim runs out (`--claim-lease`, at least the hub's longest
+/// request + 15 s).
+async fn sigkilled_controller_loses_no_delivery(store: Store) {
+    let options = Options {
+        store,
+        ..Options::single_controller()
+    };
     let mut stack = Stack::start_with("sigkilled_controller_loses_none", options).await;
     let receiver = Receiver::start().await;
     for i in 0..4 {
@@ -173,3 +178,5 @@ async fn watches_recover_when_the_api_server_goes_away_and_comes_back() {
     drop(back);
     stack.cleanup().await;
 }
+
+both_stores!(sigkilled_controller_loses_no_delivery);

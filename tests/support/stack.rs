@@ -15,12 +15,40 @@ use std::time::Duration;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Where the stack's deliveries live (`--store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Kubernetes,
+    Postgres,
+}
+
+/// Defines `mod NAME { kubernetes, postgres }`: the test body `NAME(store)`
+/// run once against each delivery store.
+#[macro_export]
+macro_rules! both_stores {
+    ($($test:ident),* $(,)?) => { $(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kubernetes() {
+                super::$test(super::support::stack::Store::Kubernetes).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(super::support::stack::Store::Postgres).await
+            }
+        }
+    )* };
+}
+
 /// A hub, the controller and ingest, ready to take events.
 pub struct Stack {
     pub env: TestEnv,
     pub controller: ChildProcess,
     pub ingest: Ingest,
     pub token: String,
+    pub store: Store,
+    /// The Postgres store, with `Store::Postgres`.
+    pub postgres: Option<std::sync::Arc<hookrelay::store::postgres::Postgres>>,
     controller_args: Vec<String>,
     controller_kubeconfig: PathBuf,
 }
@@ -39,6 +67,8 @@ pub struct Options {
     pub env: Option<TestEnv>,
     /// Extra `hookrelay ingest` arguments.
     pub ingest_args: Vec<String>,
+    /// Where deliveries live.
+    pub store: Store,
 }
 
 impl Options {
@@ -60,6 +90,7 @@ impl Default for Options {
             controller_kubeconfig: None,
             env: None,
             ingest_args: vec![],
+            store: Store::Kubernetes,
         }
     }
 }
@@ -69,7 +100,22 @@ impl Stack {
         Self::start_with(test, Options::default()).await
     }
 
-    pub async fn start_with(test: &str, options: Options) -> Stack {
+    /// `start` against the given delivery store.
+    pub async fn start_in(test: &str, store: Store) -> Stack {
+        Self::start_with(test, Options { store, ..Options::default() }).await
+    }
+
+    pub async fn start_with(test: &str, mut options: Options) -> Stack {
+        let postgres = match options.store {
+            Store::Kubernetes => None,
+            Store::Postgres => {
+                let url = super::postgres::Postgres::shared().url.clone();
+                let args = ["--store".to_string(), "postgres".into(), "--postgres-url".into(), url.clone()];
+                options.controller_args.extend(args.clone());
+                options.ingest_args.extend(args);
+                Some(hookrelay::store::postgres::Postgres::open(&url).expect("a Postgres URL"))
+            }
+        };
         let env = match options.env {
             Some(env) => env,
             None => TestEnv::new(test).await,
@@ -94,6 +140,8 @@ impl Stack {
             controller,
             ingest,
             token,
+            store: options.store,
+            postgres,
             controller_args: options.controller_args,
             controller_kubeconfig: kubeconfig,
         }
@@ -192,10 +240,52 @@ impl Stack {
         (status, answer)
     }
 
+    /// A delivery as stored (an object, or a row of the Postgres store).
+    pub async fn delivery(&self, name: &str) -> Option<Delivery> {
+        match &self.postgres {
+            Some(store) => store.read(&self.env.ns, name).await.ok()?,
+            None => self.env.api::<Delivery>().get(name).await.ok(),
+        }
+    }
+
+    /// Every delivery of this stack's namespace.
+    pub async fn deliveries(&self) -> Option<Vec<Delivery>> {
+        match &self.postgres {
+            Some(store) => {
+                let webhooks = self.env.api::<hookrelay::resources::Webhook>().list(&Default::default()).await.ok()?;
+                let mut all = vec![];
+                for w in webhooks.items {
+                    all.extend(store.recent(&self.env.ns, &kube::ResourceExt::name_any(&w), 100_000).await.ok()?);
+                }
+                Some(all)
+            }
+            None => Some(self.env.api::<Delivery>().list(&Default::default()).await.ok()?.items),
+        }
+    }
+
+    /// Asks for a new round of attempts, as the console and plugin do.
+    pub async fn redeliver(&self, name: &str, request: &str) {
+        match &self.postgres {
+            Some(store) => {
+                eventually(WAIT, "no attempt under way, to redeliver", || async {
+                    store.redeliver(&self.env.ns, name, request).await.ok()?.then_some(())
+                })
+                .await
+            }
+            None => {
+                let annotate = serde_json::json!({ "metadata": { "annotations": { "hookrelay.dev/redeliver": request } } });
+                self.env
+                    .api::<Delivery>()
+                    .patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(annotate))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     pub async fn delivery_done(&self, name: &str) -> Delivery {
-        let api: Api<Delivery> = self.env.api();
         eventually(WAIT, &format!("delivery {name} to finish"), || async {
-            let d = api.get(name).await.ok()?;
+            let d = self.delivery(name).await?;
             d.status.as_ref().is_some_and(|s| s.phase.is_finished()).then_some(d)
         })
         .await
@@ -246,15 +336,13 @@ pub fn ids_seen(received: &[super::receiver::Received]) -> std::collections::Has
 
 /// Waits until exactly `expected` Deliveries exist and all Succeeded.
 pub async fn all_succeeded(stack: &Stack, expected: usize, timeout: Duration) -> Vec<Delivery> {
-    let api: Api<Delivery> = stack.env.api();
     eventually(timeout, &format!("{expected} deliveries to succeed"), || async {
-        let list = api.list(&kube::api::ListParams::default()).await.ok()?;
+        let list = stack.deliveries().await?;
         let done = list
-            .items
             .iter()
             .filter(|d| d.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
             .count();
-        (list.items.len() == expected && done == expected).then_some(list.items)
+        (list.len() == expected && done == expected).then_some(list)
     })
     .await
 }
