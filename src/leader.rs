@@ -75,20 +75,20 @@ impl Leadership {
         }
     }
 
-    fn until(valid_until: Instant) -> Self {
+    pub(crate) fn until(valid_until: Instant) -> Self {
         Self {
             valid_until: Some(Arc::new(Mutex::new(valid_until))),
             lost: CancellationToken::new(),
         }
     }
 
-    fn extend(&self, valid_until: Instant) {
+    pub(crate) fn extend(&self, valid_until: Instant) {
         if let Some(v) = &self.valid_until {
             *v.lock().unwrap_or_else(|e| e.into_inner()) = valid_until;
         }
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.valid_until
             .as_ref()
             .map(|v| *v.lock().unwrap_or_else(|e| e.into_inner()))
@@ -108,7 +108,7 @@ impl Leadership {
         self.lost.is_cancelled()
     }
 
-    fn lose(&self) {
+    pub(crate) fn lose(&self) {
         self.lost.cancel();
     }
 }

@@ -495,3 +495,36 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
     assert!(said.contains("no such delivery") && !said.contains("A-1"), "{said}");
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_claims_are_taken_over_within_seconds() {
+    let postgres = Postgres::shared();
+    let mut stack = stack("pg_takeover", postgres).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default("/hook", Reply::status(200).delayed(Duration::from_secs(3)));
+    stack.webhook("slow", spec(receiver.url("/hook"), &[EVENT])).await;
+    for i in 0..4 {
+        let (status, answer) = post(&stack, &format!("evt-{i}"), json!({ "i": i })).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    // Four requests in flight (the webhook's limit), all claimed by this
+    // replica, which then dies.
+    receiver.wait_for("/hook", 4, WAIT).await;
+    stack.kill_controller();
+    let killed = Instant::now();
+    stack.restart_controller();
+    let ns = stack.env.ns.clone();
+    eventually(WAIT, "the four deliveries recorded by the new replica", || async {
+        let rows = stored(postgres, &ns).await;
+        (rows.len() == 4 && rows.values().all(|(p, _)| p == "Succeeded")).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    // A claim alone lasts at least --claim-lease (45 s by default): taken
+    // over well before, the dead replica's heartbeat (6 s) is what counted.
+    assert!(took < Duration::from_secs(30), "taken over after {took:?}");
+    let seen = ids_seen(&receiver.received("/hook"));
+    assert_eq!(seen.len(), 4);
+    println!("a dead replica's 4 claims were delivered {took:?} after the kill");
+    stack.cleanup().await;
+}

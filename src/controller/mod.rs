@@ -260,27 +260,45 @@ async fn deliver_from_postgres(
         let webhooks = crate::ingest::watched(api::<Webhook>(&client, namespace.as_deref()));
         let secrets = SecretCache::new(client.clone());
         tokio::spawn(secrets.clone().watch(namespace.clone()));
-        let engine = Engine::new(
-            client.clone(),
-            webhooks.clone(),
-            hubs.clone(),
-            secrets,
-            metrics.clone(),
-            options.clone(),
-        );
-        let (store, stop) = (store.clone(), stop.clone());
+        let (client, options, metrics, store, stop) =
+            (client.clone(), options.clone(), metrics.clone(), store.clone(), stop.clone());
         async move {
             let ready = async { hubs.wait_until_ready().await.is_ok() && webhooks.wait_until_ready().await.is_ok() };
             let ready = tokio::select! {
                 r = ready => r,
                 _ = stop.cancelled() => false,
             };
-            if ready {
-                tracing::info!(
-                    namespace = namespace.as_deref().unwrap_or("<all>"),
-                    "caches synced; delivering from postgres"
+            if !ready {
+                return;
+            }
+            let scope = namespace.as_deref().unwrap_or("<all>").to_string();
+            tracing::info!(namespace = %scope, "caches synced; delivering from postgres");
+            // One engine (one claimant) per stretch of contact with the store.
+            loop {
+                let options = crate::delivery::Options {
+                    // Alive in the store only once its first heartbeat is taken.
+                    leadership: Leadership::until(tokio::time::Instant::now()),
+                    ..options.clone()
+                };
+                let engine = Engine::new(
+                    client.clone(),
+                    webhooks.clone(),
+                    hubs.clone(),
+                    secrets.clone(),
+                    metrics.clone(),
+                    options,
                 );
-                crate::delivery::claims::run(engine, store, namespace, lease, stop.cancelled_owned()).await;
+                let run = crate::delivery::claims::run(
+                    engine,
+                    store.clone(),
+                    namespace.clone(),
+                    lease,
+                    stop.clone().cancelled_owned(),
+                );
+                if run.await == crate::delivery::claims::Ended::Shutdown || stop.is_cancelled() {
+                    return;
+                }
+                tracing::warn!(namespace = %scope, "lost contact with the postgres store; delivering again as a new claimant once it answers");
             }
         }
     });

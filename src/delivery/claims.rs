@@ -3,7 +3,10 @@
 //! webhook's limit counted across replicas) and attempts them with the same
 //! code as the Kubernetes store. Nothing is held in memory between
 //! attempts: a Retrying delivery waits in the database until it is due and
-//! whichever replica claims it then sends it.
+//! whichever replica claims it then sends it. Each replica keeps a
+//! heartbeat in the store; a crashed replica's claims are taken over once
+//! its heartbeat runs out (seconds), and a replica that cannot renew its
+//! heartbeat stops sending before that happens.
 
 use super::{DEFER, Engine, RETENTION_SWEEP, attempt, notify, retention};
 use crate::resources::delivery::{Delivery, Phase};
@@ -19,16 +22,95 @@ use tokio::sync::Notify;
 /// How often the loop looks for due deliveries when nothing woke it
 /// (ingest's notifications wake it for new ones; this catches retries).
 const POLL: Duration = Duration::from_millis(250);
+/// How long one heartbeat says this process is alive. Another replica
+/// takes over its claims this long after it stops (a crash), and it stops
+/// sending (cancelling requests in flight) before then if it cannot renew.
+const ALIVE_FOR: Duration = Duration::from_secs(6);
+/// How often it renews, and how much earlier than the database it gives up.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+const ALIVE_MARGIN: Duration = Duration::from_secs(2);
 
-/// Claims and delivers until `shutdown` resolves, then waits for the
-/// attempts in flight to be recorded. `namespace` limits the claims.
+/// Why `run` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Shutdown,
+    /// The store did not take this process's heartbeat in time: its claims
+    /// are others' now. Start again with a new engine (a new claimant).
+    LostContact,
+}
+
+/// Claims and delivers until `shutdown` resolves (or contact with the store
+/// is lost), then waits for the attempts in flight to be recorded.
+/// `namespace` limits the claims. The engine's leadership is this
+/// process's liveness in the store: it must start expired.
 pub async fn run(
     engine: Arc<Engine>,
     store: Arc<Postgres>,
     namespace: Option<String>,
     lease: Duration,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+) -> Ended {
+    tokio::pin!(shutdown);
+    // Alive first: nothing is claimed before the store knows this claimant.
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let sent = tokio::time::Instant::now();
+        match store.heartbeat(&engine.claimant, ALIVE_FOR).await {
+            Ok(()) => {
+                engine.leadership.extend(sent + ALIVE_FOR - ALIVE_MARGIN);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "postgres store: cannot register this replica yet")
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ended::Shutdown,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    let alive = tokio::spawn(keep_alive(
+        store.clone(),
+        engine.claimant.clone(),
+        engine.leadership.clone(),
+    ));
+    let ended = deliver(&engine, &store, namespace, lease, shutdown).await;
+    engine.drain().await;
+    alive.abort();
+    engine.summaries.flush().await;
+    ended
+}
+
+/// Renews this process's heartbeat; gives up (cancelling what is in
+/// flight) once the last one taken is about to run out in the store.
+async fn keep_alive(store: Arc<Postgres>, claimant: String, alive: crate::leader::Leadership) {
+    loop {
+        let deadline = alive.deadline().unwrap_or_else(tokio::time::Instant::now);
+        let sent = tokio::time::Instant::now();
+        let renewed = tokio::time::timeout_at(deadline, store.heartbeat(&claimant, ALIVE_FOR)).await;
+        match renewed {
+            Ok(Ok(())) => alive.extend(sent + ALIVE_FOR - ALIVE_MARGIN),
+            Ok(Err(e)) => tracing::warn!(error = %e, "postgres store: heartbeat not taken"),
+            Err(_) => {}
+        }
+        if !alive.may_act() {
+            tracing::warn!("postgres store: no heartbeat taken in time; this replica's claims go to others");
+            alive.lose();
+            return;
+        }
+        let next = alive.deadline().unwrap_or_else(tokio::time::Instant::now);
+        tokio::time::sleep_until((tokio::time::Instant::now() + RENEW_EVERY).min(next)).await;
+    }
+}
+
+async fn deliver(
+    engine: &Arc<Engine>,
+    store: &Arc<Postgres>,
+    namespace: Option<String>,
+    lease: Duration,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Ended {
     let namespaces: Vec<String> = namespace.into_iter().collect();
     let committed = store.listen();
     let freed = Arc::new(Notify::new());
@@ -39,9 +121,12 @@ pub async fn run(
     };
     let mut sweep = tokio::time::interval(RETENTION_SWEEP);
     let mut backoff = Duration::from_millis(200);
-    tokio::pin!(shutdown);
-    loop {
-        let room = engine.global.size().saturating_sub(in_flight.load(Ordering::Relaxed));
+    let ended = loop {
+        let room = if engine.leadership.may_act() {
+            engine.global.size().saturating_sub(in_flight.load(Ordering::Relaxed))
+        } else {
+            0
+        };
         let mut wait = POLL;
         // Long enough for the longest request any hub allows: an attempt
         // never starts a request its claim might not outlast.
@@ -63,7 +148,7 @@ pub async fn run(
                     let full = claimed.len() == room;
                     for c in claimed {
                         in_flight.fetch_add(1, Ordering::Relaxed);
-                        spawn_attempt(&engine, &store, c, in_flight.clone(), freed.clone());
+                        spawn_attempt(engine, store, c, in_flight.clone(), freed.clone());
                     }
                     if full {
                         // More may be due: claim again once a slot frees.
@@ -79,7 +164,8 @@ pub async fn run(
         }
         let timer = tokio::time::sleep(wait.min(Duration::from_secs(3600)));
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => break Ended::Shutdown,
+            _ = engine.leadership.lost() => break Ended::LostContact,
             _ = committed.notified() => {}
             _ = freed.notified() => {}
             _ = timer => {}
@@ -91,10 +177,9 @@ pub async fn run(
                 }
             }
         }
-    }
-    engine.drain().await;
+    };
     summaries.abort();
-    engine.summaries.flush().await;
+    ended
 }
 
 fn spawn_attempt(

@@ -28,9 +28,10 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 /// Schema versions, applied in order, each once, under an advisory lock (so
 /// replicas starting together do not race).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE hookrelay_deliveries (
     namespace    text NOT NULL,
     name         text NOT NULL,
@@ -57,7 +58,19 @@ CREATE INDEX hookrelay_deliveries_ordered ON hookrelay_deliveries (namespace, we
 CREATE INDEX hookrelay_deliveries_finished ON hookrelay_deliveries (namespace, webhook, completed_at)
     WHERE due_at IS NULL;
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Each delivering process says it is alive; a claim by one that stopped
+-- saying so is taken over without waiting for claim_until.
+CREATE TABLE hookrelay_claimants (
+    claimant    text PRIMARY KEY,
+    alive_until timestamptz NOT NULL
+);
+"#,
+    ),
+];
 
 /// Any number: the advisory lock migrations hold.
 const MIGRATION_LOCK: i64 = 0x686f6f6b72656c;
@@ -212,14 +225,18 @@ impl Postgres {
         const CLAIM: &str = r#"
 WITH limits AS (
     SELECT * FROM unnest($3::text[], $4::text[], $5::int[]) AS l(namespace, webhook, most)
+), alive AS (
+    SELECT claimant FROM hookrelay_claimants WHERE alive_until > now()
 ), busy AS (
     SELECT namespace, webhook, count(*)::int AS n FROM hookrelay_deliveries
-    WHERE due_at IS NOT NULL AND claim_until > now() GROUP BY namespace, webhook
+    WHERE due_at IS NOT NULL AND claim_until > now() AND claimed_by IN (SELECT claimant FROM alive)
+    GROUP BY namespace, webhook
 ), ranked AS (
     SELECT d.namespace, d.name, d.webhook, d.due_at, d.seq,
            row_number() OVER (PARTITION BY d.namespace, d.webhook ORDER BY d.due_at, d.seq) AS r
     FROM hookrelay_deliveries d
-    WHERE d.due_at <= now() AND (d.claim_until IS NULL OR d.claim_until <= now())
+    WHERE d.due_at <= now()
+      AND (d.claim_until IS NULL OR d.claim_until <= now() OR d.claimed_by NOT IN (SELECT claimant FROM alive))
       AND (cardinality($6::text[]) = 0 OR d.namespace = ANY($6))
       AND (d.ordering_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM hookrelay_deliveries e
@@ -235,8 +252,9 @@ WITH limits AS (
 )
 UPDATE hookrelay_deliveries t SET claimed_by = $1, claim_until = now() + make_interval(secs => $8)
 FROM chosen c
-WHERE t.namespace = c.namespace AND t.name = c.name
-  AND t.due_at <= now() AND (t.claim_until IS NULL OR t.claim_until <= now())
+WHERE t.namespace = c.namespace AND t.name = c.name AND t.due_at <= now()
+  AND (t.claim_until IS NULL OR t.claim_until <= now()
+       OR NOT EXISTS (SELECT 1 FROM hookrelay_claimants a WHERE a.claimant = t.claimed_by AND a.alive_until > now()))
 RETURNING t.doc, t.version"#;
         let started = std::time::Instant::now();
         let client = self.client().await?;
@@ -266,6 +284,25 @@ RETURNING t.doc, t.version"#;
                 })
             })
             .collect()
+    }
+
+    /// Says `claimant` is alive for `ttl` more (and forgets claimants
+    /// silent for an hour).
+    pub async fn heartbeat(&self, claimant: &str, ttl: Duration) -> Result<(), String> {
+        let client = self.client().await?;
+        timed(client.execute(
+            "INSERT INTO hookrelay_claimants (claimant, alive_until) VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT (claimant) DO UPDATE SET alive_until = excluded.alive_until",
+            &[&claimant, &ttl.as_secs_f64()],
+        ))
+        .await?;
+        let _ = client
+            .execute(
+                "DELETE FROM hookrelay_claimants WHERE alive_until < now() - interval '1 hour'",
+                &[],
+            )
+            .await;
+        Ok(())
     }
 
     /// Records `delivery` as it now stands, if it still has the version it
@@ -436,7 +473,8 @@ WHERE t.namespace = f.namespace AND t.name = f.name AND t.due_at IS NULL
         let (config, wake) = (self.config.clone(), notify.clone());
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
-            loop {
+            // Until nobody waits on it any more (an engine that ended).
+            while Arc::strong_count(&wake) > 1 {
                 if let Err(e) = listen_once(&config, &wake).await {
                     tracing::debug!(error = %e, "postgres store: notifications interrupted; reconnecting");
                 }

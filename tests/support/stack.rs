@@ -102,7 +102,14 @@ impl Stack {
 
     /// `start` against the given delivery store.
     pub async fn start_in(test: &str, store: Store) -> Stack {
-        Self::start_with(test, Options { store, ..Options::default() }).await
+        Self::start_with(
+            test,
+            Options {
+                store,
+                ..Options::default()
+            },
+        )
+        .await
     }
 
     pub async fn start_with(test: &str, mut options: Options) -> Stack {
@@ -110,7 +117,12 @@ impl Stack {
             Store::Kubernetes => None,
             Store::Postgres => {
                 let url = super::postgres::Postgres::shared().url.clone();
-                let args = ["--store".to_string(), "postgres".into(), "--postgres-url".into(), url.clone()];
+                let args = [
+                    "--store".to_string(),
+                    "postgres".into(),
+                    "--postgres-url".into(),
+                    url.clone(),
+                ];
                 options.controller_args.extend(args.clone());
                 options.ingest_args.extend(args);
                 Some(hookrelay::store::postgres::Postgres::open(&url).expect("a Postgres URL"))
@@ -252,10 +264,20 @@ impl Stack {
     pub async fn deliveries(&self) -> Option<Vec<Delivery>> {
         match &self.postgres {
             Some(store) => {
-                let webhooks = self.env.api::<hookrelay::resources::Webhook>().list(&Default::default()).await.ok()?;
+                let webhooks = self
+                    .env
+                    .api::<hookrelay::resources::Webhook>()
+                    .list(&Default::default())
+                    .await
+                    .ok()?;
                 let mut all = vec![];
                 for w in webhooks.items {
-                    all.extend(store.recent(&self.env.ns, &kube::ResourceExt::name_any(&w), 100_000).await.ok()?);
+                    all.extend(
+                        store
+                            .recent(&self.env.ns, &kube::ResourceExt::name_any(&w), 100_000)
+                            .await
+                            .ok()?,
+                    );
                 }
                 Some(all)
             }
@@ -273,10 +295,15 @@ impl Stack {
                 .await
             }
             None => {
-                let annotate = serde_json::json!({ "metadata": { "annotations": { "hookrelay.dev/redeliver": request } } });
+                let annotate =
+                    serde_json::json!({ "metadata": { "annotations": { "hookrelay.dev/redeliver": request } } });
                 self.env
                     .api::<Delivery>()
-                    .patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(annotate))
+                    .patch(
+                        name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(annotate),
+                    )
                     .await
                     .unwrap();
             }
