@@ -9,10 +9,11 @@
 //!   Events arriving while a commit is under way are committed together
 //!   (group commit), so throughput does not hinge on one fsync per event.
 //! - Every controller replica claims due rows (`claimed_by`, `claim_until`)
-//!   and sends them; no leader is needed. A claim lasts `--claim-lease`; a
-//!   replica never starts a request its claim would not outlast, so a
-//!   claim that expires (the replica died) is taken over without a second
-//!   request in flight.
+//!   and sends them; no leader is needed. A claim holds while its replica's
+//!   heartbeat (`hookrelay_claimants`) is alive, for at most `--claim-lease`;
+//!   a replica never starts a request its claim would not outlast and stops
+//!   sending before its own heartbeat runs out, so a claim taken over (the
+//!   replica died) never has a second request in flight beside it.
 //! - Per-webhook limits hold across replicas: a claim counts the rows of
 //!   the webhook claimed by anyone.
 

@@ -44,6 +44,10 @@ kubectl wait -n hookrelay-e2e --for condition=Ready --timeout 120s hub/main webh
 kubectl get -n hookrelay-e2e hubs,webhooks,secrets
 
 echo "==> integration suite against the kind cluster"
+# The Postgres-store variants start Debian's/Ubuntu's Postgres on 127.0.0.1.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+fi
 HOOKRELAY_TEST_KUBECONFIG=$kubeconfig cargo test --locked --test cluster --test validation --test secrets \
   --test idempotence --test delivery --test ingest_outage --test lifecycle --test resilience --test chart \
   --test faults --test tenants --test ordering --test notifications --test plugin --test properties
