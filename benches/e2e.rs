@@ -481,6 +481,28 @@ impl Bench {
         (Arc::try_unwrap(accepted).unwrap().into_inner().unwrap(), took)
     }
 
+    /// 1,000 events of `event` at 50/s (one webhook hears it); notes the
+    /// latency percentiles as `what`.
+    async fn steady_latency(&mut self, ingest: &str, ns: &str, token: &str, event: &str, what: &str) {
+        let (steady, _) = self.post(ingest, ns, token, event, 1_000, Some(50), 1, event).await;
+        until(Duration::from_secs(60), || async {
+            let book = self.receiver.lock().unwrap();
+            steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
+        })
+        .await;
+        let l = latencies(&steady, &self.receiver);
+        self.note(
+            what,
+            format!(
+                "{} / {} / {} / {}",
+                ms(percentile(&l, 0.5)),
+                ms(percentile(&l, 0.9)),
+                ms(percentile(&l, 0.99)),
+                ms(*l.last().unwrap_or(&Duration::ZERO))
+            ),
+        );
+    }
+
     async fn metric(&self, url: &str, name: &str) -> f64 {
         let Ok(r) = self.http.get(format!("{url}/metrics")).send().await else {
             return 0.0;
@@ -804,25 +826,14 @@ async fn main() {
     if run("latency") {
         // 2. Latency at a steady 50 events/s (1 webhook: a custom event only w-steady hears).
         b.webhooks(&ns, &["steady".into()], &["bench.other"]).await;
-        let (steady, _) = b
-            .post(&ingest_url, &ns, &token, "bench.other", 1_000, Some(50), 1, "steady")
-            .await;
-        until(Duration::from_secs(60), || async {
-            let book = b.receiver.lock().unwrap();
-            steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
-        })
-        .await;
-        let l = latencies(&steady, &b.receiver);
-        b.note(
+        b.steady_latency(
+            &ingest_url,
+            &ns,
+            &token,
+            "bench.other",
             "latency accepted → received at 50 events/s p50/p90/p99/max",
-            format!(
-                "{} / {} / {} / {}",
-                ms(percentile(&l, 0.5)),
-                ms(percentile(&l, 0.9)),
-                ms(percentile(&l, 0.99)),
-                ms(*l.last().unwrap_or(&Duration::ZERO))
-            ),
-        );
+        )
+        .await;
     }
 
     if run("isolation") {
@@ -1092,18 +1103,24 @@ async fn main() {
         b.wait_ready(&ingest_url).await;
         b.webhooks(&pns, &["p0".into()], &[EVENT]).await;
         let cpu = || {
-            controller.usage().1
-                + ingest.usage().1
-                + postgres_cpu(postmaster)
-                + cp.apiserver_cpu()
-                + usage(cp.pid("etcd")).1
+            [
+                controller.usage().1,
+                ingest.usage().1,
+                postgres_cpu(postmaster),
+                cp.apiserver_cpu() + usage(cp.pid("etcd")).1,
+            ]
         };
         let cpu_before = cpu();
         let (accepted, _) = b
             .post(&ingest_url, &pns, &token, EVENT, 2_000, None, CONCURRENCY, "pg")
             .await;
         let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
-        let cpu_used = cpu() - cpu_before;
+        let per_process: Vec<f64> = cpu()
+            .iter()
+            .zip(cpu_before)
+            .map(|(after, before)| after - before)
+            .collect();
+        let cpu_used: f64 = per_process.iter().sum();
         let rate = match (done, accepted.values().min()) {
             (Some(at), Some(first)) => accepted.len() as f64 / at.duration_since(*first).as_secs_f64(),
             _ => 0.0,
@@ -1117,38 +1134,26 @@ async fn main() {
             format!("{:.2}", cpu_used * 1000.0 / accepted.len().max(1) as f64),
         );
         b.note(
+            "  of which controller / ingest / Postgres / kube-apiserver + etcd",
+            per_process
+                .iter()
+                .map(|s| format!("{:.2}", s * 1000.0 / accepted.len().max(1) as f64))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        );
+        b.note(
             "postgres store: deliveries/s ÷ raw Delivery creates/s",
             format!("{:.2}", rate / raw_rate),
         );
         b.webhooks(&pns, &["pg-steady".into()], &["bench.pg-steady"]).await;
-        let (steady, _) = b
-            .post(
-                &ingest_url,
-                &pns,
-                &token,
-                "bench.pg-steady",
-                1_000,
-                Some(50),
-                1,
-                "pg-steady",
-            )
-            .await;
-        until(Duration::from_secs(60), || async {
-            let book = b.receiver.lock().unwrap();
-            steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
-        })
-        .await;
-        let l = latencies(&steady, &b.receiver);
-        b.note(
+        b.steady_latency(
+            &ingest_url,
+            &pns,
+            &token,
+            "bench.pg-steady",
             "postgres store: latency accepted → received at 50 events/s p50/p90/p99/max",
-            format!(
-                "{} / {} / {} / {}",
-                ms(percentile(&l, 0.5)),
-                ms(percentile(&l, 0.9)),
-                ms(percentile(&l, 0.99)),
-                ms(*l.last().unwrap_or(&Duration::ZERO))
-            ),
-        );
+        )
+        .await;
         drop(controller);
         drop(ingest);
         let _ = Command::new("bash")
