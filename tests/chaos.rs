@@ -1,16 +1,16 @@
 //! Chaos: two controller replicas with a short lease and ingest take a
 //! steady stream of events while controllers are SIGKILLed every few
 //! seconds, ingest once, and kube-apiserver and etcd are each killed and
-//! restarted once. The sender retries anything but 202 with the same event
-//! id, as a CMS does. Bounded to a few minutes.
+//! restarted once (with the Postgres store: Postgres is SIGKILLed and
+//! restarted instead, while the other variant's restarts go on). The sender
+//! retries anything but 202 with the same event id, as a CMS does. Bounded
+//! to a few minutes.
 
 mod support;
 
-use hookrelay::resources::Delivery;
 use hookrelay::resources::delivery::Phase;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::ListParams;
 use rand::Rng;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::ChildProcess;
 use support::receiver::{Receiver, Reply};
-use support::stack::{Options, Stack, deliveries_of, holder_pid, spec};
+use support::stack::{Options, Stack, Store, deliveries_of, holder_pid, spec};
 
 const EVENT: &str = "dynamic-content.content-item.updated";
 const EVENTS: usize = 300;
@@ -42,8 +42,7 @@ fn restart_control_plane(server: &str, down_seconds: u32) {
 /// What the sender saw: event id → the delivery names of its 202.
 type Accepted = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
+async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd(store: Store) {
     if std::env::var_os("HOOKRELAY_TEST_KUBECONFIG").is_some() {
         panic!("the chaos test restarts the local control plane's servers; run it without HOOKRELAY_TEST_KUBECONFIG");
     }
@@ -57,10 +56,17 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
     let options = Options {
         hub,
         controller_args: LEASE.iter().map(|s| s.to_string()).collect(),
+        store,
         ..Options::default()
     };
     let mut stack = Stack::start_with("chaos", options).await;
-    let mut second: ChildProcess = stack.env.start_controller_with(&LEASE);
+    // The same arguments as the first (the store's too).
+    let replica_args = stack.controller_args().to_vec();
+    let replica_args: Vec<&str> = replica_args.iter().map(String::as_str).collect();
+    let ingest_args = stack.ingest_args().to_vec();
+    let ingest_args: Vec<&str> = ingest_args.iter().map(String::as_str).collect();
+    let postgres = (store == Store::Postgres).then(support::postgres::Postgres::shared);
+    let mut second: ChildProcess = stack.env.start_controller_with(&replica_args);
     let receiver = Receiver::start().await;
     for name in WEBHOOKS {
         let path = format!("/{name}");
@@ -112,6 +118,7 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
     let leases: Api<Lease> = stack.env.api();
     let (mut controller_kills, mut leader_kills) = (0, 0);
     let (mut ingest_killed, mut apiserver_restart, mut etcd_restart) = (false, None, None);
+    let mut postgres_killed = false;
     let mut next_kill = Instant::now() + Duration::from_secs(3);
     let mut rng = rand::rng();
     while senders.iter().any(|s| !s.is_finished()) {
@@ -121,7 +128,7 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
             stack.restart_controller();
         }
         if second.has_exited() {
-            second = stack.env.start_controller_with(&LEASE);
+            second = stack.env.start_controller_with(&replica_args);
         }
         if Instant::now() >= next_kill && t < Duration::from_secs(40) {
             let holder = tokio::time::timeout(Duration::from_secs(2), leases.get_opt("hookrelay-controller"))
@@ -141,23 +148,34 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
                 stack.restart_controller();
             } else {
                 second.kill();
-                second = stack.env.start_controller_with(&LEASE);
+                second = stack.env.start_controller_with(&replica_args);
             }
             next_kill = Instant::now() + Duration::from_millis(rng.random_range(2500..4500));
         }
         if !ingest_killed && t > Duration::from_secs(5) {
             stack.ingest.process.kill();
-            stack.ingest = stack.env.start_ingest(None).await;
+            stack.ingest = stack.env.start_ingest_with(None, &ingest_args).await;
             *url.lock().unwrap() = stack.ingest.events_url(&stack.env.ns, "main");
             ingest_killed = true;
         }
+        if let Some(postgres) = postgres
+            && !postgres_killed
+            && t > Duration::from_secs(13)
+        {
+            postgres.kill();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            postgres.start();
+            postgres_killed = true;
+        }
         // Off the test's threads: the receiver and the sender keep running.
-        if apiserver_restart.is_none() && t > Duration::from_secs(9) {
+        // Once per run of this binary: the Postgres variant lives through
+        // the other variant's restarts.
+        if store == Store::Kubernetes && apiserver_restart.is_none() && t > Duration::from_secs(9) {
             apiserver_restart = Some(tokio::task::spawn_blocking(|| {
                 restart_control_plane("kube-apiserver", 2)
             }));
         }
-        if etcd_restart.is_none() && t > Duration::from_secs(17) {
+        if store == Store::Kubernetes && etcd_restart.is_none() && t > Duration::from_secs(17) {
             etcd_restart = Some(tokio::task::spawn_blocking(|| restart_control_plane("etcd", 2)));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -166,8 +184,12 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
         assert!(s.await.unwrap(), "an event was never accepted within 150 s");
     }
     assert!(ingest_killed, "ingest was killed");
-    apiserver_restart.expect("kube-apiserver was restarted").await.unwrap();
-    etcd_restart.expect("etcd was restarted").await.unwrap();
+    if store == Store::Kubernetes {
+        apiserver_restart.expect("kube-apiserver was restarted").await.unwrap();
+        etcd_restart.expect("etcd was restarted").await.unwrap();
+    } else {
+        assert!(postgres_killed, "Postgres was killed");
+    }
 
     // Every accepted event reaches every subscribed webhook.
     let accepted = accepted.lock().unwrap().clone();
@@ -181,7 +203,6 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
         EVENTS * WEBHOOKS.len(),
         "one delivery per event and webhook"
     );
-    let api: Api<Delivery> = stack.env.api();
     let deadline = Instant::now() + Duration::from_secs(180);
     let finals = loop {
         // Like the kubelet, still: a controller that lost its lease comes back.
@@ -189,16 +210,15 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
             stack.restart_controller();
         }
         if second.has_exited() {
-            second = stack.env.start_controller_with(&LEASE);
+            second = stack.env.start_controller_with(&replica_args);
         }
-        if let Ok(list) = api.list(&ListParams::default()).await {
+        if let Some(list) = stack.deliveries().await {
             let done = list
-                .items
                 .iter()
                 .filter(|d| d.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
                 .count();
             if done == expected.len() {
-                break list.items;
+                break list;
             }
             assert!(
                 Instant::now() < deadline,
@@ -224,11 +244,17 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
     assert!(missing.is_empty(), "never delivered: {missing:?}");
 
     // Every request received is recorded, except those in flight when a
-    // leader died or stepped down: at most one per delivery per such loss.
-    let logs = stack.controller.logs();
-    let step_downs =
-        logs.matches("stepping down").count() + logs.matches("the lease was taken by another holder").count();
-    let losses = leader_kills + step_downs;
+    // leader died or stepped down (with the Postgres store: when any replica
+    // died or lost contact with the store): at most one per delivery per
+    // such loss.
+    let logs = format!("{}\n{}", stack.controller.logs(), second.logs());
+    let step_downs = logs.matches("stepping down").count()
+        + logs.matches("the lease was taken by another holder").count()
+        + logs.matches("lost contact with the postgres store").count();
+    let losses = match store {
+        Store::Kubernetes => leader_kills + step_downs,
+        Store::Postgres => controller_kills + step_downs,
+    };
     let recorded: HashMap<String, u32> = finals
         .iter()
         .map(|d| {
@@ -253,14 +279,20 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd() {
     println!(
         "chaos: {} events accepted, {} deliveries, {} requests ({} distinct), {duplicates} duplicates ({:.1}%), \
          {unrecorded} requests unrecorded; {controller_kills} controller SIGKILLs ({leader_kills} of the leader), \
-         {step_downs} step-downs, 1 ingest SIGKILL, 1 kube-apiserver and 1 etcd restart; {:.0}s",
+         {step_downs} step-downs or losses of contact, 1 ingest SIGKILL, {}; {:.0}s",
         accepted.len(),
         expected.len(),
         received.len(),
         distinct.len(),
         100.0 * duplicates as f64 / expected.len() as f64,
+        match store {
+            Store::Kubernetes => "1 kube-apiserver and 1 etcd restart",
+            Store::Postgres => "1 Postgres SIGKILL (and the other variant's restarts)",
+        },
         started.elapsed().as_secs_f64(),
     );
     drop(second);
     stack.cleanup().await;
 }
+
+both_stores!(deliveries_survive_killed_controllers_ingest_apiserver_and_etcd);

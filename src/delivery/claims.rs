@@ -121,6 +121,9 @@ async fn deliver(
     };
     let mut sweep = tokio::time::interval(RETENTION_SWEEP);
     let mut backoff = Duration::from_millis(200);
+    // This engine's share of the pending gauge (engines share it). Every
+    // replica reports the store's count: alert on the max, not the sum.
+    let mut reported_pending = 0i64;
     let ended = loop {
         let room = if engine.leadership.may_act() {
             engine.global.size().saturating_sub(in_flight.load(Ordering::Relaxed))
@@ -175,9 +178,14 @@ async fn deliver(
                 if let Err(e) = store.sweep(&namespaces, &policies, default).await {
                     tracing::warn!(error = %e, "retention: could not delete expired deliveries");
                 }
+                if let Ok(pending) = store.pending(&namespaces).await {
+                    engine.metrics.pending.inc_by(pending - reported_pending);
+                    reported_pending = pending;
+                }
             }
         }
     };
+    engine.metrics.pending.dec_by(reported_pending);
     summaries.abort();
     ended
 }

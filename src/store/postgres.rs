@@ -112,8 +112,15 @@ pub struct Postgres {
 }
 
 /// Errors, without the connection string (it may hold a password).
-fn describe(e: impl std::fmt::Display) -> String {
-    format!("postgres: {e}")
+fn describe(e: impl std::error::Error) -> String {
+    // tokio-postgres says only "db error"; what the server said is the source.
+    let mut text = format!("postgres: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 impl Postgres {
@@ -351,6 +358,18 @@ RETURNING t.doc, t.version"#;
         ))
         .await?;
         row.map(|row| decode(row.get(0), row.get(1))).transpose()
+    }
+
+    /// Unfinished deliveries in `namespaces` (all when empty).
+    pub async fn pending(&self, namespaces: &[String]) -> Result<i64, String> {
+        let client = self.client().await?;
+        let row = timed(client.query_one(
+            "SELECT count(*) FROM hookrelay_deliveries
+             WHERE due_at IS NOT NULL AND (cardinality($1::text[]) = 0 OR namespace = ANY($1))",
+            &[&namespaces],
+        ))
+        .await?;
+        Ok(row.get(0))
     }
 
     /// A webhook's newest deliveries (accept order), at most `most`.

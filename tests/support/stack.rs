@@ -28,11 +28,11 @@ pub enum Store {
 macro_rules! both_stores {
     ($($test:ident),* $(,)?) => { $(
         mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn kubernetes() {
                 super::$test(super::support::stack::Store::Kubernetes).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
                 super::$test(super::support::stack::Store::Postgres).await
             }
@@ -50,6 +50,7 @@ pub struct Stack {
     /// The Postgres store, with `Store::Postgres`.
     pub postgres: Option<std::sync::Arc<hookrelay::store::postgres::Postgres>>,
     controller_args: Vec<String>,
+    ingest_args: Vec<String>,
     controller_kubeconfig: PathBuf,
 }
 
@@ -155,8 +156,19 @@ impl Stack {
             store: options.store,
             postgres,
             controller_args: options.controller_args,
+            ingest_args: options.ingest_args,
             controller_kubeconfig: kubeconfig,
         }
+    }
+
+    /// The controller's extra arguments (the store's included).
+    pub fn controller_args(&self) -> &[String] {
+        &self.controller_args
+    }
+
+    /// Ingest's extra arguments (the store's included).
+    pub fn ingest_args(&self) -> &[String] {
+        &self.ingest_args
     }
 
     /// SIGKILLs the controller (as a crash would).
