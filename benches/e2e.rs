@@ -491,6 +491,24 @@ impl Bench {
         })
         .await;
         let l = latencies(&steady, &self.receiver);
+        // Which event was slowest, and when in the run: an outlier's cause.
+        if let Some((id, at, took)) = {
+            let book = self.receiver.lock().unwrap();
+            let first = steady.values().min().copied();
+            steady
+                .iter()
+                .filter_map(|(id, at)| Some((id, *at, book.arrivals.get(id)?.saturating_duration_since(*at))))
+                .max_by_key(|(_, _, took)| *took)
+                .map(|(id, at, took)| {
+                    (
+                        id.clone(),
+                        first.map(|f| at.duration_since(f)).unwrap_or_default(),
+                        took,
+                    )
+                })
+        } {
+            println!("  slowest: delivery {id}, accepted {at:?} into the run, took {took:?}");
+        }
         self.note(
             what,
             format!(
