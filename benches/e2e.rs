@@ -813,6 +813,106 @@ async fn main() {
         format!("{delivery_cpu:.1} / {raw_cpu:.1}"),
     );
 
+    // 7. The Postgres store: the same burst and steady load with deliveries
+    // as rows in a local Postgres (fsync on) instead of Delivery objects.
+    // Right after the throughput phase, while the API server holds few
+    // Deliveries (later phases leave it ~10 GiB and busy deleting).
+    if run("postgres") {
+        let pg_dir = "/var/tmp/hookrelay-bench-postgres";
+        let up = Command::new("bash")
+            .arg(root.join("tests/postgres/postgres.sh"))
+            .arg("up")
+            .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
+            .env("HOOKRELAY_POSTGRES_PORT", "55434")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("postgres.sh");
+        assert!(up.status.success(), "the bench Postgres did not start");
+        let url = String::from_utf8_lossy(&up.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string();
+        // Each run starts from an empty store.
+        let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        pg.batch_execute("DROP TABLE IF EXISTS hookrelay_deliveries, hookrelay_claimants, hookrelay_schema")
+            .await
+            .unwrap();
+        let postmaster: u32 = std::fs::read_to_string(format!("{pg_dir}/data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or(0);
+        let pns = format!("bench-pg-{stamp}");
+        b.namespace(&pns).await;
+        let store = vec!["--store=postgres".to_string(), format!("--postgres-url={url}")];
+        let (controller, ingest, ingest_url, metrics_url) = b.start_with(&pns, &store);
+        let token = b.hub(&pns, vec!["bench.pg-steady".into()]).await;
+        b.wait_ready(&ingest_url).await;
+        b.webhooks(&pns, &["p0".into()], &[EVENT]).await;
+        let cpu = || {
+            [
+                controller.usage().1,
+                ingest.usage().1,
+                postgres_cpu(postmaster),
+                cp.apiserver_cpu() + usage(cp.pid("etcd")).1,
+            ]
+        };
+        let cpu_before = cpu();
+        let (accepted, _) = b
+            .post(&ingest_url, &pns, &token, EVENT, 2_000, None, CONCURRENCY, "pg")
+            .await;
+        let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
+        let per_process: Vec<f64> = cpu()
+            .iter()
+            .zip(cpu_before)
+            .map(|(after, before)| after - before)
+            .collect();
+        let cpu_used: f64 = per_process.iter().sum();
+        let rate = match (done, accepted.values().min()) {
+            (Some(at), Some(first)) => accepted.len() as f64 / at.duration_since(*first).as_secs_f64(),
+            _ => 0.0,
+        };
+        b.note(
+            "postgres store: deliveries/s, burst 2,000 events, 32 clients",
+            format!("{rate:.0}{}", if done.is_none() { " (incomplete)" } else { "" }),
+        );
+        b.note(
+            "postgres store: CPU s per 1,000 deliveries (all processes)",
+            format!("{:.2}", cpu_used * 1000.0 / accepted.len().max(1) as f64),
+        );
+        b.note(
+            "  of which controller / ingest / Postgres / kube-apiserver + etcd",
+            per_process
+                .iter()
+                .map(|s| format!("{:.2}", s * 1000.0 / accepted.len().max(1) as f64))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        );
+        b.note(
+            "postgres store: deliveries/s ÷ raw Delivery creates/s",
+            format!("{:.2}", rate / raw_rate),
+        );
+        b.webhooks(&pns, &["pg-steady".into()], &["bench.pg-steady"]).await;
+        b.steady_latency(
+            &ingest_url,
+            &pns,
+            &token,
+            "bench.pg-steady",
+            "postgres store: latency accepted → received at 50 events/s p50/p90/p99/max",
+        )
+        .await;
+        drop(controller);
+        drop(ingest);
+        let _ = Command::new("bash")
+            .arg(root.join("tests/postgres/postgres.sh"))
+            .arg("down")
+            .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
+            .env("HOOKRELAY_POSTGRES_PORT", "55434")
+            .status();
+    }
+
     if run("fanout") {
         // 10 webhooks per event.
         let more: Vec<String> = (1..10).map(|i| format!("w{i}")).collect();
@@ -1082,104 +1182,6 @@ async fn main() {
             format!("{:.0} MiB / {c_cpu:.0} s", c_peak as f64 / 1024.0),
         );
         drop(controller);
-    }
-
-    // 7. The Postgres store: the same burst and steady load with deliveries
-    // as rows in a local Postgres (fsync on) instead of Delivery objects.
-    if run("postgres") {
-        let pg_dir = "/var/tmp/hookrelay-bench-postgres";
-        let up = Command::new("bash")
-            .arg(root.join("tests/postgres/postgres.sh"))
-            .arg("up")
-            .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
-            .env("HOOKRELAY_POSTGRES_PORT", "55434")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("postgres.sh");
-        assert!(up.status.success(), "the bench Postgres did not start");
-        let url = String::from_utf8_lossy(&up.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_string();
-        // Each run starts from an empty store.
-        let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        pg.batch_execute("DROP TABLE IF EXISTS hookrelay_deliveries, hookrelay_claimants, hookrelay_schema")
-            .await
-            .unwrap();
-        let postmaster: u32 = std::fs::read_to_string(format!("{pg_dir}/data/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse().ok())
-            .unwrap_or(0);
-        let pns = format!("bench-pg-{stamp}");
-        b.namespace(&pns).await;
-        let store = vec!["--store=postgres".to_string(), format!("--postgres-url={url}")];
-        let (controller, ingest, ingest_url, metrics_url) = b.start_with(&pns, &store);
-        let token = b.hub(&pns, vec!["bench.pg-steady".into()]).await;
-        b.wait_ready(&ingest_url).await;
-        b.webhooks(&pns, &["p0".into()], &[EVENT]).await;
-        let cpu = || {
-            [
-                controller.usage().1,
-                ingest.usage().1,
-                postgres_cpu(postmaster),
-                cp.apiserver_cpu() + usage(cp.pid("etcd")).1,
-            ]
-        };
-        let cpu_before = cpu();
-        let (accepted, _) = b
-            .post(&ingest_url, &pns, &token, EVENT, 2_000, None, CONCURRENCY, "pg")
-            .await;
-        let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
-        let per_process: Vec<f64> = cpu()
-            .iter()
-            .zip(cpu_before)
-            .map(|(after, before)| after - before)
-            .collect();
-        let cpu_used: f64 = per_process.iter().sum();
-        let rate = match (done, accepted.values().min()) {
-            (Some(at), Some(first)) => accepted.len() as f64 / at.duration_since(*first).as_secs_f64(),
-            _ => 0.0,
-        };
-        b.note(
-            "postgres store: deliveries/s, burst 2,000 events, 32 clients",
-            format!("{rate:.0}{}", if done.is_none() { " (incomplete)" } else { "" }),
-        );
-        b.note(
-            "postgres store: CPU s per 1,000 deliveries (all processes)",
-            format!("{:.2}", cpu_used * 1000.0 / accepted.len().max(1) as f64),
-        );
-        b.note(
-            "  of which controller / ingest / Postgres / kube-apiserver + etcd",
-            per_process
-                .iter()
-                .map(|s| format!("{:.2}", s * 1000.0 / accepted.len().max(1) as f64))
-                .collect::<Vec<_>>()
-                .join(" / "),
-        );
-        b.note(
-            "postgres store: deliveries/s ÷ raw Delivery creates/s",
-            format!("{:.2}", rate / raw_rate),
-        );
-        b.webhooks(&pns, &["pg-steady".into()], &["bench.pg-steady"]).await;
-        b.steady_latency(
-            &ingest_url,
-            &pns,
-            &token,
-            "bench.pg-steady",
-            "postgres store: latency accepted → received at 50 events/s p50/p90/p99/max",
-        )
-        .await;
-        drop(controller);
-        drop(ingest);
-        let _ = Command::new("bash")
-            .arg(root.join("tests/postgres/postgres.sh"))
-            .arg("down")
-            .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
-            .env("HOOKRELAY_POSTGRES_PORT", "55434")
-            .status();
     }
 
     // The report.

@@ -8,12 +8,12 @@ use base64::Engine as _;
 use hookrelay::delivery::signing;
 use hookrelay::resources::delivery::Phase;
 use hookrelay::resources::webhook::{HeaderValueSource, HttpMethod, WebhookFilter, WebhookHeader};
-use hookrelay::resources::{Delivery, SecretKeyRef, Webhook};
+use hookrelay::resources::{SecretKeyRef, Webhook};
 use hookrelay::secrets;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, PostParams};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -112,9 +112,8 @@ async fn an_event_is_delivered_signed_and_recorded(store: Store) {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn ingest_rejects_bad_requests_clearly_and_is_idempotent() {
-    let stack = Stack::start("ingest_rejects_bad_requests").await;
+async fn ingest_rejects_bad_requests_clearly_and_is_idempotent(store: Store) {
+    let stack = Stack::start_in("ingest_rejects_bad_requests", store).await;
     let receiver = Receiver::start().await;
     stack
         .webhook("all", spec(receiver.url("/all"), &["dynamic-content.*"]))
@@ -241,17 +240,16 @@ async fn ingest_rejects_bad_requests_clearly_and_is_idempotent() {
     let (s2, second) = stack.post(with_id).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(deliveries_of(&first), deliveries_of(&second));
-    let list = stack.env.api::<Delivery>().list(&ListParams::default()).await.unwrap();
-    let for_event: Vec<_> = list.items.iter().filter(|d| d.spec.event.id == "evt-42").collect();
+    let list = stack.deliveries().await.unwrap();
+    let for_event: Vec<_> = list.iter().filter(|d| d.spec.event.id == "evt-42").collect();
     assert_eq!(for_event.len(), 1);
     // Three events accepted, three requests.
     receiver.wait_for("/all", 3, WAIT).await;
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn selection_templates_headers_and_methods() {
-    let stack = Stack::start("selection_templates_headers").await;
+async fn selection_templates_headers_and_methods(store: Store) {
+    let stack = Stack::start_in("selection_templates_headers", store).await;
     let receiver = Receiver::start().await;
     let secrets_api: Api<Secret> = stack.env.api();
     let api_key = "header-secret-value-123";
@@ -379,8 +377,8 @@ async fn selection_templates_headers_and_methods() {
         "{recorded:?}"
     );
     assert!(recorded.iter().any(|h| h.name == "X-Team" && h.value == "content"));
-    let all_deliveries = stack.env.api::<Delivery>().list(&ListParams::default()).await.unwrap();
-    assert!(!serde_json::to_string(&all_deliveries.items).unwrap().contains(api_key));
+    let all_deliveries = stack.deliveries().await.unwrap();
+    assert!(!serde_json::to_string(&all_deliveries).unwrap().contains(api_key));
     assert!(
         !stack.logs().contains(api_key),
         "a secret header value appears in the logs"
@@ -420,9 +418,8 @@ async fn a_slow_webhook_does_not_delay_another(store: Store) {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn header_secrets_are_sent_only_with_their_owners_consent() {
-    let stack = Stack::start("header_secrets_need_consent").await;
+async fn header_secrets_are_sent_only_with_their_owners_consent(store: Store) {
+    let stack = Stack::start_in("header_secrets_need_consent", store).await;
     let receiver = Receiver::start().await;
     let secrets_api: Api<Secret> = stack.env.api();
     let unlabelled = Secret {
@@ -486,9 +483,8 @@ async fn header_secrets_are_sent_only_with_their_owners_consent() {
         .into_iter()
         .find(|n| n.starts_with("nosy-"))
         .unwrap();
-    let api: Api<Delivery> = stack.env.api();
     let attempt = eventually(WAIT, "nosy's first attempt", || async {
-        api.get(&nosy).await.ok()?.status?.attempts.into_iter().next()
+        stack.delivery(&nosy).await?.status?.attempts.into_iter().next()
     })
     .await;
     assert!(
@@ -506,5 +502,8 @@ async fn header_secrets_are_sent_only_with_their_owners_consent() {
 
 both_stores!(
     an_event_is_delivered_signed_and_recorded,
+    ingest_rejects_bad_requests_clearly_and_is_idempotent,
+    selection_templates_headers_and_methods,
+    header_secrets_are_sent_only_with_their_owners_consent,
     a_slow_webhook_does_not_delay_another,
 );

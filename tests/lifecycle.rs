@@ -307,14 +307,14 @@ async fn redelivery_makes_new_attempts_under_the_same_id(store: Store) {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn during_a_rotation_overlap_both_secrets_sign() {
+async fn during_a_rotation_overlap_both_secrets_sign(store: Store) {
     let mut hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
     hub.spec.signing.get_or_insert_default().rotation_overlap = Some("4s".parse().unwrap());
     let stack = Stack::start_with(
         "rotation_overlap_both_sign",
         Options {
             hub,
+            store,
             ..Options::default()
         },
     )
@@ -408,8 +408,7 @@ async fn retention_keeps_the_newest_finished_deliveries(store: Store) {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn egress_policy_refuses_denied_addresses_by_literal_and_by_name() {
+async fn egress_policy_refuses_denied_addresses_by_literal_and_by_name(store: Store) {
     let mut hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
     hub.spec.egress = Some(EgressPolicy {
         denied_networks: vec!["127.0.0.1/32".into(), "::1/128".into()],
@@ -419,6 +418,7 @@ async fn egress_policy_refuses_denied_addresses_by_literal_and_by_name() {
         "egress_policy_refuses",
         Options {
             hub,
+            store,
             ..Options::default()
         },
     )
@@ -435,10 +435,9 @@ async fn egress_policy_refuses_denied_addresses_by_literal_and_by_name() {
     let (status, answer) = stack.post(json!({ "name": EVENT, "payload": {} })).await;
     assert_eq!(status, 202);
     let names = deliveries_of(&answer);
-    let deliveries: Api<Delivery> = stack.env.api();
     for name in &names {
         let error = eventually(WAIT, "a refused attempt to be recorded", || async {
-            let d = deliveries.get(name).await.ok()?;
+            let d = stack.delivery(name).await?;
             d.status?.attempts.into_iter().next()?.error
         })
         .await;
@@ -457,17 +456,13 @@ async fn egress_policy_refuses_denied_addresses_by_literal_and_by_name() {
     .await
     .unwrap();
     for name in &names {
-        let redeliver = json!({ "metadata": { "annotations": { "hookrelay.dev/redeliver": "lifted" } } });
-        deliveries
-            .patch(name, &PatchParams::default(), &Patch::Merge(redeliver))
-            .await
-            .unwrap();
+        stack.redeliver(name, "lifted").await;
     }
     receiver.wait_for("/literal", 1, WAIT).await;
     receiver.wait_for("/name", 1, WAIT).await;
     for name in &names {
         eventually(WAIT, "success after lifting the denial", || async {
-            let s = deliveries.get(name).await.ok()?.status?;
+            let s = stack.delivery(name).await?.status?;
             (s.phase == Phase::Succeeded).then_some(())
         })
         .await;
@@ -482,4 +477,6 @@ both_stores!(
     retry_after_is_honoured,
     redelivery_makes_new_attempts_under_the_same_id,
     retention_keeps_the_newest_finished_deliveries,
+    during_a_rotation_overlap_both_secrets_sign,
+    egress_policy_refuses_denied_addresses_by_literal_and_by_name,
 );

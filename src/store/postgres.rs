@@ -75,6 +75,8 @@ CREATE TABLE hookrelay_claimants (
 
 /// Any number: the advisory lock migrations hold.
 const MIGRATION_LOCK: i64 = 0x686f6f6b72656c;
+/// The advisory lock a retention sweep holds.
+const SWEEP_LOCK: i64 = MIGRATION_LOCK + 1;
 /// The channel ingest notifies on commit, so controllers claim at once.
 const CHANNEL: &str = "hookrelay_due";
 /// How long one statement may take before it counts as failed.
@@ -470,20 +472,36 @@ WHERE t.namespace = f.namespace AND t.name = f.name AND t.due_at IS NULL
             keep.push(p.keep as i64);
             age.push(p.max_age.as_secs_f64());
         }
-        let client = self.client().await?;
-        timed(client.execute(
-            SWEEP,
-            &[
-                &ns,
-                &webhooks,
-                &keep,
-                &age,
-                &(default.keep as i64),
-                &default.max_age.as_secs_f64(),
-                &namespaces,
-            ],
-        ))
-        .await
+        let mut client = self.client().await?;
+        let work = async {
+            // One replica sweeps at a time (the others skip this round):
+            // concurrent deletes of the same rows would only contend.
+            let tx = client.transaction().await?;
+            let mine: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SWEEP_LOCK])
+                .await?
+                .get(0);
+            if !mine {
+                return Ok(0);
+            }
+            let deleted = tx
+                .execute(
+                    SWEEP,
+                    &[
+                        &ns,
+                        &webhooks,
+                        &keep,
+                        &age,
+                        &(default.keep as i64),
+                        &default.max_age.as_secs_f64(),
+                        &namespaces,
+                    ],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(deleted)
+        };
+        timed(work).await
     }
 
     /// A `Notify` woken whenever ingest commits deliveries, kept listening
