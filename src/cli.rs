@@ -102,6 +102,22 @@ struct StoreArgs {
     /// migrated at start.
     #[arg(long, env = "HOOKRELAY_POSTGRES_URL", hide_env_values = true)]
     postgres_url: Option<String>,
+    /// PEM bundle of the CA that signs the database's certificate, for a URL
+    /// with sslmode=require (default: the public roots). Certificate and
+    /// host name are verified.
+    #[arg(long, env = "HOOKRELAY_POSTGRES_CA_FILE")]
+    postgres_ca_file: Option<std::path::PathBuf>,
+}
+
+impl StoreArgs {
+    async fn open(&self) -> anyhow::Result<Option<std::sync::Arc<crate::store::postgres::Postgres>>> {
+        crate::store::open(
+            self.store,
+            self.postgres_url.as_deref(),
+            self.postgres_ca_file.as_deref(),
+        )
+        .await
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -229,7 +245,7 @@ impl Cli {
                     leader_election,
                     egress_floor: crate::egress::Floor::with(&floor),
                     delivery_budget: args.budget.delivery_budget,
-                    postgres: crate::store::open(args.store.store, args.store.postgres_url.as_deref()).await?,
+                    postgres: args.store.open().await?,
                     claim_lease: args.claim_lease,
                 };
                 let shutdown = CancellationToken::new();
@@ -259,7 +275,7 @@ impl Cli {
                         .unwrap_or(crate::resources::delivery::max_payload(args.budget.delivery_budget)),
                     delivery_budget: args.budget.delivery_budget,
                     namespaces: args.namespaces,
-                    postgres: crate::store::open(args.store.store, args.store.postgres_url.as_deref()).await?,
+                    postgres: args.store.open().await?,
                 };
                 crate::ingest::run(client, settings, shutdown_signal()).await
             }
@@ -270,7 +286,7 @@ impl Cli {
                     auth: args.auth,
                     ingest_url: args.ingest_url,
                     namespace: args.namespace,
-                    postgres: crate::store::open(args.store.store, args.store.postgres_url.as_deref()).await?,
+                    postgres: args.store.open().await?,
                 };
                 crate::console::run(settings, shutdown_signal()).await
             }

@@ -60,6 +60,10 @@ pub struct Plugin {
     /// Shown only for webhooks your Kubernetes identity may read.
     #[arg(long, global = true, env = "HOOKRELAY_POSTGRES_URL", hide_env_values = true)]
     postgres_url: Option<String>,
+    /// PEM bundle of the CA that signs the database's certificate
+    /// (sslmode=require in --postgres-url).
+    #[arg(long, global = true, env = "HOOKRELAY_POSTGRES_CA_FILE")]
+    postgres_ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -348,7 +352,10 @@ impl Plugin {
             output: self.output,
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             store: match &self.postgres_url {
-                Some(url) => Some(crate::store::postgres::Postgres::open(url)?),
+                Some(url) => {
+                    let ca = crate::store::read_ca(self.postgres_ca_file.as_deref())?;
+                    Some(crate::store::postgres::Postgres::open(url, ca.as_deref())?)
+                }
                 None => None,
             },
         };

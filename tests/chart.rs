@@ -123,11 +123,19 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
             chart,
             "--set=store.type=postgres",
             "--set=store.postgres.urlSecretRef.name=relay-db",
+            "--set=store.postgres.caSecretRef.name=relay-db-ca",
         ],
         None,
     );
     assert!(
         postgres.contains("HOOKRELAY_POSTGRES_URL") && postgres.contains("name: \"relay-db\""),
+        "{postgres}"
+    );
+    // The CA bundle for sslmode=require, mounted from its Secret in both containers.
+    assert!(
+        postgres.contains("secretName: \"relay-db-ca\"")
+            && postgres.matches("HOOKRELAY_POSTGRES_CA_FILE").count() == 2
+            && postgres.matches("mountPath: /etc/hookrelay/postgres-ca").count() == 2,
         "{postgres}"
     );
     let out = Command::new(tool("helm"))

@@ -528,3 +528,53 @@ async fn a_killed_replicas_claims_are_taken_over_within_seconds() {
     println!("a dead replica's 4 claims were delivered {took:?} after the kill");
     stack.cleanup().await;
 }
+
+/// A CA (its PEM and issuer) made here with rcgen.
+fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), Issuer::new(params, key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_speaks_tls_when_the_url_asks_and_verifies_the_server() {
+    use hookrelay::store::postgres::Postgres as Store;
+    let (ca_pem, ca) = test_ca("hookrelay postgres test CA");
+    let (other_ca_pem, _) = test_ca("another CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let postgres = Postgres::with_tls("tls", 55435, &server.pem(), &key.serialize_pem());
+    let tls_url = format!("{}?sslmode=require", postgres.url);
+
+    // Verified against the CA given: it connects, and over TLS.
+    let store = Store::connect(&tls_url, Some(ca_pem.as_bytes())).await.unwrap();
+    store.pending(&[]).await.unwrap();
+    let plain = postgres.client().await;
+    let encrypted: i64 = plain
+        .query_one("SELECT count(*) FROM pg_stat_ssl WHERE ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "no TLS connection from the store");
+
+    // A server certificate the given CA did not sign is refused, saying why.
+    let wrong = Store::open(&tls_url, Some(other_ca_pem.as_bytes())).unwrap();
+    let error = wrong.pending(&[]).await.unwrap_err();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    // Nor do the public roots know the test CA.
+    let public = Store::open(&tls_url, None).unwrap();
+    assert!(public.pending(&[]).await.is_err());
+    // A bundle that is not PEM is refused up front, naming the flag.
+    let bad = Store::open(&tls_url, Some(b"not a certificate"))
+        .err()
+        .expect("refused");
+    assert!(bad.to_string().contains("--postgres-ca-file"), "{bad}");
+    postgres.stop();
+}

@@ -18,10 +18,11 @@ pub enum Kind {
 
 /// Connects to the store `kind` names: `None` for Kubernetes, the Postgres
 /// store (schema migrated) for Postgres. A missing URL is an error naming
-/// the flag.
+/// the flag. `ca_file`: the PEM bundle for `sslmode=require`.
 pub async fn open(
     kind: Kind,
     postgres_url: Option<&str>,
+    ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<std::sync::Arc<postgres::Postgres>>> {
     match kind {
         Kind::Kubernetes => Ok(None),
@@ -29,9 +30,17 @@ pub async fn open(
             let url = postgres_url.ok_or_else(|| {
                 anyhow::anyhow!("--store postgres needs --postgres-url (or HOOKRELAY_POSTGRES_URL), e.g. postgres://hookrelay@db:5432/hookrelay")
             })?;
-            Ok(Some(postgres::Postgres::connect(url).await?))
+            let ca = read_ca(ca_file)?;
+            Ok(Some(postgres::Postgres::connect(url, ca.as_deref()).await?))
         }
     }
+}
+
+/// The CA bundle named by `--postgres-ca-file`, if any.
+pub fn read_ca(ca_file: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    ca_file
+        .map(|path| std::fs::read(path).map_err(|e| anyhow::anyhow!("--postgres-ca-file {}: {e}", path.display())))
+        .transpose()
 }
 
 /// Whether the user may `verb` hookrelay's `resource` (`name`, or any) in

@@ -25,7 +25,9 @@ use kube::ResourceExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Schema versions, applied in order, each once, under an advisory lock (so
 /// replicas starting together do not race).
@@ -110,7 +112,40 @@ pub struct Claimed {
 pub struct Postgres {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     groups: mpsc::Sender<Group>,
+}
+
+/// TLS towards the database, used when the URL says `sslmode=require`:
+/// the server's certificate and name are verified (as libpq's
+/// `verify-full`) against `ca` (PEM) or else the public roots. Any other
+/// `sslmode` connects in plain TCP.
+fn tls(config: &mut tokio_postgres::Config, ca: Option<&[u8]>) -> anyhow::Result<MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    if config.get_ssl_mode() != SslMode::Require {
+        config.ssl_mode(SslMode::Disable);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert =
+                    cert.map_err(|e| anyhow::anyhow!("--postgres-ca-file: not a PEM certificate bundle: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow::anyhow!("--postgres-ca-file: a certificate is not usable: {e}"))?;
+            }
+            anyhow::ensure!(!roots.is_empty(), "--postgres-ca-file holds no certificate");
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(client))
 }
 
 /// Errors, without the connection string (it may hold a password).
@@ -128,8 +163,10 @@ fn describe(e: impl std::error::Error) -> String {
 impl Postgres {
     /// Connects and migrates the schema, retrying until the database
     /// answers, and starts the group committer (controller, ingest, console).
-    pub async fn connect(url: &str) -> anyhow::Result<Arc<Postgres>> {
-        let (store, receiver) = Self::pool(url)?;
+    /// `ca`: the PEM bundle that signs the server's certificate (with
+    /// `sslmode=require`).
+    pub async fn connect(url: &str, ca: Option<&[u8]>) -> anyhow::Result<Arc<Postgres>> {
+        let (store, receiver) = Self::pool(url, ca)?;
         let mut delay = Duration::from_millis(200);
         loop {
             match store.migrate().await {
@@ -150,17 +187,18 @@ impl Postgres {
 
     /// A reader of the store as it is (the kubectl plugin): no migration,
     /// nothing inserted.
-    pub fn open(url: &str) -> anyhow::Result<Arc<Postgres>> {
-        Ok(Self::pool(url)?.0)
+    pub fn open(url: &str, ca: Option<&[u8]>) -> anyhow::Result<Arc<Postgres>> {
+        Ok(Self::pool(url, ca)?.0)
     }
 
-    fn pool(url: &str) -> anyhow::Result<(Arc<Postgres>, mpsc::Receiver<Group>)> {
-        let config: tokio_postgres::Config = url
+    fn pool(url: &str, ca: Option<&[u8]>) -> anyhow::Result<(Arc<Postgres>, mpsc::Receiver<Group>)> {
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| anyhow::anyhow!("--postgres-url is not a Postgres connection URL: {e}"))?;
+        let tls = tls(&mut config, ca)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -172,7 +210,15 @@ impl Postgres {
             .create_timeout(Some(STATEMENT_TIMEOUT))
             .build()?;
         let (groups, receiver) = mpsc::channel(4096);
-        Ok((Arc::new(Postgres { pool, config, groups }), receiver))
+        Ok((
+            Arc::new(Postgres {
+                pool,
+                config,
+                tls,
+                groups,
+            }),
+            receiver,
+        ))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, String> {
@@ -508,12 +554,12 @@ WHERE t.namespace = f.namespace AND t.name = f.name AND t.due_at IS NULL
     /// across connection losses (claims also run on a timer without it).
     pub fn listen(self: &Arc<Self>) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
-        let (config, wake) = (self.config.clone(), notify.clone());
+        let (config, tls, wake) = (self.config.clone(), self.tls.clone(), notify.clone());
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
             // Until nobody waits on it any more (an engine that ended).
             while Arc::strong_count(&wake) > 1 {
-                if let Err(e) = listen_once(&config, &wake).await {
+                if let Err(e) = listen_once(&config, &tls, &wake).await {
                     tracing::debug!(error = %e, "postgres store: notifications interrupted; reconnecting");
                 }
                 // Whatever was committed while not listening is claimed now.
@@ -527,8 +573,12 @@ WHERE t.namespace = f.namespace AND t.name = f.name AND t.due_at IS NULL
 }
 
 /// Listens on one connection until it ends.
-async fn listen_once(config: &tokio_postgres::Config, wake: &Arc<Notify>) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(describe)?;
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+    wake: &Arc<Notify>,
+) -> Result<(), String> {
+    let (client, mut connection) = config.connect(tls.clone()).await.map_err(describe)?;
     let forward = {
         let wake = wake.clone();
         async move {

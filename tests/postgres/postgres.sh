@@ -8,7 +8,9 @@
 #   postgres.sh kill    SIGKILL the server and its backends (chaos tests)
 #
 # HOOKRELAY_POSTGRES_DIR (default /var/tmp/hookrelay-postgres) and
-# HOOKRELAY_POSTGRES_PORT (default 55432) select the instance.
+# HOOKRELAY_POSTGRES_PORT (default 55432) select the instance. With
+# HOOKRELAY_POSTGRES_TLS=DIR (server.crt and server.key in DIR) it also
+# accepts TLS with that certificate.
 set -euo pipefail
 dir="${HOOKRELAY_POSTGRES_DIR:-/var/tmp/hookrelay-postgres}"
 port="${HOOKRELAY_POSTGRES_PORT:-55432}"
@@ -38,9 +40,16 @@ up() {
     as_owner "$bin/initdb" -D "$data" -U hookrelay --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
   fi
+  local tls=""
+  if [[ -n "${HOOKRELAY_POSTGRES_TLS:-}" ]]; then
+    # The server reads its key only if no one else may (0600, its owner).
+    install -m 600 "$HOOKRELAY_POSTGRES_TLS/server.crt" "$HOOKRELAY_POSTGRES_TLS/server.key" "$dir/"
+    [[ $(id -u) == 0 ]] && chown postgres: "$dir/server.crt" "$dir/server.key"
+    tls="-c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key"
+  fi
   if ! running; then
     as_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=on -c max_connections=200" \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=on -c max_connections=200 $tls" \
       start >/dev/null 9>&- || { tail -20 "$dir/postgres.log" >&2; exit 1; }
   fi
   echo "postgres://hookrelay@127.0.0.1:$port/postgres"

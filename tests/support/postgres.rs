@@ -25,8 +25,26 @@ impl Postgres {
         Postgres::up(&format!("/var/tmp/hookrelay-postgres-{name}"), port)
     }
 
+    /// An instance of its own that also accepts TLS with the certificate
+    /// and key (PEM) given.
+    pub fn with_tls(name: &str, port: u16, cert: &str, key: &str) -> Postgres {
+        let dir = format!("/var/tmp/hookrelay-postgres-{name}");
+        let certs = format!("{dir}-certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::write(format!("{certs}/server.crt"), cert).unwrap();
+        std::fs::write(format!("{certs}/server.key"), key).unwrap();
+        // A running instance would keep its old certificate: start afresh.
+        script(&dir, port, "down");
+        let out = script_with(&dir, port, "up", Some(&certs));
+        Self::from_output(out, &dir, port)
+    }
+
     fn up(dir: &str, port: u16) -> Postgres {
         let out = script(dir, port, "up");
+        Self::from_output(out, dir, port)
+    }
+
+    fn from_output(out: std::process::Output, dir: &str, port: u16) -> Postgres {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -73,12 +91,21 @@ impl Postgres {
 }
 
 fn script(dir: &str, port: u16, command: &str) -> std::process::Output {
+    script_with(dir, port, command, None)
+}
+
+fn script_with(dir: &str, port: u16, command: &str, tls: Option<&str>) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postgres/postgres.sh");
-    Command::new("bash")
+    let mut command_line = Command::new("bash");
+    command_line
         .arg(&script)
         .arg(command)
         .env("HOOKRELAY_POSTGRES_DIR", dir)
-        .env("HOOKRELAY_POSTGRES_PORT", port.to_string())
+        .env("HOOKRELAY_POSTGRES_PORT", port.to_string());
+    if let Some(certs) = tls {
+        command_line.env("HOOKRELAY_POSTGRES_TLS", certs);
+    }
+    command_line
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))

@@ -126,7 +126,7 @@ impl Stack {
                 ];
                 options.controller_args.extend(args.clone());
                 options.ingest_args.extend(args);
-                Some(hookrelay::store::postgres::Postgres::open(&url).expect("a Postgres URL"))
+                Some(hookrelay::store::postgres::Postgres::open(&url, None).expect("a Postgres URL"))
             }
         };
         let env = match options.env {

@@ -99,6 +99,10 @@ delivery engine, retention) and ingest share the Pod's ServiceAccount.
       key: {{ .Values.store.postgres.urlSecretRef.key | quote }}
 - name: HOOKRELAY_CLAIM_LEASE
   value: {{ .Values.store.postgres.claimLease | default "45s" | quote }}
+{{- if include "hookrelay.postgresCA" . }}
+- name: HOOKRELAY_POSTGRES_CA_FILE
+  value: /etc/hookrelay/postgres-ca/ca.crt
+{{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
@@ -117,4 +121,19 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+{{- end -}}
+
+{{/* Non-empty when the Postgres store's CA bundle is mounted from a Secret. */}}
+{{- define "hookrelay.postgresCA" -}}
+{{- if and (eq .Values.store.type "postgres") .Values.store.postgres.caSecretRef }}{{ .Values.store.postgres.caSecretRef.name }}{{- end }}
+{{- end -}}
+
+{{/* The CA bundle's mount, in each container. */}}
+{{- define "hookrelay.postgresCAMount" -}}
+{{- if include "hookrelay.postgresCA" . }}
+volumeMounts:
+  - name: postgres-ca
+    mountPath: /etc/hookrelay/postgres-ca
+    readOnly: true
+{{- end }}
 {{- end -}}
