@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::receiver::{Receiver, Reply};
 use support::stack::{Stack, WAIT, deliveries_of};
-use support::{ChildProcess, TestEnv, eventually, tool};
+use support::{TestEnv, eventually, tool};
 
 const UPDATED: &str = "dynamic-content.content-item.updated";
 
@@ -91,22 +91,6 @@ async fn bind_viewer(env: &TestEnv, name: &str, subject: serde_json::Value) {
         .unwrap();
 }
 
-/// `hookrelay console` with `kubeconfig` and `extra` arguments; the URL it
-/// prints (the one-time login link, or /login with `--auth token`).
-async fn start_console(env: &TestEnv, kubeconfig: &Path, name: &str, extra: &[&str]) -> (ChildProcess, String) {
-    let mut args = vec!["console", "--listen", "127.0.0.1:0", "-n", &env.ns];
-    args.extend_from_slice(extra);
-    let console = ChildProcess::start(&format!("console-{name}-{}", env.ns), kubeconfig, &args);
-    let login = eventually(Duration::from_secs(30), "the console's login line", || async {
-        console
-            .logs()
-            .lines()
-            .find_map(|l| l.strip_prefix("console: ").map(str::to_string))
-    })
-    .await;
-    (console, login)
-}
-
 fn screenshots() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -178,13 +162,14 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
     receiver.set_default("/shop", Reply::status(200).body("thanks from the handler"));
     let driver = Driver::start().await;
     let browser = driver.browser().await;
-    let (_console, login) = start_console(
-        &stack.env,
-        &stack.env.cluster.admin_kubeconfig,
-        "admin",
-        &["--ingest-url", &stack.ingest.url],
-    )
-    .await;
+    let (_console, login) = stack
+        .env
+        .start_console(
+            &stack.env.cluster.admin_kubeconfig,
+            "admin",
+            &["--ingest-url", &stack.ingest.url],
+        )
+        .await;
 
     // The login link opens a session once; then the hubs.
     browser.goto(&login).await.unwrap();
@@ -422,8 +407,10 @@ async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
         .expect("the local control plane");
     let driver = Driver::start().await;
     let browser = driver.browser().await;
-    let (_console, login) =
-        start_console(&stack.env, &restricted, "viewer", &["--ingest-url", &stack.ingest.url]).await;
+    let (_console, login) = stack
+        .env
+        .start_console(&restricted, "viewer", &["--ingest-url", &stack.ingest.url])
+        .await;
     browser.goto(&login).await.unwrap();
     appears(&browser, "a[href$='/hubs/main']").await;
     assert!(browser.source().await.unwrap().contains("read only"));
@@ -477,7 +464,10 @@ async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
     .await;
     let token = support::stack::service_account_token(&stack.env.client, &stack.env.ns, "webhook-owner").await;
     // The restricted kubeconfig supplies only the address and CA here.
-    let (_token_console, login) = start_console(&stack.env, &restricted, "token", &["--auth", "token"]).await;
+    let (_token_console, login) = stack
+        .env
+        .start_console(&restricted, "token", &["--auth", "token"])
+        .await;
     assert!(login.ends_with("/login"), "{login}");
     browser.delete_all_cookies().await.unwrap();
     browser.goto(&login).await.unwrap();

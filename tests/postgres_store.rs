@@ -340,17 +340,9 @@ struct ConsoleSession {
 
 impl ConsoleSession {
     async fn start(stack: &Stack, postgres: &Postgres, kubeconfig: &std::path::Path, name: &str) -> ConsoleSession {
-        let mut args = vec!["console", "--listen", "127.0.0.1:0", "-n", &stack.env.ns];
         let store = store_args(postgres);
-        args.extend(store.iter().map(String::as_str));
-        let process = ChildProcess::start(&format!("console-{name}-{}", stack.env.ns), kubeconfig, &args);
-        let login = eventually(Duration::from_secs(30), "the console's login line", || async {
-            process
-                .logs()
-                .lines()
-                .find_map(|l| l.strip_prefix("console: ").map(str::to_string))
-        })
-        .await;
+        let store: Vec<&str> = store.iter().map(String::as_str).collect();
+        let (process, login) = stack.env.start_console(kubeconfig, name, &store).await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()

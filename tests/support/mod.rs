@@ -158,6 +158,23 @@ impl TestEnv {
         ChildProcess::start(&format!("controller-{}", self.ns), kubeconfig, &args)
     }
 
+    /// `hookrelay console` for this namespace with `kubeconfig` and `extra`
+    /// arguments; the URL it prints (the one-time login link, or /login
+    /// with `--auth token`).
+    pub async fn start_console(&self, kubeconfig: &Path, name: &str, extra: &[&str]) -> (ChildProcess, String) {
+        let mut args = vec!["console", "--listen", "127.0.0.1:0", "-n", &self.ns];
+        args.extend_from_slice(extra);
+        let console = ChildProcess::start(&format!("console-{name}-{}", self.ns), kubeconfig, &args);
+        let login = eventually(Duration::from_secs(30), "the console's login line", || async {
+            console
+                .logs()
+                .lines()
+                .find_map(|l| l.strip_prefix("console: ").map(str::to_string))
+        })
+        .await;
+        (console, login)
+    }
+
     /// Starts `hookrelay ingest` for this namespace on a free loopback port
     /// and waits until it serves; `kubeconfig` defaults to the admin one.
     pub async fn start_ingest(&self, kubeconfig: Option<&Path>) -> Ingest {
