@@ -15,7 +15,8 @@
 //!   sending before its own heartbeat runs out, so a claim taken over (the
 //!   replica died) never has a second request in flight beside it.
 //! - Per-webhook limits hold across replicas: a claim counts the rows of
-//!   the webhook claimed by anyone.
+//!   the webhook claimed by anyone, and claims are taken one at a time
+//!   (an advisory lock), so none misses another's.
 
 use crate::resources::delivery::{Delivery, Phase};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -79,6 +80,8 @@ CREATE TABLE hookrelay_claimants (
 const MIGRATION_LOCK: i64 = 0x686f6f6b72656c;
 /// The advisory lock a retention sweep holds.
 const SWEEP_LOCK: i64 = MIGRATION_LOCK + 1;
+/// The advisory lock a claim holds (claims are serialised).
+const CLAIM_LOCK: i64 = MIGRATION_LOCK + 2;
 /// The channel ingest notifies on commit, so controllers claim at once.
 const CHANNEL: &str = "hookrelay_due";
 /// How long one statement may take before it counts as failed.
@@ -313,24 +316,36 @@ WHERE t.namespace = c.namespace AND t.name = c.name AND t.due_at <= now()
        OR NOT EXISTS (SELECT 1 FROM hookrelay_claimants a WHERE a.claimant = t.claimed_by AND a.alive_until > now()))
 RETURNING t.doc, t.version"#;
         let started = std::time::Instant::now();
-        let client = self.client().await?;
-        let statement = client.prepare_cached(CLAIM).await.map_err(describe)?;
+        let mut client = self.client().await?;
         let (ns, webhooks, most_each): (Vec<&str>, Vec<&str>, Vec<i32>) =
             limits.iter().map(|(n, w, m)| (n.as_str(), w.as_str(), *m)).collect();
-        let rows = timed(client.query(
-            &statement,
-            &[
-                &claimant,
-                &(most as i64),
-                &ns,
-                &webhooks,
-                &most_each,
-                &namespaces,
-                &default_limit,
-                &lease.as_secs_f64(),
-            ],
-        ))
-        .await?;
+        let work = async {
+            // Claims are taken one at a time across replicas: the claim's
+            // snapshot is taken after the lock, so it sees every claim
+            // committed before it. Two concurrent snapshots could each see
+            // the webhook idle and pick different rows, past its limit.
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
+            let statement = tx.prepare_cached(CLAIM).await?;
+            let rows = tx
+                .query(
+                    &statement,
+                    &[
+                        &claimant,
+                        &(most as i64),
+                        &ns,
+                        &webhooks,
+                        &most_each,
+                        &namespaces,
+                        &default_limit,
+                        &lease.as_secs_f64(),
+                    ],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(rows)
+        };
+        let rows = timed(work).await?;
         let until = started + lease;
         rows.iter()
             .map(|row| {
