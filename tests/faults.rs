@@ -431,6 +431,84 @@ async fn undecodable_deliveries_fail_or_are_skipped_alone_also_after_a_relist() 
     stack.cleanup().await;
 }
 
+/// The engine's cache holds the webhook as it was before the controller
+/// wrote its signing Secret into the status (ingest, whose cache is ahead,
+/// already stored a delivery): the attempt reads the webhook again and is
+/// sent signed, instead of failing "no signing secret yet" and waiting for
+/// its first retry (what `make bench` showed for the first event).
+#[tokio::test]
+async fn a_signing_secret_the_cache_has_not_seen_yet_is_looked_up() {
+    use hookrelay::delivery::{Engine, attempt};
+    use hookrelay::resources::{Hub, SecretKeyRef, Webhook};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::{reflector, watcher};
+
+    let env = support::TestEnv::new("engine_cache_lacks_signing_secret").await;
+    let receiver = Receiver::start().await;
+    let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
+    env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("shop-generated".into()),
+            ..Default::default()
+        },
+        string_data: Some([("secret".to_string(), "g".repeat(32))].into()),
+        ..Default::default()
+    };
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let webhooks: Api<Webhook> = env.api();
+    let created = webhooks
+        .create(
+            &PostParams::default(),
+            &Webhook::new("shop", spec(receiver.url("/hook"), &[EVENT])),
+        )
+        .await
+        .unwrap();
+    // What the controller writes once it generated the Secret.
+    let status =
+        json!({ "status": { "secretRef": SecretKeyRef { name: "shop-generated".into(), key: "secret".into() } } });
+    webhooks
+        .patch_status("shop", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    // The engine's cache: the webhook as created, without that status.
+    let (store, mut writer) = reflector::store::<Webhook>();
+    writer.apply_watcher_event(&watcher::Event::Apply(created));
+    let (hubs, mut hub_writer) = reflector::store::<Hub>();
+    hub_writer.apply_watcher_event(&watcher::Event::Apply(env.api::<Hub>().get("main").await.unwrap()));
+    let engine = Engine::new(
+        env.client.clone(),
+        store,
+        hubs,
+        hookrelay::secret_cache::SecretCache::new(env.client.clone()),
+        hookrelay::metrics::Metrics::new(),
+        hookrelay::delivery::Options {
+            global: hookrelay::delivery::slots::Slots::new(4),
+            leadership: hookrelay::leader::Leadership::unconditional(),
+            egress_floor: Default::default(),
+            delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
+            postgres: None,
+        },
+    );
+
+    let delivery = create_delivery(&env, "first-event", "shop", "{}").await;
+    match attempt::run(&engine, &delivery, None).await {
+        attempt::Outcome::Recorded(d, None) => {
+            let s = d.status.unwrap();
+            assert_eq!((s.phase, s.attempt_count), (Phase::Succeeded, 1), "{:?}", s.attempts);
+        }
+        _ => panic!("the delivery was not recorded as made"),
+    }
+    let got = receiver.received("/hook");
+    assert_eq!(got.len(), 1);
+    let expected = hookrelay::delivery::signing::body_signature(&"g".repeat(32), &got[0].body);
+    assert_eq!(got[0].header("x-amplience-webhook-signature"), Some(expected.as_str()));
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
     use hookrelay::delivery::{Engine, attempt};

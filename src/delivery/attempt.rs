@@ -170,6 +170,16 @@ async fn hub_of(engine: &Engine, ns: &str, name: &str) -> Result<Option<Arc<Hub>
 /// How long a claim must outlast a request's timeout for it to be sent.
 pub(crate) const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
+/// The Secret key a webhook signs with: its own, or the one the controller
+/// generated (in its status).
+fn signing_secret_ref(webhook: &Webhook) -> Option<crate::resources::SecretKeyRef> {
+    webhook
+        .spec
+        .secret_ref
+        .clone()
+        .or_else(|| webhook.status.as_ref().and_then(|s| s.secret_ref.clone()))
+}
+
 /// Makes one attempt of `delivery` and records it. `claimed_until` is when
 /// this process's claim on it ends (Postgres store): no request is started
 /// that could outlast it, as another replica may take it over then.
@@ -192,6 +202,16 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
         Ok(Target::Deliver(w)) => w,
         Ok(Target::Cancel(why)) => return close(engine, delivery, status, Phase::Cancelled, why).await,
         Err(e) => return Outcome::Deferred(e),
+    };
+    // A webhook made Ready a moment ago may still lack its signing Secret
+    // in this cache (ingest's cache can be ahead): read it before failing.
+    let webhook = match signing_secret_ref(&webhook) {
+        Some(_) => webhook,
+        None => match read::<Webhook>(engine, &ns, &delivery.spec.webhook).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) => webhook,
+            Err(e) => return Outcome::Deferred(e),
+        },
     };
     let hub = match hub_of(engine, &ns, &webhook.spec.hub).await {
         Ok(h) => h,
@@ -686,12 +706,7 @@ async fn prepare(
     let credentials = auth::resolve(&engine.secrets, ns, &webhook.name_any(), &webhook.spec)
         .await
         .map_err(|e| format!("reading Secrets: {e}"))??;
-    let secret_ref = webhook
-        .spec
-        .secret_ref
-        .clone()
-        .or_else(|| webhook.status.as_ref().and_then(|s| s.secret_ref.clone()))
-        .ok_or("the webhook has no signing secret yet")?;
+    let secret_ref = signing_secret_ref(webhook).ok_or("the webhook has no signing secret yet")?;
     let secret = engine
         .secrets
         .get(ns, &secret_ref.name)
