@@ -431,6 +431,51 @@ async fn undecodable_deliveries_fail_or_are_skipped_alone_also_after_a_relist() 
     stack.cleanup().await;
 }
 
+/// A namespace with the example hub and a signing Secret `name` holding
+/// `value`, as the engine tests below need; no controller runs.
+async fn hub_and_secret(test: &str, name: &str, value: &str) -> support::TestEnv {
+    use hookrelay::resources::Hub;
+    use k8s_openapi::api::core::v1::Secret;
+    let env = support::TestEnv::new(test).await;
+    let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
+    env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some([("secret".to_string(), value.to_string())].into()),
+        ..Default::default()
+    };
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    env
+}
+
+/// An engine (no watches) reading webhooks and hubs from these caches.
+fn engine_over(
+    env: &support::TestEnv,
+    webhooks: kube::runtime::reflector::Store<hookrelay::resources::Webhook>,
+    hubs: kube::runtime::reflector::Store<hookrelay::resources::Hub>,
+) -> std::sync::Arc<hookrelay::delivery::Engine> {
+    hookrelay::delivery::Engine::new(
+        env.client.clone(),
+        webhooks,
+        hubs,
+        hookrelay::secret_cache::SecretCache::new(env.client.clone()),
+        hookrelay::metrics::Metrics::new(),
+        hookrelay::delivery::Options {
+            global: hookrelay::delivery::slots::Slots::new(4),
+            leadership: hookrelay::leader::Leadership::unconditional(),
+            egress_floor: Default::default(),
+            delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
+            postgres: None,
+        },
+    )
+}
+
 /// The engine's cache holds the webhook as it was before the controller
 /// wrote its signing Secret into the status (ingest, whose cache is ahead,
 /// already stored a delivery): the attempt reads the webhook again and is
@@ -438,27 +483,12 @@ async fn undecodable_deliveries_fail_or_are_skipped_alone_also_after_a_relist() 
 /// its first retry (what `make bench` showed for the first event).
 #[tokio::test]
 async fn a_signing_secret_the_cache_has_not_seen_yet_is_looked_up() {
-    use hookrelay::delivery::{Engine, attempt};
+    use hookrelay::delivery::attempt;
     use hookrelay::resources::{Hub, SecretKeyRef, Webhook};
-    use k8s_openapi::api::core::v1::Secret;
     use kube::runtime::{reflector, watcher};
 
-    let env = support::TestEnv::new("engine_cache_lacks_signing_secret").await;
+    let env = hub_and_secret("engine_cache_lacks_signing_secret", "shop-generated", &"g".repeat(32)).await;
     let receiver = Receiver::start().await;
-    let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
-    env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("shop-generated".into()),
-            ..Default::default()
-        },
-        string_data: Some([("secret".to_string(), "g".repeat(32))].into()),
-        ..Default::default()
-    };
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
     let webhooks: Api<Webhook> = env.api();
     let created = webhooks
         .create(
@@ -479,20 +509,7 @@ async fn a_signing_secret_the_cache_has_not_seen_yet_is_looked_up() {
     writer.apply_watcher_event(&watcher::Event::Apply(created));
     let (hubs, mut hub_writer) = reflector::store::<Hub>();
     hub_writer.apply_watcher_event(&watcher::Event::Apply(env.api::<Hub>().get("main").await.unwrap()));
-    let engine = Engine::new(
-        env.client.clone(),
-        store,
-        hubs,
-        hookrelay::secret_cache::SecretCache::new(env.client.clone()),
-        hookrelay::metrics::Metrics::new(),
-        hookrelay::delivery::Options {
-            global: hookrelay::delivery::slots::Slots::new(4),
-            leadership: hookrelay::leader::Leadership::unconditional(),
-            egress_floor: Default::default(),
-            delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
-            postgres: None,
-        },
-    );
+    let engine = engine_over(&env, store, hubs);
 
     let delivery = create_delivery(&env, "first-event", "shop", "{}").await;
     match attempt::run(&engine, &delivery, None).await {
@@ -511,30 +528,15 @@ async fn a_signing_secret_the_cache_has_not_seen_yet_is_looked_up() {
 
 #[tokio::test]
 async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
-    use hookrelay::delivery::{Engine, attempt};
+    use hookrelay::delivery::attempt;
     use hookrelay::resources::{Hub, SecretKeyRef, Webhook};
-    use k8s_openapi::api::core::v1::Secret;
     use kube::runtime::reflector;
 
     // No controller: an engine whose caches are empty, as a controller's are
     // in the moment after ingest (whose cache is ahead) stored a Delivery
     // for a webhook created a moment before.
-    let env = support::TestEnv::new("engine_cache_lags_behind_ingest").await;
+    let env = hub_and_secret("engine_cache_lags_behind_ingest", "shop-signing", &"s".repeat(32)).await;
     let receiver = Receiver::start().await;
-    let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
-    env.api::<Hub>().create(&PostParams::default(), &hub).await.unwrap();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("shop-signing".into()),
-            ..Default::default()
-        },
-        string_data: Some([("secret".to_string(), "s".repeat(32))].into()),
-        ..Default::default()
-    };
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
     let mut shop = spec(receiver.url("/hook"), &[EVENT]);
     shop.secret_ref = Some(SecretKeyRef {
         name: "shop-signing".into(),
@@ -546,20 +548,7 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
         .unwrap();
     let (webhooks, _) = reflector::store::<Webhook>();
     let (hubs, _) = reflector::store::<Hub>();
-    let engine = Engine::new(
-        env.client.clone(),
-        webhooks,
-        hubs,
-        hookrelay::secret_cache::SecretCache::new(env.client.clone()),
-        hookrelay::metrics::Metrics::new(),
-        hookrelay::delivery::Options {
-            global: hookrelay::delivery::slots::Slots::new(4),
-            leadership: hookrelay::leader::Leadership::unconditional(),
-            egress_floor: Default::default(),
-            delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
-            postgres: None,
-        },
-    );
+    let engine = engine_over(&env, webhooks, hubs);
 
     let for_shop = create_delivery(&env, "for-shop", "shop", "{}").await;
     match attempt::run(&engine, &for_shop, None).await {
