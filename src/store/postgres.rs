@@ -634,6 +634,15 @@ async fn commit_groups(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiv
             }
         }
         let result = commit(&pool, &groups).await;
+        if result.is_err() && groups.len() > 1 {
+            // One event's rows must not fail another's (another tenant's,
+            // perhaps): each is committed alone, and only its own fails.
+            for group in groups {
+                let alone = commit(&pool, std::slice::from_ref(&group)).await;
+                let _ = group.done.send(alone);
+            }
+            continue;
+        }
         for group in groups {
             let _ = group.done.send(result.clone());
         }
@@ -652,7 +661,7 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
         names: Vec<String>,
         webhooks: Vec<&'a str>,
         hubs: Vec<&'a str>,
-        keys: Vec<Option<&'a str>>,
+        keys: Vec<Option<String>>,
         docs: Vec<String>,
     }
     let mut c = Columns::default();
@@ -662,7 +671,7 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
         c.names.push(d.name_any());
         c.webhooks.push(&d.spec.webhook);
         c.hubs.push(&d.spec.hub);
-        c.keys.push(row.ordering_key.as_deref());
+        c.keys.push(row.ordering_key.as_deref().map(key_digest));
         c.docs.push(serde_json::to_string(&stored(d)).map_err(describe)?);
     }
     let mut client = pool.get().await.map_err(describe)?;
@@ -678,6 +687,17 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
         tx.commit().await
     };
     timed(work).await
+}
+
+/// What is stored of an ordering key: its SHA-256, so a key of any length
+/// or content (a NUL, 100 KB from a payload) fits the index and the text
+/// type, and equal keys stay equal.
+fn key_digest(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A statement bounded by `STATEMENT_TIMEOUT`.
@@ -751,6 +771,15 @@ mod tests {
         };
         assert_eq!(due_of(&retrying), Some(at));
         assert!(due_of(&DeliveryStatus::default()).is_some_and(|t| t <= Timestamp::now()));
+    }
+
+    #[test]
+    fn ordering_keys_are_stored_as_fixed_length_digests() {
+        let long = "x".repeat(100_000);
+        assert_eq!(key_digest(&long).len(), 64);
+        assert_eq!(key_digest("a\0b"), key_digest("a\0b"));
+        assert_ne!(key_digest("a"), key_digest("b"));
+        assert!(!key_digest("a\0b").contains('\0'));
     }
 
     #[test]
