@@ -521,6 +521,108 @@ async fn a_killed_replicas_claims_are_taken_over_within_seconds() {
     stack.cleanup().await;
 }
 
+/// The claim query alone, on a database of its own: tenants (namespaces)
+/// take turns, whatever the age of one tenant's backlog, and the webhook
+/// limits and ordering keys hold across claimants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_let_a_quiet_tenant_go_before_another_tenants_older_backlog() {
+    use hookrelay::resources::delivery::{DeliverySpec, EventRef};
+    use hookrelay::store::postgres::{ClaimLimits, NewDelivery};
+    let shared = Postgres::shared();
+    let db = format!("claims_{}", std::process::id());
+    let admin = shared.client().await;
+    for sql in [format!("DROP DATABASE IF EXISTS {db}"), format!("CREATE DATABASE {db}")] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let url = format!("{}/{db}", shared.url.rsplit_once('/').expect("a URL with a database").0);
+    let store = hookrelay::store::postgres::Postgres::connect(&url, None).await.unwrap();
+    let row = |ns: &str, webhook: &str, i: usize, key: Option<&str>| {
+        let mut delivery = Delivery::new(
+            &format!("{webhook}-{i}"),
+            DeliverySpec {
+                webhook: webhook.into(),
+                hub: "main".into(),
+                event: EventRef {
+                    id: format!("{webhook}-{i}"),
+                    name: EVENT.into(),
+                    received_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()),
+                },
+                payload: "{}".into(),
+            },
+        );
+        delivery.metadata.namespace = Some(ns.into());
+        NewDelivery {
+            delivery,
+            ordering_key: key.map(str::to_string),
+        }
+    };
+    // The greedy tenant: four webhooks with 100 due deliveries each, and a
+    // fifth whose 1,000 share one ordering key.
+    let mut greedy: Vec<_> = (0..400)
+        .map(|i| row("greedy", &format!("w{}", i % 4), i, None))
+        .collect();
+    greedy.extend((0..1000).map(|i| row("greedy", "ordered", i, Some("k"))));
+    store.insert(greedy).await.unwrap();
+    for claimant in ["a", "b"] {
+        store.heartbeat(claimant, Duration::from_secs(120)).await.unwrap();
+    }
+    let lease = Duration::from_secs(120);
+    let claim = |claimant: &'static str, most: usize, share: usize| {
+        let store = store.clone();
+        async move {
+            let limits = ClaimLimits {
+                webhooks: &[],
+                default: 4,
+                per_namespace: share,
+            };
+            let claimed = store.claim(claimant, most, lease, &[], &limits).await.unwrap();
+            let mut names: Vec<String> = claimed
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}/{}",
+                        c.delivery.metadata.namespace.as_deref().unwrap(),
+                        c.delivery.metadata.name.as_deref().unwrap()
+                    )
+                })
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    // Replica a has room for 8 but one tenant may hold 6 of them.
+    let a = claim("a", 8, 6).await;
+    assert_eq!(a.len(), 6, "{a:?}");
+    assert!(a.iter().all(|n| n.starts_with("greedy/")), "{a:?}");
+    // The quiet tenant's event comes after all of those 1,400.
+    store.insert(vec![row("quiet", "w", 0, None)]).await.unwrap();
+    // Replica b has room for one: the quiet tenant has nothing in flight,
+    // the greedy one six, so the newest event goes first.
+    assert_eq!(claim("b", 1, 100).await, ["quiet/w-0"]);
+    // a has used its share of the greedy tenant.
+    assert_eq!(claim("a", 2, 6).await, Vec::<String>::new());
+    // b takes what the greedy webhooks' limits leave (4 × 4 - 6), and of
+    // the ordered webhook only the first: the rest wait behind it.
+    let b = claim("b", 100, 100).await;
+    assert_eq!(b.len(), 11, "{b:?}");
+    assert!(b.contains(&"greedy/ordered-0".to_string()), "{b:?}");
+    assert!(
+        !b.iter()
+            .any(|n| n.starts_with("greedy/ordered-") && n != "greedy/ordered-0"),
+        "{b:?}"
+    );
+    assert_eq!(
+        claim("b", 100, 100).await,
+        Vec::<String>::new(),
+        "every limit is reached"
+    );
+    drop(store);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
 /// A CA (its PEM and issuer) made here with rcgen.
 fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};

@@ -10,7 +10,7 @@
 
 use super::{DEFER, Engine, RETENTION_SWEEP, attempt, notify, retention};
 use crate::resources::delivery::{Delivery, Phase};
-use crate::store::postgres::{Claimed, Postgres};
+use crate::store::postgres::{ClaimLimits, Claimed, Postgres};
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -141,8 +141,11 @@ async fn deliver(
                     room,
                     lease,
                     &namespaces,
-                    &engine.webhook_limits(),
-                    engine.default_webhook_limit() as i32,
+                    &ClaimLimits {
+                        webhooks: &engine.webhook_limits(),
+                        default: engine.default_webhook_limit() as i32,
+                        per_namespace: engine.global.per_tenant(),
+                    },
                 )
                 .await
             {

@@ -16,7 +16,10 @@
 //!   replica died) never has a second request in flight beside it.
 //! - Per-webhook limits hold across replicas: a claim counts the rows of
 //!   the webhook claimed by anyone, and claims are taken one at a time
-//!   (an advisory lock), so none misses another's.
+//!   (an advisory lock), so none misses another's. Namespaces take turns
+//!   (fewest in flight first, at most a share each), and a claim reads
+//!   only the head of each webhook's queue, so one tenant's backlog costs
+//!   others' claims next to nothing.
 
 use crate::resources::delivery::{Delivery, Phase};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -74,6 +77,19 @@ CREATE TABLE hookrelay_claimants (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+-- Claims read each webhook's queue from its head (so one webhook's long
+-- backlog costs a claim only as much as it may take) and count the
+-- deliveries in flight from the few claimed rows.
+CREATE INDEX hookrelay_deliveries_queue ON hookrelay_deliveries (namespace, webhook, due_at, seq)
+    WHERE due_at IS NOT NULL;
+CREATE INDEX hookrelay_deliveries_claimed ON hookrelay_deliveries (namespace, webhook)
+    WHERE claimed_by IS NOT NULL AND due_at IS NOT NULL;
+DROP INDEX hookrelay_deliveries_due;
+"#,
+    ),
 ];
 
 /// Any number: the advisory lock migrations hold.
@@ -86,6 +102,10 @@ const CLAIM_LOCK: i64 = MIGRATION_LOCK + 2;
 const CHANNEL: &str = "hookrelay_due";
 /// How long one statement may take before it counts as failed.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far past its limit a claim reads into one webhook's due deliveries
+/// (those waiting on an earlier delivery with their ordering key are
+/// skipped over, up to this many).
+const SCAN_DEPTH: i64 = 256;
 /// Events committed together at most (rows).
 const GROUP_ROWS: usize = 1024;
 /// Commits under way at once.
@@ -101,6 +121,16 @@ pub struct NewDelivery {
 struct Group {
     rows: Vec<NewDelivery>,
     done: oneshot::Sender<Result<(), String>>,
+}
+
+/// How many deliveries a claim may have in flight.
+pub struct ClaimLimits<'a> {
+    /// Per webhook (namespace, name, limit), across all claimants.
+    pub webhooks: &'a [(String, String, i32)],
+    /// For webhooks not listed.
+    pub default: i32,
+    /// Per namespace, this claimant's.
+    pub per_namespace: usize,
 }
 
 /// A due delivery claimed by this replica.
@@ -268,45 +298,82 @@ impl Postgres {
             .map_err(|_| "postgres store: commit abandoned".to_string())?
     }
 
-    /// Claims up to `most` due deliveries for `claimant` for `lease`, at
-    /// most `limit_of(webhook)` in flight per webhook across all claimants
-    /// (`default_limit` for webhooks not listed), oldest due first, never
-    /// one whose ordering key has an earlier unfinished delivery.
+    /// Claims up to `most` due deliveries (of `namespaces`, or all) for
+    /// `claimant` for `lease`, within `limits` per webhook across all
+    /// claimants, never one whose ordering key has an earlier unfinished
+    /// delivery. Namespaces take turns: the one with fewest deliveries in
+    /// flight goes first, and this claimant holds at most
+    /// `limits.per_namespace` of one namespace's, so
+    /// one tenant's backlog neither fills every slot nor goes before
+    /// another tenant's newer event. Within a webhook the oldest due goes
+    /// first. Each webhook's queue is read from its head only
+    /// (`SCAN_DEPTH` rows past its limit), so the claim's cost does not
+    /// grow with any one webhook's backlog.
     pub async fn claim(
         &self,
         claimant: &str,
         most: usize,
         lease: Duration,
         namespaces: &[String],
-        limits: &[(String, String, i32)],
-        default_limit: i32,
+        limits: &ClaimLimits<'_>,
     ) -> Result<Vec<Claimed>, String> {
         const CLAIM: &str = r#"
-WITH limits AS (
+WITH RECURSIVE queues AS (
+    -- every webhook with unfinished deliveries, one index probe each
+    (SELECT namespace, webhook FROM hookrelay_deliveries
+     WHERE due_at IS NOT NULL AND (cardinality($6::text[]) = 0 OR namespace = ANY($6))
+     ORDER BY namespace, webhook LIMIT 1)
+    UNION ALL
+    SELECT n.namespace, n.webhook FROM queues q CROSS JOIN LATERAL (
+        SELECT namespace, webhook FROM hookrelay_deliveries
+        WHERE due_at IS NOT NULL AND (cardinality($6::text[]) = 0 OR namespace = ANY($6))
+          AND (namespace, webhook) > (q.namespace, q.webhook)
+        ORDER BY namespace, webhook LIMIT 1) n
+), limits AS (
     SELECT * FROM unnest($3::text[], $4::text[], $5::int[]) AS l(namespace, webhook, most)
 ), alive AS (
     SELECT claimant FROM hookrelay_claimants WHERE alive_until > now()
+), held AS (
+    SELECT namespace, webhook, claimed_by FROM hookrelay_deliveries
+    WHERE claimed_by IS NOT NULL AND due_at IS NOT NULL AND claim_until > now()
+      AND claimed_by IN (SELECT claimant FROM alive)
 ), busy AS (
-    SELECT namespace, webhook, count(*)::int AS n FROM hookrelay_deliveries
-    WHERE due_at IS NOT NULL AND claim_until > now() AND claimed_by IN (SELECT claimant FROM alive)
-    GROUP BY namespace, webhook
-), ranked AS (
-    SELECT d.namespace, d.name, d.webhook, d.due_at, d.seq,
-           row_number() OVER (PARTITION BY d.namespace, d.webhook ORDER BY d.due_at, d.seq) AS r
-    FROM hookrelay_deliveries d
-    WHERE d.due_at <= now()
-      AND (d.claim_until IS NULL OR d.claim_until <= now() OR d.claimed_by NOT IN (SELECT claimant FROM alive))
-      AND (cardinality($6::text[]) = 0 OR d.namespace = ANY($6))
-      AND (d.ordering_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM hookrelay_deliveries e
-          WHERE e.namespace = d.namespace AND e.webhook = d.webhook AND e.ordering_key = d.ordering_key
-            AND e.seq < d.seq AND e.due_at IS NOT NULL))
-), chosen AS (
-    SELECT r.namespace, r.name FROM ranked r
+    SELECT namespace, webhook, count(*)::int AS n FROM held GROUP BY namespace, webhook
+), tenants AS (
+    SELECT namespace, count(*)::int AS n, (count(*) FILTER (WHERE claimed_by = $1))::int AS mine
+    FROM held GROUP BY namespace
+), candidates AS (
+    SELECT c.namespace, c.name, c.due_at, c.seq FROM queues q
     LEFT JOIN busy b USING (namespace, webhook)
     LEFT JOIN limits l USING (namespace, webhook)
-    WHERE r.r + coalesce(b.n, 0) <= coalesce(l.most, $7)
-    ORDER BY r.due_at, r.seq
+    CROSS JOIN LATERAL (
+        SELECT h.namespace, h.name, h.due_at, h.seq FROM (
+            SELECT d.namespace, d.webhook, d.name, d.due_at, d.seq, d.claimed_by, d.claim_until, d.ordering_key
+            FROM hookrelay_deliveries d
+            WHERE d.namespace = q.namespace AND d.webhook = q.webhook
+              AND d.due_at IS NOT NULL AND d.due_at <= now()
+            ORDER BY d.due_at, d.seq
+            LIMIT $10
+        ) h
+        WHERE (h.claim_until IS NULL OR h.claim_until <= now() OR h.claimed_by NOT IN (SELECT claimant FROM alive))
+          -- first of its ordering key's unfinished deliveries (a min, so
+          -- even a generic plan reads the index, not the table)
+          AND (h.ordering_key IS NULL OR h.seq = (
+              SELECT min(e.seq) FROM hookrelay_deliveries e
+              WHERE e.namespace = h.namespace AND e.webhook = h.webhook AND e.ordering_key = h.ordering_key
+                AND e.ordering_key IS NOT NULL AND e.due_at IS NOT NULL))
+        ORDER BY h.due_at, h.seq
+        LIMIT greatest(coalesce(l.most, $7) - coalesce(b.n, 0), 0)
+    ) c
+), ranked AS (
+    SELECT c.namespace, c.name, c.due_at, c.seq,
+           row_number() OVER (PARTITION BY c.namespace ORDER BY c.due_at, c.seq) AS r,
+           coalesce(t.n, 0) AS held, coalesce(t.mine, 0) AS mine
+    FROM candidates c LEFT JOIN tenants t USING (namespace)
+), chosen AS (
+    SELECT namespace, name FROM ranked
+    WHERE mine + r <= $9
+    ORDER BY held + r, due_at, seq
     LIMIT $2
 )
 UPDATE hookrelay_deliveries t SET claimed_by = $1, claim_until = now() + make_interval(secs => $8)
@@ -317,8 +384,14 @@ WHERE t.namespace = c.namespace AND t.name = c.name AND t.due_at <= now()
 RETURNING t.doc, t.version"#;
         let started = std::time::Instant::now();
         let mut client = self.client().await?;
-        let (ns, webhooks, most_each): (Vec<&str>, Vec<&str>, Vec<i32>) =
-            limits.iter().map(|(n, w, m)| (n.as_str(), w.as_str(), *m)).collect();
+        let (ns, webhooks, most_each): (Vec<&str>, Vec<&str>, Vec<i32>) = limits
+            .webhooks
+            .iter()
+            .map(|(n, w, m)| (n.as_str(), w.as_str(), *m))
+            .collect();
+        let (default_limit, namespace_share) = (limits.default, limits.per_namespace as i64);
+        let largest_limit = most_each.iter().copied().chain([default_limit]).max().unwrap_or(0);
+        let depth = SCAN_DEPTH + i64::from(largest_limit.max(0));
         let work = async {
             // Claims are taken one at a time across replicas: the claim's
             // snapshot is taken after the lock, so it sees every claim
@@ -339,6 +412,8 @@ RETURNING t.doc, t.version"#;
                         &namespaces,
                         &default_limit,
                         &lease.as_secs_f64(),
+                        &namespace_share,
+                        &depth,
                     ],
                 )
                 .await?;
