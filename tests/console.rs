@@ -399,12 +399,7 @@ async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
         json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": support::RESTRICTED_USER }),
     )
     .await;
-    let restricted = stack
-        .env
-        .cluster
-        .restricted_kubeconfig
-        .clone()
-        .expect("the local control plane");
+    let restricted = stack.env.cluster.restricted_kubeconfig();
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     let (_console, login) = stack

@@ -469,12 +469,7 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
     receiver.wait_for("/shop", 3, WAIT).await;
 
     // Someone whom RBAC grants nothing here sees nothing from the store.
-    let restricted = stack
-        .env
-        .cluster
-        .restricted_kubeconfig
-        .clone()
-        .expect("the local control plane");
+    let restricted = stack.env.cluster.restricted_kubeconfig();
     let stranger = ConsoleSession::start(&stack, postgres, &restricted, "stranger").await;
     let (code, page) = stranger.get(&format!("/ns/{ns}/deliveries/{name}")).await;
     assert_eq!(code, 404, "{page}");

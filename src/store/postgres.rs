@@ -353,7 +353,7 @@ WITH RECURSIVE queues AS (
             WHERE d.namespace = q.namespace AND d.webhook = q.webhook
               AND d.due_at IS NOT NULL AND d.due_at <= now()
             ORDER BY d.due_at, d.seq
-            LIMIT $10
+            LIMIT coalesce(l.most, $7) + $10::bigint
         ) h
         WHERE (h.claim_until IS NULL OR h.claim_until <= now() OR h.claimed_by NOT IN (SELECT claimant FROM alive))
           -- first of its ordering key's unfinished deliveries (a min, so
@@ -390,8 +390,6 @@ RETURNING t.doc, t.version"#;
             .map(|(n, w, m)| (n.as_str(), w.as_str(), *m))
             .collect();
         let (default_limit, namespace_share) = (limits.default, limits.per_namespace as i64);
-        let largest_limit = most_each.iter().copied().chain([default_limit]).max().unwrap_or(0);
-        let depth = SCAN_DEPTH + i64::from(largest_limit.max(0));
         let work = async {
             // Claims are taken one at a time across replicas: the claim's
             // snapshot is taken after the lock, so it sees every claim
@@ -413,7 +411,7 @@ RETURNING t.doc, t.version"#;
                         &default_limit,
                         &lease.as_secs_f64(),
                         &namespace_share,
-                        &depth,
+                        &SCAN_DEPTH,
                     ],
                 )
                 .await?;

@@ -38,6 +38,16 @@ pub struct Cluster {
     pub restricted_kubeconfig: Option<PathBuf>,
 }
 
+impl Cluster {
+    /// The restricted identity's kubeconfig, for tests that start a process
+    /// as that user (the local control plane writes one).
+    pub fn restricted_kubeconfig(&self) -> PathBuf {
+        self.restricted_kubeconfig
+            .clone()
+            .expect("a restricted kubeconfig (the local control plane writes one)")
+    }
+}
+
 /// The cluster for this test run, started at most once per test binary.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
