@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -119,11 +119,16 @@ async fn deliver(
         let engine = engine.clone();
         tokio::spawn(async move { engine.summaries.run().await })
     };
-    let mut sweep = tokio::time::interval(RETENTION_SWEEP);
+    // Off the claim loop: a slow sweep (one tenant's large history) must
+    // not hold up anyone's claims.
+    let reported_pending = Arc::new(AtomicI64::new(0));
+    let housekeeping = tokio::spawn(housekeeping(
+        engine.clone(),
+        store.clone(),
+        namespaces.clone(),
+        reported_pending.clone(),
+    ));
     let mut backoff = Duration::from_millis(200);
-    // This engine's share of the pending gauge (engines share it). Every
-    // replica reports the store's count: alert on the max, not the sum.
-    let mut reported_pending = 0i64;
     let ended = loop {
         let room = if engine.leadership.may_act() {
             engine.global.size().saturating_sub(in_flight.load(Ordering::Relaxed))
@@ -175,22 +180,35 @@ async fn deliver(
             _ = committed.notified() => {}
             _ = freed.notified() => {}
             _ = timer => {}
-            _ = sweep.tick() => {
-                engine.count_webhooks();
-                let (policies, default) = engine.retention_policies();
-                if let Err(e) = store.sweep(&namespaces, &policies, default).await {
-                    tracing::warn!(error = %e, "retention: could not delete expired deliveries");
-                }
-                if let Ok(pending) = store.pending(&namespaces).await {
-                    engine.metrics.pending.inc_by(pending - reported_pending);
-                    reported_pending = pending;
-                }
-            }
         }
     };
-    engine.metrics.pending.dec_by(reported_pending);
+    housekeeping.abort();
+    let _ = housekeeping.await;
+    engine.metrics.pending.dec_by(reported_pending.load(Ordering::Relaxed));
     summaries.abort();
     ended
+}
+
+/// Every `RETENTION_SWEEP`: webhook counts, the retention sweep, and the
+/// pending gauge. `reported` is this engine's share of the gauge (engines
+/// share it); every replica reports the store's count, so alerts take the
+/// max, not the sum.
+async fn housekeeping(engine: Arc<Engine>, store: Arc<Postgres>, namespaces: Vec<String>, reported: Arc<AtomicI64>) {
+    let mut every = tokio::time::interval(RETENTION_SWEEP);
+    loop {
+        every.tick().await;
+        engine.count_webhooks();
+        let (policies, default) = engine.retention_policies();
+        if let Err(e) = store.sweep(&namespaces, &policies, default).await {
+            tracing::warn!(error = %e, "retention: could not delete expired deliveries");
+        }
+        if let Ok(pending) = store.pending(&namespaces).await {
+            engine
+                .metrics
+                .pending
+                .inc_by(pending - reported.swap(pending, Ordering::Relaxed));
+        }
+    }
 }
 
 fn spawn_attempt(
