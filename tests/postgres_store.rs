@@ -611,6 +611,15 @@ async fn claims_let_a_quiet_tenant_go_before_another_tenants_older_backlog() {
         Vec::<String>::new(),
         "every limit is reached"
     );
+    // A webhook whose hub allows 6 at once: two more of it.
+    let raised = ClaimLimits {
+        webhooks: &[("greedy".into(), "w0".into(), 6)],
+        default: 4,
+        per_namespace: 100,
+    };
+    let more = store.claim("b", 100, lease, &[], &raised).await.unwrap();
+    let more: Vec<_> = more.iter().map(|c| c.delivery.spec.webhook.as_str()).collect();
+    assert_eq!(more, ["w0", "w0"]);
     drop(store);
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))

@@ -288,15 +288,18 @@ async fn after_record(
 }
 
 impl Engine {
-    /// Every watched webhook's limit, for claims.
+    /// The limits of watched webhooks that differ from the default, for
+    /// claims (which apply the default to the rest): a claim need not
+    /// carry every webhook.
     fn webhook_limits(&self) -> Vec<(String, String, i32)> {
+        let default = self.default_webhook_limit();
         self.webhooks
             .state()
             .iter()
-            .map(|w| {
+            .filter_map(|w| {
                 let ns = w.namespace().unwrap_or_default();
                 let limit = self.webhook_limit_size(&ns, &w.name_any());
-                (ns, w.name_any(), limit as i32)
+                (limit != default).then(|| (ns, w.name_any(), limit as i32))
             })
             .collect()
     }
