@@ -375,6 +375,26 @@ impl ConsoleSession {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// Everything a server-sent event stream at `path` says, as it comes.
+    async fn events(&self, path: &str) -> std::sync::Arc<std::sync::Mutex<String>> {
+        let mut response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let into = said.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(chunk)) = response.chunk().await {
+                into.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk));
+            }
+        });
+        said
+    }
+
     async fn post(&self, path: &str, form: &str) -> (u16, String) {
         let r = self
             .http
@@ -416,6 +436,15 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
     let (code, page) = admin.get(&format!("/ns/{ns}/deliveries/{name}")).await;
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("A-1"), "the body as sent: {page}");
+    // The live list: told of a change when the webhook's deliveries are
+    // recorded (the webhook's summary changes), without polling the store.
+    let live = admin.events(&format!("/ns/{ns}/webhooks/shop/deliveries/live")).await;
+    let changed = || live.lock().unwrap().matches("event: changed").count();
+    eventually(WAIT, "the live view's first event", || async {
+        (changed() >= 1).then_some(())
+    })
+    .await;
+    let before_redelivery = changed();
     let csrf = page
         .split(r#"name="csrf" value=""#)
         .nth(1)
@@ -441,6 +470,10 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
             .get(&name)
             .filter(|(p, n)| p == "Succeeded" && *n == 2)
             .map(drop)
+    })
+    .await;
+    eventually(WAIT, "the live view told of the second round", || async {
+        (changed() > before_redelivery).then_some(())
     })
     .await;
 

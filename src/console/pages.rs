@@ -998,8 +998,10 @@ pub(crate) async fn deliveries_live(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(store) = session.store.clone() {
-        // No watch in a database: a cheap summary, polled, says when.
+    if session.store.is_some() {
+        // No watch in a database, and no polling of it either: the
+        // Webhook's delivery summary changes when its deliveries are
+        // recorded, so the Webhook (read as the user) is watched instead.
         if !allowed(&session.client, &ns, "get", "webhooks", Some(&name)).await {
             return message(
                 StatusCode::FORBIDDEN,
@@ -1007,32 +1009,26 @@ pub(crate) async fn deliveries_live(
                 "Your Kubernetes identity may not read this webhook.",
             );
         }
-        let ticks = tokio::time::interval(std::time::Duration::from_secs(2));
-        let stream = futures::stream::unfold((ticks, None), move |(mut ticks, last)| {
-            let (store, ns, name) = (store.clone(), ns.clone(), name.clone());
-            async move {
-                loop {
-                    ticks.tick().await;
-                    let now = store.changes(&ns, &name).await.ok();
-                    if now.is_some() && last.is_some() && now != last {
-                        let event = SseEvent::default().event("changed").data(name.clone());
-                        return Some((Ok::<_, std::convert::Infallible>(event), (ticks, now)));
-                    }
-                    if last.is_none() && now.is_some() {
-                        return Some((Ok(SseEvent::default().comment("watching")), (ticks, now)));
-                    }
-                }
-            }
-        });
-        return Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+        let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
+        return changes(api, watcher::Config::default().fields(&format!("metadata.name={name}")));
     }
     let api: Api<Delivery> = Api::namespaced(session.client.clone(), &ns);
-    let config = watcher::Config::default().labels(&format!("{WEBHOOK_LABEL}={name}"));
+    changes(
+        api,
+        watcher::Config::default().labels(&format!("{WEBHOOK_LABEL}={name}")),
+    )
+}
+
+/// Server-sent `changed` events, one per object the watch sees applied.
+fn changes<K>(api: Api<K>, config: watcher::Config) -> Response
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let stream = watcher(api, config)
         .default_backoff()
         .applied_objects()
-        .filter_map(|d| async move { d.ok() })
-        .map(|d| Ok::<_, std::convert::Infallible>(SseEvent::default().event("changed").data(d.name_any())));
+        .filter_map(|o| async move { o.ok() })
+        .map(|o| Ok::<_, std::convert::Infallible>(SseEvent::default().event("changed").data(o.name_any())));
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 

@@ -520,19 +520,6 @@ RETURNING t.doc, t.version"#;
         rows.iter().map(|row| decode(row.get(0), row.get(1))).collect()
     }
 
-    /// Something that changes whenever a webhook's deliveries do (for a
-    /// page that refreshes on change).
-    pub async fn changes(&self, namespace: &str, webhook: &str) -> Result<(i64, i64), String> {
-        let client = self.client().await?;
-        let row = timed(client.query_one(
-            "SELECT count(*), coalesce(sum(version), 0)::bigint FROM hookrelay_deliveries
-             WHERE namespace = $1 AND webhook = $2",
-            &[&namespace, &webhook],
-        ))
-        .await?;
-        Ok((row.get(0), row.get(1)))
-    }
-
     /// Asks for a new round of attempts (the `hookrelay.dev/redeliver`
     /// annotation, as on a Delivery object) and makes it due now. Refused
     /// (`Ok(false)`) while an attempt is under way: its record must not be
