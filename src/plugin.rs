@@ -619,7 +619,7 @@ async fn select(ctx: &Ctx, webhook: Option<&str>, filter: &Filter) -> anyhow::Re
                 if crate::store::allowed(&ctx.client, &ctx.namespace, "get", "webhooks", Some(&w)).await {
                     found.extend(
                         store
-                            .recent(&ctx.namespace, &w, 1000)
+                            .recent(&ctx.namespace, &w, &[], 1000)
                             .await
                             .map_err(anyhow::Error::msg)?,
                     );

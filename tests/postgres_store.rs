@@ -433,6 +433,17 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
     let (code, list) = admin.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
     assert_eq!(code, 200, "{list}");
     assert!(list.contains(&name) && list.contains("Succeeded"), "{list}");
+    // The outcome filter is applied in the store's query.
+    let (_, succeeded) = admin
+        .get(&format!("/ns/{ns}/webhooks/shop/deliveries?outcome=succeeded"))
+        .await;
+    let (_, failed) = admin
+        .get(&format!("/ns/{ns}/webhooks/shop/deliveries?outcome=failed"))
+        .await;
+    assert!(
+        succeeded.contains(&name) && !failed.contains(&name),
+        "{succeeded}\n{failed}"
+    );
     let (code, page) = admin.get(&format!("/ns/{ns}/deliveries/{name}")).await;
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("A-1"), "the body as sent: {page}");

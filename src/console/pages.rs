@@ -505,12 +505,22 @@ async fn secret_view(session: &Session, ns: &str, webhook: &Webhook, reveal: boo
     Some(view)
 }
 
+/// Deliveries a webhook's list shows at most.
+const SHOWN: usize = 50;
+
 /// The webhook's recent deliveries, newest first, optionally by outcome.
 async fn recent(session: &Session, ns: &str, webhook: &str, outcome: &str) -> Vec<DeliveryRow> {
+    let phases: &[Phase] = match outcome {
+        "succeeded" => &[Phase::Succeeded],
+        "failed" => &[Phase::Failed, Phase::Cancelled],
+        "retrying" => &[Phase::Retrying, Phase::Pending],
+        _ => &[],
+    };
     let mut list = match &session.store {
-        Some(store) if allowed(&session.client, ns, "get", "webhooks", Some(webhook)).await => {
-            store.recent(ns, webhook, 500).await.unwrap_or_default()
-        }
+        Some(store) if allowed(&session.client, ns, "get", "webhooks", Some(webhook)).await => store
+            .recent(ns, webhook, phases, SHOWN as i64)
+            .await
+            .unwrap_or_default(),
         Some(_) => vec![],
         None => {
             let params = ListParams::default().labels(&format!("{WEBHOOK_LABEL}={webhook}"));
@@ -523,16 +533,8 @@ async fn recent(session: &Session, ns: &str, webhook: &str, outcome: &str) -> Ve
     };
     list.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
     list.into_iter()
-        .filter(|d| {
-            let phase = d.status.as_ref().map(|s| s.phase).unwrap_or_default();
-            match outcome {
-                "succeeded" => phase == Phase::Succeeded,
-                "failed" => matches!(phase, Phase::Failed | Phase::Cancelled),
-                "retrying" => matches!(phase, Phase::Retrying | Phase::Pending),
-                _ => true,
-            }
-        })
-        .take(50)
+        .filter(|d| phases.is_empty() || phases.contains(&d.status.as_ref().map(|s| s.phase).unwrap_or_default()))
+        .take(SHOWN)
         .map(|d| {
             let s = d.status.clone().unwrap_or_default();
             DeliveryRow {

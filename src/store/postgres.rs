@@ -508,13 +508,22 @@ RETURNING t.doc, t.version"#;
         Ok(row.get(0))
     }
 
-    /// A webhook's newest deliveries (accept order), at most `most`.
-    pub async fn recent(&self, namespace: &str, webhook: &str, most: i64) -> Result<Vec<Delivery>, String> {
+    /// A webhook's newest deliveries (accept order), at most `most`, in
+    /// one of `phases` (any when empty).
+    pub async fn recent(
+        &self,
+        namespace: &str,
+        webhook: &str,
+        phases: &[Phase],
+        most: i64,
+    ) -> Result<Vec<Delivery>, String> {
+        let phases: Vec<String> = phases.iter().map(|p| format!("{p:?}")).collect();
         let client = self.client().await?;
         let rows = timed(client.query(
             "SELECT doc, version FROM hookrelay_deliveries WHERE namespace = $1 AND webhook = $2
+               AND (cardinality($4::text[]) = 0 OR phase = ANY($4))
              ORDER BY seq DESC LIMIT $3",
-            &[&namespace, &webhook, &most],
+            &[&namespace, &webhook, &most, &phases],
         ))
         .await?;
         rows.iter().map(|row| decode(row.get(0), row.get(1))).collect()

@@ -286,7 +286,7 @@ impl Stack {
                 for w in webhooks.items {
                     all.extend(
                         store
-                            .recent(&self.env.ns, &kube::ResourceExt::name_any(&w), 100_000)
+                            .recent(&self.env.ns, &kube::ResourceExt::name_any(&w), &[], 100_000)
                             .await
                             .ok()?,
                     );
