@@ -364,26 +364,23 @@ impl ConsoleSession {
         }
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
-        let r = self
-            .http
+    async fn send_get(&self, path: &str) -> reqwest::Response {
+        self.http
             .get(format!("{}{path}", self.base))
             .header("cookie", &self.cookie)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.send_get(path).await;
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
     /// Everything a server-sent event stream at `path` says, as it comes.
     async fn events(&self, path: &str) -> std::sync::Arc<std::sync::Mutex<String>> {
-        let mut response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .send()
-            .await
-            .unwrap();
+        let mut response = self.send_get(path).await;
         assert_eq!(response.status(), 200);
         let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let into = said.clone();
