@@ -661,6 +661,35 @@ async fn claims_let_a_quiet_tenant_go_before_another_tenants_older_backlog() {
     let more = store.claim("b", 100, lease, &[], &raised).await.unwrap();
     let more: Vec<_> = more.iter().map(|c| c.delivery.spec.webhook.as_str()).collect();
     assert_eq!(more, ["w0", "w0"]);
+
+    // The 999 behind the ordered webhook's first wait out of the queue
+    // (no claim reads them); finishing the first queues the second only.
+    let (db_client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let waiting = || async {
+        let row = db_client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE waiting), count(*) FILTER (WHERE NOT waiting AND due_at IS NOT NULL)
+                 FROM hookrelay_deliveries WHERE webhook = 'ordered'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    assert_eq!(waiting().await, (999, 1));
+    let mut first = store.read("greedy", "ordered-0").await.unwrap().unwrap();
+    let seen = hookrelay::store::postgres::version_of(&first).unwrap();
+    let status = first.status.get_or_insert_with(Default::default);
+    status.phase = hookrelay::resources::delivery::Phase::Succeeded;
+    status.completed_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        jiff::Timestamp::now(),
+    ));
+    assert!(store.record(&first, seen, "b").await.unwrap().is_some());
+    assert_eq!(waiting().await, (998, 1));
+    assert_eq!(claim("b", 100, 100).await, ["greedy/ordered-1"]);
+    // The safety net finds nothing to do when every finish queued its next.
+    assert_eq!(store.queue_firsts(&[]).await.unwrap(), 0);
     drop(store);
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))

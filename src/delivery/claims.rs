@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Every how many housekeeping rounds (`RETENTION_SWEEP`) waiting
+/// deliveries are checked for one whose turn came unnoticed.
+const SAFETY_NET_EVERY: u64 = 12;
 /// How often the loop looks for due deliveries when nothing woke it
 /// (ingest's notifications wake it for new ones; this catches retries).
 const POLL: Duration = Duration::from_millis(250);
@@ -195,9 +198,24 @@ async fn deliver(
 /// max, not the sum.
 async fn housekeeping(engine: Arc<Engine>, store: Arc<Postgres>, namespaces: Vec<String>, reported: Arc<AtomicI64>) {
     let mut every = tokio::time::interval(RETENTION_SWEEP);
-    loop {
+    for round in 0u64.. {
         every.tick().await;
+        if round % SAFETY_NET_EVERY == SAFETY_NET_EVERY - 1 {
+            match store.queue_firsts(&namespaces).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    deliveries = n,
+                    "ordering keys: deliveries waiting on nothing were queued"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ordering keys: could not check for deliveries waiting on nothing")
+                }
+            }
+        }
         engine.count_webhooks();
+        if let Err(e) = store.analyze_if_stale().await {
+            tracing::debug!(error = %e, "could not refresh the deliveries table's statistics");
+        }
         let (policies, default) = engine.retention_policies();
         if let Err(e) = store.sweep(&namespaces, &policies, default).await {
             tracing::warn!(error = %e, "retention: could not delete expired deliveries");
