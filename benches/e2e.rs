@@ -425,16 +425,19 @@ impl Bench {
         }
         until(Duration::from_secs(300), || async {
             let list = api.list(&Default::default()).await.ok()?;
+            // These webhooks, not any of the namespace's: a webhook posted
+            // to before it is Ready has no signing secret yet.
             let ready = list
                 .items
                 .iter()
+                .filter(|w| names.contains(&w.name_any()))
                 .filter(|w| {
                     w.status
                         .as_ref()
                         .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
                 })
                 .count();
-            (ready >= names.len()).then_some(())
+            (ready == names.len()).then_some(())
         })
         .await
         .expect("webhooks ready");
@@ -938,7 +941,7 @@ async fn main() {
         b.namespace(&pns).await;
         let store = vec!["--store=postgres".to_string(), format!("--postgres-url={url}")];
         let (controller, ingest, ingest_url, metrics_url) = b.start_with(&pns, &store);
-        let token = b.hub(&pns, vec!["bench.pg-steady".into()]).await;
+        let token = b.hub(&pns, vec!["bench.pg-steady".into(), "bench.hoard".into()]).await;
         b.wait_ready(&ingest_url).await;
         b.webhooks(&pns, &["p0".into()], &[EVENT]).await;
         let cpu = || {
