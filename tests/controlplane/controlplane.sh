@@ -16,7 +16,14 @@
 # Environment: HOOKRELAY_CACHE (default ~/.cache/hookrelay) holds binaries;
 # HOOKRELAY_CONTROLPLANE_DIR (default $HOOKRELAY_CACHE/controlplane) holds the
 # running instance's certs, kubeconfigs, data and logs; ETCD_UNSAFE_NO_FSYNC=false
-# keeps fsync on (benchmarks).
+# keeps fsync on (benchmarks). For a cluster with a node (tests/e2e/node.sh):
+# HOOKRELAY_APISERVER_ADDRESS (default 127.0.0.1) is where kube-apiserver listens
+# and what it advertises (pods reach it there), HOOKRELAY_CONTROLLERS the
+# controller manager's controllers (default: the few the tests rely on).
+#
+#   controlplane.sh identity NAME CN [GROUP]
+#                           a client certificate and kubeconfig for one more
+#                           identity (a node, the scheduler); prints its path
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,6 +35,11 @@ cache=${HOOKRELAY_CACHE:-$HOME/.cache/hookrelay}
 build_key=$(cat "$here/k8s/go.sum" "$here/etcd/go.sum" "$here/helm/go.sum" | sha256sum | cut -c1-12)
 bin_dir="$cache/k8s-${KUBERNETES_VERSION}-${build_key}/bin"
 run_dir=${HOOKRELAY_CONTROLPLANE_DIR:-$cache/controlplane}
+address=${HOOKRELAY_APISERVER_ADDRESS:-127.0.0.1}
+# Only the controllers the tests rely on: garbage collection of
+# ownerReferences, namespace deletion, default ServiceAccounts, root CA.
+controllers=${HOOKRELAY_CONTROLLERS:-garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller}
+pki=$run_dir/pki
 
 log() { echo "controlplane: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -80,14 +92,15 @@ client_cert() { # name cn [org]
 }
 
 kubeconfig() { # file user
-  local file=$1 user=$2
+  local file=$1 user=$2 apiserver_port
+  apiserver_port=$(cat "$run_dir/apiserver.port")
   cat > "$file" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: hookrelay-local
   cluster:
-    server: https://127.0.0.1:$apiserver_port
+    server: https://$address:$apiserver_port
     certificate-authority: $pki/ca.crt
 users:
 - name: $user
@@ -102,13 +115,12 @@ KC
 }
 
 make_pki() {
-  pki=$run_dir/pki
   mkdir -p "$pki"
   openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=hookrelay-local-ca" \
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
   openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/apiserver.key" -subj "/CN=kube-apiserver" \
     -out "$pki/apiserver.csr" 2>/dev/null
-  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' > "$pki/san.ext"
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:%s,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' "$address" > "$pki/san.ext"
   openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 365 -extfile "$pki/san.ext" -out "$pki/apiserver.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
@@ -121,6 +133,18 @@ make_pki() {
   # An identity with no bindings at all: RBAC denies it everything until a
   # test binds a role to it (e.g. the chart's), which proves RBAC is enforced.
   client_cert restricted hookrelay-restricted
+  # kube-apiserver's identity towards kubelets (logs, exec, port-forward).
+  client_cert kubelet-client kube-apiserver-kubelet-client system:masters
+}
+
+# One more identity (a node's kubelet, the scheduler, kube-proxy) with a
+# kubeconfig of its own; prints the kubeconfig's path.
+identity() { # name cn [group]
+  local name=${1:?usage: identity NAME CN [GROUP]} cn=${2:?usage: identity NAME CN [GROUP]}
+  ready || die "the control plane in $run_dir is not running"
+  [[ -f $pki/$name.crt ]] || client_cert "$name" "$cn" "${3:-}"
+  kubeconfig "$run_dir/$name.kubeconfig" "$name"
+  echo "$run_dir/$name.kubeconfig"
 }
 
 start_server() { # name command args...: in the background, arguments kept for `restart`
@@ -176,8 +200,9 @@ up() {
   local started=$SECONDS
   rm -rf "$run_dir" && mkdir -p "$run_dir/logs"
   make_pki
-  local etcd_client etcd_peer kcm_port
+  local etcd_client etcd_peer kcm_port apiserver_port
   etcd_client=$(free_port); etcd_peer=$(free_port); apiserver_port=$(free_port); kcm_port=$(free_port)
+  echo "$apiserver_port" > "$run_dir/apiserver.port"
   local fsync=(--unsafe-no-fsync)
   [[ ${ETCD_UNSAFE_NO_FSYNC:-true} == false ]] && fsync=()
 
@@ -187,17 +212,18 @@ up() {
     --initial-cluster "hookrelay-local=http://127.0.0.1:$etcd_peer" "${fsync[@]}"
 
   start_server kube-apiserver "$bin_dir/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$apiserver_port" \
+    --bind-address "$address" --advertise-address "$address" --secure-port "$apiserver_port" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
     --service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range 10.0.0.0/24 \
-    --authorization-mode RBAC --allow-privileged=true
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true \
+    --kubelet-client-certificate "$pki/kubelet-client.crt" --kubelet-client-key "$pki/kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP
 
   kubeconfig "$run_dir/admin.kubeconfig" admin
   kubeconfig "$run_dir/restricted.kubeconfig" restricted
   kubeconfig "$run_dir/controller-manager.kubeconfig" controller-manager
-  echo "$apiserver_port" > "$run_dir/apiserver.port"
 
   if ! wait_for "kube-apiserver /readyz" 120 ready; then
     alive "$run_dir/etcd.pid" || { tail -20 "$run_dir/logs/etcd.log" >&2; die "etcd exited"; }
@@ -205,12 +231,10 @@ up() {
     die "kube-apiserver did not become ready within 120s (log: $run_dir/logs/kube-apiserver.log)"
   fi
 
-  # Only the controllers the tests rely on: garbage collection of
-  # ownerReferences, namespace deletion, default ServiceAccounts, root CA.
   start_server kube-controller-manager "$bin_dir/kube-controller-manager" --kubeconfig "$run_dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$run_dir/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$run_dir/controller-manager.kubeconfig" \
-    --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
+    --controllers "$controllers" \
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
     --leader-elect=false --use-service-account-credentials=false \
     --bind-address 127.0.0.1 --secure-port "$kcm_port"
@@ -254,5 +278,6 @@ case ${1:-} in
   kubectl) shift; exec "$bin_dir/kubectl" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   helm) shift; exec "$bin_dir/helm" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   bin) echo "$bin_dir" ;;
-  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
+  identity) shift; identity "$@" ;;
+  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|identity NAME CN [GROUP]|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
 esac
