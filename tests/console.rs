@@ -5,77 +5,19 @@
 
 mod support;
 
-use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use fantoccini::Locator;
 use hookrelay::resources::{Delivery, Webhook};
 use hookrelay::secrets;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use support::browser::{Driver, appears, click, fill, shot, shot_of, text};
 use support::receiver::{Receiver, Reply};
 use support::stack::{Stack, WAIT, deliveries_of};
 use support::{TestEnv, eventually, tool};
 
 const UPDATED: &str = "dynamic-content.content-item.updated";
-
-/// chromedriver on a free loopback port, stopped (by its pid) when dropped.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver is installed (Debian: chromium-driver; .ci/run installs it)");
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        eventually(Duration::from_secs(30), "chromedriver to answer", || async {
-            http.get(format!("{url}/status"))
-                .send()
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        })
-        .await;
-        Driver { child, url }
-    }
-
-    async fn browser(&self) -> Browser {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1100"] }),
-        );
-        // chromedriver speaks plain HTTP on loopback: no TLS stack needed.
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .expect("a headless Chromium session")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Binds the chart's `hookrelay-view` ClusterRole to `subject` in the namespace.
 async fn bind_viewer(env: &TestEnv, name: &str, subject: serde_json::Value) {
@@ -89,63 +31,6 @@ async fn bind_viewer(env: &TestEnv, name: &str, subject: serde_json::Value) {
         .create(&Default::default(), &binding)
         .await
         .unwrap();
-}
-
-fn screenshots() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn shot(browser: &Browser, name: &str) {
-    let png = browser.screenshot().await.expect("a screenshot");
-    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
-}
-
-/// A screenshot with the element `css` scrolled to the top of the window.
-async fn shot_of(browser: &Browser, css: &str, name: &str) {
-    browser
-        .execute(&format!("document.querySelector({css:?}).scrollIntoView();"), vec![])
-        .await
-        .unwrap();
-    shot(browser, name).await;
-}
-
-async fn text(browser: &Browser, css: &str) -> String {
-    browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
-}
-
-async fn click(browser: &Browser, css: &str) {
-    browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn fill(browser: &Browser, css: &str, value: &str) {
-    let field = browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
-    field.clear().await.unwrap();
-    field.send_keys(value).await.unwrap();
-}
-
-/// Waits until the page has an element matching `css`, without reloading.
-async fn appears(browser: &Browser, css: &str) {
-    eventually(WAIT, &format!("{css} on the page"), || async {
-        browser.find(Locator::Css(css)).await.ok().map(drop)
-    })
-    .await;
 }
 
 async fn secret_value(env: &TestEnv, webhook: &str) -> String {

@@ -10,7 +10,9 @@
 # HOOKRELAY_POSTGRES_DIR (default /var/tmp/hookrelay-postgres) and
 # HOOKRELAY_POSTGRES_PORT (default 55432) select the instance. With
 # HOOKRELAY_POSTGRES_TLS=DIR (server.crt and server.key in DIR) it also
-# accepts TLS with that certificate.
+# accepts TLS with that certificate. With HOOKRELAY_POSTGRES_LISTEN=IP it also
+# listens on IP (a node's pods reach the host there: tests/e2e/node.sh), where
+# clients must sign in with a password (scram-sha-256); loopback stays trust.
 set -euo pipefail
 dir="${HOOKRELAY_POSTGRES_DIR:-/var/tmp/hookrelay-postgres}"
 port="${HOOKRELAY_POSTGRES_PORT:-55432}"
@@ -40,7 +42,12 @@ up() {
     as_owner "$bin/initdb" -D "$data" -U hookrelay --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
   fi
-  local tls=""
+  local tls="" listen=127.0.0.1
+  if [[ -n "${HOOKRELAY_POSTGRES_LISTEN:-}" ]]; then
+    listen="127.0.0.1,$HOOKRELAY_POSTGRES_LISTEN"
+    local hba="host all all $HOOKRELAY_POSTGRES_LISTEN/0 scram-sha-256"
+    grep -qxF "$hba" "$data/pg_hba.conf" || echo "$hba" >> "$data/pg_hba.conf"
+  fi
   if [[ -n "${HOOKRELAY_POSTGRES_TLS:-}" ]]; then
     # The server reads its key only if no one else may (0600, its owner).
     install -m 600 "$HOOKRELAY_POSTGRES_TLS/server.crt" "$HOOKRELAY_POSTGRES_TLS/server.key" "$dir/"
@@ -49,7 +56,7 @@ up() {
   fi
   if ! running; then
     as_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=on -c max_connections=200 $tls" \
+      -o "-c listen_addresses=$listen -c port=$port -c unix_socket_directories=$dir -c fsync=on -c max_connections=200 $tls" \
       start >/dev/null 9>&- || { tail -20 "$dir/postgres.log" >&2; exit 1; }
   fi
   echo "postgres://hookrelay@127.0.0.1:$port/postgres"

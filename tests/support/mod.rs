@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod audit;
+pub mod browser;
 pub mod postgres;
 pub mod proxy;
 pub mod receiver;

@@ -25,6 +25,14 @@ impl Postgres {
         Postgres::up(&format!("/var/tmp/hookrelay-postgres-{name}"), port)
     }
 
+    /// An instance of its own that also listens on `ip` (where a node's pods
+    /// reach this machine), with password sign-in there.
+    pub fn listening_on(name: &str, port: u16, ip: &str) -> Postgres {
+        let dir = format!("/var/tmp/hookrelay-postgres-{name}");
+        let out = script_env(&dir, port, "up", &[("HOOKRELAY_POSTGRES_LISTEN", ip)]);
+        Self::from_output(out, &dir, port)
+    }
+
     /// An instance of its own that also accepts TLS with the certificate
     /// and key (PEM) given.
     pub fn with_tls(name: &str, port: u16, cert: &str, key: &str) -> Postgres {
@@ -35,7 +43,7 @@ impl Postgres {
         std::fs::write(format!("{certs}/server.key"), key).unwrap();
         // A running instance would keep its old certificate: start afresh.
         script(&dir, port, "down");
-        let out = script_with(&dir, port, "up", Some(&certs));
+        let out = script_env(&dir, port, "up", &[("HOOKRELAY_POSTGRES_TLS", &certs)]);
         Self::from_output(out, &dir, port)
     }
 
@@ -91,10 +99,10 @@ impl Postgres {
 }
 
 fn script(dir: &str, port: u16, command: &str) -> std::process::Output {
-    script_with(dir, port, command, None)
+    script_env(dir, port, command, &[])
 }
 
-fn script_with(dir: &str, port: u16, command: &str, tls: Option<&str>) -> std::process::Output {
+fn script_env(dir: &str, port: u16, command: &str, env: &[(&str, &str)]) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postgres/postgres.sh");
     let mut command_line = Command::new("bash");
     command_line
@@ -102,9 +110,7 @@ fn script_with(dir: &str, port: u16, command: &str, tls: Option<&str>) -> std::p
         .arg(command)
         .env("HOOKRELAY_POSTGRES_DIR", dir)
         .env("HOOKRELAY_POSTGRES_PORT", port.to_string());
-    if let Some(certs) = tls {
-        command_line.env("HOOKRELAY_POSTGRES_TLS", certs);
-    }
+    command_line.envs(env.iter().copied());
     command_line
         .stderr(Stdio::inherit())
         .output()

@@ -92,22 +92,28 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on 127.0.0.1 with a free port; every path answers 200 until scripted.
     pub async fn start() -> Receiver {
-        Self::start_with(false).await
+        Self::start_with(false, "127.0.0.1").await
+    }
+
+    /// Starts on `ip` (an address of this machine that pods reach, in the
+    /// end-to-end suite) with a free port.
+    pub async fn start_on(ip: &str) -> Receiver {
+        Self::start_with(false, ip).await
     }
 
     /// Like `start`, and notes the process that sent each request.
     pub async fn start_identifying() -> Receiver {
-        Self::start_with(true).await
+        Self::start_with(true, "127.0.0.1").await
     }
 
-    async fn start_with(identify: bool) -> Receiver {
+    async fn start_with(identify: bool, ip: &str) -> Receiver {
         let book = Arc::new(Mutex::new(Book {
             identify,
             ..Book::default()
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
-            .expect("binding the receiver");
+            .unwrap_or_else(|e| panic!("binding the receiver on {ip}: {e}"));
         let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .fallback(answer)
