@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONTROLPLANE := tests/controlplane/controlplane.sh
 
-.PHONY: help demo test test-under-load lint unit bench crds controlplane-build controlplane-up controlplane-down
+.PHONY: help demo test test-under-load lint unit bench crds controlplane-build controlplane-up controlplane-down e2e node-up node-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ test-under-load: ## make test while stress-ng --cpu 2 runs beside it (installs s
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --all-targets --test e2e --locked -- -D warnings
 
 unit: ## unit tests only (no cluster)
 	cargo test --lib --bins --locked
@@ -47,3 +47,14 @@ controlplane-up: ## start (or reuse) the local control plane; prints the admin k
 
 controlplane-down: ## stop the local control plane
 	$(CONTROLPLANE) down
+
+# The node stays up after `make e2e` (reused by the next run); `make node-down` removes it.
+e2e: ## end to end: a one-node cluster on this machine, the chart installed with Helm as pods, the suite (root)
+	@out=$$(bash tests/e2e/node.sh up) || exit 1; \
+	  bash tests/e2e/run.sh "$$(sed -n 's/^kubeconfig: //p' <<<"$$out")" "$$(sed -n 's/^host-address: //p' <<<"$$out")"
+
+node-up: ## start (or reuse) the one-node cluster; prints its kubeconfig and host address last
+	bash tests/e2e/node.sh up
+
+node-down: ## stop the one-node cluster and remove everything it made
+	bash tests/e2e/node.sh down
