@@ -138,6 +138,32 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
             && postgres.matches("mountPath: /etc/hookrelay/postgres-ca").count() == 2,
         "{postgres}"
     );
+    // The console reads and writes the same store as controller and ingest.
+    let console_postgres = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart,
+            "--set=console.enabled=true",
+            "--set=store.type=postgres",
+            "--set=store.postgres.urlSecretRef.name=relay-db",
+            "--set=store.postgres.caSecretRef.name=relay-db-ca",
+        ],
+        None,
+    );
+    let console_deployment = console_postgres
+        .split("\n---")
+        .find(|doc| doc.contains("kind: Deployment") && doc.contains("name: rel-hookrelay-console"))
+        .expect("the console Deployment");
+    assert!(
+        console_deployment.contains("name: HOOKRELAY_STORE\n              value: \"postgres\"")
+            && console_deployment.contains("HOOKRELAY_POSTGRES_URL")
+            && console_deployment.contains("HOOKRELAY_POSTGRES_CA_FILE")
+            && console_deployment.contains("mountPath: /etc/hookrelay/postgres-ca")
+            && console_deployment.contains("secretName: \"relay-db-ca\""),
+        "{console_deployment}"
+    );
     let out = Command::new(tool("helm"))
         .args(["template", "rel", chart, "--set=store.type=postgres"])
         .output()
@@ -150,7 +176,7 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
     );
 
     // The API server accepts every object (the ClusterRole objects too).
-    for rendered in [&default, &namespaced, &console, &postgres] {
+    for rendered in [&default, &namespaced, &console, &postgres, &console_postgres] {
         let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(rendered));
         assert!(
             out.contains("deployment.apps/rel-hookrelay created (server dry run)"),

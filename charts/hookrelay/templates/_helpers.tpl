@@ -89,6 +89,14 @@ delivery engine, retention) and ingest share the Pod's ServiceAccount.
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
 - name: POD_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+{{ include "hookrelay.storeEnv" . }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Where deliveries are stored: every process that reads or writes them. */}}
+{{- define "hookrelay.storeEnv" -}}
 - name: HOOKRELAY_STORE
   value: {{ .Values.store.type | quote }}
 {{- if eq .Values.store.type "postgres" }}
@@ -103,9 +111,6 @@ delivery engine, retention) and ingest share the Pod's ServiceAccount.
 - name: HOOKRELAY_POSTGRES_CA_FILE
   value: /etc/hookrelay/postgres-ca/ca.crt
 {{- end }}
-{{- end }}
-{{- with .Values.extraEnv }}
-{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
@@ -128,12 +133,25 @@ capabilities:
 {{- if and (eq .Values.store.type "postgres") .Values.store.postgres.caSecretRef }}{{ .Values.store.postgres.caSecretRef.name }}{{- end }}
 {{- end -}}
 
-{{/* The CA bundle's mount, in each container. */}}
+{{/* The CA bundle's mount, in each container that reads the store. */}}
 {{- define "hookrelay.postgresCAMount" -}}
 {{- if include "hookrelay.postgresCA" . }}
 volumeMounts:
   - name: postgres-ca
     mountPath: /etc/hookrelay/postgres-ca
     readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The CA bundle's volume, in each pod that reads the store. */}}
+{{- define "hookrelay.postgresCAVolume" -}}
+{{- with include "hookrelay.postgresCA" . }}
+volumes:
+  - name: postgres-ca
+    secret:
+      secretName: {{ . | quote }}
+      items:
+        - key: {{ $.Values.store.postgres.caSecretRef.key | quote }}
+          path: ca.crt
 {{- end }}
 {{- end -}}
