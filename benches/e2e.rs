@@ -916,7 +916,7 @@ async fn main() {
             .arg(root.join("tests/postgres/postgres.sh"))
             .arg("up")
             .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
-            .env("HOOKRELAY_POSTGRES_PORT", "55434")
+            .env("HOOKRELAY_POSTGRES_PORT", "25434")
             .stderr(Stdio::inherit())
             .output()
             .expect("postgres.sh");
@@ -1051,7 +1051,7 @@ async fn main() {
             .arg(root.join("tests/postgres/postgres.sh"))
             .arg("down")
             .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
-            .env("HOOKRELAY_POSTGRES_PORT", "55434")
+            .env("HOOKRELAY_POSTGRES_PORT", "25434")
             .status();
     }
 

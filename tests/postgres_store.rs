@@ -262,7 +262,7 @@ async fn two_replicas_deliver_together_within_the_webhook_limit_and_without_dupl
 async fn events_accepted_survive_a_sigkilled_postgres() {
     const EVENTS: usize = 120;
     // Its own instance: the other tests keep theirs running.
-    let postgres = Postgres::dedicated("chaos", 55433);
+    let postgres = Postgres::dedicated("chaos", 25433);
     let stack = stack("pg_sigkill", &postgres).await;
     let receiver = Receiver::start().await;
     stack.webhook("audit", spec(receiver.url("/hook"), &[EVENT])).await;
@@ -718,7 +718,7 @@ async fn the_store_speaks_tls_when_the_url_asks_and_verifies_the_server() {
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
-    let postgres = Postgres::with_tls("tls", 55435, &server.pem(), &key.serialize_pem());
+    let postgres = Postgres::with_tls("tls", 25435, &server.pem(), &key.serialize_pem());
     let tls_url = format!("{}?sslmode=require", postgres.url);
 
     // Verified against the CA given: it connects, and over TLS.

@@ -8,14 +8,15 @@
 #   postgres.sh kill    SIGKILL the server and its backends (chaos tests)
 #
 # HOOKRELAY_POSTGRES_DIR (default /var/tmp/hookrelay-postgres) and
-# HOOKRELAY_POSTGRES_PORT (default 55432) select the instance. With
+# HOOKRELAY_POSTGRES_PORT (default 25432; below the kernel's ephemeral range, so
+# no client connection holds it) select the instance. With
 # HOOKRELAY_POSTGRES_TLS=DIR (server.crt and server.key in DIR) it also
 # accepts TLS with that certificate. With HOOKRELAY_POSTGRES_LISTEN=IP it also
 # listens on IP (a node's pods reach the host there: tests/e2e/node.sh), where
 # clients must sign in with a password (scram-sha-256); loopback stays trust.
 set -euo pipefail
 dir="${HOOKRELAY_POSTGRES_DIR:-/var/tmp/hookrelay-postgres}"
-port="${HOOKRELAY_POSTGRES_PORT:-55432}"
+port="${HOOKRELAY_POSTGRES_PORT:-25432}"
 data="$dir/data"
 
 bin=""

@@ -16,7 +16,7 @@ impl Postgres {
     /// The instance shared by the tests of this run.
     pub fn shared() -> &'static Postgres {
         static SHARED: OnceLock<Postgres> = OnceLock::new();
-        SHARED.get_or_init(|| Postgres::up("/var/tmp/hookrelay-postgres", 55432))
+        SHARED.get_or_init(|| Postgres::up("/var/tmp/hookrelay-postgres", 25432))
     }
 
     /// An instance of its own (its own directory and port), for a test that
