@@ -513,7 +513,13 @@ async fn the_chart_runs_as_pods_through_failover_upgrade_eviction_console_and_un
     all_arrived(&receiver, "/webhook", &all).await;
     rolled_out(&client, system, release, 2).await;
     let pods = release_pods(&client, system, selector).await;
-    for pod in &pods {
+    // Pods of the old ReplicaSet may still be terminating.
+    let current: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(current.len(), 2, "two pods after the upgrade");
+    for pod in current {
         let env = &pod.spec.as_ref().unwrap().containers[0].env;
         assert!(
             env.iter().flatten().any(|e| e.name == "E2E_ROLL"),
@@ -691,7 +697,7 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
     let host = host_address();
 
     step(&format!("Postgres on {host}, with a password, for the pods"));
-    let postgres = support::postgres::Postgres::listening_on("e2e", 55491, &host);
+    let postgres = support::postgres::Postgres::listening_on("e2e", 25491, &host);
     let db = postgres.client().await;
     let password = format!("e2e-{}", uuid::Uuid::new_v4().simple());
     for statement in [
@@ -743,6 +749,9 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
     values.extend([
         "--set=store.type=postgres".to_string(),
         "--set=store.postgres.urlSecretRef.name=postgres".into(),
+        // The aggregated ClusterRoles are cluster-wide: one release owns them.
+        "--set=rbac.aggregatedRoles=false".into(),
+        "--set=console.enabled=true".into(),
         format!("--set=watchNamespaces={{{}}}", env.ns),
     ]);
     let chart = chart();
@@ -759,7 +768,12 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
         ],
         &values,
     );
-    let pods = release_pods(&client, system, "app.kubernetes.io/instance=hookrelay-pg").await;
+    let pods = release_pods(
+        &client,
+        system,
+        "app.kubernetes.io/instance=hookrelay-pg,app.kubernetes.io/name=hookrelay",
+    )
+    .await;
     assert_eq!(pods.iter().filter(|p| ready(p)).count(), 2, "two Ready replicas");
 
     let receiver = Receiver::start_on(&host).await;
@@ -788,6 +802,54 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
         .unwrap()
         .get(0);
     assert_eq!(rows as usize, accepted.len(), "the deliveries live in Postgres");
+
+    step("the console shows a delivery from the Postgres store");
+    run(
+        "kubectl",
+        &[
+            "create",
+            "role",
+            "history-reader",
+            "-n",
+            &env.ns,
+            "--verb=get,list,watch",
+            "--resource=hubs.hookrelay.dev,webhooks.hookrelay.dev,deliveries.hookrelay.dev",
+        ],
+    );
+    run(
+        "kubectl",
+        &["create", "serviceaccount", "history-reader", "-n", &env.ns],
+    );
+    run(
+        "kubectl",
+        &[
+            "create",
+            "rolebinding",
+            "history-reader",
+            "-n",
+            &env.ns,
+            "--role=history-reader",
+            &format!("--serviceaccount={}:history-reader", env.ns),
+        ],
+    );
+    let user_token = run("kubectl", &["create", "token", "history-reader", "-n", &env.ns]);
+    let console = service_url(&client, system, "hookrelay-pg-console").await;
+    let delivery = accepted.first().unwrap();
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&format!("{console}/login")).await.unwrap();
+    fill(&browser, "#token", user_token.trim()).await;
+    click(&browser, "form button[type=submit]").await;
+    browser
+        .goto(&format!("{console}/ns/{}/deliveries/{delivery}", env.ns))
+        .await
+        .unwrap();
+    appears(&browser, "#phase").await;
+    assert_eq!(support::browser::text(&browser, "#phase").await, "Succeeded");
+    let page = browser.source().await.unwrap();
+    assert!(page.contains(delivery.as_str()), "the page of {delivery}");
+    shot(&browser, "e2e-postgres-delivery").await;
+    browser.close().await.unwrap();
 
     helm(&["uninstall", release, "-n", system, "--wait", "--timeout", "5m"], &[]);
     namespaces.delete(system, &DeleteParams::default()).await.unwrap();

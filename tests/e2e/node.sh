@@ -56,6 +56,11 @@ sysctls=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridg
   kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet net.netfilter.nf_conntrack_max
   net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait)
 
+# Where containerd, runc, CNI and kubelet keep things whatever they are told
+# (shim sockets, runc state, the CNI cache, device plugins, network
+# namespaces): `down` removes those of them that `up` found missing.
+outside_dirs=(/run/containerd /run/nri /run/netns /var/lib/kubelet /var/lib/cni)
+
 # The control plane this node joins: its own instance, listening on the bridge.
 export HOOKRELAY_CONTROLPLANE_DIR=$run_dir/controlplane
 export HOOKRELAY_APISERVER_ADDRESS=$host_address
@@ -118,7 +123,7 @@ build() {
 image() {
   local started=$SECONDS
   (cd "$repo" && cargo build --release --locked --bin hookrelay)
-  local binary=$repo/target/release/hookrelay rootfs
+  local binary=${CARGO_TARGET_DIR:-$repo/target}/release/hookrelay rootfs
   rootfs=$(mktemp -d)
   install -m 0755 "$binary" "$rootfs/hookrelay"
   local lib
@@ -164,6 +169,8 @@ network_up() {
       [[ -e /proc/sys/${key//.//} ]] && echo "$key=$(cat "/proc/sys/${key//.//}")"
     done > "$run_dir/sysctl.saved"
     nft list tables | sed 's/^table //' > "$run_dir/nft.saved"
+    local dir
+    for dir in "${outside_dirs[@]}"; do [[ -e $dir ]] || echo "$dir"; done > "$run_dir/dirs.created"
   fi
   ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
   ip addr show dev "$bridge" | grep -q "inet $host_address/" || ip addr add "$host_address/24" dev "$bridge"
@@ -245,7 +252,7 @@ version = 3
 root = "$run_dir/containerd/root"
 state = "$run_dir/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.erofs"]
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.erofs", "io.containerd.nri.v1.nri"]
 [grpc]
   address = "$run_dir/containerd/containerd.sock"
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
@@ -351,7 +358,7 @@ up() {
     --authentication-kubeconfig "$scheduler_kc" --authorization-kubeconfig "$scheduler_kc" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$(free_port)"
   start kubelet "$bin_dir/kubelet" --config "$run_dir/kubelet/config.yaml" --kubeconfig "$kubelet_kc" \
-    --root-dir "$run_dir/kubelet/root" --hostname-override "$node_name" --node-ip "$host_address"
+    --root-dir "$run_dir/kubelet/root" --cert-dir "$run_dir/kubelet/pki" --hostname-override "$node_name" --node-ip "$host_address"
   start kube-proxy "$bin_dir/kube-proxy" --config "$run_dir/kube-proxy.yaml"
 
   if ! wait_for "node $node_name Ready" 120 node_ready; then
@@ -405,13 +412,19 @@ down() {
   for netns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-' || true); do
     ip netns delete "$netns" 2>/dev/null || true
   done
-  # Mounts under the run directory, deepest first.
-  local mount
-  for mount in $(awk -v d="$run_dir" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
-    umount -l "$mount" 2>/dev/null || true
+  # Mounts under the run directory and the directories `up` created, deepest first.
+  local mount dir
+  for dir in "$run_dir" $(cat "$run_dir/dirs.created" 2>/dev/null); do
+    for mount in $(awk -v d="$dir" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
+      umount -l "$mount" 2>/dev/null || true
+    done
   done
   # What the runtime and kubelet kept of the pods (images are imported anew).
   rm -rf "$run_dir/containerd" "$run_dir/kubelet" "$run_dir/cni-ipam"
+  if [[ -f $run_dir/dirs.created ]]; then
+    xargs -r rm -rf < "$run_dir/dirs.created"
+    rm -f "$run_dir/dirs.created"
+  fi
   # The pod cgroups kubelet made, deepest first.
   local dir
   for dir in $(find /sys/fs/cgroup/*/kubepods* -depth -type d 2>/dev/null); do
