@@ -33,7 +33,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::browser::{Driver, appears, click, fill, shot};
+use support::browser::{Driver, appears, click, fill, shot, text};
 use support::receiver::{Received, Receiver};
 use support::{TestEnv, eventually, tool};
 
@@ -386,6 +386,25 @@ async fn apply_examples(env: &TestEnv, url: &str) {
     .await;
 }
 
+/// A ServiceAccount of `ns` bound to `role` (`--clusterrole=NAME` or
+/// `--role=NAME`) and a token for it, made with kubectl as a user would.
+fn console_user(ns: &str, name: &str, role: &str) -> String {
+    run("kubectl", &["create", "serviceaccount", name, "-n", ns]);
+    let subject = format!("--serviceaccount={ns}:{name}");
+    run("kubectl", &["create", "rolebinding", name, "-n", ns, role, &subject]);
+    run("kubectl", &["create", "token", name, "-n", ns]).trim().to_string()
+}
+
+/// Headless Chromium signed into the console at `url` with `token`.
+async fn signed_in(url: &str, token: &str) -> (Driver, fantoccini::Client) {
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&format!("{url}/login")).await.unwrap();
+    fill(&browser, "#token", token).await;
+    click(&browser, "form button[type=submit]").await;
+    (driver, browser)
+}
+
 async fn signing_secret(env: &TestEnv, webhook: &str) -> String {
     let w = env.api::<Webhook>().get(webhook).await.unwrap();
     let r = w.status.unwrap().secret_ref.unwrap();
@@ -569,26 +588,9 @@ async fn the_chart_runs_as_pods_through_failover_upgrade_eviction_console_and_un
         &["upgrade", release, chart, "-n", system, "--wait", "--timeout", "5m"],
         &with_console,
     );
-    run("kubectl", &["create", "serviceaccount", "webhook-owner", "-n", &env.ns]);
-    run(
-        "kubectl",
-        &[
-            "create",
-            "rolebinding",
-            "webhook-owner",
-            "-n",
-            &env.ns,
-            "--clusterrole=hookrelay-view",
-            &format!("--serviceaccount={}:webhook-owner", env.ns),
-        ],
-    );
-    let user_token = run("kubectl", &["create", "token", "webhook-owner", "-n", &env.ns]);
+    let token = console_user(&env.ns, "webhook-owner", "--clusterrole=hookrelay-view");
     let console = service_url(&client, system, "hookrelay-console").await;
-    let driver = Driver::start().await;
-    let browser = driver.browser().await;
-    browser.goto(&format!("{console}/login")).await.unwrap();
-    fill(&browser, "#token", user_token.trim()).await;
-    click(&browser, "form button[type=submit]").await;
+    let (_driver, browser) = signed_in(&console, &token).await;
     browser.goto(&format!("{console}/ns/{}", env.ns)).await.unwrap();
     appears(&browser, "a[href$='/hubs/main']").await;
     let page = browser.source().await.unwrap();
@@ -816,36 +818,16 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
             "--resource=hubs.hookrelay.dev,webhooks.hookrelay.dev,deliveries.hookrelay.dev",
         ],
     );
-    run(
-        "kubectl",
-        &["create", "serviceaccount", "history-reader", "-n", &env.ns],
-    );
-    run(
-        "kubectl",
-        &[
-            "create",
-            "rolebinding",
-            "history-reader",
-            "-n",
-            &env.ns,
-            "--role=history-reader",
-            &format!("--serviceaccount={}:history-reader", env.ns),
-        ],
-    );
-    let user_token = run("kubectl", &["create", "token", "history-reader", "-n", &env.ns]);
+    let token = console_user(&env.ns, "history-reader", "--role=history-reader");
     let console = service_url(&client, system, "hookrelay-pg-console").await;
     let delivery = accepted.first().unwrap();
-    let driver = Driver::start().await;
-    let browser = driver.browser().await;
-    browser.goto(&format!("{console}/login")).await.unwrap();
-    fill(&browser, "#token", user_token.trim()).await;
-    click(&browser, "form button[type=submit]").await;
+    let (_driver, browser) = signed_in(&console, &token).await;
     browser
         .goto(&format!("{console}/ns/{}/deliveries/{delivery}", env.ns))
         .await
         .unwrap();
     appears(&browser, "#phase").await;
-    assert_eq!(support::browser::text(&browser, "#phase").await, "Succeeded");
+    assert_eq!(text(&browser, "#phase").await, "Succeeded");
     let page = browser.source().await.unwrap();
     assert!(page.contains(delivery.as_str()), "the page of {delivery}");
     shot(&browser, "e2e-postgres-delivery").await;
