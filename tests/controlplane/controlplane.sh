@@ -21,6 +21,8 @@
 # and what it advertises (pods reach it there), HOOKRELAY_CONTROLLERS the
 # controller manager's controllers (default: the few the tests rely on).
 #
+#   controlplane.sh build-k8s DIR COMMAND...
+#                           build more commands of the pinned release into DIR
 #   controlplane.sh identity NAME CN [GROUP]
 #                           a client certificate and kubeconfig for one more
 #                           identity (a node, the scheduler); prints its path
@@ -54,18 +56,24 @@ build() {
   log "building Kubernetes ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION} into $bin_dir (cold: 10-25 min on 2 cores)"
   local started=$SECONDS tmp="$bin_dir.tmp"
   rm -rf "$tmp" && mkdir -p "$tmp"
-  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-  local pkg=k8s.io/component-base/version
-  local ldflags="-s -w -X $pkg.gitVersion=${KUBERNETES_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor} -X $pkg.gitTreeState=clean"
-  # The same flags upstream's release build uses (hack/lib/golang.sh).
-  (cd "$here/k8s" && CGO_ENABLED=0 go build -trimpath -tags selinux,notest,grpcnotrace \
-    -ldflags "$ldflags" -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl)
+  build_k8s "$tmp" kube-apiserver kube-controller-manager kubectl
   (cd "$here/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
   (cd "$here/helm" && CGO_ENABLED=0 go build -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
   rm -rf "$bin_dir" && mv "$tmp" "$bin_dir"
   log "built in $((SECONDS - started))s: $(cd "$bin_dir" && du -h kube-apiserver kube-controller-manager kubectl etcd helm | tr '\t\n' ' ')"
+}
+
+# Kubernetes commands of the pinned release into DIR, with the flags
+# upstream's release build uses (hack/lib/golang.sh); node.sh builds its
+# kubelet, kube-proxy and kube-scheduler with it too.
+build_k8s() { # dir command...
+  local dir=$1; shift
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  local pkg=k8s.io/component-base/version
+  local ldflags="-s -w -X $pkg.gitVersion=${KUBERNETES_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor} -X $pkg.gitTreeState=clean"
+  (cd "$here/k8s" && CGO_ENABLED=0 go build -trimpath -tags selinux,notest,grpcnotrace \
+    -ldflags "$ldflags" -o "$dir/" "${@/#/k8s.io/kubernetes/cmd/}")
 }
 
 free_port() {
@@ -279,5 +287,6 @@ case ${1:-} in
   helm) shift; exec "$bin_dir/helm" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   bin) echo "$bin_dir" ;;
   identity) shift; identity "$@" ;;
-  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|identity NAME CN [GROUP]|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
+  build-k8s) shift; build_k8s "$@" ;;
+  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|identity NAME CN [GROUP]|build-k8s DIR COMMAND...|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
 esac

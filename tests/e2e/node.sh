@@ -92,12 +92,7 @@ build() {
   log "building kubelet, kube-proxy, kube-scheduler ${KUBERNETES_VERSION} and containerd into $bin_dir"
   local started=$SECONDS tmp="$bin_dir.tmp"
   rm -rf "$tmp" && mkdir -p "$tmp"
-  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-  local pkg=k8s.io/component-base/version
-  local ldflags="-s -w -X $pkg.gitVersion=${KUBERNETES_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor} -X $pkg.gitTreeState=clean"
-  (cd "$repo/tests/controlplane/k8s" && CGO_ENABLED=0 go build -trimpath -tags selinux,notest,grpcnotrace \
-    -ldflags "$ldflags" -o "$tmp/" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
-    k8s.io/kubernetes/cmd/kube-scheduler)
+  "$controlplane" build-k8s "$tmp" kubelet kube-proxy kube-scheduler
   (cd "$here/node/containerd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/" \
     github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
     github.com/containerd/containerd/v2/cmd/ctr)
