@@ -119,15 +119,16 @@ async fn examples_get_generated_owned_secrets_collected_with_their_owner() {
     );
     assert_eq!(secret.labels()["app.kubernetes.io/managed-by"], "hookrelay");
 
-    let hub = eventually(WAIT, "hub Ready", || async {
+    // The hub may turn Ready before its count includes the new webhook: the
+    // webhook's change reconciles it again.
+    let hub = eventually(WAIT, "hub Ready, counting the webhook", || async {
         let h = hubs.get(&hub.name_any()).await.ok()?;
-        let ready = h
-            .status
-            .as_ref()?
+        let status = h.status.as_ref()?;
+        let ready = status
             .conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then_some(h)
+        (ready && status.webhooks == Some(1)).then_some(h)
     })
     .await;
     let status = hub.status.unwrap();

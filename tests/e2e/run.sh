@@ -27,7 +27,7 @@ started=$SECONDS
 echo "==> end-to-end: the chart as pods"
 cargo test --locked --test e2e -- --test-threads=1 --nocapture
 echo "==> integration suite against the cluster"
-cargo test --locked --test cluster --test validation --test secrets --test idempotence --test delivery \
+cargo test --locked --no-fail-fast --test cluster --test validation --test secrets --test idempotence --test delivery \
   --test ingest_outage --test lifecycle --test resilience --test chart --test faults --test tenants \
   --test ordering --test notifications --test plugin --test properties
 echo "==> end-to-end suite passed in $((SECONDS - started))s"
