@@ -204,18 +204,21 @@ network_down() {
   nft delete table ip6 kube-proxy 2>/dev/null || true
   # kubelet's chains (KUBE-FIREWALL, canaries) in iptables-nft's tables: a
   # table that did not exist before `up` goes whole, else only those chains.
+  # Without the record of `up` (nothing was started) nothing is touched.
   local family table
-  for family in ip ip6; do
-    for table in filter nat mangle; do
-      nft list table "$family" "$table" >/dev/null 2>&1 || continue
-      if grep -qx "$family $table" "$run_dir/nft.saved" 2>/dev/null; then
-        drop_kube_chains "$family" "$table"
-      else
-        nft delete table "$family" "$table"
-      fi
+  if [[ -f $run_dir/nft.saved ]]; then
+    for family in ip ip6; do
+      for table in filter nat mangle; do
+        nft list table "$family" "$table" >/dev/null 2>&1 || continue
+        if grep -qx "$family $table" "$run_dir/nft.saved"; then
+          drop_kube_chains "$family" "$table"
+        else
+          nft delete table "$family" "$table"
+        fi
+      done
     done
-  done
-  rm -f "$run_dir/nft.saved"
+    rm -f "$run_dir/nft.saved"
+  fi
   ip link del "$bridge" 2>/dev/null || true
   if [[ -f $run_dir/sysctl.saved ]]; then
     sysctl -qw $(cat "$run_dir/sysctl.saved") >/dev/null 2>&1 || true
