@@ -164,6 +164,22 @@ fn evict(ns: &str, pod: &str) -> Result<(), String> {
         .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// How many objects of a kind `ns` holds (matching `labels`; "" for all).
+async fn count<K>(client: &Client, ns: &str, labels: &str) -> usize
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(labels))
+        .await
+        .unwrap_or_else(|e| panic!("listing in {ns}: {e}"))
+        .items
+        .len()
+}
+
 /// Marks every node unschedulable (or schedulable again).
 async fn cordon(client: &Client, unschedulable: bool) {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
@@ -615,34 +631,10 @@ async fn the_chart_runs_as_pods_through_failover_upgrade_eviction_console_and_un
     })
     .await;
     let left = |what: &str, n: usize| assert_eq!(n, 0, "{what} left after helm uninstall");
-    left(
-        "Services",
-        Api::<Service>::namespaced(client.clone(), system)
-            .list(&ListParams::default().labels(instance))
-            .await
-            .unwrap()
-            .items
-            .len(),
-    );
-    left(
-        "Roles",
-        Api::<Role>::namespaced(client.clone(), system)
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-    );
-    left("Leases", leases.list(&ListParams::default()).await.unwrap().items.len());
-    left(
-        "Secrets",
-        Api::<Secret>::namespaced(client.clone(), system)
-            .list(&ListParams::default().labels(instance))
-            .await
-            .unwrap()
-            .items
-            .len(),
-    );
+    left("Services", count::<Service>(&client, system, instance).await);
+    left("Roles", count::<Role>(&client, system, "").await);
+    left("Leases", count::<Lease>(&client, system, "").await);
+    left("Secrets", count::<Secret>(&client, system, instance).await);
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     assert!(crds.get("webhooks.hookrelay.dev").await.is_ok(), "Helm keeps the CRDs");
