@@ -42,6 +42,8 @@ const UPDATED: &str = "dynamic-content.content-item.updated";
 /// a busy two-core machine; each wait fails naming what it waited for.
 const POD_WAIT: Duration = Duration::from_secs(300);
 const WAIT: Duration = Duration::from_secs(120);
+/// The Postgres the Postgres-store test starts on the host address (.ci/run stops it).
+const POSTGRES_PORT: u16 = 25491;
 
 /// Prints a step of the suite with the seconds since the suite started.
 fn step(what: &str) {
@@ -691,7 +693,7 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
     let host = host_address();
 
     step(&format!("Postgres on {host}, with a password, for the pods"));
-    let postgres = support::postgres::Postgres::listening_on("e2e", 25491, &host);
+    let postgres = support::postgres::Postgres::listening_on("e2e", POSTGRES_PORT, &host);
     let db = postgres.client().await;
     let password = format!("e2e-{}", uuid::Uuid::new_v4().simple());
     for statement in [
@@ -704,26 +706,11 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
-    let port = postgres
-        .url
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let url = format!("postgres://hookrelay_e2e:{password}@{host}:{port}/hookrelay_e2e");
+    let url = format!("postgres://hookrelay_e2e:{password}@{host}:{POSTGRES_PORT}/hookrelay_e2e");
 
     let env = TestEnv::new("e2e-postgres").await;
+    fresh(&client, release, system).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(system, &DeleteParams::default()).await;
-    eventually(
-        WAIT,
-        &format!("namespace {system} gone from an earlier run"),
-        || async { namespaces.get_opt(system).await.ok()?.is_none().then_some(()) },
-    )
-    .await;
     run("kubectl", &["create", "namespace", system]);
     run(
         "kubectl",
