@@ -756,7 +756,7 @@ async fn main() {
     if let Some(p) = profile {
         let _ = p.join();
     }
-    tokio::time::sleep(hookrelay::delivery::summary::FLUSH_INTERVAL * 3).await;
+    tokio::time::sleep(hookrelay::delivery::history::FLUSH_INTERVAL * 3).await;
     let after = b.writes().await;
     let (writes, breakdown) = delta(&before, &after);
     let (others, other_breakdown) = delta_other(&before, &after);

@@ -883,8 +883,7 @@ async fn test(
         .or_else(|| webhook.spec.events.iter().find(|e| !e.ends_with('*')).cloned())
         .unwrap_or_else(|| crate::events::BUILTIN_EVENTS[0].to_string());
     let payload = read_payload(payload, &event)?;
-    let delivery =
-        crate::ingest::fanout::test_delivery(&webhook, &event, &payload).map_err(|e| anyhow!("--payload: {e}"))?;
+    let delivery = crate::fanout::test_delivery(&webhook, &event, &payload).map_err(|e| anyhow!("--payload: {e}"))?;
     let api: Api<Delivery> = ctx.here();
     let created = api.create(&PostParams::default(), &delivery).await?;
     let id = created.name_any();

@@ -936,7 +936,7 @@ pub(crate) async fn send_test(
         Ok(v) => v,
         Err(e) => return notice(&ns, &name, &format!("Not sent: the payload is not JSON ({e}).")),
     };
-    let delivery = match crate::ingest::fanout::test_delivery(&w, fields.get("event"), &payload) {
+    let delivery = match crate::fanout::test_delivery(&w, fields.get("event"), &payload) {
         Ok(d) => d,
         Err(e) => return notice(&ns, &name, &format!("Not sent: {e}.")),
     };

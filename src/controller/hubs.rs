@@ -142,7 +142,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
         }
     }
     if hub.status.as_ref() != Some(&status) {
-        super::apply_status::<Hub>(&ctx.client, &ns, &name, FIELD_MANAGER, &status).await?;
+        crate::kubernetes::apply_status::<Hub>(&ctx.client, &ns, &name, FIELD_MANAGER, &status).await?;
     }
     ctx.backoff.succeeded(&super::backoff_key(hub.as_ref()));
     // Secret and webhook changes trigger reconciles; this is a safety net.

@@ -7,19 +7,19 @@ pub mod hubs;
 pub mod webhooks;
 
 use crate::delivery::Engine;
+use crate::kubernetes::{namespaced_api as api, watched};
 use crate::metrics::Metrics;
 use crate::resources::{Hub, Webhook};
 use crate::secret_cache::SecretCache;
 use crate::server::Readiness;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -143,41 +143,6 @@ where
         .collect()
 }
 
-/// Writes a custom resource's `status` by server-side apply as `manager`:
-/// only the fields given are that manager's, others' fields are kept.
-pub(crate) async fn apply_status<K>(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    manager: &str,
-    status: &impl serde::Serialize,
-) -> Result<K, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(patch))
-        .await
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Settings of `hookrelay controller`.
 pub struct Settings {
     /// Watch only these namespaces; empty watches all.
@@ -256,8 +221,8 @@ async fn deliver_from_postgres(
     stop: CancellationToken,
 ) {
     let runs = scopes.into_iter().map(|namespace| {
-        let hubs = crate::ingest::watched(api::<Hub>(&client, namespace.as_deref()));
-        let webhooks = crate::ingest::watched(api::<Webhook>(&client, namespace.as_deref()));
+        let hubs = watched(api::<Hub>(&client, namespace.as_deref()));
+        let webhooks = watched(api::<Webhook>(&client, namespace.as_deref()));
         let secrets = SecretCache::new(client.clone());
         tokio::spawn(secrets.clone().watch(namespace.clone()));
         let (client, options, metrics, store, stop) =

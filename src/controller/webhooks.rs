@@ -105,7 +105,7 @@ pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Actio
         api.patch(&name, &params, &Patch::Merge(clear)).await?;
     }
     if !status_is_current(webhook.status.as_ref(), &status) {
-        super::apply_status::<Webhook>(&ctx.client, &ns, &name, FIELD_MANAGER, &status).await?;
+        crate::kubernetes::apply_status::<Webhook>(&ctx.client, &ns, &name, FIELD_MANAGER, &status).await?;
     }
     ctx.backoff.succeeded(&super::backoff_key(webhook.as_ref()));
 

@@ -8,9 +8,10 @@
 //! its heartbeat runs out (seconds), and a replica that cannot renew its
 //! heartbeat stops sending before that happens.
 
-use super::{DEFER, Engine, RETENTION_SWEEP, attempt, notify, retention};
+use super::{DEFER, Engine, RETENTION_SWEEP, attempt, notify};
 use crate::resources::delivery::{Delivery, Phase};
 use crate::store::postgres::{ClaimLimits, Claimed, Postgres};
+use crate::store::retention;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;

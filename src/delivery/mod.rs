@@ -10,15 +10,14 @@
 pub mod attempt;
 pub mod auth;
 pub mod claims;
+pub mod history;
 pub mod http;
 pub mod notify;
 pub mod ordering;
 pub mod request;
-pub mod retention;
 pub mod retry;
 pub mod signing;
 pub mod slots;
-pub mod summary;
 
 use crate::leader::Leadership;
 use crate::metrics::{Metrics, StateLabel};
@@ -26,6 +25,7 @@ use crate::resources::delivery::{Delivery, Phase};
 use crate::resources::webhook::{DEACTIVATED_ANNOTATION, Deactivation, DeactivationRecord};
 use crate::resources::{Hub, Webhook};
 use crate::secret_cache::SecretCache;
+use crate::store::retention;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -90,7 +90,7 @@ pub struct Engine {
     pub(crate) http: http::Clients,
     pub(crate) tokens: auth::Tokens,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) summaries: summary::Summaries,
+    pub(crate) summaries: history::Summaries,
     global: Arc<slots::Slots>,
     per_webhook: Mutex<HashMap<Key, (u32, Arc<Semaphore>)>>,
     /// Webhooks this engine deactivated: treated as inactive until the cache
@@ -247,7 +247,7 @@ impl Engine {
             },
         );
         Arc::new(Self {
-            summaries: summary::Summaries::new(client.clone(), webhooks.clone()),
+            summaries: history::Summaries::new(client.clone(), webhooks.clone()),
             client,
             webhooks,
             hubs,

@@ -6,7 +6,7 @@
 
 use super::Engine;
 use crate::events::{DELIVERY_FAILED, WEBHOOK_DEACTIVATED, is_operational};
-use crate::ingest::fanout;
+use crate::fanout;
 use crate::resources::delivery::Delivery;
 use crate::resources::webhook::Deactivation;
 use jiff::Timestamp;

@@ -4,11 +4,12 @@
 //! webhook, answering 202 only once all are stored.
 
 pub mod event;
-pub mod fanout;
 pub mod rate;
 pub mod verify;
 
 use crate::events::is_known_event;
+use crate::fanout;
+use crate::kubernetes::{namespaced_api, watched};
 use crate::metrics::{CodeLabel, Metrics};
 use crate::resources::delivery::Delivery;
 use crate::resources::hub::{Scheme, VerifyScheme};
@@ -25,8 +26,7 @@ use axum::routing::post;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -82,29 +82,6 @@ struct Ingest {
     request_timeout: Duration,
     rate: rate::Limits,
     postgres: Option<Arc<crate::store::postgres::Postgres>>,
-}
-
-/// Starts a reflector for `K` and returns its store; the watch runs on a task.
-pub fn watched<K>(api: Api<K>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
-        .touched_objects()
-        .for_each(|_| async {});
-    tokio::spawn(stream);
-    store
-}
-
-fn namespaced_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Runs the ingest server until `shutdown` resolves.

@@ -3,6 +3,7 @@
 //! Postgres, for volumes the API server cannot carry.
 
 pub mod postgres;
+pub mod retention;
 
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 

@@ -676,8 +676,8 @@ RETURNING t.doc, t.version"#;
     pub async fn sweep(
         &self,
         namespaces: &[String],
-        policies: &[(String, String, crate::delivery::retention::Policy)],
-        default: crate::delivery::retention::Policy,
+        policies: &[(String, String, super::retention::Policy)],
+        default: super::retention::Policy,
     ) -> Result<u64, String> {
         const SWEEP: &str = r#"
 WITH policy AS (

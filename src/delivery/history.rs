@@ -137,7 +137,7 @@ impl Summaries {
         };
         for ((ns, name), history) in dirty {
             let fields = history.status_fields();
-            let written = crate::controller::apply_status::<Webhook>(&self.client, &ns, &name, FIELD_MANAGER, &fields);
+            let written = crate::kubernetes::apply_status::<Webhook>(&self.client, &ns, &name, FIELD_MANAGER, &fields);
             match written.await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => self.forget(&ns, &name),

@@ -1,0 +1,57 @@
+//! Kubernetes helpers every part uses (controller, ingest, the delivery
+//! engine, the stores): watched caches, namespaced APIs and status writes.
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+
+/// Starts a reflector for `K` and returns its store; the watch runs on a task.
+pub fn watched<K>(api: Api<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
+        .touched_objects()
+        .for_each(|_| async {});
+    tokio::spawn(stream);
+    store
+}
+
+/// The API of `K` in `namespace`, or in every namespace (`None`).
+pub fn namespaced_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Writes a custom resource's `status` by server-side apply as `manager`:
+/// only the fields given are that manager's, others' fields are kept.
+pub async fn apply_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    manager: &str,
+    status: &impl serde::Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(patch))
+        .await
+}
