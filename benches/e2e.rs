@@ -1022,7 +1022,7 @@ async fn main() {
                         },
                     );
                     delivery.metadata.namespace = Some(pns.clone());
-                    hookrelay::store::postgres::NewDelivery {
+                    hookrelay::store::NewDelivery {
                         delivery,
                         ordering_key: Some("one key".into()),
                     }

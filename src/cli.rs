@@ -110,8 +110,8 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    async fn open(&self) -> anyhow::Result<Option<std::sync::Arc<crate::store::postgres::Postgres>>> {
-        crate::store::open(
+    async fn open(&self) -> anyhow::Result<crate::store::Store> {
+        crate::store::Store::open(
             self.store,
             self.postgres_url.as_deref(),
             self.postgres_ca_file.as_deref(),
@@ -245,7 +245,7 @@ impl Cli {
                     leader_election,
                     egress_floor: crate::egress::Floor::with(&floor),
                     delivery_budget: args.budget.delivery_budget,
-                    postgres: args.store.open().await?,
+                    store: args.store.open().await?,
                     claim_lease: args.claim_lease,
                 };
                 let shutdown = CancellationToken::new();
@@ -275,7 +275,7 @@ impl Cli {
                         .unwrap_or(crate::resources::delivery::max_payload(args.budget.delivery_budget)),
                     delivery_budget: args.budget.delivery_budget,
                     namespaces: args.namespaces,
-                    postgres: args.store.open().await?,
+                    store: args.store.open().await?,
                 };
                 crate::ingest::run(client, settings, shutdown_signal()).await
             }
@@ -286,7 +286,7 @@ impl Cli {
                     auth: args.auth,
                     ingest_url: args.ingest_url,
                     namespace: args.namespace,
-                    postgres: args.store.open().await?,
+                    store: args.store.open().await?,
                 };
                 crate::console::run(settings, shutdown_signal()).await
             }

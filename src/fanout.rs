@@ -11,6 +11,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// The value of `webhook`'s ordering key in the event `document`, when it
+/// orders by one the event has.
+pub fn ordering_key(webhook: &Webhook, document: &Value) -> Option<String> {
+    let path = &webhook.spec.ordering.as_ref()?.key;
+    filters::first_value(path, document).ok().flatten()
+}
+
 /// Label on a Delivery naming its event (when the name fits in a label value).
 pub const EVENT_LABEL: &str = "hookrelay.dev/event";
 

@@ -6,9 +6,10 @@
 
 use crate::delivery::request;
 use crate::events::sample_payload;
-use crate::resources::delivery::{Delivery, Phase, REDELIVER_ANNOTATION};
+use crate::resources::delivery::{Delivery, Phase};
 use crate::resources::{Hub, ROTATE_SECRET_ANNOTATION, WEBHOOK_LABEL, Webhook};
 use crate::secrets;
+use crate::store::StoreError;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
@@ -236,8 +237,8 @@ struct Ctx {
     all: bool,
     output: Output,
     color: bool,
-    /// Deliveries are read from here when set (not as Delivery objects).
-    store: Option<std::sync::Arc<crate::store::postgres::Postgres>>,
+    /// The deliveries as this user may see them.
+    deliveries: std::sync::Arc<dyn crate::store::Deliveries>,
 }
 
 impl Ctx {
@@ -283,20 +284,11 @@ impl Ctx {
     }
 
     async fn delivery(&self, name: &str) -> anyhow::Result<Delivery> {
-        if let Some(store) = &self.store {
-            let ns = &self.namespace;
-            // One answer for missing and not allowed.
-            return match store.read(ns, name).await.map_err(anyhow::Error::msg)? {
-                Some(d) if crate::store::allowed(&self.client, ns, "get", "webhooks", Some(&d.spec.webhook)).await => {
-                    Ok(d)
-                }
-                _ => Err(anyhow!("no such delivery {name:?} that you may read in namespace {ns}")),
-            };
-        }
-        self.here::<Delivery>()
-            .get_opt(name)
+        let ns = &self.namespace;
+        self.deliveries
+            .get(ns, name)
             .await?
-            .ok_or_else(|| anyhow!("no such delivery {name:?} in namespace {}", self.namespace))
+            .ok_or_else(|| anyhow!("no such delivery {name:?} in namespace {ns}"))
     }
 }
 
@@ -345,21 +337,23 @@ impl Plugin {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
+        let client = Client::try_from(config)?;
+        let store = match &self.postgres_url {
+            Some(url) => {
+                let ca = crate::store::read_ca(self.postgres_ca_file.as_deref())?;
+                crate::store::Store::Postgres(crate::store::postgres::Postgres::open(url, ca.as_deref())?)
+            }
+            None => crate::store::Store::Kubernetes,
+        };
         let ctx = Ctx {
-            client: Client::try_from(config)?,
+            deliveries: store.for_user(&client),
+            client,
             namespace,
             all: self.all_namespaces,
             output: self.output,
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-            store: match &self.postgres_url {
-                Some(url) => {
-                    let ca = crate::store::read_ca(self.postgres_ca_file.as_deref())?;
-                    Some(crate::store::postgres::Postgres::open(url, ca.as_deref())?)
-                }
-                None => None,
-            },
         };
-        if ctx.store.is_some()
+        if self.postgres_url.is_some()
             && (self.all_namespaces || matches!(self.command, Command::Tail { .. } | Command::Test { .. }))
         {
             bail!(
@@ -592,43 +586,17 @@ async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()> {
 }
 
 /// The deliveries a command is about, newest first.
+/// Deliveries read per webhook at most where the store bounds it (the
+/// newest; the Kubernetes store lists them all).
+const LISTED: usize = 1000;
+
 async fn select(ctx: &Ctx, webhook: Option<&str>, filter: &Filter) -> anyhow::Result<Vec<Delivery>> {
     if let Some(w) = webhook {
         ctx.webhook(w).await?;
     }
-    let params = match webhook {
-        Some(w) => ListParams::default().labels(&format!("{WEBHOOK_LABEL}={w}")),
-        None => ListParams::default(),
-    };
     let now = Timestamp::now();
-    let all = match &ctx.store {
-        Some(store) => {
-            let webhooks = match webhook {
-                Some(w) => vec![w.to_string()],
-                None => ctx
-                    .here::<Webhook>()
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .map(|w| w.name_any())
-                    .collect(),
-            };
-            let mut found = vec![];
-            for w in webhooks {
-                if crate::store::allowed(&ctx.client, &ctx.namespace, "get", "webhooks", Some(&w)).await {
-                    found.extend(
-                        store
-                            .recent(&ctx.namespace, &w, &[], 1000)
-                            .await
-                            .map_err(anyhow::Error::msg)?,
-                    );
-                }
-            }
-            found
-        }
-        None => ctx.api::<Delivery>().list(&params).await?.items,
-    };
+    let namespace = (!ctx.all).then_some(ctx.namespace.as_str());
+    let all = ctx.deliveries.list(namespace, webhook, &[], LISTED).await?;
     let mut list: Vec<Delivery> = all.into_iter().filter(|d| filter.keeps(d, now)).collect();
     list.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
     Ok(list)
@@ -818,35 +786,18 @@ async fn redeliver(
         }
     }
     let value = Timestamp::now().to_string();
-    if let Some(store) = &ctx.store {
-        // The right a Delivery object's patch would need.
-        if !crate::store::allowed(&ctx.client, &ctx.namespace, "patch", "deliveries", None).await {
-            bail!(
-                "your Kubernetes identity may not patch deliveries in namespace {} (hookrelay-edit grants it)",
-                ctx.namespace
-            );
-        }
-        for d in &chosen {
-            if !store
-                .redeliver(&ctx.namespace, &d.name_any(), &value)
-                .await
-                .map_err(anyhow::Error::msg)?
-            {
-                bail!(
-                    "{} is being attempted right now; redeliver it once that attempt is recorded",
-                    d.name_any()
-                );
-            }
-        }
-        println!("Redelivered {}.", chosen.len());
-        return Ok(());
-    }
     for d in &chosen {
-        let api: Api<Delivery> = Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
-        let patch = json!({ "metadata": { "annotations": { REDELIVER_ANNOTATION: value } } });
-        api.patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .with_context(|| format!("redelivering {}", d.name_any()))?;
+        let (ns, name) = (d.namespace().unwrap_or_default(), d.name_any());
+        match ctx.deliveries.redeliver(&ns, &name, &value).await {
+            Ok(()) => {}
+            Err(StoreError::Busy) => {
+                bail!("{name} is being attempted right now; redeliver it once that attempt is recorded")
+            }
+            Err(StoreError::Forbidden(_)) if ctx.namespace == ns => {
+                bail!("your Kubernetes identity may not patch deliveries in namespace {ns} (hookrelay-edit grants it)")
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("redelivering {name}"))),
+        }
     }
     println!("Redelivered {}.", chosen.len());
     Ok(())

@@ -471,7 +471,7 @@ fn engine_over(
             leadership: hookrelay::leader::Leadership::unconditional(),
             egress_floor: Default::default(),
             delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
-            postgres: None,
+            store: hookrelay::store::Store::Kubernetes,
         },
     )
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::process::Command;
 use support::receiver::{Receiver, Reply};
-use support::stack::{Options, Stack, WAIT, deliveries_of, spec};
+use support::stack::{Options, Stack, Store, WAIT, deliveries_of, spec};
 use support::tool;
 
 const SNAPSHOT: &str = "dynamic-content.snapshot.published";
@@ -47,9 +47,11 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-#[tokio::test]
-async fn running_out_of_retries_notifies_subscribed_webhooks_and_the_charts_metrics_exist() {
-    let options = Options::single_controller();
+async fn running_out_of_retries_notifies_subscribed_webhooks_and_the_charts_metrics_exist(store: Store) {
+    let options = Options {
+        store,
+        ..Options::single_controller()
+    };
     let stack = Stack::start_with("operational_events", options).await;
     let receiver = Receiver::start().await;
     receiver.set_default("/flaky", Reply::status(500));
@@ -151,3 +153,5 @@ async fn running_out_of_retries_notifies_subscribed_webhooks_and_the_charts_metr
     }
     stack.cleanup().await;
 }
+
+both_stores!(running_out_of_retries_notifies_subscribed_webhooks_and_the_charts_metrics_exist);

@@ -563,7 +563,8 @@ async fn a_killed_replicas_claims_are_taken_over_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_let_a_quiet_tenant_go_before_another_tenants_older_backlog() {
     use hookrelay::resources::delivery::{DeliverySpec, EventRef};
-    use hookrelay::store::postgres::{ClaimLimits, NewDelivery};
+    use hookrelay::store::NewDelivery;
+    use hookrelay::store::postgres::ClaimLimits;
     let shared = Postgres::shared();
     let db = format!("claims_{}", std::process::id());
     let admin = shared.client().await;

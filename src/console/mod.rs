@@ -46,9 +46,8 @@ pub struct Settings {
     pub ingest_url: String,
     /// The namespace shown first.
     pub namespace: Option<String>,
-    /// The Postgres store, when deliveries live there: history is read from
-    /// it after an access review of the user's right to the Webhook.
-    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    /// Where deliveries live; each user reads them with their own identity.
+    pub store: crate::store::Store,
 }
 
 /// One signed-in user: their client (their identity) and CSRF token.
@@ -56,8 +55,8 @@ pub(crate) struct Session {
     pub client: Client,
     pub csrf: String,
     pub user: String,
-    /// Where deliveries live (`None`: Delivery objects, read as the user).
-    pub store: Option<Arc<crate::store::postgres::Postgres>>,
+    /// The deliveries as this user may see them.
+    pub deliveries: Arc<dyn crate::store::Deliveries>,
     last_used: Mutex<Instant>,
 }
 
@@ -67,7 +66,7 @@ pub(crate) struct Console {
     login_token: Mutex<Option<String>>,
     /// Locally: the caller's client, handed to the session the token opens.
     local_client: Option<Client>,
-    store: Option<Arc<crate::store::postgres::Postgres>>,
+    store: crate::store::Store,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     pub ingest_url: String,
     pub default_namespace: String,
@@ -93,10 +92,10 @@ impl Console {
     fn open_session(&self, client: Client, user: String) -> String {
         let id = random_token(48);
         let session = Arc::new(Session {
+            deliveries: self.store.for_user(&client),
             client,
             csrf: random_token(32),
             user,
-            store: self.store.clone(),
             last_used: Mutex::new(Instant::now()),
         });
         self.sessions
@@ -176,7 +175,7 @@ pub async fn run(
         auth: settings.auth,
         login_token: Mutex::new(login_token.clone()),
         local_client,
-        store: settings.postgres.clone(),
+        store: settings.store.clone(),
         sessions: Mutex::default(),
         ingest_url: settings.ingest_url.trim_end_matches('/').to_string(),
         default_namespace,

@@ -9,11 +9,11 @@
 use super::forms::{self, FieldErrors, Fields};
 use super::{Console, Session};
 use crate::events::{CATALOGUE, sample_payload};
-use crate::resources::delivery::{Delivery, Header, Phase, REDELIVER_ANNOTATION};
+use crate::resources::delivery::{Delivery, Header, Phase};
 use crate::resources::webhook::WebhookSpec;
-use crate::resources::{Hub, ROTATE_SECRET_ANNOTATION, WEBHOOK_LABEL, Webhook};
+use crate::resources::{Hub, ROTATE_SECRET_ANNOTATION, Webhook};
 use crate::secrets;
-use crate::store::allowed;
+use crate::store::{NewDelivery, StoreError, allowed};
 use askama::Template;
 use axum::Extension;
 use axum::body::Bytes;
@@ -24,7 +24,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -100,6 +99,32 @@ fn api_problem(e: &kube::Error, doing: &str) -> Response {
             ),
         ),
         kube::Error::Api(s) if s.code == 404 => message(StatusCode::NOT_FOUND, "Not found", &s.message),
+        other => message(
+            StatusCode::BAD_GATEWAY,
+            "The API server did not answer",
+            &format!("{doing}: {other}"),
+        ),
+    }
+}
+
+/// The page for what a delivery store said no to (`doing`: what the user
+/// asked for, e.g. "redeliver d-1").
+fn store_problem(e: &StoreError, doing: &str) -> Response {
+    match e {
+        StoreError::Forbidden(reason) => message(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            &format!(
+                "Your Kubernetes identity may not {doing}. Ask for the hookrelay-edit role in this namespace. ({reason})"
+            ),
+        ),
+        StoreError::NotFound(reason) => message(StatusCode::NOT_FOUND, "Not found", reason),
+        StoreError::Busy => message(
+            StatusCode::CONFLICT,
+            "An attempt is under way",
+            "This delivery is being attempted right now; redeliver it once that attempt is recorded.",
+        ),
+        StoreError::Database(reason) => message(StatusCode::BAD_GATEWAY, "The delivery store did not answer", reason),
         other => message(
             StatusCode::BAD_GATEWAY,
             "The API server did not answer",
@@ -516,21 +541,11 @@ async fn recent(session: &Session, ns: &str, webhook: &str, outcome: &str) -> Ve
         "retrying" => &[Phase::Retrying, Phase::Pending],
         _ => &[],
     };
-    let mut list = match &session.store {
-        Some(store) if allowed(&session.client, ns, "get", "webhooks", Some(webhook)).await => store
-            .recent(ns, webhook, phases, SHOWN as i64)
-            .await
-            .unwrap_or_default(),
-        Some(_) => vec![],
-        None => {
-            let params = ListParams::default().labels(&format!("{WEBHOOK_LABEL}={webhook}"));
-            Api::<Delivery>::namespaced(session.client.clone(), ns)
-                .list(&params)
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default()
-        }
-    };
+    let mut list = session
+        .deliveries
+        .list(Some(ns), Some(webhook), phases, SHOWN)
+        .await
+        .unwrap_or_default();
     list.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
     list.into_iter()
         .filter(|d| phases.is_empty() || phases.contains(&d.status.as_ref().map(|s| s.phase).unwrap_or_default()))
@@ -940,32 +955,19 @@ pub(crate) async fn send_test(
         Ok(d) => d,
         Err(e) => return notice(&ns, &name, &format!("Not sent: {e}.")),
     };
-    if let Some(store) = &session.store {
-        // What creating a Delivery object would need.
-        if !allowed(&session.client, &ns, "create", "deliveries", None).await {
-            return message(
-                StatusCode::FORBIDDEN,
-                "Not allowed",
-                "Your Kubernetes identity may not create deliveries in this namespace. Ask for the hookrelay-edit role in this namespace.",
-            );
-        }
-        let id = delivery.name_any();
-        let row = crate::store::postgres::NewDelivery {
-            delivery,
-            ordering_key: None,
-        };
-        return match store.insert(vec![row]).await {
-            Ok(()) => notice(&ns, &name, &format!("Test event sent as delivery {id}.")),
-            Err(e) => message(StatusCode::BAD_GATEWAY, "The delivery store did not answer", &e),
-        };
-    }
-    match Api::<Delivery>::namespaced(session.client.clone(), &ns)
-        .create(&PostParams::default(), &delivery)
+    let id = delivery.name_any();
+    let row = NewDelivery {
+        delivery,
+        ordering_key: None,
+    };
+    match session
+        .deliveries
+        .insert(&ns, Box::new(std::iter::once(row)), false)
         .await
     {
-        Ok(d) => notice(&ns, &name, &format!("Test event sent as delivery {}.", d.name_any())),
-        Err(kube::Error::Api(e)) if e.code == 422 => notice(&ns, &name, &format!("Not sent: {}", e.message)),
-        Err(e) => api_problem(&e, "create a Delivery"),
+        Ok(()) => notice(&ns, &name, &format!("Test event sent as delivery {id}.")),
+        Err(StoreError::Invalid(reason)) => notice(&ns, &name, &format!("Not sent: {reason}")),
+        Err(e) => store_problem(&e, "create a Delivery"),
     }
 }
 
@@ -1000,38 +1002,14 @@ pub(crate) async fn deliveries_live(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if session.store.is_some() {
-        // No watch in a database, and no polling of it either: the
-        // Webhook's delivery summary changes when its deliveries are
-        // recorded, so the Webhook (read as the user) is watched instead.
-        if !allowed(&session.client, &ns, "get", "webhooks", Some(&name)).await {
-            return message(
-                StatusCode::FORBIDDEN,
-                "Not allowed",
-                "Your Kubernetes identity may not read this webhook.",
-            );
+    match session.deliveries.changes(&ns, &name).await {
+        Ok(changed) => {
+            let events =
+                changed.map(|name| Ok::<_, std::convert::Infallible>(SseEvent::default().event("changed").data(name)));
+            Sse::new(events).keep_alive(KeepAlive::default()).into_response()
         }
-        let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
-        return changes(api, watcher::Config::default().fields(&format!("metadata.name={name}")));
+        Err(e) => store_problem(&e, "read this webhook"),
     }
-    let api: Api<Delivery> = Api::namespaced(session.client.clone(), &ns);
-    changes(
-        api,
-        watcher::Config::default().labels(&format!("{WEBHOOK_LABEL}={name}")),
-    )
-}
-
-/// Server-sent `changed` events, one per object the watch sees applied.
-fn changes<K>(api: Api<K>, config: watcher::Config) -> Response
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let stream = watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .filter_map(|o| async move { o.ok() })
-        .map(|o| Ok::<_, std::convert::Infallible>(SseEvent::default().event("changed").data(o.name_any())));
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 struct AttemptView {
@@ -1124,24 +1102,14 @@ pub(crate) async fn delivery(
 /// identity, or from the Postgres store if they may read its Webhook (one
 /// answer for missing and not allowed, so nothing is revealed).
 async fn read_delivery(session: &Session, ns: &str, name: &str) -> Result<Delivery, Response> {
-    let Some(store) = &session.store else {
-        return Api::<Delivery>::namespaced(session.client.clone(), ns)
-            .get(name)
-            .await
-            .map_err(|e| api_problem(&e, &format!("read Delivery {name}")));
-    };
-    match store.read(ns, name).await {
-        Ok(Some(d)) if allowed(&session.client, ns, "get", "webhooks", Some(&d.spec.webhook)).await => Ok(d),
-        Ok(_) => Err(message(
+    match session.deliveries.get(ns, name).await {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(message(
             StatusCode::NOT_FOUND,
             "Not found",
             &format!("No delivery {name} that your Kubernetes identity may read in {ns}."),
         )),
-        Err(e) => Err(message(
-            StatusCode::BAD_GATEWAY,
-            "The delivery store did not answer",
-            &e,
-        )),
+        Err(e) => Err(store_problem(&e, &format!("read Delivery {name}"))),
     }
 }
 
@@ -1151,30 +1119,12 @@ pub(crate) async fn redeliver(
     body: Bytes,
 ) -> Response {
     or_page!(checked(&session, &body));
-    if let Some(store) = &session.store {
-        // What stamping a Delivery object would need.
-        if let Err(problem) = read_delivery(&session, &ns, &name).await {
-            return problem;
-        }
-        if !allowed(&session.client, &ns, "patch", "deliveries", Some(&name)).await {
-            return message(
-                StatusCode::FORBIDDEN,
-                "Not allowed",
-                "Your Kubernetes identity may not redeliver in this namespace. Ask for the hookrelay-edit role in this namespace.",
-            );
-        }
-        return match store.redeliver(&ns, &name, &jiff::Timestamp::now().to_string()).await {
-            Ok(true) => Redirect::to(&format!("/ns/{}/deliveries/{}", url_part(&ns), url_part(&name))).into_response(),
-            Ok(false) => message(
-                StatusCode::CONFLICT,
-                "An attempt is under way",
-                "This delivery is being attempted right now; redeliver it once that attempt is recorded.",
-            ),
-            Err(e) => message(StatusCode::BAD_GATEWAY, "The delivery store did not answer", &e),
-        };
-    }
-    match stamp::<Delivery>(&session, &ns, &name, REDELIVER_ANNOTATION).await {
-        Ok(_) => Redirect::to(&format!("/ns/{}/deliveries/{}", url_part(&ns), url_part(&name))).into_response(),
-        Err(e) => api_problem(&e, &format!("redeliver {name}")),
+    match session
+        .deliveries
+        .redeliver(&ns, &name, &jiff::Timestamp::now().to_string())
+        .await
+    {
+        Ok(()) => Redirect::to(&format!("/ns/{}/deliveries/{}", url_part(&ns), url_part(&name))).into_response(),
+        Err(e) => store_problem(&e, &format!("redeliver {name}")),
     }
 }

@@ -157,10 +157,9 @@ pub struct Settings {
     pub egress_floor: crate::egress::Floor,
     /// The size a Delivery may reach as stored.
     pub delivery_budget: usize,
-    /// The Postgres store, when deliveries live there: then every replica
-    /// delivers (claiming from the store), and only the reconcilers need
-    /// the lease.
-    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    /// Where deliveries live. With Postgres every replica delivers
+    /// (claiming from the store), and only the reconcilers need the lease.
+    pub store: crate::store::Store,
     /// How long a replica's claim on a delivery lasts (Postgres store).
     pub claim_lease: Duration,
 }
@@ -169,7 +168,7 @@ pub struct Settings {
 /// store delivers on this replica whether or not it leads.
 pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let delivering = settings.postgres.clone().map(|store| {
+    let delivering = settings.store.postgres().cloned().map(|store| {
         let stop = shutdown.child_token();
         let task = tokio::spawn(deliver_from_postgres(
             client.clone(),
@@ -205,7 +204,7 @@ fn delivery_options(settings: &Settings, leadership: Leadership) -> crate::deliv
         leadership,
         egress_floor: settings.egress_floor.clone(),
         delivery_budget: settings.delivery_budget,
-        postgres: settings.postgres.clone(),
+        store: settings.store.clone(),
     }
 }
 
@@ -458,7 +457,7 @@ async fn lead_namespace(
         .for_each(|_| async {});
 
     // With the Postgres store every replica delivers (`deliver_from_postgres`).
-    let engine = options.postgres.is_none().then(|| {
+    let engine = options.store.postgres().is_none().then(|| {
         Engine::new(
             client.clone(),
             webhooks.clone(),

@@ -473,7 +473,7 @@ fn compact(delivery: &Delivery, mut status: DeliveryStatus) -> DeliveryStatus {
 /// kept here until stored: a failed write is retried as a write, with
 /// capped exponential backoff, never by sending the request again.
 async fn record(engine: &Engine, delivery: &Delivery, status: DeliveryStatus, summary: DeliverySummary) -> Outcome {
-    if let Some(store) = &engine.postgres {
+    if let Some(store) = engine.store.postgres() {
         return record_in_postgres(engine, store, delivery, status, summary).await;
     }
     record_in_kubernetes(engine, delivery, status, summary).await

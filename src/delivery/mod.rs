@@ -77,8 +77,8 @@ pub struct Options {
     pub egress_floor: crate::egress::Floor,
     /// The size a Delivery may reach as stored.
     pub delivery_budget: usize,
-    /// Deliveries are rows there instead of `Delivery` objects.
-    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    /// Where deliveries live.
+    pub store: crate::store::Store,
 }
 
 /// Shared by every attempt.
@@ -103,8 +103,10 @@ pub struct Engine {
     /// Networks no delivery may reach, whatever a Hub says.
     pub(crate) egress_floor: crate::egress::Floor,
     pub(crate) delivery_budget: usize,
-    /// The Postgres store, when deliveries live there.
-    pub(crate) postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    /// Where deliveries live.
+    pub(crate) store: crate::store::Store,
+    /// The deliveries as this process writes them (notifications).
+    pub(crate) deliveries: Arc<dyn crate::store::Deliveries>,
     /// Who this process is in the store's claims.
     pub(crate) claimant: String,
     /// Cancelled on shutdown: attempts not yet started are not started.
@@ -237,8 +239,9 @@ impl Engine {
             leadership,
             egress_floor,
             delivery_budget,
-            postgres,
+            store,
         } = options;
+        let deliveries = store.deliveries(&client);
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -262,7 +265,8 @@ impl Engine {
             leadership,
             egress_floor,
             delivery_budget,
-            postgres,
+            deliveries,
+            store,
             // Unique per process: a restarted Pod keeps its name, not its claims.
             claimant: format!("{}/{}", crate::identity(), uuid::Uuid::new_v4().simple()),
             stop_starting: CancellationToken::new(),

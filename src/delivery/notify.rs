@@ -9,9 +9,9 @@ use crate::events::{DELIVERY_FAILED, WEBHOOK_DEACTIVATED, is_operational};
 use crate::fanout;
 use crate::resources::delivery::Delivery;
 use crate::resources::webhook::Deactivation;
+use crate::store::NewDelivery;
 use jiff::Timestamp;
-use kube::api::PostParams;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 /// One operational event: its deterministic id (a repeat is idempotent),
@@ -65,21 +65,29 @@ pub fn webhook_deactivated(
 }
 
 impl Engine {
-    /// Stores a Delivery of `notice` for each webhook of `hub` in `ns`
-    /// subscribed to it (filters apply), except the one it is about.
+    /// Stores a delivery of `notice` for each webhook of `hub` in `ns`
+    /// subscribed to it (filters apply), except the one it is about, in the
+    /// store deliveries live in (and so delivered like any other).
     pub(crate) async fn notify(&self, ns: &str, hub: &str, notice: Notice) {
         let document = fanout::document(&notice.id, notice.name, &notice.payload);
         let webhooks = self.webhooks.state();
         let (selected, _) = fanout::select(webhooks.iter().map(|w| w.as_ref()), ns, hub, notice.name, &document);
         let payload = notice.payload.to_string();
-        let api: Api<Delivery> = Api::namespaced(self.client.clone(), ns);
+        // One at a time: each is stored (or not) on its own, as before a
+        // notice had several receivers.
         for webhook in selected.into_iter().filter(|w| w.name_any() != notice.about) {
-            let delivery = fanout::build(webhook, &notice.id, notice.name, &payload, Timestamp::now());
-            match api.create(&PostParams::default(), &delivery).await {
-                Ok(_) => {
+            let delivery = NewDelivery {
+                delivery: fanout::build(webhook, &notice.id, notice.name, &payload, Timestamp::now()),
+                ordering_key: fanout::ordering_key(webhook, &document),
+            };
+            match self
+                .deliveries
+                .insert(ns, Box::new(std::iter::once(delivery)), false)
+                .await
+            {
+                Ok(()) => {
                     tracing::info!(namespace = ns, webhook = %webhook.name_any(), event = notice.name, "operational event stored")
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => {
                     tracing::warn!(namespace = ns, webhook = %webhook.name_any(), event = notice.name, error = %e, "could not store an operational event")
                 }

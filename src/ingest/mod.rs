@@ -11,12 +11,12 @@ use crate::events::is_known_event;
 use crate::fanout;
 use crate::kubernetes::{namespaced_api, watched};
 use crate::metrics::{CodeLabel, Metrics};
-use crate::resources::delivery::Delivery;
 use crate::resources::hub::{Scheme, VerifyScheme};
 use crate::resources::{Hub, Webhook};
 use crate::secret_cache::SecretCache;
 use crate::secrets;
 use crate::server::{self, Readiness};
+use crate::store::{Deliveries, NewDelivery, StoreError};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -25,19 +25,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams};
+use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
-/// How long storing the Deliveries may take before ingest answers 503.
-const STORE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries of one event stored at once.
-const CREATE_CONCURRENCY: usize = 16;
 /// What a 503 asks the CMS to wait before retrying.
 const RETRY_AFTER_SECONDS: u64 = 5;
 /// After refusing a request whose body is still arriving, how much of it
@@ -60,9 +55,8 @@ pub struct Settings {
     pub delivery_budget: usize,
     /// Namespaces served; empty serves all.
     pub namespaces: Vec<String>,
-    /// The Postgres store, when deliveries live there instead of in
-    /// `Delivery` objects.
-    pub postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    /// Where deliveries live.
+    pub store: crate::store::Store,
 }
 
 /// The watched Hubs and Webhooks of one namespace (or of all, `None`).
@@ -73,7 +67,6 @@ struct Scope {
 }
 
 struct Ingest {
-    client: Client,
     scopes: Vec<Scope>,
     secrets: Arc<SecretCache>,
     metrics: Arc<Metrics>,
@@ -81,7 +74,7 @@ struct Ingest {
     delivery_budget: usize,
     request_timeout: Duration,
     rate: rate::Limits,
-    postgres: Option<Arc<crate::store::postgres::Postgres>>,
+    deliveries: Arc<dyn Deliveries>,
 }
 
 /// Runs the ingest server until `shutdown` resolves.
@@ -124,7 +117,6 @@ pub async fn run(
         });
     }
     let state = Arc::new(Ingest {
-        client,
         scopes,
         secrets,
         metrics: metrics.clone(),
@@ -132,7 +124,7 @@ pub async fn run(
         delivery_budget: settings.delivery_budget,
         request_timeout: settings.request_timeout,
         rate: rate::Limits::default(),
-        postgres: settings.postgres,
+        deliveries: settings.store.deliveries(&client),
     });
     let router = Router::new()
         .route("/v1/namespaces/{namespace}/hubs/{hub}/events", post(receive))
@@ -368,34 +360,18 @@ async fn accept(
             ),
         ));
     }
-    // Built one at a time as they are stored: at most CREATE_CONCURRENCY
-    // copies of the payload exist at once, whatever the fan-out.
-    let build = |w: &&Webhook| fanout::build(w, &id, &incoming.name, &payload, received_at);
+    // Built one at a time as the store takes them (the Kubernetes store
+    // holds at most a few copies of the payload at once, whatever the fan-out).
     let names: Vec<String> = selected.iter().map(|w| fanout::delivery_name(&id, w)).collect();
-    match &ingest.postgres {
-        Some(postgres) => {
-            // One transaction (grouped with concurrent events): all or none.
-            let rows = selected
-                .iter()
-                .map(|w| crate::store::postgres::NewDelivery {
-                    delivery: build(w),
-                    ordering_key: w
-                        .spec
-                        .ordering
-                        .as_ref()
-                        .and_then(|o| crate::filters::first_value(&o.key, &document).ok().flatten()),
-                })
-                .collect();
-            postgres.insert(rows).await.map_err(|e| {
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "StoreUnavailable",
-                    format!("the delivery store could not store the event ({e}); retry later"),
-                )
-            })?;
-        }
-        None => store(ingest, namespace, selected.iter().map(build), &names, generated_id).await?,
-    }
+    let deliveries = selected.iter().map(|w| NewDelivery {
+        delivery: fanout::build(w, &id, &incoming.name, &payload, received_at),
+        ordering_key: fanout::ordering_key(w, &document),
+    });
+    ingest
+        .deliveries
+        .insert(namespace, Box::new(deliveries), generated_id)
+        .await
+        .map_err(refused)?;
     ingest.metrics.ingest_deliveries_created.inc_by(names.len() as u64);
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
     let mut answer = json!({ "id": id, "name": incoming.name, "deliveries": names });
@@ -573,86 +549,37 @@ async fn authenticate(
     }
 }
 
-/// Creates every Delivery; an existing one (a repeated event) counts as
-/// stored. If any cannot be stored the event is not accepted, and when ingest
-/// chose its id (the sender cannot repeat it) the ones created are removed.
-async fn store(
-    ingest: &Ingest,
-    namespace: &str,
-    deliveries: impl Iterator<Item = Delivery>,
-    names: &[String],
-    generated_id: bool,
-) -> Result<(), Problem> {
-    let api: Api<Delivery> = Api::namespaced(ingest.client.clone(), namespace);
-    let create = |d: Delivery| {
-        let api = api.clone();
-        async move {
-            match tokio::time::timeout(STORE_TIMEOUT, api.create(&PostParams::default(), &d)).await {
-                Ok(Ok(_)) => Ok(true),
-                Ok(Err(kube::Error::Api(e))) if e.code == 409 => Ok(false),
-                Ok(Err(kube::Error::Api(e))) => Err(Refusal::Api(e.code, e.message)),
-                Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
-                Err(_) => Err(Refusal::Unavailable(format!(
-                    "no answer within {}s",
-                    STORE_TIMEOUT.as_secs()
-                ))),
-            }
-        }
-    };
-    // Bounded: an event for a thousand webhooks must not become a thousand
-    // requests at once (memory, and a burst the API server would throttle).
-    let results: Vec<Result<bool, Refusal>> = futures::stream::iter(deliveries)
-        .map(create)
-        .buffered(CREATE_CONCURRENCY)
-        .collect()
-        .await;
-    let Some(error) = results.iter().find_map(|r| r.as_ref().err()).cloned() else {
-        return Ok(());
-    };
-    if generated_id {
-        for (name, r) in names.iter().zip(&results) {
-            if matches!(r, Ok(true)) {
-                let _ = api.delete(name, &DeleteParams::default()).await;
-            }
-        }
-    }
-    Err(error.into_problem())
-}
-
-/// Why the API server did not store a Delivery.
-#[derive(Clone, Debug)]
-enum Refusal {
-    /// An answer with a status code (and the API server's message).
-    Api(u16, String),
-    /// No answer.
-    Unavailable(String),
-}
-
-impl Refusal {
-    /// The sender's fault is a 4xx it will not retry; anything else a 503
-    /// it will (nothing was accepted either way).
-    fn into_problem(self) -> Problem {
-        match self {
-            Refusal::Api(400 | 422, message) => Problem::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidEvent",
-                format!("the event cannot be stored: {message}"),
-            ),
-            Refusal::Api(413, message) => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "TooLarge",
-                format!("the event is too large to store: {message}"),
-            ),
-            Refusal::Api(code, message) => Problem::new(
+/// Why the store did not take an event. The sender's fault is a 4xx it
+/// will not retry; anything else a 503 it will (nothing was accepted
+/// either way).
+fn refused(e: StoreError) -> Problem {
+    match e {
+        StoreError::Invalid(message) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidEvent",
+            format!("the event cannot be stored: {message}"),
+        ),
+        StoreError::TooLarge(message) => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TooLarge",
+            format!("the event is too large to store: {message}"),
+        ),
+        StoreError::Database(e) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StoreUnavailable",
+            format!("the delivery store could not store the event ({e}); retry later"),
+        ),
+        other => {
+            let detail = match other {
+                StoreError::Forbidden(message) => format!("403: {message}"),
+                StoreError::NotFound(message) => format!("404: {message}"),
+                other => other.to_string(),
+            };
+            Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ApiUnavailable",
-                format!("the Kubernetes API server could not store the event ({code}: {message}); retry later"),
-            ),
-            Refusal::Unavailable(error) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ApiUnavailable",
-                format!("the Kubernetes API server could not store the event ({error}); retry later"),
-            ),
+                format!("the Kubernetes API server could not store the event ({detail}); retry later"),
+            )
         }
     }
 }

@@ -27,6 +27,10 @@
 //!   finishes is never left waiting; a check every minute would queue it
 //!   if it ever were.
 
+pub mod access;
+mod deliveries;
+
+use super::NewDelivery;
 use crate::resources::delivery::{Delivery, Phase};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::StreamExt;
@@ -136,13 +140,6 @@ const ANALYZE_AFTER: i64 = 10_000;
 const GROUP_ROWS: usize = 1024;
 /// Commits under way at once.
 const COMMITTERS: usize = 2;
-
-/// A new delivery for ingest to insert.
-pub struct NewDelivery {
-    pub delivery: Delivery,
-    /// The value of the webhook's ordering key in this event, if it orders.
-    pub ordering_key: Option<String>,
-}
 
 struct Group {
     rows: Vec<NewDelivery>,
