@@ -4,16 +4,18 @@
 use super::Engine;
 use super::auth::{self, Credentials};
 use super::http::{ClientKey, Limits};
+use super::outcome::{self, Answer, GONE, Round, Verdict};
 use super::request::{self, DEFAULT_SIGNATURE_HEADER, Outgoing, ResolvedHeader, SigningKeys};
-use super::retry::{self, Next, Schedule};
+use super::retry::Schedule;
 use crate::egress;
 use crate::resources::delivery::{Attempt, Delivery, DeliveryStatus, Phase, REDELIVER_ANNOTATION, RecordedRequest};
 use crate::resources::webhook::{Deactivation, DeliverySummary};
 use crate::resources::{Hub, Webhook};
 use crate::secrets;
+use crate::store::{StoreError, Written};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{GetParams, PostParams};
+use kube::api::GetParams;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
@@ -82,10 +84,6 @@ pub enum Outcome {
     /// record even compacted). The next leader sends it again, same id.
     Unrecorded(String),
 }
-
-/// Reasons the controller deactivates a webhook.
-pub const RETRIES_EXHAUSTED: &str = "RetriesExhausted";
-pub const GONE: &str = "Gone";
 
 /// How long one API call of an attempt may take before it counts as failed.
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -314,46 +312,47 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
             delivery: name.clone(),
         });
     };
-    match status_code {
-        Some(200..=299) => {
+    let round_started = status
+        .attempts
+        .iter()
+        .find(|a| a.number == round_start)
+        .map(|a| a.time.0)
+        .unwrap_or(started_at);
+    let round = Round {
+        attempts: number + 1 - round_start,
+        elapsed: Duration::try_from(now.duration_since(round_started)).unwrap_or_default(),
+    };
+    let answer = Answer {
+        status_code,
+        retry_after,
+    };
+    match outcome::decide(answer, round, &settings.schedule, rand::random::<f64>()) {
+        Verdict::Succeeded => {
             status.phase = Phase::Succeeded;
             status.next_attempt_at = None;
             status.completed_at = Some(MicroTime(now));
             status.message = None;
         }
-        // REST Hooks: 410 Gone means the subscription is to be removed.
-        Some(410) => fail(
+        Verdict::RetryIn(delay) => {
+            status.phase = Phase::Retrying;
+            status.next_attempt_at = Some(MicroTime(now + delay));
+            status.message = None;
+        }
+        Verdict::Fail(GONE) => fail(
             &mut status,
             GONE,
             format!("delivery {name}: the handler answered 410 Gone; the webhook is deactivated"),
         ),
-        _ => {
-            let round_started = status
-                .attempts
-                .iter()
-                .find(|a| a.number == round_start)
-                .map(|a| a.time.0)
-                .unwrap_or(started_at);
-            let elapsed = Duration::try_from(now.duration_since(round_started)).unwrap_or_default();
-            let honoured = retry_after.filter(|_| matches!(status_code, Some(429 | 503)));
-            let in_round = number + 1 - round_start;
-            match retry::next(&settings.schedule, in_round, elapsed, honoured, rand::random::<f64>()) {
-                Next::RetryIn(delay) => {
-                    status.phase = Phase::Retrying;
-                    status.next_attempt_at = Some(MicroTime(now + delay));
-                    status.message = None;
-                }
-                Next::GiveUp => fail(
-                    &mut status,
-                    RETRIES_EXHAUSTED,
-                    format!(
-                        "delivery {name} failed after {in_round} attempts ({} retries within {}s allowed); the webhook is deactivated",
-                        settings.schedule.max_retries,
-                        settings.schedule.window.as_secs()
-                    ),
-                ),
-            }
-        }
+        Verdict::Fail(reason) => fail(
+            &mut status,
+            reason,
+            format!(
+                "delivery {name} failed after {} attempts ({} retries within {}s allowed); the webhook is deactivated",
+                round.attempts,
+                settings.schedule.max_retries,
+                settings.schedule.window.as_secs()
+            ),
+        ),
     }
     let summary = DeliverySummary {
         id: name.clone(),
@@ -386,33 +385,6 @@ async fn close(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus,
         outcome: phase,
     };
     record(engine, delivery, status, summary).await
-}
-
-/// What says whether anyone recorded progress on a delivery since we read
-/// it: an attempt, a phase change or a new round.
-fn progress(status: Option<&DeliveryStatus>) -> (u32, Phase, Option<String>, Option<u32>) {
-    let s = status.cloned().unwrap_or_default();
-    (s.attempt_count, s.phase, s.redelivered_for, s.round_start)
-}
-
-/// The body of a record: the Delivery's identity, the resourceVersion the
-/// attempt started from (so a deposed leader's write fails instead of
-/// overwriting) and the whole new status. A PUT to the status subresource
-/// takes only the status from it; sending it whole spares the API server
-/// the read-encode-merge-decode of a patch, the largest part of a record's
-/// cost there.
-fn status_body(delivery: &Delivery, status: &DeliveryStatus, resource_version: Option<&str>) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "apiVersion": <Delivery as kube::Resource>::api_version(&()),
-        "kind": <Delivery as kube::Resource>::kind(&()),
-        "metadata": {
-            "name": delivery.metadata.name,
-            "namespace": delivery.metadata.namespace,
-            "resourceVersion": resource_version,
-        },
-        "status": status,
-    }))
-    .expect("a status serialises")
 }
 
 /// Keeps a Delivery with `status` within `budget` bytes as stored: attempts
@@ -471,12 +443,42 @@ fn compact(delivery: &Delivery, mut status: DeliveryStatus) -> DeliveryStatus {
 
 /// The status write of an attempt. Once a request was sent its outcome is
 /// kept here until stored: a failed write is retried as a write, with
-/// capped exponential backoff, never by sending the request again.
-async fn record(engine: &Engine, delivery: &Delivery, status: DeliveryStatus, summary: DeliverySummary) -> Outcome {
-    if let Some(store) = engine.store.postgres() {
-        return record_in_postgres(engine, store, delivery, status, summary).await;
+/// capped exponential backoff, never by sending the request again. A record
+/// the store refuses is written once more compacted.
+async fn record(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus, summary: DeliverySummary) -> Outcome {
+    let (ns, name) = (delivery.namespace().unwrap_or_default(), delivery.name_any());
+    let mut compacted = false;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let failure = match engine.queue.record(delivery, &status, &engine.claimant).await {
+            Ok(Written::Stored(stored)) => {
+                recorded(engine, &ns, delivery, &status, summary);
+                return Outcome::Recorded(Box::new(stored), None);
+            }
+            Ok(Written::Superseded(fresh)) => {
+                tracing::warn!(delivery = %name, namespace = %ns, "another writer recorded this delivery first; this attempt's record is dropped");
+                engine.metrics.unrecorded("superseded");
+                return Outcome::Superseded(Box::new(fresh));
+            }
+            Ok(Written::Gone) => return Outcome::Gone,
+            Err(StoreError::Invalid(why) | StoreError::TooLarge(why)) => {
+                if !compacted {
+                    tracing::warn!(delivery = %name, namespace = %ns, reason = %why, "the store refuses the record; writing it compacted");
+                    status = compact(delivery, status);
+                    compacted = true;
+                    continue;
+                }
+                engine.metrics.unrecorded("refused");
+                return Outcome::Unrecorded(format!("the store refuses the record even compacted ({why})"));
+            }
+            Err(e) => e.to_string(),
+        };
+        engine.metrics.record_retries.inc();
+        tracing::warn!(delivery = %name, namespace = %ns, error = %failure, retry_in_ms = delay.as_millis() as u64,
+            "could not record the attempt; retrying the write (the request is not sent again)");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECORD_BACKOFF_CAP);
     }
-    record_in_kubernetes(engine, delivery, status, summary).await
 }
 
 /// What an attempt's record counts once stored.
@@ -488,115 +490,6 @@ fn recorded(engine: &Engine, ns: &str, delivery: &Delivery, status: &DeliverySta
             .delivery_finished(&format!("{:?}", status.phase).to_lowercase());
     }
     engine.summaries.record(ns, &delivery.spec.webhook, summary, finished);
-}
-
-/// `record` in the Postgres store: one conditional UPDATE (same version,
-/// claim still ours), retried as a write while the database does not answer.
-async fn record_in_postgres(
-    engine: &Engine,
-    store: &crate::store::postgres::Postgres,
-    delivery: &Delivery,
-    status: DeliveryStatus,
-    summary: DeliverySummary,
-) -> Outcome {
-    let ns = delivery.namespace().unwrap_or_default();
-    let name = delivery.name_any();
-    let Some(seen) = crate::store::postgres::version_of(delivery) else {
-        return Outcome::Unrecorded("the delivery was not read from the store".into());
-    };
-    let mut updated = delivery.clone();
-    updated.status = Some(status);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let failure = match store.record(&updated, seen, &engine.claimant).await {
-            Ok(Some(stored)) => {
-                let status = stored.status.clone().unwrap_or_default();
-                recorded(engine, &ns, delivery, &status, summary);
-                return Outcome::Recorded(Box::new(stored), None);
-            }
-            Ok(None) => match store.read(&ns, &name).await {
-                Ok(None) => return Outcome::Gone,
-                Ok(Some(fresh)) => {
-                    tracing::warn!(delivery = %name, namespace = %ns, "another replica took this delivery over first; this attempt's record is dropped");
-                    engine.metrics.unrecorded("superseded");
-                    return Outcome::Superseded(Box::new(fresh));
-                }
-                Err(e) => format!("after a conflict: {e}"),
-            },
-            Err(e) => e,
-        };
-        engine.metrics.record_retries.inc();
-        tracing::warn!(delivery = %name, namespace = %ns, error = %failure, retry_in_ms = delay.as_millis() as u64,
-            "could not record the attempt; retrying the write (the request is not sent again)");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(RECORD_BACKOFF_CAP);
-    }
-}
-
-async fn record_in_kubernetes(
-    engine: &Engine,
-    delivery: &Delivery,
-    mut status: DeliveryStatus,
-    summary: DeliverySummary,
-) -> Outcome {
-    let ns = delivery.namespace().unwrap_or_default();
-    let name = delivery.name_any();
-    let api: Api<Delivery> = Api::namespaced(engine.client.clone(), &ns);
-    let base = progress(delivery.status.as_ref());
-    let mut resource_version = delivery.resource_version();
-    let mut compacted = false;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let body = status_body(delivery, &status, resource_version.as_deref());
-        let request = kube::core::Request::new(api.resource_url())
-            .replace_subresource("status", &name, &PostParams::default(), body)
-            .expect("a status request builds");
-        let write = engine.client.request::<Delivery>(request);
-        let failure = match tokio::time::timeout(API_CALL_TIMEOUT, write).await {
-            Ok(Ok(stored)) => {
-                recorded(engine, &ns, delivery, &status, summary);
-                return Outcome::Recorded(Box::new(stored), None);
-            }
-            Ok(Err(kube::Error::Api(e))) if e.code == 404 => return Outcome::Gone,
-            Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
-                // Written since we read it. If nobody recorded progress (a
-                // label, an annotation changed) the record still stands.
-                match read::<Delivery>(engine, &ns, &name).await {
-                    Ok(None) => return Outcome::Gone,
-                    Ok(Some(fresh)) if progress(fresh.status.as_ref()) == base => {
-                        resource_version = fresh.resource_version();
-                        continue;
-                    }
-                    Ok(Some(fresh)) => {
-                        tracing::warn!(delivery = %name, namespace = %ns, "another writer recorded this delivery first; this attempt's record is dropped");
-                        engine.metrics.unrecorded("superseded");
-                        return Outcome::Superseded(Box::new(fresh));
-                    }
-                    Err(e) => format!("after a conflict: {e}"),
-                }
-            }
-            Ok(Err(kube::Error::Api(e))) if matches!(e.code, 400 | 413 | 422) => {
-                if !compacted {
-                    tracing::warn!(delivery = %name, namespace = %ns, code = e.code, reason = %e.reason, "the API server refuses the record; writing it compacted");
-                    status = compact(delivery, status);
-                    compacted = true;
-                    continue;
-                }
-                engine.metrics.unrecorded("refused");
-                return Outcome::Unrecorded(format!(
-                    "the API server refuses the record even compacted ({} {})",
-                    e.code, e.reason
-                ));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {API_CALL_TIMEOUT:?}"),
-        };
-        engine.metrics.record_retries.inc();
-        tracing::warn!(delivery = %name, namespace = %ns, error = %failure, retry_in_ms = delay.as_millis() as u64,
-            "could not record the attempt; retrying the write (the request is not sent again)");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(RECORD_BACKOFF_CAP);
-    }
 }
 
 /// A label for the attempts metric.
@@ -793,20 +686,6 @@ async fn prepare(
 mod tests {
     use super::*;
     use crate::resources::delivery::{DeliverySpec, EventRef, Header, RecordedResponse};
-
-    #[test]
-    fn a_record_is_conditional_and_carries_no_spec() {
-        let status = DeliveryStatus {
-            attempt_count: 2,
-            ..Default::default()
-        };
-        let body: serde_json::Value = serde_json::from_slice(&status_body(&delivery(), &status, Some("7"))).unwrap();
-        assert_eq!(body["metadata"]["resourceVersion"], "7");
-        assert_eq!(body["metadata"]["name"], "d");
-        assert_eq!(body["kind"], "Delivery");
-        assert_eq!(body["status"]["attemptCount"], 2);
-        assert!(body.get("spec").is_none(), "the payload is not sent again");
-    }
 
     #[test]
     fn a_compacted_record_keeps_first_and_newest_without_bodies() {

@@ -8,11 +8,10 @@
 //! its heartbeat runs out (seconds), and a replica that cannot renew its
 //! heartbeat stops sending before that happens.
 
-use super::{DEFER, Engine, RETENTION_SWEEP, attempt, notify};
-use crate::resources::delivery::{Delivery, Phase};
+use super::{DEFER, Engine, RETENTION_SWEEP, attempt};
+use crate::resources::delivery::Delivery;
 use crate::store::postgres::{ClaimLimits, Claimed, Postgres};
 use crate::store::retention;
-use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
@@ -283,21 +282,18 @@ async fn attempt(engine: &Arc<Engine>, store: &Postgres, Claimed { delivery, unt
     }
 }
 
-/// Notices and deactivation after a record, as the Kubernetes store's engine does.
+/// What follows a record (as in every store), and the deactivated
+/// webhook's other deliveries brought forward to be cancelled.
 async fn after_record(
     engine: &Arc<Engine>,
     store: &Postgres,
     stored: &Delivery,
     deactivation: Option<crate::resources::webhook::Deactivation>,
 ) {
-    let ns = stored.namespace().unwrap_or_default();
-    if stored.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
-        && let Some(notice) = notify::delivery_failed(stored, Timestamp::now())
-    {
-        engine.notify(&ns, &stored.spec.hub, notice).await;
-    }
-    if let Some(deactivation) = deactivation {
-        engine.deactivate(&ns, &stored.spec.webhook, deactivation).await;
+    let deactivating = deactivation.is_some();
+    engine.after_record(stored, deactivation).await;
+    if deactivating {
+        let ns = stored.namespace().unwrap_or_default();
         // Its other unfinished deliveries: attempted now, which records
         // them Cancelled with the reason.
         if let Err(e) = store.hasten(&ns, &stored.spec.webhook).await {

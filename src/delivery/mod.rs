@@ -10,10 +10,12 @@
 pub mod attempt;
 pub mod auth;
 pub mod claims;
+pub mod deactivation;
 pub mod history;
 pub mod http;
 pub mod notify;
 pub mod ordering;
+pub mod outcome;
 pub mod request;
 pub mod retry;
 pub mod signing;
@@ -22,14 +24,12 @@ pub mod slots;
 use crate::leader::Leadership;
 use crate::metrics::{Metrics, StateLabel};
 use crate::resources::delivery::{Delivery, Phase};
-use crate::resources::webhook::{DEACTIVATED_ANNOTATION, Deactivation, DeactivationRecord};
 use crate::resources::{Hub, Webhook};
 use crate::secret_cache::SecretCache;
 use crate::store::retention;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -103,10 +103,10 @@ pub struct Engine {
     /// Networks no delivery may reach, whatever a Hub says.
     pub(crate) egress_floor: crate::egress::Floor,
     pub(crate) delivery_budget: usize,
-    /// Where deliveries live.
-    pub(crate) store: crate::store::Store,
     /// The deliveries as this process writes them (notifications).
     pub(crate) deliveries: Arc<dyn crate::store::Deliveries>,
+    /// Where attempts are recorded.
+    pub(crate) queue: Arc<dyn crate::store::Queue>,
     /// Who this process is in the store's claims.
     pub(crate) claimant: String,
     /// Cancelled on shutdown: attempts not yet started are not started.
@@ -241,7 +241,7 @@ impl Engine {
             delivery_budget,
             store,
         } = options;
-        let deliveries = store.deliveries(&client);
+        let (deliveries, queue) = (store.deliveries(&client), store.queue(&client));
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -266,7 +266,7 @@ impl Engine {
             egress_floor,
             delivery_budget,
             deliveries,
-            store,
+            queue,
             // Unique per process: a restarted Pod keeps its name, not its claims.
             claimant: format!("{}/{}", crate::identity(), uuid::Uuid::new_v4().simple()),
             stop_starting: CancellationToken::new(),
@@ -274,103 +274,6 @@ impl Engine {
             reported_webhooks: Mutex::default(),
             waiting_whole: AtomicUsize::new(0),
         })
-    }
-
-    /// Why attempts for `webhook` must not be sent, if they must not.
-    pub fn inactive_reason(&self, webhook: &Webhook) -> Option<String> {
-        let key = (webhook.namespace().unwrap_or_default(), webhook.name_any());
-        let describe = |reason: &str, message: &str| format!("the webhook was deactivated ({reason}): {message}");
-        if let Some((threshold, why)) = self.deactivated.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
-            && threshold.is_none_or(|t| webhook.metadata.generation.unwrap_or(0) <= t)
-        {
-            return Some(why.clone());
-        }
-        if webhook.spec.active {
-            return None;
-        }
-        Some(match webhook.status.as_ref().and_then(|s| s.deactivation.as_ref()) {
-            Some(d) => describe(&d.reason, &d.message),
-            None => "the webhook is inactive (spec.active is false)".to_string(),
-        })
-    }
-
-    /// Deactivates a webhook after a delivery ran out of attempts or got 410
-    /// Gone: records why in its status, sets `spec.active: false`, publishes
-    /// a Warning Event. Retried until it succeeds: the decision is made.
-    async fn deactivate(&self, ns: &str, webhook: &str, deactivation: Deactivation) {
-        let key = (ns.to_string(), webhook.to_string());
-        let why = format!(
-            "the webhook was deactivated ({}): {}",
-            deactivation.reason, deactivation.message
-        );
-        self.deactivated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), (None, why));
-        let api: Api<Webhook> = Api::namespaced(self.client.clone(), ns);
-        let params = PatchParams {
-            field_manager: Some(crate::resources::FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        let record = DeactivationRecord {
-            deactivation: deactivation.clone(),
-            at: Time(Timestamp::now()),
-        };
-        // One write: the switch and its reason change together.
-        let patch = serde_json::json!({
-            "metadata": { "annotations": {
-                DEACTIVATED_ANNOTATION: serde_json::to_string(&record).expect("serialisable"),
-            }},
-            "spec": { "active": false },
-        });
-        let mut delay = Duration::from_millis(200);
-        let generation = loop {
-            match api.patch(webhook, &params, &Patch::Merge(&patch)).await {
-                Ok(w) => break w.metadata.generation,
-                Err(kube::Error::Api(e)) if e.code == 404 => return,
-                Err(e) => {
-                    tracing::warn!(webhook, namespace = ns, error = %e, "could not deactivate the webhook; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-            }
-        };
-        if let Some(entry) = self.deactivated.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
-            entry.0 = Some(generation.unwrap_or(0));
-        }
-        tracing::warn!(webhook, namespace = ns, reason = %deactivation.reason, delivery = %deactivation.delivery, "webhook deactivated");
-        self.metrics
-            .deactivations
-            .get_or_create(&crate::metrics::ReasonLabel {
-                reason: deactivation.reason.clone(),
-            })
-            .inc();
-        if let Some(w) = self.webhooks.get(&ObjectRef::new(webhook).within(ns)) {
-            let last_status = w
-                .status
-                .as_ref()
-                .and_then(|s| s.last_delivery.as_ref())
-                .and_then(|d| d.status_code);
-            let notice = notify::webhook_deactivated(webhook, generation, &deactivation, last_status, Timestamp::now());
-            self.notify(ns, &w.spec.hub, notice).await;
-        }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: deactivation.reason.clone(),
-            note: Some(deactivation.message.clone()),
-            action: "Deactivate".into(),
-            secondary: None,
-        };
-        let reference = ObjectReference {
-            api_version: Some(Webhook::api_version(&()).into()),
-            kind: Some(Webhook::kind(&()).into()),
-            name: Some(webhook.to_string()),
-            namespace: Some(ns.to_string()),
-            ..Default::default()
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, "could not publish the deactivation event");
-        }
     }
 
     /// Updates the active/inactive webhook gauges from the cache.
@@ -640,19 +543,18 @@ impl Engine {
     ) {
         match outcome {
             attempt::Outcome::Recorded(stored, deactivation) => {
-                if stored.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
-                    && let Some(notice) = notify::delivery_failed(&stored, Timestamp::now())
+                let deactivating = deactivation.is_some();
+                if let Some(deactivation) = &deactivation {
+                    self.mark_deactivated(&key.0, sent.webhook(), deactivation);
+                }
                 {
-                    let (engine, ns, hub) = (self.clone(), key.0.clone(), stored.spec.hub.clone());
-                    tokio::spawn(async move { engine.notify(&ns, &hub, notice).await });
+                    let (engine, stored) = (self.clone(), stored.clone());
+                    tokio::spawn(async move { engine.after_record(&stored, deactivation).await });
                 }
                 // The stored object is newer than anything the watch
                 // delivered during the attempt.
                 self.consider(slim(*stored), state);
-                if let Some(deactivation) = deactivation {
-                    let (ns, webhook) = (key.0.clone(), sent.webhook().to_string());
-                    let engine = self.clone();
-                    tokio::spawn(async move { engine.deactivate(&ns, &webhook, deactivation).await });
+                if deactivating {
                     // Its other pending deliveries: attempted now, which
                     // records them Cancelled with the reason.
                     for (k, slot) in state.tracked.iter_mut() {

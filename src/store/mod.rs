@@ -9,10 +9,11 @@
 //! decides what they see whatever the store.
 
 pub mod kubernetes;
+pub mod memory;
 pub mod postgres;
 pub mod retention;
 
-use crate::resources::delivery::{Delivery, Phase};
+use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
 use futures::stream::BoxStream;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use std::sync::Arc;
@@ -126,6 +127,31 @@ pub trait Deliveries: Send + Sync {
     async fn changes(&self, namespace: &str, webhook: &str) -> Result<BoxStream<'static, String>, StoreError>;
 }
 
+/// What became of an attempt's record.
+#[derive(Debug)]
+pub enum Written {
+    /// Stored; the delivery as it is now.
+    Stored(Delivery),
+    /// Someone else recorded progress on it first (a new leader, or a
+    /// replica that took the claim over): theirs stands. The delivery as it
+    /// is now.
+    Superseded(Delivery),
+    /// The delivery is gone.
+    Gone,
+}
+
+/// The delivery engine's side of a store.
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync {
+    /// Writes an attempt's `status` to `delivery` (as the engine read it),
+    /// only if nobody recorded progress on it since and, where deliveries
+    /// are claimed, while `claimant` still holds it. One write: the engine
+    /// retries a failed one (never the request), and compacts the record
+    /// once when the store refuses it as `Invalid` or `TooLarge`.
+    async fn record(&self, delivery: &Delivery, status: &DeliveryStatus, claimant: &str)
+    -> Result<Written, StoreError>;
+}
+
 /// The store chosen at start-up.
 #[derive(Clone)]
 pub enum Store {
@@ -157,6 +183,15 @@ impl Store {
     /// The deliveries as this process may use them (ingest, notifications):
     /// with `client`'s identity for Kubernetes, all of them in Postgres.
     pub fn deliveries(&self, client: &kube::Client) -> Arc<dyn Deliveries> {
+        match self {
+            Store::Kubernetes => Arc::new(kubernetes::Objects::new(client.clone())),
+            Store::Postgres(db) => db.clone(),
+        }
+    }
+
+    /// The delivery engine's side of the store, with `client`'s identity
+    /// for Kubernetes.
+    pub fn queue(&self, client: &kube::Client) -> Arc<dyn Queue> {
         match self {
             Store::Kubernetes => Arc::new(kubernetes::Objects::new(client.clone())),
             Store::Postgres(db) => db.clone(),

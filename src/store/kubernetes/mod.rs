@@ -2,6 +2,8 @@
 //! written with the identity of the client it is built with, so RBAC
 //! decides what a user sees.
 
+mod record;
+
 use super::{Deliveries, Fanout, NewDelivery, StoreError, in_phases};
 use crate::resources::WEBHOOK_LABEL;
 use crate::resources::delivery::{Delivery, Phase, REDELIVER_ANNOTATION};

@@ -1,10 +1,12 @@
-//! The Postgres store as ingest and notifications use it: with the
-//! operator's own rights (users get `access::Reviewed`).
+//! The Postgres store behind the seam: as ingest, notifications and the
+//! delivery engine use it, with the operator's own rights (users get
+//! `access::Reviewed`).
 
-use super::Postgres;
-use crate::resources::delivery::{Delivery, Phase};
-use crate::store::{Deliveries, Fanout, StoreError};
+use super::{Postgres, version_of};
+use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
+use crate::store::{Deliveries, Fanout, Queue, StoreError, Written};
 use futures::stream::BoxStream;
+use kube::ResourceExt;
 
 #[async_trait::async_trait]
 impl Deliveries for Postgres {
@@ -44,7 +46,12 @@ impl Deliveries for Postgres {
     async fn redeliver(&self, namespace: &str, name: &str, request: &str) -> Result<(), StoreError> {
         match Postgres::redeliver(self, namespace, name, request).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::Busy),
+            // Refused while claimed, or not there at all.
+            Ok(false) => match self.read(namespace, name).await {
+                Ok(Some(_)) => Err(StoreError::Busy),
+                Ok(None) => Err(StoreError::NotFound(format!("no delivery {name} in {namespace}"))),
+                Err(e) => Err(StoreError::Database(e)),
+            },
             Err(e) => Err(StoreError::Database(e)),
         }
     }
@@ -53,5 +60,35 @@ impl Deliveries for Postgres {
         Err(StoreError::Invalid(
             "the Postgres store has no change stream of its own; read it as a user (their Webhook is watched)".into(),
         ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Postgres {
+    /// One conditional UPDATE: the version the engine read, and the claim
+    /// still `claimant`'s.
+    async fn record(
+        &self,
+        delivery: &Delivery,
+        status: &DeliveryStatus,
+        claimant: &str,
+    ) -> Result<Written, StoreError> {
+        let Some(seen) = version_of(delivery) else {
+            return Err(StoreError::Invalid("the delivery was not read from the store".into()));
+        };
+        let mut updated = delivery.clone();
+        updated.status = Some(status.clone());
+        match Postgres::record(self, &updated, seen, claimant).await {
+            Ok(Some(stored)) => Ok(Written::Stored(stored)),
+            Ok(None) => match self
+                .read(&delivery.namespace().unwrap_or_default(), &delivery.name_any())
+                .await
+            {
+                Ok(None) => Ok(Written::Gone),
+                Ok(Some(fresh)) => Ok(Written::Superseded(fresh)),
+                Err(e) => Err(StoreError::Database(format!("after a conflict: {e}"))),
+            },
+            Err(e) => Err(StoreError::Database(e)),
+        }
     }
 }

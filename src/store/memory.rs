@@ -1,0 +1,234 @@
+//! The in-memory store: deliveries in a map, for tests of everything above
+//! the seam without a cluster or a database. Not durable: a restart loses
+//! every delivery. Its versions play the part of a resourceVersion, so a
+//! record is as conditional as in the durable stores.
+
+use super::{Deliveries, Fanout, Queue, StoreError, Written};
+use crate::resources::delivery::{Delivery, DeliveryStatus, Phase, REDELIVER_ANNOTATION};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// Every delivery, by (namespace, name), with the order they were stored in.
+#[derive(Default)]
+struct Rows {
+    rows: BTreeMap<(String, String), Row>,
+    stored: u64,
+}
+
+struct Row {
+    delivery: Delivery,
+    version: u64,
+    /// Accept order.
+    seq: u64,
+}
+
+impl Row {
+    /// The delivery with its version, as a reader sees it.
+    fn read(&self) -> Delivery {
+        let mut d = self.delivery.clone();
+        d.metadata.resource_version = Some(self.version.to_string());
+        d
+    }
+}
+
+/// The store. Changes are announced as (namespace, webhook, name).
+pub struct Memory {
+    rows: Mutex<Rows>,
+    changed: broadcast::Sender<(String, String, String)>,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self {
+            rows: Mutex::default(),
+            changed: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl Memory {
+    fn rows(&self) -> std::sync::MutexGuard<'_, Rows> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn announce(&self, delivery: &Delivery) {
+        let _ = self.changed.send((
+            delivery.namespace().unwrap_or_default(),
+            delivery.spec.webhook.clone(),
+            delivery.name_any(),
+        ));
+    }
+
+    /// Removes a delivery (what retention does), if it is there.
+    pub fn remove(&self, namespace: &str, name: &str) -> bool {
+        self.rows()
+            .rows
+            .remove(&(namespace.to_string(), name.to_string()))
+            .is_some()
+    }
+}
+
+/// What says whether anyone recorded progress on a delivery: an attempt, a
+/// phase change or a new round.
+fn progress(status: Option<&DeliveryStatus>) -> (u32, Phase, Option<String>, Option<u32>) {
+    let s = status.cloned().unwrap_or_default();
+    (s.attempt_count, s.phase, s.redelivered_for, s.round_start)
+}
+
+#[async_trait::async_trait]
+impl Deliveries for Memory {
+    async fn insert<'a>(
+        &'a self,
+        namespace: &'a str,
+        deliveries: Fanout<'a>,
+        _generated_id: bool,
+    ) -> Result<(), StoreError> {
+        let new: Vec<Delivery> = deliveries.map(|d| d.delivery).collect();
+        if let Some(d) = new.iter().find(|d| d.namespace().as_deref() != Some(namespace)) {
+            return Err(StoreError::Invalid(format!(
+                "delivery {} is not in namespace {namespace}",
+                d.name_any()
+            )));
+        }
+        let mut rows = self.rows();
+        for delivery in new {
+            let key = (namespace.to_string(), delivery.name_any());
+            if rows.rows.contains_key(&key) {
+                // A repeated event: stored already.
+                continue;
+            }
+            rows.stored += 1;
+            let seq = rows.stored;
+            self.announce(&delivery);
+            rows.rows.insert(
+                key,
+                Row {
+                    delivery,
+                    version: 1,
+                    seq,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Delivery>, StoreError> {
+        Ok(self
+            .rows()
+            .rows
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(Row::read))
+    }
+
+    async fn list(
+        &self,
+        namespace: Option<&str>,
+        webhook: Option<&str>,
+        phases: &[Phase],
+        most: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = self.rows();
+        let mut found: Vec<&Row> = rows
+            .rows
+            .values()
+            .filter(|r| namespace.is_none_or(|ns| r.delivery.namespace().as_deref() == Some(ns)))
+            .filter(|r| webhook.is_none_or(|w| r.delivery.spec.webhook == w))
+            .collect();
+        // Newest first, at most `most` of each webhook.
+        found.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        let mut per_webhook: BTreeMap<(Option<String>, &str), usize> = BTreeMap::new();
+        Ok(found
+            .into_iter()
+            .filter(|r| {
+                phases.is_empty() || phases.contains(&r.delivery.status.as_ref().map(|s| s.phase).unwrap_or_default())
+            })
+            .filter(|r| {
+                let n = per_webhook
+                    .entry((r.delivery.namespace(), r.delivery.spec.webhook.as_str()))
+                    .or_default();
+                *n += 1;
+                *n <= most
+            })
+            .map(Row::read)
+            .collect())
+    }
+
+    async fn redeliver(&self, namespace: &str, name: &str, request: &str) -> Result<(), StoreError> {
+        let mut rows = self.rows();
+        let Some(row) = rows.rows.get_mut(&(namespace.to_string(), name.to_string())) else {
+            return Err(StoreError::NotFound(format!("no delivery {name} in {namespace}")));
+        };
+        row.delivery
+            .annotations_mut()
+            .insert(REDELIVER_ANNOTATION.into(), request.into());
+        row.version += 1;
+        self.announce(&row.delivery);
+        Ok(())
+    }
+
+    async fn changes(&self, namespace: &str, webhook: &str) -> Result<BoxStream<'static, String>, StoreError> {
+        let (namespace, webhook) = (namespace.to_string(), webhook.to_string());
+        let changed = announcements(self.changed.subscribe());
+        Ok(changed
+            .filter_map(move |(ns, w, name)| {
+                let mine = ns == namespace && w == webhook;
+                async move { mine.then_some(name) }
+            })
+            .boxed())
+    }
+}
+
+/// The announcements a receiver gets, as a stream (lagging ones skipped:
+/// a change stream says "look again", not what changed).
+fn announcements(
+    receiver: broadcast::Receiver<(String, String, String)>,
+) -> BoxStream<'static, (String, String, String)> {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(change) => return Some((change, receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+#[async_trait::async_trait]
+impl Queue for Memory {
+    /// Stored if the version is the one the engine read; if it changed
+    /// without progress (a redelivery request is progress only once acted
+    /// on) the record still stands, as in the Kubernetes store.
+    async fn record(
+        &self,
+        delivery: &Delivery,
+        status: &DeliveryStatus,
+        _claimant: &str,
+    ) -> Result<Written, StoreError> {
+        let seen: Option<u64> = delivery
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok());
+        let Some(seen) = seen else {
+            return Err(StoreError::Invalid("the delivery was not read from the store".into()));
+        };
+        let mut rows = self.rows();
+        let key = (delivery.namespace().unwrap_or_default(), delivery.name_any());
+        let Some(row) = rows.rows.get_mut(&key) else {
+            return Ok(Written::Gone);
+        };
+        if row.version != seen && progress(row.delivery.status.as_ref()) != progress(delivery.status.as_ref()) {
+            return Ok(Written::Superseded(row.read()));
+        }
+        row.delivery.status = Some(status.clone());
+        row.version += 1;
+        self.announce(&row.delivery);
+        Ok(Written::Stored(row.read()))
+    }
+}

@@ -1,0 +1,243 @@
+//! The store contract: what ingest, the console, the plugin and the delivery
+//! engine rely on of a store (`Deliveries`, `Queue`), run against all three
+//! stores. The memory store needs nothing; Kubernetes runs on the local
+//! control plane, Postgres on the shared test database.
+
+mod support;
+
+use hookrelay::resources::WEBHOOK_LABEL;
+use hookrelay::resources::delivery::{Delivery, DeliverySpec, DeliveryStatus, EventRef, Phase, REDELIVER_ANNOTATION};
+use hookrelay::store::memory::Memory;
+use hookrelay::store::postgres::{ClaimLimits, Postgres};
+use hookrelay::store::{Deliveries, NewDelivery, Queue, StoreError, Written};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::ResourceExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One store under test, as its users see it.
+struct Subject {
+    deliveries: Arc<dyn Deliveries>,
+    queue: Arc<dyn Queue>,
+    namespace: String,
+    /// Postgres: deliveries are recorded by whoever claimed them.
+    postgres: Option<Arc<Postgres>>,
+}
+
+const CLAIMANT: &str = "contract-test";
+
+impl Subject {
+    fn memory() -> Subject {
+        let memory = Arc::new(Memory::default());
+        Subject {
+            deliveries: memory.clone(),
+            queue: memory,
+            namespace: "contract".into(),
+            postgres: None,
+        }
+    }
+
+    async fn kubernetes(test: &str) -> Subject {
+        let env = support::TestEnv::new(test).await;
+        let objects = Arc::new(hookrelay::store::kubernetes::Objects::new(env.client.clone()));
+        Subject {
+            deliveries: objects.clone(),
+            queue: objects,
+            namespace: env.ns.clone(),
+            postgres: None,
+        }
+    }
+
+    async fn postgres(test: &str) -> Subject {
+        let url = support::postgres::Postgres::shared().url.clone();
+        let db = Postgres::connect(&url, None).await.expect("the test database");
+        // Rows of earlier runs stay: a fresh namespace per run.
+        let namespace = format!("{test}-{}", uuid::Uuid::new_v4().simple());
+        Subject {
+            deliveries: db.clone(),
+            queue: db.clone(),
+            namespace,
+            postgres: Some(db),
+        }
+    }
+
+    fn delivery(&self, name: &str, webhook: &str) -> NewDelivery {
+        let mut d = Delivery::new(
+            name,
+            DeliverySpec {
+                webhook: webhook.into(),
+                hub: "main".into(),
+                event: EventRef {
+                    id: format!("event-{name}"),
+                    name: "contract.tested".into(),
+                    received_at: MicroTime(Timestamp::now()),
+                },
+                payload: r#"{"n":1}"#.into(),
+            },
+        );
+        d.metadata.namespace = Some(self.namespace.clone());
+        d.labels_mut().insert(WEBHOOK_LABEL.into(), webhook.into());
+        NewDelivery {
+            delivery: d,
+            ordering_key: None,
+        }
+    }
+
+    async fn insert(&self, rows: Vec<NewDelivery>) -> Result<(), StoreError> {
+        self.deliveries
+            .insert(&self.namespace, Box::new(rows.into_iter()), false)
+            .await
+    }
+
+    /// The delivery as the engine holds it when it attempts it.
+    async fn due(&self, name: &str) -> Delivery {
+        let Some(db) = &self.postgres else {
+            return self
+                .deliveries
+                .get(&self.namespace, name)
+                .await
+                .unwrap()
+                .expect("stored");
+        };
+        let limits = ClaimLimits {
+            webhooks: &[],
+            default: 100,
+            per_namespace: 100,
+        };
+        let claimed = db
+            .claim(
+                CLAIMANT,
+                100,
+                Duration::from_secs(60),
+                std::slice::from_ref(&self.namespace),
+                &limits,
+            )
+            .await
+            .expect("a claim");
+        claimed
+            .into_iter()
+            .map(|c| c.delivery)
+            .find(|d| d.name_any() == name)
+            .expect("claimed")
+    }
+}
+
+fn attempted(count: u32, phase: Phase) -> DeliveryStatus {
+    DeliveryStatus {
+        phase,
+        attempt_count: count,
+        last_status_code: Some(500),
+        ..Default::default()
+    }
+}
+
+async fn an_insert_is_idempotent_and_what_is_stored_can_be_read(s: Subject) {
+    s.insert(vec![s.delivery("a-1", "a"), s.delivery("b-1", "b")])
+        .await
+        .unwrap();
+    // The same event again (a sender's retry): stored already, no error.
+    s.insert(vec![s.delivery("a-1", "a"), s.delivery("b-1", "b")])
+        .await
+        .unwrap();
+    let a = s.deliveries.get(&s.namespace, "a-1").await.unwrap().expect("stored");
+    assert_eq!((a.spec.webhook.as_str(), a.spec.event.id.as_str()), ("a", "event-a-1"));
+    assert!(a.resource_version().is_some(), "read with a version");
+    assert!(s.deliveries.get(&s.namespace, "missing").await.unwrap().is_none());
+    let listed = s.deliveries.list(Some(&s.namespace), Some("a"), &[], 10).await.unwrap();
+    let names: Vec<String> = listed.iter().map(|d| d.name_any()).collect();
+    assert_eq!(names, vec!["a-1"], "once, and only webhook a's");
+}
+
+async fn a_list_has_the_newest_of_a_webhook_in_the_phases_asked_for(s: Subject) {
+    for n in 1..=3 {
+        s.insert(vec![s.delivery(&format!("c-{n}"), "c")]).await.unwrap();
+    }
+    let listed = s.deliveries.list(Some(&s.namespace), Some("c"), &[], 2).await.unwrap();
+    let names: Vec<String> = listed.iter().map(|d| d.name_any()).collect();
+    assert!(
+        names.contains(&"c-3".into()) && names.contains(&"c-2".into()),
+        "{names:?}"
+    );
+    let finished = s
+        .deliveries
+        .list(Some(&s.namespace), Some("c"), &[Phase::Succeeded], 10)
+        .await
+        .unwrap();
+    assert!(finished.is_empty(), "none has succeeded: {finished:?}");
+    let pending = s
+        .deliveries
+        .list(Some(&s.namespace), Some("c"), &[Phase::Pending], 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 3);
+}
+
+async fn a_record_stands_only_on_the_state_it_was_made_from(s: Subject) {
+    s.insert(vec![s.delivery("r-1", "r")]).await.unwrap();
+    let read = s.due("r-1").await;
+    let first = match s.queue.record(&read, &attempted(1, Phase::Retrying), CLAIMANT).await {
+        Ok(Written::Stored(d)) => d,
+        other => panic!("the first record must be stored: {other:?}"),
+    };
+    assert_eq!(first.status.as_ref().unwrap().attempt_count, 1);
+    let stored = s.deliveries.get(&s.namespace, "r-1").await.unwrap().unwrap();
+    assert_eq!(stored.status.as_ref().unwrap().phase, Phase::Retrying);
+    // A second writer that read the delivery before the first record (a
+    // deposed leader, a replica whose claim was taken over) is refused and
+    // shown what stands.
+    match s.queue.record(&read, &attempted(1, Phase::Failed), CLAIMANT).await {
+        Ok(Written::Superseded(current)) => {
+            let status = current.status.unwrap();
+            assert_eq!((status.attempt_count, status.phase), (1, Phase::Retrying));
+        }
+        other => panic!("a record made from a stale read must not stand: {other:?}"),
+    }
+    let stored = s.deliveries.get(&s.namespace, "r-1").await.unwrap().unwrap();
+    assert_eq!(stored.status.unwrap().phase, Phase::Retrying, "the first record stands");
+}
+
+async fn a_redelivery_is_stamped_and_a_missing_delivery_is_not_found(s: Subject) {
+    s.insert(vec![s.delivery("d-1", "d")]).await.unwrap();
+    s.deliveries
+        .redeliver(&s.namespace, "d-1", "2026-12-03T00:00:00Z")
+        .await
+        .unwrap();
+    let stamped = s.deliveries.get(&s.namespace, "d-1").await.unwrap().unwrap();
+    assert_eq!(
+        stamped.annotations().get(REDELIVER_ANNOTATION).map(String::as_str),
+        Some("2026-12-03T00:00:00Z")
+    );
+    match s.deliveries.redeliver(&s.namespace, "missing", "x").await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("redelivering a missing delivery: {other:?}"),
+    }
+}
+
+/// `mod NAME { memory, kubernetes, postgres }`: the contract `NAME(subject)`
+/// against each store.
+macro_rules! every_store {
+    ($($test:ident),* $(,)?) => { $(
+        mod $test {
+            #[tokio::test]
+            async fn memory() {
+                super::$test(super::Subject::memory()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kubernetes() {
+                super::$test(super::Subject::kubernetes(stringify!($test)).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(super::Subject::postgres("contract").await).await
+            }
+        }
+    )* };
+}
+
+every_store!(
+    an_insert_is_idempotent_and_what_is_stored_can_be_read,
+    a_list_has_the_newest_of_a_webhook_in_the_phases_asked_for,
+    a_record_stands_only_on_the_state_it_was_made_from,
+    a_redelivery_is_stamped_and_a_missing_delivery_is_not_found,
+);
