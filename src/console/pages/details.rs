@@ -1,0 +1,120 @@
+//! One delivery's details: its attempts, and Redeliver.
+
+use super::*;
+
+pub(super) struct AttemptView {
+    pub(super) number: u32,
+    pub(super) time: String,
+    pub(super) duration_ms: u64,
+    pub(super) method: String,
+    pub(super) url: String,
+    pub(super) request_headers: Vec<Header>,
+    pub(super) status_code: String,
+    pub(super) response_headers: Vec<Header>,
+    pub(super) response_body: String,
+    pub(super) error: String,
+}
+
+#[derive(Template)]
+#[template(path = "delivery.html")]
+pub(super) struct DeliveryPage {
+    pub(super) chrome: Chrome,
+    pub(super) name: String,
+    pub(super) webhook: String,
+    pub(super) event: String,
+    pub(super) event_id: String,
+    pub(super) phase: String,
+    pub(super) message: String,
+    pub(super) attempts: Vec<AttemptView>,
+    pub(super) omitted: u32,
+    pub(super) body: String,
+}
+
+pub(crate) async fn delivery(
+    Extension(session): Extension<Arc<Session>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let d = match read_delivery(&session, &ns, &name).await {
+        Ok(d) => d,
+        Err(problem) => return problem,
+    };
+    let custom = Api::<Webhook>::namespaced(session.client.clone(), &ns)
+        .get(&d.spec.webhook)
+        .await
+        .ok()
+        .and_then(|w| w.spec.custom_payload);
+    // The body as sent: recorded for a custom payload; the envelope is
+    // rebuilt byte for byte from the stored payload.
+    let body = match (d.status.as_ref().and_then(|s| s.request_body.clone()), custom) {
+        (Some(recorded), _) => recorded,
+        (None, custom) => match crate::delivery::request::body(&d, custom.as_deref()) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("(cannot be shown: {e})"),
+        },
+    };
+    let status = d.status.clone().unwrap_or_default();
+    let attempts = status
+        .attempts
+        .iter()
+        .rev()
+        .map(|a| AttemptView {
+            number: a.number,
+            time: a.time.0.strftime("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+            duration_ms: a.duration_ms,
+            method: a.request.method.clone(),
+            url: a.request.url.clone(),
+            request_headers: a.request.headers.clone(),
+            status_code: a
+                .response
+                .as_ref()
+                .map(|r| r.status_code.to_string())
+                .unwrap_or_else(|| "no response".into()),
+            response_headers: a.response.as_ref().map(|r| r.headers.clone()).unwrap_or_default(),
+            response_body: a.response.as_ref().map(|r| r.body.clone()).unwrap_or_default(),
+            error: a.error.clone().unwrap_or_default(),
+        })
+        .collect();
+    page(DeliveryPage {
+        chrome: chrome(&session, &ns).await,
+        webhook: d.spec.webhook.clone(),
+        event: d.spec.event.name.clone(),
+        event_id: d.spec.event.id.clone(),
+        phase: format!("{:?}", status.phase),
+        message: status.message.clone().unwrap_or_default(),
+        attempts,
+        omitted: status.attempts_omitted,
+        body,
+        name,
+    })
+}
+
+/// A delivery as the user may see it: a Delivery object read with their
+/// identity, or from the Postgres store if they may read its Webhook (one
+/// answer for missing and not allowed, so nothing is revealed).
+pub(super) async fn read_delivery(session: &Session, ns: &str, name: &str) -> Result<Delivery, Response> {
+    match session.deliveries.get(ns, name).await {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("No delivery {name} that your Kubernetes identity may read in {ns}."),
+        )),
+        Err(e) => Err(store_problem(&e, &format!("read Delivery {name}"))),
+    }
+}
+
+pub(crate) async fn redeliver(
+    Extension(session): Extension<Arc<Session>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    or_page!(checked(&session, &body));
+    match session
+        .deliveries
+        .redeliver(&ns, &name, &jiff::Timestamp::now().to_string())
+        .await
+    {
+        Ok(()) => Redirect::to(&format!("/ns/{}/deliveries/{}", url_part(&ns), url_part(&name))).into_response(),
+        Err(e) => store_problem(&e, &format!("redeliver {name}")),
+    }
+}
