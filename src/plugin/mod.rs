@@ -1,0 +1,266 @@
+//! `kubectl hookrelay`: history, details, test events, bulk redelivery,
+//! secrets, tail and send from the terminal. The same binary acts as the
+//! plugin when it is invoked as `kubectl-hookrelay` (a symlink or copy on
+//! PATH). It honours kubectl's usual flags and uses the user's kubeconfig:
+//! RBAC decides what it may read and change.
+
+mod args;
+mod deliveries;
+mod output;
+mod redeliver;
+mod secret;
+mod send;
+mod show;
+mod status;
+mod tail;
+mod test_event;
+
+pub use args::*;
+use deliveries::*;
+use output::*;
+use redeliver::*;
+use secret::*;
+use send::*;
+use show::*;
+use status::*;
+use tail::*;
+use test_event::*;
+
+use crate::delivery::request;
+use crate::events::sample_payload;
+use crate::resources::delivery::{Delivery, Phase};
+use crate::resources::{Hub, ROTATE_SECRET_ANNOTATION, WEBHOOK_LABEL, Webhook};
+use crate::secrets;
+use crate::store::StoreError;
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether this process was started as the kubectl plugin.
+pub fn invoked_as_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| PathBuf::from(a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|n| n.starts_with("kubectl-hookrelay"))
+}
+
+/// What every command needs.
+struct Ctx {
+    client: Client,
+    namespace: String,
+    all: bool,
+    output: Output,
+    color: bool,
+    /// The deliveries as this user may see them.
+    deliveries: std::sync::Arc<dyn crate::store::Deliveries>,
+}
+
+impl Ctx {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        if self.all {
+            Api::all(self.client.clone())
+        } else {
+            Api::namespaced(self.client.clone(), &self.namespace)
+        }
+    }
+
+    fn here<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn paint(&self, text: &str, code: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn status_code(&self, code: Option<u16>) -> String {
+        match code {
+            Some(c @ 200..=299) => self.paint(&c.to_string(), "32"),
+            Some(c) => self.paint(&c.to_string(), "31"),
+            None => "-".into(),
+        }
+    }
+
+    async fn webhook(&self, name: &str) -> anyhow::Result<Webhook> {
+        self.here::<Webhook>()
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| anyhow!("no such webhook {name:?} in namespace {}", self.namespace))
+    }
+
+    async fn delivery(&self, name: &str) -> anyhow::Result<Delivery> {
+        let ns = &self.namespace;
+        self.deliveries
+            .get(ns, name)
+            .await?
+            .ok_or_else(|| anyhow!("no such delivery {name:?} in namespace {ns}"))
+    }
+}
+
+/// Runs the plugin; the exit code.
+pub async fn main() -> i32 {
+    let plugin = match Plugin::try_parse() {
+        Ok(p) => p,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            // clap's first line names the flag and what is allowed.
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return 2;
+        }
+    };
+    match plugin.run().await {
+        Ok(()) => 0,
+        Err(e) => {
+            // One line naming what is wrong.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            1
+        }
+    }
+}
+
+impl Plugin {
+    async fn run(self) -> anyhow::Result<()> {
+        let kubeconfig = match &self.kubeconfig {
+            Some(path) => Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?,
+            None => Kubeconfig::read().context("reading the kubeconfig")?,
+        };
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = Client::try_from(config)?;
+        let store = match &self.postgres_url {
+            Some(url) => {
+                let ca = crate::store::read_ca(self.postgres_ca_file.as_deref())?;
+                crate::store::Store::Postgres(crate::store::postgres::Postgres::open(url, ca.as_deref())?)
+            }
+            None => crate::store::Store::Kubernetes,
+        };
+        let ctx = Ctx {
+            deliveries: store.for_user(&client),
+            client,
+            namespace,
+            all: self.all_namespaces,
+            output: self.output,
+            color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        };
+        if self.postgres_url.is_some()
+            && (self.all_namespaces || matches!(self.command, Command::Tail { .. } | Command::Test { .. }))
+        {
+            bail!(
+                "with --postgres-url: deliveries, show and redeliver work in one namespace; tail, test and --all-namespaces read Delivery objects (use the console's Send test)"
+            );
+        }
+        match self.command {
+            Command::Status { hub } => status(&ctx, hub).await,
+            Command::Deliveries { webhook, filter } => deliveries(&ctx, webhook, &filter).await,
+            Command::Show { delivery } => show(&ctx, &delivery).await,
+            Command::Redeliver {
+                deliveries,
+                webhook,
+                filter,
+                yes,
+                dry_run,
+            } => redeliver(&ctx, deliveries, webhook, &filter, yes, dry_run).await,
+            Command::Test {
+                webhook,
+                event,
+                payload,
+                timeout,
+            } => test(&ctx, &webhook, event, payload, timeout).await,
+            Command::Secret { webhook, rotate, set } => secret(&ctx, &webhook, rotate, set).await,
+            Command::Tail { webhook } => tail(&ctx, webhook).await,
+            Command::Send {
+                hub,
+                event,
+                payload,
+                id,
+                ingest_url,
+            } => send(&ctx, &hub, &event, payload, id, ingest_url).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_on_visible_width() {
+        let rows = vec![
+            vec!["shop-1".to_string(), "\x1b[32m200\x1b[0m".to_string(), "x".to_string()],
+            vec!["s".to_string(), "-".to_string(), "longer".to_string()],
+        ];
+        let out = table(&["DELIVERY", "STATUS", "OUTCOME"], &rows);
+        let lines: Vec<String> = out.lines().map(strip_ansi).collect();
+        assert_eq!(lines[0], "DELIVERY   STATUS   OUTCOME");
+        assert_eq!(lines[1], "shop-1     200      x");
+        assert_eq!(lines[2], "s          -        longer");
+    }
+
+    #[test]
+    fn since_and_ages_read_as_people_write_them() {
+        assert_eq!(parse_since("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_since("2x").unwrap_err().starts_with("bad --since"));
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(age(t0, t0 + jiff::SignedDuration::from_secs(90)), "90s");
+        assert_eq!(age(t0, t0 + jiff::SignedDuration::from_hours(5)), "5h");
+    }
+
+    #[test]
+    fn plugin_flags_parse_like_kubectls() {
+        let p = Plugin::try_parse_from([
+            "kubectl-hookrelay",
+            "-n",
+            "team-a",
+            "deliveries",
+            "shop",
+            "--outcome",
+            "failed",
+            "--since",
+            "2h",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(p.namespace.as_deref(), Some("team-a"));
+        assert_eq!(p.output, Output::Json);
+        assert!(matches!(p.command, Command::Deliveries { webhook: Some(ref w), .. } if w == "shop"));
+        let err = Plugin::try_parse_from(["kubectl-hookrelay", "deliveries", "--since", "2x"]).unwrap_err();
+        assert!(err.to_string().contains("bad --since"), "{err}");
+    }
+}

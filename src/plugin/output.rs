@@ -1,0 +1,78 @@
+//! How results are printed: aligned tables, ages, JSON or YAML.
+
+use super::*;
+
+/// The id in a delivery's payload (`$.payload.id`), if any.
+pub(super) fn content_item(d: &Delivery) -> Option<String> {
+    match d.spec.payload_value().ok()?.get("id")? {
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let width = |s: &str| strip_ansi(s).chars().count();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(width(cell));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(widths[i] - width(cell) + 3));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+pub(super) fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// "5m" style ages.
+pub(super) fn age(since: Timestamp, now: Timestamp) -> String {
+    let s = now.duration_since(since).as_secs().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+pub(super) fn print_structured(output: Output, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    match output {
+        Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
+}
+
+pub(super) fn phase_of(d: &Delivery) -> Phase {
+    d.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}

@@ -1,0 +1,75 @@
+//! `kubectl hookrelay show`: one delivery and its attempts.
+
+use super::*;
+
+pub(super) async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let mut d = ctx.delivery(name).await?;
+    d.metadata.managed_fields = None;
+    if matches!(ctx.output, Output::Json | Output::Yaml) {
+        return print_structured(ctx.output, &d);
+    }
+    let template = ctx
+        .here::<Webhook>()
+        .get_opt(&d.spec.webhook)
+        .await?
+        .and_then(|w| w.spec.custom_payload);
+    let s = d.status.clone().unwrap_or_default();
+    let bold = |t: &str| ctx.paint(t, "1");
+    println!("{} {}", bold("Delivery"), d.name_any());
+    println!("  webhook   {}", d.spec.webhook);
+    println!("  event     {} ({})", d.spec.event.name, d.spec.event.id);
+    println!("  received  {}", d.spec.event.received_at.0);
+    println!("  outcome   {:?} after {} attempts", s.phase, s.attempt_count);
+    if let Some(m) = &s.message {
+        println!("  message   {m}");
+    }
+    if let Some(next) = &s.next_attempt_at {
+        println!("  next      {}", next.0);
+    }
+    if s.attempts_omitted > 0 {
+        println!(
+            "  ({} attempts left out to keep the delivery within its size budget)",
+            s.attempts_omitted
+        );
+    }
+    let recorded = s.request_body.clone().map(String::into_bytes);
+    match recorded
+        .map(Ok)
+        .unwrap_or_else(|| request::body(&d, template.as_deref()))
+    {
+        Ok(body) => {
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let pretty = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(body);
+            println!("\n{}\n{pretty}", bold("Request body (as sent)"));
+        }
+        Err(e) => println!("\nRequest body cannot be shown: {e}"),
+    }
+    for a in &s.attempts {
+        println!(
+            "\n{} {}  {} ms",
+            bold(&format!("Attempt {}", a.number)),
+            a.time.0,
+            a.duration_ms
+        );
+        println!("→ {} {}", a.request.method, a.request.url);
+        for h in &a.request.headers {
+            println!("  {}: {}", ctx.paint(&h.name, "36"), h.value);
+        }
+        match &a.response {
+            Some(r) => {
+                println!("← {}", ctx.status_code(Some(r.status_code)));
+                for h in &r.headers {
+                    println!("  {}: {}", ctx.paint(&h.name, "36"), h.value);
+                }
+                if !r.body.is_empty() {
+                    println!("  {}{}", r.body, if r.body_truncated { " …(cut)" } else { "" });
+                }
+            }
+            None => println!("← {}", ctx.paint(a.error.as_deref().unwrap_or("no response"), "31")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `kubectl hookrelay status`: each hub's webhooks, their state and recent failures.
+
+use super::*;
+
+pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()> {
+    let hubs = ctx.api::<Hub>().list(&ListParams::default()).await?.items;
+    if let Some(name) = &only
+        && !hubs.iter().any(|h| h.name_any() == *name)
+    {
+        bail!("no such hub {name:?} in namespace {}", ctx.namespace);
+    }
+    let webhooks = ctx.api::<Webhook>().list(&ListParams::default()).await?.items;
+    let deliveries = ctx.api::<Delivery>().list(&ListParams::default()).await?.items;
+    let now = Timestamp::now();
+    let hour_ago = now - jiff::SignedDuration::from_hours(1);
+    let mut report = vec![];
+    for hub in hubs.iter().filter(|h| only.as_ref().is_none_or(|n| h.name_any() == *n)) {
+        let ns = hub.namespace().unwrap_or_default();
+        let mut rows = vec![];
+        for w in webhooks
+            .iter()
+            .filter(|w| w.spec.hub == hub.name_any() && w.namespace() == hub.namespace())
+        {
+            let of_webhook: Vec<&Delivery> = deliveries
+                .iter()
+                .filter(|d| d.spec.webhook == w.name_any() && d.namespace() == w.namespace())
+                .collect();
+            let failures = of_webhook
+                .iter()
+                .flat_map(|d| d.status.iter().flat_map(|s| s.attempts.iter()))
+                .filter(|a| a.time.0 >= hour_ago)
+                .filter(|a| !a.response.as_ref().is_some_and(|r| (200..300).contains(&r.status_code)))
+                .count();
+            let retrying = of_webhook.iter().filter(|d| phase_of(d) == Phase::Retrying).count();
+            let ready = w
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| {
+                    if c.status == "True" {
+                        "True".to_string()
+                    } else {
+                        c.reason.clone()
+                    }
+                })
+                .unwrap_or_else(|| "Unknown".into());
+            // From the Deliveries themselves: the Webhook's summary is
+            // written coalesced, a moment later.
+            let last_status = of_webhook
+                .iter()
+                .filter_map(|d| d.status.as_ref())
+                .filter_map(|s| Some((s.attempts.last()?.time.0, s.last_status_code)))
+                .max_by_key(|(time, _)| *time)
+                .and_then(|(_, code)| code)
+                .or_else(|| {
+                    w.status
+                        .as_ref()
+                        .and_then(|s| s.last_delivery.as_ref())
+                        .and_then(|d| d.status_code)
+                });
+            rows.push(json!({
+                "webhook": w.name_any(), "label": w.spec.label, "active": w.spec.active, "ready": ready,
+                "lastStatus": last_status,
+                "failuresLastHour": failures, "retrying": retrying,
+            }));
+        }
+        let ready = hub
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        report.push(json!({
+            "namespace": ns, "hub": hub.name_any(), "label": hub.spec.label, "ready": ready,
+            "ingestPath": format!("/v1/namespaces/{ns}/hubs/{}/events", hub.name_any()),
+            "webhooks": rows,
+        }));
+    }
+    if matches!(ctx.output, Output::Json | Output::Yaml) {
+        return print_structured(ctx.output, &json!({ "hubs": report }));
+    }
+    if report.is_empty() {
+        println!("No hubs in namespace {}.", ctx.namespace);
+    }
+    for hub in &report {
+        let webhooks = hub["webhooks"].as_array().cloned().unwrap_or_default();
+        let active = webhooks.iter().filter(|w| w["active"] == true).count();
+        println!(
+            "Hub {} ({}) in {}: {}, {active}/{} webhooks active; the CMS posts to {}",
+            hub["hub"].as_str().unwrap_or_default(),
+            hub["label"].as_str().unwrap_or_default(),
+            hub["namespace"].as_str().unwrap_or_default(),
+            if hub["ready"] == true {
+                ctx.paint("Ready", "32")
+            } else {
+                ctx.paint("Not ready", "31")
+            },
+            webhooks.len(),
+            hub["ingestPath"].as_str().unwrap_or_default(),
+        );
+        let rows: Vec<Vec<String>> = webhooks
+            .iter()
+            .map(|w| {
+                vec![
+                    w["webhook"].as_str().unwrap_or_default().to_string(),
+                    w["label"].as_str().unwrap_or_default().to_string(),
+                    if w["active"] == true {
+                        "true".into()
+                    } else {
+                        ctx.paint("false", "31")
+                    },
+                    w["ready"].as_str().unwrap_or_default().to_string(),
+                    ctx.status_code(w["lastStatus"].as_u64().map(|c| c as u16)),
+                    w["failuresLastHour"].to_string(),
+                    w["retrying"].to_string(),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            let headers = [
+                "WEBHOOK",
+                "LABEL",
+                "ACTIVE",
+                "READY",
+                "LAST STATUS",
+                "FAILED (1H)",
+                "RETRYING",
+            ];
+            println!("{}\n", table(&headers, &rows));
+        }
+    }
+    Ok(())
+}
