@@ -9,7 +9,9 @@ use hookrelay::resources::WEBHOOK_LABEL;
 use hookrelay::resources::delivery::{Delivery, DeliverySpec, DeliveryStatus, EventRef, Phase, REDELIVER_ANNOTATION};
 use hookrelay::store::memory::Memory;
 use hookrelay::store::postgres::{ClaimLimits, Postgres};
-use hookrelay::store::{Deliveries, NewDelivery, Queue, StoreError, Written};
+use hookrelay::store::{
+    Deliveries, Due, Limits, Loaded, NewDelivery, Queue, Records, Scope, Settled, Store, StoreError, Written,
+};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
@@ -19,6 +21,8 @@ use std::time::Duration;
 /// One store under test, as its users see it.
 struct Subject {
     deliveries: Arc<dyn Deliveries>,
+    records: Arc<dyn Records>,
+    /// The engine's schedule of the test's namespace.
     queue: Arc<dyn Queue>,
     namespace: String,
     /// Postgres: deliveries are recorded by whoever claimed them.
@@ -31,8 +35,9 @@ impl Subject {
     fn memory() -> Subject {
         let memory = Arc::new(Memory::default());
         Subject {
+            queue: memory.clone(),
             deliveries: memory.clone(),
-            queue: memory,
+            records: memory,
             namespace: "contract".into(),
             postgres: None,
         }
@@ -42,8 +47,9 @@ impl Subject {
         let env = support::TestEnv::new(test).await;
         let objects = Arc::new(hookrelay::store::kubernetes::Objects::new(env.client.clone()));
         Subject {
+            queue: Store::Kubernetes.queue(scope(&env.client, &env.ns)),
             deliveries: objects.clone(),
-            queue: objects,
+            records: objects,
             namespace: env.ns.clone(),
             postgres: None,
         }
@@ -54,9 +60,11 @@ impl Subject {
         let db = Postgres::connect(&url, None).await.expect("the test database");
         // Rows of earlier runs stay: a fresh namespace per run.
         let namespace = format!("{test}-{}", uuid::Uuid::new_v4().simple());
+        let client = support::TestEnv::new("contract_postgres_client").await.client;
         Subject {
+            queue: Store::Postgres(db.clone()).queue(scope(&client, &namespace)),
             deliveries: db.clone(),
-            queue: db.clone(),
+            records: db.clone(),
             namespace,
             postgres: Some(db),
         }
@@ -123,6 +131,51 @@ impl Subject {
     }
 }
 
+/// A schedule's scope with no webhooks or hubs known (the defaults apply).
+fn scope(client: &kube::Client, namespace: &str) -> Scope {
+    Scope {
+        client: client.clone(),
+        namespace: Some(namespace.to_string()),
+        webhooks: kube::runtime::reflector::store().0,
+        hubs: kube::runtime::reflector::store().0,
+        metrics: hookrelay::metrics::Metrics::new(),
+    }
+}
+
+/// The next due deliveries the schedule hands out, within a deadline.
+async fn next(s: &Subject) -> Vec<Due> {
+    let limits = Limits {
+        webhooks: vec![],
+        default: 100,
+        per_namespace: 100,
+    };
+    let next = s.queue.next(CLAIMANT, 100, Duration::from_secs(60), &limits);
+    tokio::time::timeout(Duration::from_secs(30), next)
+        .await
+        .expect("something due within 30 s")
+        .expect("the schedule answers")
+}
+
+/// Waits until the schedule hands out `name`, settling anything else as not sent.
+async fn handed_out(s: &Subject, name: &str) -> (Due, Delivery) {
+    loop {
+        for due in next(s).await {
+            if due.name != name {
+                s.queue.settle(&due, CLAIMANT, Settled::NotSent).await;
+                continue;
+            }
+            let delivery = match &due.delivery {
+                Some(d) => (**d).clone(),
+                None => match s.queue.load(&due).await.unwrap() {
+                    Loaded::Due(d) => d,
+                    other => panic!("a due delivery loads as due: {other:?}"),
+                },
+            };
+            return (due, delivery);
+        }
+    }
+}
+
 fn attempted(count: u32, phase: Phase) -> DeliveryStatus {
     DeliveryStatus {
         phase,
@@ -176,7 +229,7 @@ async fn a_list_has_the_newest_of_a_webhook_in_the_phases_asked_for(s: Subject) 
 async fn a_record_stands_only_on_the_state_it_was_made_from(s: Subject) {
     s.insert(vec![s.delivery("r-1", "r")]).await.unwrap();
     let read = s.due("r-1").await;
-    let first = match s.queue.record(&read, &attempted(1, Phase::Retrying), CLAIMANT).await {
+    let first = match s.records.record(&read, &attempted(1, Phase::Retrying), CLAIMANT).await {
         Ok(Written::Stored(d)) => d,
         other => panic!("the first record must be stored: {other:?}"),
     };
@@ -186,7 +239,7 @@ async fn a_record_stands_only_on_the_state_it_was_made_from(s: Subject) {
     // A second writer that read the delivery before the first record (a
     // deposed leader, a replica whose claim was taken over) is refused and
     // shown what stands.
-    match s.queue.record(&read, &attempted(1, Phase::Failed), CLAIMANT).await {
+    match s.records.record(&read, &attempted(1, Phase::Failed), CLAIMANT).await {
         Ok(Written::Superseded(current)) => {
             let status = current.status.unwrap();
             assert_eq!((status.attempt_count, status.phase), (1, Phase::Retrying));
@@ -212,6 +265,41 @@ async fn a_redelivery_is_stamped_and_a_missing_delivery_is_not_found(s: Subject)
         Err(StoreError::NotFound(_)) => {}
         other => panic!("redelivering a missing delivery: {other:?}"),
     }
+}
+
+async fn a_due_delivery_is_handed_out_and_a_deferred_one_again(s: Subject) {
+    s.insert(vec![s.delivery("q-1", "q")]).await.unwrap();
+    let (due, delivery) = handed_out(&s, "q-1").await;
+    assert_eq!((due.webhook.as_str(), due.early), ("q", false));
+    assert_eq!(delivery.spec.event.id, "event-q-1");
+    // Nothing was sent (say, the webhook could not be read): due again shortly.
+    s.queue.settle(&due, CLAIMANT, Settled::Deferred).await;
+    let (again, _) = handed_out(&s, "q-1").await;
+    let recorded = match s
+        .records
+        .record(&delivery, &attempted(1, Phase::Succeeded), CLAIMANT)
+        .await
+    {
+        Ok(Written::Stored(d)) => d,
+        other => panic!("the record of a handed-out delivery is stored: {other:?}"),
+    };
+    s.queue.settle(&again, CLAIMANT, Settled::Recorded(recorded)).await;
+}
+
+async fn hastening_a_webhook_brings_its_retries_forward(s: Subject) {
+    s.insert(vec![s.delivery("h-1", "h")]).await.unwrap();
+    let (due, delivery) = handed_out(&s, "h-1").await;
+    let mut retrying = attempted(1, Phase::Retrying);
+    retrying.next_attempt_at = Some(MicroTime(Timestamp::now() + jiff::SignedDuration::from_hours(1)));
+    let recorded = match s.records.record(&delivery, &retrying, CLAIMANT).await {
+        Ok(Written::Stored(d)) => d,
+        other => panic!("stored: {other:?}"),
+    };
+    s.queue.settle(&due, CLAIMANT, Settled::Recorded(recorded)).await;
+    // Due in an hour, until its webhook is deactivated.
+    s.queue.hasten(&s.namespace, "h").await;
+    let (_, again) = handed_out(&s, "h-1").await;
+    assert_eq!(again.status.unwrap().attempt_count, 1, "the retry, brought forward");
 }
 
 /// `mod NAME { memory, kubernetes, postgres }`: the contract `NAME(subject)`
@@ -240,4 +328,6 @@ every_store!(
     a_list_has_the_newest_of_a_webhook_in_the_phases_asked_for,
     a_record_stands_only_on_the_state_it_was_made_from,
     a_redelivery_is_stamped_and_a_missing_delivery_is_not_found,
+    a_due_delivery_is_handed_out_and_a_deferred_one_again,
+    hastening_a_webhook_brings_its_retries_forward,
 );

@@ -168,15 +168,14 @@ pub struct Settings {
 /// store delivers on this replica whether or not it leads.
 pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let delivering = settings.store.postgres().cloned().map(|store| {
+    let delivering = settings.store.claims().then(|| {
         let stop = shutdown.child_token();
-        let task = tokio::spawn(deliver_from_postgres(
+        let task = tokio::spawn(deliver_on_every_replica(
             client.clone(),
             scopes(&settings),
             delivery_options(&settings, Leadership::unconditional()),
             settings.claim_lease,
             metrics.clone(),
-            store,
             stop.clone(),
         ));
         (stop, task)
@@ -208,24 +207,24 @@ fn delivery_options(settings: &Settings, leadership: Leadership) -> crate::deliv
     }
 }
 
-/// Delivers from the Postgres store in every served namespace until `stop`:
-/// an engine per namespace reading webhooks and hubs from its own caches.
-async fn deliver_from_postgres(
+/// Where the store claims: delivers in every served namespace until `stop`,
+/// on this replica whether or not it leads: an engine per namespace
+/// reading webhooks and hubs from its own caches.
+async fn deliver_on_every_replica(
     client: Client,
     scopes: Vec<Option<String>>,
     options: crate::delivery::Options,
     lease: Duration,
     metrics: Arc<Metrics>,
-    store: Arc<crate::store::postgres::Postgres>,
     stop: CancellationToken,
 ) {
+    let store = options.store.name();
     let runs = scopes.into_iter().map(|namespace| {
         let hubs = watched(api::<Hub>(&client, namespace.as_deref()));
         let webhooks = watched(api::<Webhook>(&client, namespace.as_deref()));
         let secrets = SecretCache::new(client.clone());
         tokio::spawn(secrets.clone().watch(namespace.clone()));
-        let (client, options, metrics, store, stop) =
-            (client.clone(), options.clone(), metrics.clone(), store.clone(), stop.clone());
+        let (client, options, metrics, stop) = (client.clone(), options.clone(), metrics.clone(), stop.clone());
         async move {
             let ready = async { hubs.wait_until_ready().await.is_ok() && webhooks.wait_until_ready().await.is_ok() };
             let ready = tokio::select! {
@@ -236,7 +235,7 @@ async fn deliver_from_postgres(
                 return;
             }
             let scope = namespace.as_deref().unwrap_or("<all>").to_string();
-            tracing::info!(namespace = %scope, "caches synced; delivering from postgres");
+            tracing::info!(namespace = %scope, "caches synced; delivering from {store}");
             // One engine (one claimant) per stretch of contact with the store.
             loop {
                 let options = crate::delivery::Options {
@@ -252,17 +251,11 @@ async fn deliver_from_postgres(
                     metrics.clone(),
                     options,
                 );
-                let run = crate::delivery::claims::run(
-                    engine,
-                    store.clone(),
-                    namespace.clone(),
-                    lease,
-                    stop.clone().cancelled_owned(),
-                );
-                if run.await == crate::delivery::claims::Ended::Shutdown || stop.is_cancelled() {
+                let run = engine.run(namespace.clone(), lease, stop.clone().cancelled_owned());
+                if run.await == crate::delivery::Ended::Shutdown || stop.is_cancelled() {
                     return;
                 }
-                tracing::warn!(namespace = %scope, "lost contact with the postgres store; delivering again as a new claimant once it answers");
+                tracing::warn!(namespace = %scope, "lost contact with the {store} store; delivering again as a new claimant once it answers");
             }
         }
     });
@@ -456,8 +449,8 @@ async fn lead_namespace(
         .run(hubs::reconcile, error_policy, ctx)
         .for_each(|_| async {});
 
-    // With the Postgres store every replica delivers (`deliver_from_postgres`).
-    let engine = options.store.postgres().is_none().then(|| {
+    // Where the store claims, every replica delivers (`deliver_on_every_replica`).
+    let engine = (!options.store.claims()).then(|| {
         Engine::new(
             client.clone(),
             webhooks.clone(),
@@ -479,7 +472,8 @@ async fn lead_namespace(
             readiness.set_ready();
             if let Some(engine) = engine {
                 tracing::info!("caches synced; delivering");
-                engine.run(namespace, shutdown.cancelled_owned()).await;
+                // No claims, so no claim lease.
+                engine.run(namespace, Duration::ZERO, shutdown.cancelled_owned()).await;
             }
         }
     };

@@ -8,7 +8,7 @@ use super::outcome::{self, Answer, GONE, Round, Verdict};
 use super::request::{self, DEFAULT_SIGNATURE_HEADER, Outgoing, ResolvedHeader, SigningKeys};
 use super::retry::Schedule;
 use crate::egress;
-use crate::resources::delivery::{Attempt, Delivery, DeliveryStatus, Phase, REDELIVER_ANNOTATION, RecordedRequest};
+use crate::resources::delivery::{Attempt, Delivery, DeliveryStatus, Phase, RecordedRequest};
 use crate::resources::webhook::{Deactivation, DeliverySummary};
 use crate::resources::{Hub, Webhook};
 use crate::secrets;
@@ -91,13 +91,6 @@ const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RENDER_BUDGET: Duration = Duration::from_secs(2);
 /// Longest pause between two tries of the same record write.
 const RECORD_BACKOFF_CAP: Duration = Duration::from_secs(30);
-
-/// The redelivery request on a Delivery not yet acted on, if any.
-pub fn redelivery_request(delivery: &Delivery) -> Option<&str> {
-    let requested = delivery.annotations().get(REDELIVER_ANNOTATION)?;
-    let handled = delivery.status.as_ref().and_then(|s| s.redelivered_for.as_deref());
-    (handled != Some(requested.as_str())).then_some(requested.as_str())
-}
 
 /// Where an attempt goes: its webhook, or why it is not sent.
 enum Target {
@@ -187,7 +180,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
     let mut status = delivery.status.clone().unwrap_or_default();
     // It is its turn now (or it never waited).
     status.waiting_for = None;
-    if let Some(request) = redelivery_request(delivery) {
+    if let Some(request) = delivery.redelivery_request() {
         // A manual redelivery: a new round of attempts under the same id,
         // recorded after the earlier ones.
         status.redelivered_for = Some(request.to_string());
@@ -450,7 +443,7 @@ async fn record(engine: &Engine, delivery: &Delivery, mut status: DeliveryStatus
     let mut compacted = false;
     let mut delay = Duration::from_millis(200);
     loop {
-        let failure = match engine.queue.record(delivery, &status, &engine.claimant).await {
+        let failure = match engine.records.record(delivery, &status, &engine.claimant).await {
             Ok(Written::Stored(stored)) => {
                 recorded(engine, &ns, delivery, &status, summary);
                 return Outcome::Recorded(Box::new(stored), None);

@@ -5,7 +5,6 @@ use super::signing;
 use crate::resources::delivery::{Delivery, Header, InvalidPayload};
 use crate::template;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 /// What replaces a value read from a Secret in recorded headers.
 pub const REDACTED: &str = "<redacted>";
@@ -54,16 +53,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The event as templates see it.
-pub fn event_document(delivery: &Delivery) -> Result<Value, InvalidPayload> {
-    Ok(json!({
-        "id": delivery.spec.event.id,
-        "name": delivery.spec.event.name,
-        "payload": delivery.spec.payload_value()?,
-        "receivedAt": delivery.spec.event.received_at,
-    }))
-}
-
 /// Why no body can be made for a delivery.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -92,7 +81,7 @@ pub fn body(delivery: &Delivery, custom_payload: Option<&str>) -> Result<Vec<u8>
             };
             Ok(serde_json::to_vec(&envelope).expect("a string and a raw value serialise"))
         }
-        Some(t) => Ok(template::render(t, &event_document(delivery)?)?.into_bytes()),
+        Some(t) => Ok(template::render(t, &delivery.event_document()?)?.into_bytes()),
     }
 }
 
@@ -147,6 +136,7 @@ mod tests {
     use super::*;
     use crate::resources::delivery::{DeliverySpec, EventRef};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use serde_json::{Value, json};
 
     fn delivery() -> Delivery {
         Delivery::new(

@@ -71,6 +71,25 @@ pub enum InvalidPayload {
     TooDeep(usize),
 }
 
+impl Delivery {
+    /// The event as templates and ordering keys see it.
+    pub fn event_document(&self) -> Result<serde_json::Value, InvalidPayload> {
+        Ok(serde_json::json!({
+            "id": self.spec.event.id,
+            "name": self.spec.event.name,
+            "payload": self.spec.payload_value()?,
+            "receivedAt": self.spec.event.received_at,
+        }))
+    }
+
+    /// The redelivery request on this delivery not yet acted on, if any.
+    pub fn redelivery_request(&self) -> Option<&str> {
+        let requested = kube::ResourceExt::annotations(self).get(REDELIVER_ANNOTATION)?;
+        let handled = self.status.as_ref().and_then(|s| s.redelivered_for.as_deref());
+        (handled != Some(requested.as_str())).then_some(requested.as_str())
+    }
+}
+
 impl DeliverySpec {
     /// The payload as a JSON value (for templates and filters), checked to
     /// be one JSON document within the depth limit, whoever stored it.

@@ -1,15 +1,20 @@
 //! The in-memory store: deliveries in a map, for tests of everything above
-//! the seam without a cluster or a database. Not durable: a restart loses
-//! every delivery. Its versions play the part of a resourceVersion, so a
-//! record is as conditional as in the durable stores.
+//! the seam (the engine included) without a cluster or a database. Not
+//! durable: a restart loses every delivery. Its versions play the part of a
+//! resourceVersion, so a record is as conditional as in the durable stores.
+//! One engine delivers (nothing is claimed); ordering keys are not kept.
 
-use super::{Deliveries, Fanout, Queue, StoreError, Written};
+use super::{DEFER, Deliveries, Due, Fanout, Limits, Loaded, Queue, Records, Settled, StoreError, Written, due_at};
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase, REDELIVER_ANNOTATION};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use jiff::Timestamp;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::sync::broadcast;
 
 /// Every delivery, by (namespace, name), with the order they were stored in.
@@ -24,6 +29,12 @@ struct Row {
     version: u64,
     /// Accept order.
     seq: u64,
+    /// Handed to the engine and not settled yet.
+    handed_out: bool,
+    /// Deferred: not due before this.
+    not_before: Option<Timestamp>,
+    /// Brought forward: due now, and handed out as `early`.
+    hastened: bool,
 }
 
 impl Row {
@@ -39,6 +50,8 @@ impl Row {
 pub struct Memory {
     rows: Mutex<Rows>,
     changed: broadcast::Sender<(String, String, String)>,
+    /// Woken on every change, for the engine's schedule.
+    wake: Notify,
 }
 
 impl Default for Memory {
@@ -46,6 +59,7 @@ impl Default for Memory {
         Self {
             rows: Mutex::default(),
             changed: broadcast::channel(1024).0,
+            wake: Notify::new(),
         }
     }
 }
@@ -56,6 +70,7 @@ impl Memory {
     }
 
     fn announce(&self, delivery: &Delivery) {
+        self.wake.notify_one();
         let _ = self.changed.send((
             delivery.namespace().unwrap_or_default(),
             delivery.spec.webhook.clone(),
@@ -110,6 +125,9 @@ impl Deliveries for Memory {
                     delivery,
                     version: 1,
                     seq,
+                    handed_out: false,
+                    not_before: None,
+                    hastened: false,
                 },
             );
         }
@@ -166,6 +184,7 @@ impl Deliveries for Memory {
             .annotations_mut()
             .insert(REDELIVER_ANNOTATION.into(), request.into());
         row.version += 1;
+        row.not_before = None;
         self.announce(&row.delivery);
         Ok(())
     }
@@ -200,7 +219,7 @@ fn announcements(
 }
 
 #[async_trait::async_trait]
-impl Queue for Memory {
+impl Records for Memory {
     /// Stored if the version is the one the engine read; if it changed
     /// without progress (a redelivery request is progress only once acted
     /// on) the record still stands, as in the Kubernetes store.
@@ -231,4 +250,108 @@ impl Queue for Memory {
         self.announce(&row.delivery);
         Ok(Written::Stored(row.read()))
     }
+}
+
+impl Row {
+    /// When the engine may have it: never while handed out or finished.
+    fn due(&self) -> Option<Timestamp> {
+        if self.handed_out {
+            return None;
+        }
+        let due = due_at(&self.delivery)?;
+        if self.hastened {
+            return Some(Timestamp::UNIX_EPOCH);
+        }
+        Some(self.not_before.map_or(due, |t| t.max(due)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Memory {
+    /// Everything due, handed out whole; waits for the next change or the
+    /// next due time.
+    async fn next(
+        &self,
+        _claimant: &str,
+        _room: usize,
+        _lease: Duration,
+        _limits: &Limits,
+    ) -> Result<Vec<Due>, StoreError> {
+        loop {
+            let woken = self.wake.notified();
+            let now = Timestamp::now();
+            let mut next_due: Option<Timestamp> = None;
+            let batch: Vec<Due> = {
+                let mut rows = self.rows();
+                let mut batch = vec![];
+                for row in rows.rows.values_mut() {
+                    match row.due() {
+                        Some(at) if at <= now => {
+                            row.handed_out = true;
+                            batch.push(Due {
+                                namespace: row.delivery.namespace().unwrap_or_default(),
+                                name: row.delivery.name_any(),
+                                webhook: row.delivery.spec.webhook.clone(),
+                                delivery: Some(Arc::new(row.read())),
+                                version: Some(row.version.to_string()),
+                                early: std::mem::take(&mut row.hastened),
+                                claimed_until: None,
+                            });
+                        }
+                        Some(at) => next_due = Some(next_due.map_or(at, |n: Timestamp| n.min(at))),
+                        None => {}
+                    }
+                }
+                batch
+            };
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            let wait = next_due
+                .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn load(&self, due: &Due) -> Result<Loaded, StoreError> {
+        Ok(match self.get(&due.namespace, &due.name).await? {
+            Some(d) => Loaded::Due(d),
+            None => Loaded::Gone,
+        })
+    }
+
+    async fn settle(&self, due: &Due, _claimant: &str, settled: Settled) {
+        let mut rows = self.rows();
+        let Some(row) = rows.rows.get_mut(&(due.namespace.clone(), due.name.clone())) else {
+            return;
+        };
+        row.handed_out = false;
+        row.not_before = match settled {
+            Settled::Deferred => Some(Timestamp::now() + DEFER),
+            // Not again until it changes (here: until redelivered).
+            Settled::Unrecorded(_) => Some(Timestamp::MAX),
+            _ => None,
+        };
+        self.wake.notify_one();
+    }
+
+    async fn hasten(&self, namespace: &str, webhook: &str) {
+        let mut rows = self.rows();
+        for row in rows.rows.values_mut() {
+            if row.delivery.namespace().as_deref() == Some(namespace)
+                && row.delivery.spec.webhook == webhook
+                && !row.handed_out
+                && due_at(&row.delivery).is_some()
+            {
+                row.hastened = true;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    async fn housekeeping(&self, _round: u64) {}
 }

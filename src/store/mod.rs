@@ -15,8 +15,10 @@ pub mod retention;
 
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
 use futures::stream::BoxStream;
+use jiff::Timestamp;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The delivery store a controller or ingest uses (`--store`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -140,9 +142,69 @@ pub enum Written {
     Gone,
 }
 
-/// The delivery engine's side of a store.
+/// A delivery the store hands the engine to attempt now.
+#[derive(Clone, Debug)]
+pub struct Due {
+    pub namespace: String,
+    pub name: String,
+    pub webhook: String,
+    /// The delivery, when the store holds it whole; else the engine loads
+    /// it (`Queue::load`) once it holds the delivery's slots, so a backlog
+    /// coming due at once is read as fast as it can be sent.
+    pub delivery: Option<Arc<Delivery>>,
+    /// The version it was due at: a load is never older.
+    pub version: Option<String>,
+    /// Brought forward although not due (its webhook was deactivated): to
+    /// be attempted, and so cancelled, now.
+    pub early: bool,
+    /// Where the store claims: when this process's claim ends, by its own
+    /// clock. No request is started that could outlast it.
+    pub claimed_until: Option<std::time::Instant>,
+}
+
+/// A due delivery as loaded.
+#[derive(Debug)]
+pub enum Loaded {
+    Due(Delivery),
+    /// Changed meanwhile (finished, or due later).
+    NotDue(Delivery),
+    Gone,
+}
+
+/// What became of a due delivery, for the store to schedule what follows.
+#[derive(Debug)]
+pub enum Settled {
+    /// An attempt was recorded; the delivery as stored.
+    Recorded(Delivery),
+    /// Someone else recorded it first, or it changed before it was sent;
+    /// the delivery as it is now.
+    Superseded(Delivery),
+    Gone,
+    /// Nothing was sent: this process may not act (any more).
+    NotSent,
+    /// Nothing was sent for a reason that may pass: due again shortly.
+    Deferred,
+    /// A request may have reached the handler but its outcome is not
+    /// recorded: not attempted again until the delivery changes (or its
+    /// claim runs out), and then under the same id. The version the attempt
+    /// was made from.
+    Unrecorded(Option<String>),
+}
+
+/// How many deliveries of each webhook may be in flight, for stores that
+/// claim (others leave it to the engine's slots).
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// (namespace, webhook, limit) where it differs from `default`.
+    pub webhooks: Vec<(String, String, u32)>,
+    pub default: u32,
+    /// What one namespace may hold of this replica's claims.
+    pub per_namespace: usize,
+}
+
+/// Where attempts are recorded.
 #[async_trait::async_trait]
-pub trait Queue: Send + Sync {
+pub trait Records: Send + Sync {
     /// Writes an attempt's `status` to `delivery` (as the engine read it),
     /// only if nobody recorded progress on it since and, where deliveries
     /// are claimed, while `claimant` still holds it. One write: the engine
@@ -150,6 +212,58 @@ pub trait Queue: Send + Sync {
     /// once when the store refuses it as `Invalid` or `TooLarge`.
     async fn record(&self, delivery: &Delivery, status: &DeliveryStatus, claimant: &str)
     -> Result<Written, StoreError>;
+}
+
+/// Wait before a delivery deferred before sending is due again.
+pub const DEFER: Duration = Duration::from_secs(5);
+
+/// What a store's schedule reads besides deliveries: one namespace (or
+/// all), its webhooks and hubs (ordering keys, limits, retention), metrics.
+pub struct Scope {
+    pub client: kube::Client,
+    pub namespace: Option<String>,
+    pub webhooks: kube::runtime::reflector::Store<crate::resources::Webhook>,
+    pub hubs: kube::runtime::reflector::Store<crate::resources::Hub>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What the delivery engine sees of a store's schedule: due deliveries in,
+/// what became of them out (records go through `Records`).
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync {
+    /// Whether every replica delivers, each claiming what it sends (else one
+    /// leader delivers everything).
+    fn claims(&self) -> bool {
+        false
+    }
+
+    /// Keeps `claimant` alive for `ttl`, where the store claims: its claims
+    /// are others' once it stops.
+    async fn heartbeat(&self, _claimant: &str, _ttl: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Waits until deliveries are due and hands them out: where the store
+    /// claims, at most `room`, claimed for `claimant` for `lease` within
+    /// `limits`; else every one that came due (the engine's slots bound what
+    /// runs). Deliveries waiting for an earlier one of their ordering key
+    /// are not handed out.
+    async fn next(&self, claimant: &str, room: usize, lease: Duration, limits: &Limits)
+    -> Result<Vec<Due>, StoreError>;
+
+    /// Reads a due delivery handed out without it.
+    async fn load(&self, due: &Due) -> Result<Loaded, StoreError>;
+
+    /// What became of a due delivery.
+    async fn settle(&self, due: &Due, claimant: &str, settled: Settled);
+
+    /// Makes every unfinished delivery of a webhook due now (it was
+    /// deactivated: they are cancelled at once, not at their retry).
+    async fn hasten(&self, namespace: &str, webhook: &str);
+
+    /// Every few seconds (`round` counts them): retention, statistics,
+    /// safety nets, the pending gauge. Slow work here holds up no claim.
+    async fn housekeeping(&self, round: u64);
 }
 
 /// The store chosen at start-up.
@@ -189,12 +303,20 @@ impl Store {
         }
     }
 
-    /// The delivery engine's side of the store, with `client`'s identity
-    /// for Kubernetes.
-    pub fn queue(&self, client: &kube::Client) -> Arc<dyn Queue> {
+    /// Where the engine records attempts, with `client`'s identity for
+    /// Kubernetes.
+    pub fn records(&self, client: &kube::Client) -> Arc<dyn Records> {
         match self {
             Store::Kubernetes => Arc::new(kubernetes::Objects::new(client.clone())),
             Store::Postgres(db) => db.clone(),
+        }
+    }
+
+    /// The schedule the engine takes due deliveries from, for `scope`.
+    pub fn queue(&self, scope: Scope) -> Arc<dyn Queue> {
+        match self {
+            Store::Kubernetes => kubernetes::schedule::Schedule::start(scope),
+            Store::Postgres(db) => Arc::new(postgres::claims::Claims::new(db.clone(), scope)),
         }
     }
 
@@ -207,12 +329,17 @@ impl Store {
         }
     }
 
-    /// The Postgres store, when deliveries live there (the delivery
-    /// engine's claims).
-    pub fn postgres(&self) -> Option<&Arc<postgres::Postgres>> {
+    /// Whether every replica delivers, each claiming what it sends (else
+    /// one leader delivers everything).
+    pub fn claims(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// The store's name, as `--store` spells it.
+    pub fn name(&self) -> &'static str {
         match self {
-            Store::Postgres(db) => Some(db),
-            Store::Kubernetes => None,
+            Store::Kubernetes => "kubernetes",
+            Store::Postgres(_) => "postgres",
         }
     }
 }
@@ -248,6 +375,22 @@ pub async fn allowed(client: &kube::Client, ns: &str, verb: &str, resource: &str
         .ok()
         .and_then(|r| r.status)
         .is_some_and(|s| s.allowed)
+}
+
+/// When `delivery` should next be attempted, or `None` if it is finished
+/// (and no redelivery was asked for).
+pub fn due_at(delivery: &Delivery) -> Option<Timestamp> {
+    if delivery.redelivery_request().is_some() {
+        return Some(Timestamp::UNIX_EPOCH);
+    }
+    match delivery.status.as_ref() {
+        None => Some(Timestamp::UNIX_EPOCH),
+        Some(s) if s.phase.is_finished() => None,
+        Some(s) => match s.phase {
+            Phase::Retrying => Some(s.next_attempt_at.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH)),
+            _ => Some(Timestamp::UNIX_EPOCH),
+        },
+    }
 }
 
 /// Keeps deliveries in `phases` (all, when empty).

@@ -2,7 +2,9 @@
 //! written with the identity of the client it is built with, so RBAC
 //! decides what a user sees.
 
+pub mod ordering;
 mod record;
+pub mod schedule;
 
 use super::{Deliveries, Fanout, NewDelivery, StoreError, in_phases};
 use crate::resources::WEBHOOK_LABEL;

@@ -2,7 +2,7 @@
 
 use super::Objects;
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
-use crate::store::{Queue, StoreError, Written};
+use crate::store::{Records, StoreError, Written};
 use kube::ResourceExt;
 use kube::api::PostParams;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait::async_trait]
-impl Queue for Objects {
+impl Records for Objects {
     /// A PUT of the status at the resourceVersion the attempt started from,
     /// so a deposed leader's write fails instead of overwriting. After a
     /// conflict the record still stands if nobody recorded progress (a

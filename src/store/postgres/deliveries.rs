@@ -4,7 +4,7 @@
 
 use super::{Postgres, version_of};
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
-use crate::store::{Deliveries, Fanout, Queue, StoreError, Written};
+use crate::store::{Deliveries, Fanout, Records, StoreError, Written};
 use futures::stream::BoxStream;
 use kube::ResourceExt;
 
@@ -64,7 +64,7 @@ impl Deliveries for Postgres {
 }
 
 #[async_trait::async_trait]
-impl Queue for Postgres {
+impl Records for Postgres {
     /// One conditional UPDATE: the version the engine read, and the claim
     /// still `claimant`'s.
     async fn record(

@@ -28,6 +28,7 @@
 //!   if it ever were.
 
 pub mod access;
+pub mod claims;
 mod deliveries;
 
 use super::NewDelivery;
