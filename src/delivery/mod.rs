@@ -8,6 +8,8 @@
 pub mod attempt;
 pub mod auth;
 pub mod deactivation;
+#[cfg(test)]
+mod engine_tests;
 pub mod history;
 pub mod http;
 pub mod liveness;

@@ -164,10 +164,7 @@ impl Plugin {
             .unwrap_or_else(|| config.default_namespace.clone());
         let client = Client::try_from(config)?;
         let store = match &self.postgres_url {
-            Some(url) => {
-                let ca = crate::store::read_ca(self.postgres_ca_file.as_deref())?;
-                crate::store::Store::Postgres(crate::store::postgres::Postgres::open(url, ca.as_deref())?)
-            }
+            Some(url) => crate::store::Store::reader(url, self.postgres_ca_file.as_deref())?,
             None => crate::store::Store::Kubernetes,
         };
         let ctx = Ctx {

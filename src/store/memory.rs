@@ -52,6 +52,9 @@ pub struct Memory {
     changed: broadcast::Sender<(String, String, String)>,
     /// Woken on every change, for the engine's schedule.
     wake: Notify,
+    /// Records to refuse as if the store did not answer (tests of the
+    /// engine's record retries).
+    failing: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Memory {
@@ -60,6 +63,7 @@ impl Default for Memory {
             rows: Mutex::default(),
             changed: broadcast::channel(1024).0,
             wake: Notify::new(),
+            failing: Default::default(),
         }
     }
 }
@@ -76,6 +80,11 @@ impl Memory {
             delivery.spec.webhook.clone(),
             delivery.name_any(),
         ));
+    }
+
+    /// Makes the next `n` records fail as if the store did not answer.
+    pub fn fail_records(&self, n: u32) {
+        self.failing.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes a delivery (what retention does), if it is there.
@@ -237,6 +246,14 @@ impl Records for Memory {
         let Some(seen) = seen else {
             return Err(StoreError::Invalid("the delivery was not read from the store".into()));
         };
+        let failing = self.failing.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(StoreError::Database("no answer (injected)".into()));
+        }
         let mut rows = self.rows();
         let key = (delivery.namespace().unwrap_or_default(), delivery.name_any());
         let Some(row) = rows.rows.get_mut(&key) else {

@@ -271,6 +271,8 @@ pub trait Queue: Send + Sync {
 pub enum Store {
     Kubernetes,
     Postgres(Arc<postgres::Postgres>),
+    /// In this process's memory: for tests (not durable, no RBAC of its own).
+    Memory(Arc<memory::Memory>),
 }
 
 impl Store {
@@ -294,12 +296,20 @@ impl Store {
         }
     }
 
+    /// The Postgres store at `url` for reading only: connected on first
+    /// use, never migrated (the plugin).
+    pub fn reader(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Store> {
+        let ca = read_ca(ca_file)?;
+        Ok(Store::Postgres(postgres::Postgres::open(url, ca.as_deref())?))
+    }
+
     /// The deliveries as this process may use them (ingest, notifications):
     /// with `client`'s identity for Kubernetes, all of them in Postgres.
     pub fn deliveries(&self, client: &kube::Client) -> Arc<dyn Deliveries> {
         match self {
             Store::Kubernetes => Arc::new(kubernetes::Objects::new(client.clone())),
             Store::Postgres(db) => db.clone(),
+            Store::Memory(memory) => memory.clone(),
         }
     }
 
@@ -309,6 +319,7 @@ impl Store {
         match self {
             Store::Kubernetes => Arc::new(kubernetes::Objects::new(client.clone())),
             Store::Postgres(db) => db.clone(),
+            Store::Memory(memory) => memory.clone(),
         }
     }
 
@@ -317,6 +328,7 @@ impl Store {
         match self {
             Store::Kubernetes => kubernetes::schedule::Schedule::start(scope),
             Store::Postgres(db) => Arc::new(postgres::claims::Claims::new(db.clone(), scope)),
+            Store::Memory(memory) => memory.clone(),
         }
     }
 
@@ -326,6 +338,7 @@ impl Store {
         match self {
             Store::Kubernetes => Arc::new(kubernetes::Objects::new(client.clone())),
             Store::Postgres(db) => Arc::new(postgres::access::Reviewed::new(db.clone(), client.clone())),
+            Store::Memory(memory) => memory.clone(),
         }
     }
 
@@ -340,6 +353,7 @@ impl Store {
         match self {
             Store::Kubernetes => "kubernetes",
             Store::Postgres(_) => "postgres",
+            Store::Memory(_) => "memory",
         }
     }
 }

@@ -1,0 +1,369 @@
+//! The engine over the memory store, without a cluster: what happens to
+//! deliveries (retries, giving up, deactivation, cancelled siblings,
+//! notifications, 410, Retry-After, redelivery, a record that fails) with a
+//! handler on 127.0.0.1 and a stand-in API server answering the few calls
+//! the engine makes besides its store (the signing Secret, the Webhook's
+//! deactivation and status, Events). Retry windows are seconds long, so
+//! each test takes about as long as its retries.
+
+use super::*;
+use crate::resources::delivery::{DeliveryStatus, Phase};
+use crate::resources::webhook::WebhookSpec;
+use crate::resources::{RetryPolicy, SecretKeyRef};
+use crate::store::memory::Memory;
+use crate::store::{Deliveries, NewDelivery, Records};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use std::time::Instant;
+
+const EVENT: &str = "dynamic-content.content-item.updated";
+const NS: &str = "tenant";
+const SECRET: &str = "signing";
+
+/// A status and extra headers.
+type Reply = (u16, Vec<(String, String)>);
+
+/// What the handler on 127.0.0.1 answers and what it received.
+#[derive(Default)]
+struct Handler {
+    /// Path → (status, extra headers).
+    replies: Mutex<HashMap<String, Reply>>,
+    /// (path, body) in arrival order.
+    received: Mutex<Vec<(String, String)>>,
+}
+
+impl Handler {
+    async fn start() -> (Arc<Handler>, String) {
+        let handler = Arc::new(Handler::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = handler.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: String| {
+            let state = state.clone();
+            async move {
+                let path = uri.path().to_string();
+                state.received.lock().unwrap().push((path.clone(), body));
+                let (status, headers) = state
+                    .replies
+                    .lock()
+                    .unwrap()
+                    .get(&path)
+                    .cloned()
+                    .unwrap_or((200, vec![]));
+                let mut response = axum::http::Response::builder().status(status);
+                for (k, v) in headers {
+                    response = response.header(k, v);
+                }
+                response.body(axum::body::Body::empty()).unwrap()
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (handler, base)
+    }
+
+    fn reply(&self, path: &str, status: u16, headers: &[(&str, &str)]) {
+        let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.replies.lock().unwrap().insert(path.into(), (status, headers));
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.received.lock().unwrap().iter().filter(|(p, _)| p == path).count()
+    }
+
+    fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| serde_json::from_str(b).unwrap())
+            .collect()
+    }
+}
+
+/// A stand-in API server: the signing Secret, Webhook patches (answered
+/// with the webhook deactivated, generation 2), Events; 404 otherwise.
+fn api_server(webhooks: Vec<Webhook>) -> Client {
+    let service = tower::service_fn(move |request: ::http::Request<kube::client::Body>| {
+        let webhooks = webhooks.clone();
+        async move {
+            let path = request.uri().path().to_string();
+            let method = request.method().clone();
+            let json = |status: u16, value: serde_json::Value| {
+                ::http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&value).unwrap()))
+                    .unwrap()
+            };
+            let response = if method == ::http::Method::GET && path.ends_with(&format!("/secrets/{SECRET}")) {
+                json(
+                    200,
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": { "name": SECRET, "namespace": NS, "resourceVersion": "1" },
+                        "stringData": {}, "data": { "secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMy" },
+                    }),
+                )
+            } else if method == ::http::Method::PATCH && path.contains("/webhooks/") {
+                let name = path
+                    .split("/webhooks/")
+                    .nth(1)
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                match webhooks
+                    .iter()
+                    .find(|w| w.metadata.name.as_deref() == Some(name.as_str()))
+                {
+                    Some(w) => {
+                        let mut w = w.clone();
+                        w.metadata.generation = Some(2);
+                        w.spec.active = false;
+                        json(200, serde_json::to_value(&w).unwrap())
+                    }
+                    None => json(404, not_found()),
+                }
+            } else if method == ::http::Method::POST && path.ends_with("/events") {
+                json(
+                    201,
+                    serde_json::json!({ "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": { "name": "e" }, "eventTime": null }),
+                )
+            } else {
+                json(404, not_found())
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    Client::new(service, NS)
+}
+
+fn not_found() -> serde_json::Value {
+    serde_json::json!({ "apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found" })
+}
+
+fn webhook(name: &str, url: &str, events: &[&str], retry: Option<RetryPolicy>) -> Webhook {
+    let mut spec = WebhookSpec::new("main", name, url, events);
+    spec.secret_ref = Some(SecretKeyRef {
+        name: SECRET.into(),
+        key: "secret".into(),
+    });
+    spec.retry = retry;
+    let mut w = Webhook::new(name, spec);
+    w.metadata.namespace = Some(NS.into());
+    w.metadata.uid = Some(format!("uid-{name}"));
+    w.metadata.generation = Some(1);
+    w
+}
+
+/// One retry, due about a second after the first attempt.
+fn one_quick_retry() -> Option<RetryPolicy> {
+    Some(RetryPolicy {
+        max_retries: Some(1),
+        window: Some(kube::core::Duration::from(Duration::from_secs(2))),
+    })
+}
+
+/// An engine over `memory` with these webhooks (and examples/hub.yaml as `main`).
+fn engine(memory: &Arc<Memory>, webhooks: &[Webhook]) -> Arc<Engine> {
+    let client = api_server(webhooks.to_vec());
+    let (webhook_cache, mut writer) = reflector::store::<Webhook>();
+    for w in webhooks {
+        writer.apply_watcher_event(&watcher::Event::Apply(w.clone()));
+    }
+    let mut hub: Hub = serde_yaml::from_str(include_str!("../../examples/hub.yaml")).unwrap();
+    hub.metadata.namespace = Some(NS.into());
+    let (hubs, mut hub_writer) = reflector::store::<Hub>();
+    hub_writer.apply_watcher_event(&watcher::Event::Apply(hub));
+    Engine::new(
+        client.clone(),
+        webhook_cache,
+        hubs,
+        SecretCache::new(client),
+        Metrics::new(),
+        Options {
+            global: slots::Slots::new(16),
+            leadership: Leadership::unconditional(),
+            egress_floor: Default::default(),
+            delivery_budget: crate::resources::delivery::DEFAULT_BUDGET,
+            store: crate::store::Store::Memory(memory.clone()),
+        },
+    )
+}
+
+/// Runs `engine` until the test ends.
+fn deliver(engine: &Arc<Engine>) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let (engine, until) = (engine.clone(), stop.clone());
+    tokio::spawn(async move { engine.run(None, Duration::from_secs(60), until.cancelled_owned()).await });
+    stop
+}
+
+async fn store_event(memory: &Memory, webhook: &Webhook, id: &str) -> String {
+    let delivery = crate::fanout::build(webhook, id, EVENT, r#"{"id":"c-1"}"#, Timestamp::now());
+    let name = delivery.name_any();
+    let row = NewDelivery {
+        delivery,
+        ordering_key: None,
+    };
+    memory.insert(NS, Box::new(std::iter::once(row)), false).await.unwrap();
+    name
+}
+
+async fn status(memory: &Memory, name: &str) -> DeliveryStatus {
+    memory
+        .get(NS, name)
+        .await
+        .unwrap()
+        .and_then(|d| d.status)
+        .unwrap_or_default()
+}
+
+/// Polls until `check` holds, for at most 20 s.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_retries_fails_deactivates_cancels_the_rest_and_notifies() {
+    let (handler, base) = Handler::start().await;
+    handler.reply("/flaky", 500, &[]);
+    let flaky = webhook("flaky", &format!("{base}/flaky"), &[EVENT], one_quick_retry());
+    let ops = webhook("ops", &format!("{base}/ops"), &["hookrelay.*"], None);
+    let memory = Arc::new(Memory::default());
+    let first = store_event(&memory, &flaky, "e-1").await;
+    // A sibling due in an hour: cancelled at once when the webhook goes.
+    let sibling = store_event(&memory, &flaky, "e-2").await;
+    let mut waiting = memory.get(NS, &sibling).await.unwrap().unwrap();
+    let retrying = DeliveryStatus {
+        phase: Phase::Retrying,
+        attempt_count: 1,
+        next_attempt_at: Some(MicroTime(Timestamp::now() + jiff::SignedDuration::from_hours(1))),
+        ..Default::default()
+    };
+    waiting.status = Some(retrying.clone());
+    memory.record(&waiting, &retrying, "").await.unwrap();
+    let engine = engine(&memory, &[flaky, ops]);
+    let stop = deliver(&engine);
+
+    until("the first delivery failed for good", async || {
+        status(&memory, &first).await.phase == Phase::Failed
+    })
+    .await;
+    let failed = status(&memory, &first).await;
+    assert_eq!(failed.attempt_count, 2, "the first attempt and its one retry");
+    assert!(failed.message.unwrap().contains("deactivated"));
+    until("the sibling is cancelled", async || {
+        status(&memory, &sibling).await.phase == Phase::Cancelled
+    })
+    .await;
+    assert_eq!(handler.count("/flaky"), 2, "the cancelled sibling was never sent");
+    until("both notices reached the ops webhook", async || {
+        handler.count("/ops") == 2
+    })
+    .await;
+    let mut names: Vec<String> = handler
+        .bodies("/ops")
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hookrelay.delivery.failed", "hookrelay.webhook.deactivated"]);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_ends_the_subscription_at_the_first_answer() {
+    let (handler, base) = Handler::start().await;
+    handler.reply("/gone", 410, &[]);
+    let gone = webhook("gone", &format!("{base}/gone"), &[EVENT], None);
+    let memory = Arc::new(Memory::default());
+    let name = store_event(&memory, &gone, "e-1").await;
+    let stop = deliver(&engine(&memory, &[gone]));
+    until("failed", async || status(&memory, &name).await.phase == Phase::Failed).await;
+    let s = status(&memory, &name).await;
+    assert_eq!((s.attempt_count, s.last_status_code), (1, Some(410)));
+    assert!(s.message.unwrap().contains("410 Gone"));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_within_the_window() {
+    let (handler, base) = Handler::start().await;
+    handler.reply("/busy", 503, &[("retry-after", "7200")]);
+    let busy = webhook(
+        "busy",
+        &format!("{base}/busy"),
+        &[EVENT],
+        Some(RetryPolicy {
+            max_retries: Some(5),
+            window: Some(kube::core::Duration::from(Duration::from_secs(3600))),
+        }),
+    );
+    let memory = Arc::new(Memory::default());
+    let name = store_event(&memory, &busy, "e-1").await;
+    let stop = deliver(&engine(&memory, &[busy]));
+    until("retrying", async || {
+        status(&memory, &name).await.phase == Phase::Retrying
+    })
+    .await;
+    let next = status(&memory, &name).await.next_attempt_at.unwrap().0;
+    let ahead = next.duration_since(Timestamp::now()).as_secs();
+    // Asked for two hours; the window has one: the retry falls at its end.
+    assert!((3500..=3600).contains(&ahead), "next attempt {ahead}s ahead");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_starts_a_new_round_under_the_same_id() {
+    let (handler, base) = Handler::start().await;
+    let shop = webhook("shop", &format!("{base}/shop"), &[EVENT], None);
+    let memory = Arc::new(Memory::default());
+    let name = store_event(&memory, &shop, "e-1").await;
+    let stop = deliver(&engine(&memory, &[shop]));
+    until("succeeded", async || {
+        status(&memory, &name).await.phase == Phase::Succeeded
+    })
+    .await;
+    memory.redeliver(NS, &name, "2026-12-03T00:00:00Z").await.unwrap();
+    until("sent again", async || handler.count("/shop") == 2).await;
+    until("recorded", async || status(&memory, &name).await.attempt_count == 2).await;
+    let s = status(&memory, &name).await;
+    assert_eq!(
+        (s.phase, s.round_start, s.redelivered_for.as_deref()),
+        (Phase::Succeeded, Some(2), Some("2026-12-03T00:00:00Z"))
+    );
+    let ids: Vec<serde_json::Value> = handler.bodies("/shop").iter().map(|b| b["id"].clone()).collect();
+    assert_eq!(ids[0], ids[1], "the same event id both times");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_fails_is_written_again_never_sent_again() {
+    let (handler, base) = Handler::start().await;
+    let shop = webhook("shop", &format!("{base}/shop"), &[EVENT], None);
+    let memory = Arc::new(Memory::default());
+    let name = store_event(&memory, &shop, "e-1").await;
+    memory.fail_records(3);
+    let engine = engine(&memory, &[shop]);
+    let stop = deliver(&engine);
+    until("succeeded", async || {
+        status(&memory, &name).await.phase == Phase::Succeeded
+    })
+    .await;
+    assert_eq!(
+        engine.metrics.record_retries.get(),
+        3,
+        "three writes refused, each written again"
+    );
+    assert_eq!(handler.count("/shop"), 1, "and one request");
+    stop.cancel();
+}
