@@ -3,7 +3,7 @@
 
 use super::Engine;
 use super::auth::{self, Credentials};
-use super::http::{ClientKey, Limits};
+use super::http::{ClientKey, Limits, SendError};
 use super::outcome::{self, Answer, GONE, Round, Verdict};
 use super::request::{self, DEFAULT_SIGNATURE_HEADER, Outgoing, ResolvedHeader, SigningKeys};
 use super::retry::Schedule;
@@ -256,7 +256,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
                 url: request::redact_url(&webhook.spec.url),
                 headers: vec![],
             },
-            Err(format!("not sent: {reason}")),
+            Err(SendError::NotSent(format!("not sent: {reason}"))),
         ),
     };
     let duration = clock.elapsed();
@@ -267,12 +267,13 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
         engine.metrics.event_to_first_attempt.observe(wait);
     }
     let number = status.attempt_count.saturating_add(1);
-    let (response, error, retry_after) = match result {
+    let (response, failure, retry_after) = match result {
         Ok((response, retry_after)) => (Some(response), None, retry_after),
         Err(e) => (None, Some(e), None),
     };
     let status_code = response.as_ref().map(|r| r.status_code);
-    engine.metrics.attempt(attempt_result(status_code, error.as_deref()));
+    engine.metrics.attempt(attempt_result(status_code, failure.as_ref()));
+    let error = failure.map(|e| e.to_string());
     tracing::info!(
         delivery = %name, namespace = %ns, webhook = %webhook.name_any(), attempt = number,
         status = status_code, error = error.as_deref(), duration_ms = duration.as_millis() as u64,
@@ -486,14 +487,12 @@ fn recorded(engine: &Engine, ns: &str, delivery: &Delivery, status: &DeliverySta
 }
 
 /// A label for the attempts metric.
-fn attempt_result(status: Option<u16>, error: Option<&str>) -> &'static str {
-    match (status, error) {
+fn attempt_result(status: Option<u16>, failure: Option<&SendError>) -> &'static str {
+    match (status, failure) {
         (Some(c), _) if (200..300).contains(&c) => "success",
         (Some(_), _) => "http_error",
-        (None, Some(e)) if e.starts_with("not sent") => "not_sent",
-        (None, Some(e)) if e.contains("egress denied") => "denied",
-        (None, Some(e)) if e.contains("timed out") => "timeout",
-        _ => "connection_error",
+        (None, Some(e)) => e.label(),
+        (None, None) => "connection_error",
     }
 }
 
@@ -505,7 +504,7 @@ async fn exchange(
     outgoing: &mut Outgoing,
     credentials: Credentials,
     limits: &Limits,
-) -> Result<(crate::resources::delivery::RecordedResponse, Option<Duration>), String> {
+) -> Result<(crate::resources::delivery::RecordedResponse, Option<Duration>), SendError> {
     let client = |tls| {
         engine
             .http
@@ -514,7 +513,7 @@ async fn exchange(
                 egress: settings.egress.clone(),
                 tls,
             })
-            .map_err(|e| format!("not sent: {e}"))
+            .map_err(|e| SendError::NotSent(format!("not sent: {e}")))
     };
     let handler = client(credentials.tls)?;
     let Some(oauth) = credentials.oauth2 else {
@@ -529,7 +528,7 @@ async fn exchange(
             tokens
                 .get(client, &settings.egress, settings.timeout, oauth, refused)
                 .await
-                .map_err(|e| format!("not sent: {e}"))
+                .map_err(|e| SendError::NotSent(format!("not sent: {e}")))
         }
     };
     let first = token(None).await?;

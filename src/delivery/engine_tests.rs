@@ -22,16 +22,23 @@ const EVENT: &str = "dynamic-content.content-item.updated";
 const NS: &str = "tenant";
 const SECRET: &str = "signing";
 
-/// A status and extra headers.
-type Reply = (u16, Vec<(String, String)>);
+/// What the handler answers on a path.
+#[derive(Clone, Default)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    /// Answer 500 to this many requests first.
+    fail_first: usize,
+}
 
 /// What the handler on 127.0.0.1 answers and what it received.
 #[derive(Default)]
 struct Handler {
     /// Path → (status, extra headers).
     replies: Mutex<HashMap<String, Reply>>,
-    /// (path, body) in arrival order.
-    received: Mutex<Vec<(String, String)>>,
+    /// (path, webhook-id header, body) in arrival order.
+    received: Mutex<Vec<(String, String, String)>>,
 }
 
 impl Handler {
@@ -40,36 +47,63 @@ impl Handler {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = handler.clone();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: String| {
-            let state = state.clone();
-            async move {
-                let path = uri.path().to_string();
-                state.received.lock().unwrap().push((path.clone(), body));
-                let (status, headers) = state
-                    .replies
-                    .lock()
-                    .unwrap()
-                    .get(&path)
-                    .cloned()
-                    .unwrap_or((200, vec![]));
-                let mut response = axum::http::Response::builder().status(status);
-                for (k, v) in headers {
-                    response = response.header(k, v);
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    let path = uri.path().to_string();
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    state.received.lock().unwrap().push((path.clone(), id, body));
+                    let reply = {
+                        let mut replies = state.replies.lock().unwrap();
+                        let reply = replies.entry(path).or_insert(Reply {
+                            status: 200,
+                            ..Reply::default()
+                        });
+                        let answer = reply.clone();
+                        reply.fail_first = reply.fail_first.saturating_sub(1);
+                        answer
+                    };
+                    let status = if reply.fail_first > 0 { 500 } else { reply.status };
+                    let mut response = axum::http::Response::builder().status(status);
+                    for (k, v) in reply.headers {
+                        response = response.header(k, v);
+                    }
+                    response.body(axum::body::Body::from(reply.body)).unwrap()
                 }
-                response.body(axum::body::Body::empty()).unwrap()
-            }
-        });
+            },
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
         (handler, base)
     }
 
     fn reply(&self, path: &str, status: u16, headers: &[(&str, &str)]) {
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.replies.lock().unwrap().insert(path.into(), (status, headers));
+        self.set(
+            path,
+            Reply {
+                status,
+                headers,
+                ..Reply::default()
+            },
+        );
+    }
+
+    fn set(&self, path: &str, reply: Reply) {
+        self.replies.lock().unwrap().insert(path.into(), reply);
     }
 
     fn count(&self, path: &str) -> usize {
-        self.received.lock().unwrap().iter().filter(|(p, _)| p == path).count()
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .count()
     }
 
     fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
@@ -77,8 +111,19 @@ impl Handler {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, b)| serde_json::from_str(b).unwrap())
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, _, b)| serde_json::from_str(b).unwrap())
+            .collect()
+    }
+
+    /// The `webhook-id` of each request to `path` (the delivery's name), in arrival order.
+    fn ids(&self, path: &str) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, id, _)| id.clone())
             .collect()
     }
 }
@@ -170,6 +215,11 @@ fn one_quick_retry() -> Option<RetryPolicy> {
 
 /// An engine over `memory` with these webhooks (and examples/hub.yaml as `main`).
 fn engine(memory: &Arc<Memory>, webhooks: &[Webhook]) -> Arc<Engine> {
+    engine_with_budget(memory, webhooks, crate::resources::delivery::DEFAULT_BUDGET)
+}
+
+/// `engine`, deliveries stored within `budget` bytes.
+fn engine_with_budget(memory: &Arc<Memory>, webhooks: &[Webhook], budget: usize) -> Arc<Engine> {
     let client = api_server(webhooks.to_vec());
     let (webhook_cache, mut writer) = reflector::store::<Webhook>();
     for w in webhooks {
@@ -189,7 +239,7 @@ fn engine(memory: &Arc<Memory>, webhooks: &[Webhook]) -> Arc<Engine> {
             global: slots::Slots::new(16),
             leadership: Leadership::unconditional(),
             egress_floor: Default::default(),
-            delivery_budget: crate::resources::delivery::DEFAULT_BUDGET,
+            delivery_budget: budget,
             store: crate::store::Store::Memory(memory.clone()),
         },
     )
@@ -204,11 +254,13 @@ fn deliver(engine: &Arc<Engine>) -> CancellationToken {
 }
 
 async fn store_event(memory: &Memory, webhook: &Webhook, id: &str) -> String {
-    let delivery = crate::fanout::build(webhook, id, EVENT, r#"{"id":"c-1"}"#, Timestamp::now());
+    let payload = serde_json::json!({ "id": "c-1" });
+    let delivery = crate::fanout::build(webhook, id, EVENT, &payload.to_string(), Timestamp::now());
     let name = delivery.name_any();
+    let document = crate::fanout::document(id, EVENT, &payload);
     let row = NewDelivery {
+        ordering_key: crate::fanout::ordering_key(webhook, &document),
         delivery,
-        ordering_key: None,
     };
     memory.insert(NS, Box::new(std::iter::once(row)), false).await.unwrap();
     name
@@ -341,8 +393,11 @@ async fn a_redelivery_starts_a_new_round_under_the_same_id() {
         (s.phase, s.round_start, s.redelivered_for.as_deref()),
         (Phase::Succeeded, Some(2), Some("2026-12-03T00:00:00Z"))
     );
-    let ids: Vec<serde_json::Value> = handler.bodies("/shop").iter().map(|b| b["id"].clone()).collect();
-    assert_eq!(ids[0], ids[1], "the same event id both times");
+    assert_eq!(
+        handler.ids("/shop"),
+        [name.clone(), name],
+        "the same webhook-id both times"
+    );
     stop.cancel();
 }
 
@@ -365,5 +420,76 @@ async fn a_record_that_fails_is_written_again_never_sent_again() {
         "three writes refused, each written again"
     );
     assert_eq!(handler.count("/shop"), 1, "and one request");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_with_one_ordering_key_go_one_at_a_time() {
+    let (handler, base) = Handler::start().await;
+    // The first event's first attempt fails; its retry comes about a second later.
+    handler.set(
+        "/ordered",
+        Reply {
+            status: 200,
+            fail_first: 1,
+            ..Reply::default()
+        },
+    );
+    let mut ordered = webhook("ordered", &format!("{base}/ordered"), &[EVENT], one_quick_retry());
+    ordered.spec.ordering = Some(crate::resources::webhook::Ordering {
+        key: "$.payload.id".into(),
+    });
+    let memory = Arc::new(Memory::default());
+    let first = store_event(&memory, &ordered, "e-1").await;
+    let second = store_event(&memory, &ordered, "e-2").await;
+    let stop = deliver(&engine(&memory, &[ordered]));
+    until("both succeeded", async || {
+        status(&memory, &first).await.phase == Phase::Succeeded
+            && status(&memory, &second).await.phase == Phase::Succeeded
+    })
+    .await;
+    assert_eq!(
+        handler.ids("/ordered"),
+        [first.clone(), first, second],
+        "the second waited for the first, retry included"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_keeps_within_the_delivery_budget() {
+    const BUDGET: usize = 16 * 1024;
+    let (handler, base) = Handler::start().await;
+    handler.set(
+        "/chatty",
+        Reply {
+            status: 500,
+            body: "x".repeat(64 * 1024),
+            ..Reply::default()
+        },
+    );
+    let chatty = webhook(
+        "chatty",
+        &format!("{base}/chatty"),
+        &[EVENT],
+        Some(RetryPolicy {
+            max_retries: Some(8),
+            window: Some(kube::core::Duration::from(Duration::from_secs(2))),
+        }),
+    );
+    let memory = Arc::new(Memory::default());
+    let name = store_event(&memory, &chatty, "e-1").await;
+    let stop = deliver(&engine_with_budget(&memory, &[chatty], BUDGET));
+    until("failed", async || status(&memory, &name).await.phase == Phase::Failed).await;
+    let stored = memory.get(NS, &name).await.unwrap().unwrap();
+    let s = stored.status.clone().unwrap();
+    assert_eq!(s.attempt_count, 9);
+    assert!(
+        s.attempts_omitted > 0,
+        "older attempts left out: {}",
+        s.attempts_omitted
+    );
+    let size = serde_json::to_vec(&stored).unwrap().len();
+    assert!(size <= BUDGET, "{size} bytes stored, budget {BUDGET}");
     stop.cancel();
 }

@@ -152,25 +152,57 @@ pub struct Limits {
     pub body_limit: usize,
 }
 
-/// Sends `request`. `Err` is the reason no response was received, written
-/// for people (it is recorded in the Delivery status).
+/// Why no response was received: the text recorded in the attempt (written
+/// for people) and, by its kind, the label of the attempts metric.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Nothing was sent: the request could not be made (configuration,
+    /// credentials). The text starts "not sent:".
+    #[error("{0}")]
+    NotSent(String),
+    /// The egress policy refused the handler's address.
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    Timeout(String),
+    /// No answer for any other reason (refused, reset, TLS, DNS).
+    #[error("{0}")]
+    Connection(String),
+}
+
+impl SendError {
+    /// The attempts metric's `result` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SendError::NotSent(_) => "not_sent",
+            SendError::Denied(_) => "denied",
+            SendError::Timeout(_) => "timeout",
+            SendError::Connection(_) => "connection_error",
+        }
+    }
+}
+
+/// Sends `request`. `Err` is the reason no response was received.
 pub async fn send(
     client: &reqwest::Client,
     egress: &Policy,
     request: &Outgoing,
     limits: &Limits,
-) -> Result<(RecordedResponse, Option<Duration>), String> {
-    let url = reqwest::Url::parse(&request.url).map_err(|e| format!("invalid URL: {e}"))?;
+) -> Result<(RecordedResponse, Option<Duration>), SendError> {
+    let url = reqwest::Url::parse(&request.url).map_err(|e| SendError::Connection(format!("invalid URL: {e}")))?;
     // Literal addresses never reach the resolver: check them here.
     if let Some(host) = url.host_str() {
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = literal.parse::<IpAddr>()
             && let Some(net) = egress.denies(ip)
         {
-            return Err(format!("egress denied: {ip} is in denied network {net}"));
+            return Err(SendError::Denied(format!(
+                "egress denied: {ip} is in denied network {net}"
+            )));
         }
     }
-    let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| e.to_string())?;
+    let method =
+        reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| SendError::Connection(e.to_string()))?;
     let mut builder = client.request(method, url).body(request.body.clone());
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
@@ -209,7 +241,10 @@ pub async fn send(
     };
     match tokio::time::timeout(limits.timeout, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!("timed out after {}s", limits.timeout.as_secs_f64())),
+        Err(_) => Err(SendError::Timeout(format!(
+            "timed out after {}s",
+            limits.timeout.as_secs_f64()
+        ))),
     }
 }
 
@@ -315,7 +350,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// The error and its causes in one line: reqwest's top-level message alone
 /// ("error sending request") does not say what went wrong.
-fn describe(error: reqwest::Error) -> String {
+fn describe(error: reqwest::Error) -> SendError {
     // reqwest quotes the URL, userinfo included (`https://user:pass@…`);
     // the record names the URL already, redacted.
     let error = error.without_url();
@@ -326,8 +361,14 @@ fn describe(error: reqwest::Error) -> String {
     } else {
         error.to_string()
     };
+    let timed_out = error.is_timeout();
+    let (mut denied, mut io_timeout) = (false, false);
     let mut source = std::error::Error::source(&error);
     while let Some(s) = source {
+        denied |= s.downcast_ref::<EgressDenied>().is_some();
+        io_timeout |= s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
         let part = s.to_string();
         if !text.contains(&part) {
             text.push_str(": ");
@@ -341,7 +382,13 @@ fn describe(error: reqwest::Error) -> String {
     } else if text.contains("UnknownIssuer") {
         text.push_str(" (the handler's certificate is not trusted: spec.tls.caSecretRef names the CAs to trust)");
     }
-    text
+    if denied {
+        SendError::Denied(text)
+    } else if timed_out || io_timeout {
+        SendError::Timeout(text)
+    } else {
+        SendError::Connection(text)
+    }
 }
 
 #[cfg(test)]
@@ -353,8 +400,37 @@ mod tests {
         // Nothing listens on port 9 of 127.0.0.1: the connection is refused.
         let client = reqwest::Client::new();
         let error = client.get("http://user:s3cr3t@127.0.0.1:9/").send().await.unwrap_err();
-        let text = describe(error);
+        let text = describe(error).to_string();
         assert!(!text.contains("s3cr3t") && text.contains("connection failed"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn why_nothing_came_back_gives_the_metric_label() {
+        let refused = reqwest::Client::new()
+            .get("http://127.0.0.1:9/")
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(describe(refused).label(), "connection_error");
+        let outgoing = Outgoing {
+            method: "POST",
+            url: "http://127.0.0.1:9/".into(),
+            headers: vec![],
+            recorded_headers: vec![],
+            body: vec![],
+        };
+        let deny_loopback = Policy::from_spec(&crate::egress::Floor::with(&["127.0.0.0/8".parse().unwrap()]), None);
+        let limits = Limits {
+            timeout: Duration::from_secs(5),
+            body_limit: 1024,
+        };
+        let denied = send(&reqwest::Client::new(), &deny_loopback, &outgoing, &limits)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (denied.label(), denied.to_string().starts_with("egress denied")),
+            ("denied", true)
+        );
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! the seam (the engine included) without a cluster or a database. Not
 //! durable: a restart loses every delivery. Its versions play the part of a
 //! resourceVersion, so a record is as conditional as in the durable stores.
-//! One engine delivers (nothing is claimed); ordering keys are not kept.
+//! One engine delivers (nothing is claimed). Ordering keys are kept as in
+//! the other stores: a delivery waits while an earlier one of its key is
+//! unfinished.
 
-use super::{DEFER, Deliveries, Due, Fanout, Limits, Loaded, Queue, Records, Settled, StoreError, Written, due_at};
+use super::{
+    DEFER, Deliveries, Due, Fanout, Limits, Loaded, NewDelivery, Queue, Records, Settled, StoreError, Written, due_at,
+};
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase, REDELIVER_ANNOTATION};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,6 +39,8 @@ struct Row {
     not_before: Option<Timestamp>,
     /// Brought forward: due now, and handed out as `early`.
     hastened: bool,
+    /// The value of its webhook's ordering key in this event, if it orders.
+    ordering_key: Option<String>,
 }
 
 impl Row {
@@ -111,15 +117,19 @@ impl Deliveries for Memory {
         deliveries: Fanout<'a>,
         _generated_id: bool,
     ) -> Result<(), StoreError> {
-        let new: Vec<Delivery> = deliveries.map(|d| d.delivery).collect();
-        if let Some(d) = new.iter().find(|d| d.namespace().as_deref() != Some(namespace)) {
+        let new: Vec<NewDelivery> = deliveries.collect();
+        if let Some(d) = new
+            .iter()
+            .map(|n| &n.delivery)
+            .find(|d| d.namespace().as_deref() != Some(namespace))
+        {
             return Err(StoreError::Invalid(format!(
                 "delivery {} is not in namespace {namespace}",
                 d.name_any()
             )));
         }
         let mut rows = self.rows();
-        for delivery in new {
+        for NewDelivery { delivery, ordering_key } in new {
             let key = (namespace.to_string(), delivery.name_any());
             if rows.rows.contains_key(&key) {
                 // A repeated event: stored already.
@@ -137,6 +147,7 @@ impl Deliveries for Memory {
                     handed_out: false,
                     not_before: None,
                     hastened: false,
+                    ordering_key,
                 },
             );
         }
@@ -300,8 +311,34 @@ impl Queue for Memory {
             let mut next_due: Option<Timestamp> = None;
             let batch: Vec<Due> = {
                 let mut rows = self.rows();
+                // The first unfinished delivery of each ordering key, in accept order.
+                let mut firsts: HashMap<(String, String, String), u64> = HashMap::new();
+                for row in rows.rows.values() {
+                    if let Some(key) = &row.ordering_key
+                        && due_at(&row.delivery).is_some()
+                    {
+                        let group = (
+                            row.delivery.namespace().unwrap_or_default(),
+                            row.delivery.spec.webhook.clone(),
+                            key.clone(),
+                        );
+                        let first = firsts.entry(group).or_insert(row.seq);
+                        *first = (*first).min(row.seq);
+                    }
+                }
                 let mut batch = vec![];
                 for row in rows.rows.values_mut() {
+                    let waits = row.ordering_key.as_ref().is_some_and(|key| {
+                        let group = (
+                            row.delivery.namespace().unwrap_or_default(),
+                            row.delivery.spec.webhook.clone(),
+                            key.clone(),
+                        );
+                        firsts.get(&group).is_some_and(|first| *first < row.seq)
+                    });
+                    if waits {
+                        continue;
+                    }
                     match row.due() {
                         Some(at) if at <= now => {
                             row.handed_out = true;
