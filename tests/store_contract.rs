@@ -5,8 +5,9 @@
 
 mod support;
 
-use hookrelay::resources::WEBHOOK_LABEL;
 use hookrelay::resources::delivery::{Delivery, DeliverySpec, DeliveryStatus, EventRef, Phase, REDELIVER_ANNOTATION};
+use hookrelay::resources::webhook::{Ordering, WebhookSpec};
+use hookrelay::resources::{WEBHOOK_LABEL, Webhook};
 use hookrelay::store::memory::Memory;
 use hookrelay::store::postgres::{ClaimLimits, Postgres};
 use hookrelay::store::{
@@ -70,6 +71,13 @@ impl Subject {
         }
     }
 
+    /// A delivery of the ordered webhook `o`, keyed "k".
+    fn keyed(&self, name: &str) -> NewDelivery {
+        let mut new = self.delivery(name, "o");
+        new.ordering_key = Some("k".into());
+        new
+    }
+
     fn delivery(&self, name: &str, webhook: &str) -> NewDelivery {
         let mut d = Delivery::new(
             name,
@@ -81,7 +89,7 @@ impl Subject {
                     name: "contract.tested".into(),
                     received_at: MicroTime(Timestamp::now()),
                 },
-                payload: r#"{"n":1}"#.into(),
+                payload: r#"{"n":1,"id":"k"}"#.into(),
             },
         );
         d.metadata.namespace = Some(self.namespace.clone());
@@ -131,15 +139,29 @@ impl Subject {
     }
 }
 
-/// A schedule's scope with no webhooks or hubs known (the defaults apply).
+/// A schedule's scope: no hubs known (the defaults apply), one webhook,
+/// `o`, that orders its deliveries by `$.payload.id`.
 fn scope(client: &kube::Client, namespace: &str) -> Scope {
+    let (webhooks, mut writer) = kube::runtime::reflector::store::<Webhook>();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(ordered(namespace)));
     Scope {
         client: client.clone(),
         namespace: Some(namespace.to_string()),
-        webhooks: kube::runtime::reflector::store().0,
+        webhooks,
         hubs: kube::runtime::reflector::store().0,
         metrics: hookrelay::metrics::Metrics::new(),
     }
+}
+
+/// The webhook `o`, ordered by `$.payload.id`.
+fn ordered(namespace: &str) -> Webhook {
+    let mut spec = WebhookSpec::new("main", "o", "http://127.0.0.1:9/o", &["contract.tested"]);
+    spec.ordering = Some(Ordering {
+        key: "$.payload.id".into(),
+    });
+    let mut w = Webhook::new("o", spec);
+    w.metadata.namespace = Some(namespace.into());
+    w
 }
 
 /// The next due deliveries the schedule hands out, within a deadline.
@@ -302,6 +324,37 @@ async fn hastening_a_webhook_brings_its_retries_forward(s: Subject) {
     assert_eq!(again.status.unwrap().attempt_count, 1, "the retry, brought forward");
 }
 
+async fn a_delivery_waits_while_an_earlier_one_of_its_key_is_unfinished(s: Subject) {
+    s.insert(vec![s.keyed("k-1")]).await.unwrap();
+    s.insert(vec![s.keyed("k-2")]).await.unwrap();
+    let (due, delivery) = handed_out(&s, "k-1").await;
+    // While k-1 is out, k-2 is not handed out (it would be at once).
+    let limits = Limits {
+        webhooks: vec![],
+        default: 100,
+        per_namespace: 100,
+    };
+    let meanwhile = tokio::time::timeout(
+        Duration::from_secs(2),
+        s.queue.next(CLAIMANT, 100, Duration::from_secs(60), &limits),
+    )
+    .await;
+    if let Ok(Ok(batch)) = &meanwhile {
+        let names: Vec<&str> = batch.iter().map(|d| d.name.as_str()).collect();
+        assert!(!names.contains(&"k-2"), "k-2 handed out before k-1 finished: {names:?}");
+    }
+    let recorded = match s
+        .records
+        .record(&delivery, &attempted(1, Phase::Succeeded), CLAIMANT)
+        .await
+    {
+        Ok(Written::Stored(d)) => d,
+        other => panic!("stored: {other:?}"),
+    };
+    s.queue.settle(&due, CLAIMANT, Settled::Recorded(recorded)).await;
+    handed_out(&s, "k-2").await;
+}
+
 /// `mod NAME { memory, kubernetes, postgres }`: the contract `NAME(subject)`
 /// against each store.
 macro_rules! every_store {
@@ -330,4 +383,5 @@ every_store!(
     a_redelivery_is_stamped_and_a_missing_delivery_is_not_found,
     a_due_delivery_is_handed_out_and_a_deferred_one_again,
     hastening_a_webhook_brings_its_retries_forward,
+    a_delivery_waits_while_an_earlier_one_of_its_key_is_unfinished,
 );
