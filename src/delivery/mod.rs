@@ -214,7 +214,7 @@ impl Engine {
     /// The limits of watched webhooks that differ from the default, for
     /// claims (which apply the default to the rest): a claim need not
     /// carry every webhook.
-    fn webhook_limits(&self) -> Vec<(String, String, i32)> {
+    fn webhook_limits(&self) -> Vec<(String, String, u32)> {
         let default = self.default_webhook_limit();
         self.webhooks
             .state()
@@ -222,7 +222,7 @@ impl Engine {
             .filter_map(|w| {
                 let ns = w.namespace().unwrap_or_default();
                 let limit = self.webhook_limit_size(&ns, &w.name_any());
-                (limit != default).then(|| (ns, w.name_any(), limit as i32))
+                (limit != default).then(|| (ns, w.name_any(), limit))
             })
             .collect()
     }
@@ -236,11 +236,7 @@ impl Engine {
     /// across replicas.
     fn limits(&self) -> Limits {
         Limits {
-            webhooks: self
-                .webhook_limits()
-                .into_iter()
-                .map(|(ns, w, limit)| (ns, w, limit as u32))
-                .collect(),
+            webhooks: self.webhook_limits(),
             default: self.default_webhook_limit(),
             per_namespace: self.global.per_tenant(),
         }
@@ -400,7 +396,9 @@ impl Engine {
                     self.mark_deactivated(ns, &due.webhook, deactivation);
                 }
                 let (engine, queue, recorded) = (self.clone(), queue.clone(), stored.clone());
-                tokio::spawn(async move {
+                // Tracked: a stop waits for the decision to be written (within
+                // its grace), not only for the record.
+                self.in_flight.spawn(async move {
                     let deactivating = deactivation.is_some();
                     engine.after_record(&recorded, deactivation).await;
                     if deactivating {
