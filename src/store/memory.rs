@@ -361,9 +361,12 @@ impl Queue for Memory {
             if !batch.is_empty() {
                 return Ok(batch);
             }
+            // Looked at again at least hourly (a delivery held back for good
+            // is due at the end of time).
             let wait = next_due
                 .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
-                .unwrap_or(Duration::from_secs(3600));
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(3600));
             tokio::select! {
                 _ = woken => {}
                 _ = tokio::time::sleep(wait) => {}

@@ -383,8 +383,13 @@ impl Task {
 
     /// What to do once the engine is done with a due delivery.
     fn settle(&self, key: Key, settled: Settled, state: &mut Tracking) {
-        let (sent, latest) = match state.tracked.remove(&key) {
-            Some(Slot::InFlight { sent, latest }) => (Some(sent), latest),
+        // Only its in-flight slot: if the key was forgotten meanwhile (a
+        // relist) and queued again, that slot and its timer stay.
+        let (sent, latest) = match state.tracked.get(&key) {
+            Some(Slot::InFlight { .. }) => match state.tracked.remove(&key) {
+                Some(Slot::InFlight { sent, latest }) => (Some(sent), latest),
+                _ => unreachable!("checked just above"),
+            },
             _ => (None, None),
         };
         match settled {
