@@ -5,6 +5,10 @@
 //!
 //! Every load loop is bounded in count and time; all traffic stays on loopback.
 
+// The tests' harness: their polling helper and child processes.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
@@ -21,7 +25,7 @@ use kube::{Api, Client, Config, ResourceExt};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,18 +93,14 @@ async fn receive(State(book): State<Receiver>, uri: Uri, headers: HeaderMap) -> 
     "ok".into_response()
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A `hookrelay` process, started (and stopped when dropped) as the tests
+/// start theirs.
+struct Proc(support::ChildProcess);
 
 impl Proc {
     /// Peak resident set (KiB) and CPU seconds, from /proc.
     fn usage(&self) -> (u64, f64) {
-        usage(self.0.id())
+        usage(self.0.pid())
     }
 }
 
@@ -149,7 +149,7 @@ fn postgres_cpu(postmaster: u32) -> f64 {
 
 impl Proc {
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.pid())).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -224,23 +224,7 @@ struct Bench {
     http: reqwest::Client,
     receiver: Receiver,
     receiver_addr: std::net::SocketAddr,
-    logs: PathBuf,
     report: Vec<(String, String)>,
-}
-
-async fn until<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
 }
 
 /// Runs `job(0..count)` on `CONCURRENCY` tasks, each taking the next index,
@@ -308,21 +292,16 @@ impl Bench {
 
     /// `start` with extra arguments for both (e.g. the store).
     fn start_with(&self, ns: &str, extra: &[String]) -> (Proc, Proc, String, String) {
-        let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/hookrelay");
-        assert!(binary.exists(), "build first: cargo build --release --bin hookrelay");
         let (metrics, ingest) = (free_port(), free_port());
+        // Warnings only: debug lines per delivery would be part of what is measured.
         let spawn = |args: Vec<String>, log: &str| {
-            let file = std::fs::File::create(self.logs.join(log)).unwrap();
-            Proc(
-                Command::new(&binary)
-                    .args(args)
-                    .env("KUBECONFIG", &self.kubeconfig)
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(file)
-                    .spawn()
-                    .expect("starting hookrelay"),
-            )
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Proc(support::ChildProcess::start_logging(
+                log,
+                &self.kubeconfig,
+                &args,
+                "warn",
+            ))
         };
         let controller = spawn(
             vec![
@@ -337,7 +316,7 @@ impl Bench {
             .into_iter()
             .chain(extra.iter().cloned())
             .collect(),
-            &format!("controller-{ns}.log"),
+            &format!("bench-controller-{ns}"),
         );
         let ingest_proc = spawn(
             vec![
@@ -349,7 +328,7 @@ impl Bench {
             .into_iter()
             .chain(extra.iter().cloned())
             .collect(),
-            &format!("ingest-{ns}.log"),
+            &format!("bench-ingest-{ns}"),
         );
         (
             controller,
@@ -360,7 +339,7 @@ impl Bench {
     }
 
     async fn wait_ready(&self, url: &str) {
-        until(Duration::from_secs(60), || async {
+        support::within(Duration::from_secs(60), || async {
             let r = self.http.get(format!("{url}/readyz")).send().await.ok()?;
             r.status().is_success().then_some(())
         })
@@ -402,7 +381,7 @@ impl Bench {
             .await
             .unwrap();
         let hubs: Api<Hub> = Api::namespaced(self.client.clone(), ns);
-        let secret = until(Duration::from_secs(60), || async {
+        let secret = support::within(Duration::from_secs(60), || async {
             hubs.get("main").await.ok()?.status?.ingest_token_secret_ref
         })
         .await
@@ -423,7 +402,7 @@ impl Bench {
                 .await
                 .unwrap();
         }
-        until(Duration::from_secs(300), || async {
+        support::within(Duration::from_secs(300), || async {
             let list = api.list(&Default::default()).await.ok()?;
             // These webhooks, not any of the namespace's: a webhook posted
             // to before it is Ready has no signing secret yet.
@@ -519,7 +498,7 @@ impl Bench {
         // Event ids unique to this call (a repeated id is not delivered again).
         let ids = format!("{event}-{}", self.report.len());
         let (steady, _) = self.post(ingest, ns, token, event, 1_000, Some(50), 1, &ids).await;
-        until(Duration::from_secs(60), || async {
+        support::within(Duration::from_secs(60), || async {
             let book = self.receiver.lock().unwrap();
             steady.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
         })
@@ -568,7 +547,7 @@ impl Bench {
 
     /// Waits until the controller counted `target` succeeded deliveries.
     async fn succeeded(&self, metrics: &str, target: f64, limit: Duration) -> Option<Instant> {
-        until(limit, || async {
+        support::within(limit, || async {
             let n = self
                 .metric(metrics, "hookrelay_deliveries_total{outcome=\"succeeded\"}")
                 .await;
@@ -656,8 +635,6 @@ fn latencies(accepted: &HashMap<String, Instant>, receiver: &Receiver) -> Vec<Du
 async fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out_dir = root.join("target/bench");
-    let logs = out_dir.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
 
     // A control plane of its own, with etcd fsync on, as in production.
     let cache = std::env::var("HOOKRELAY_CACHE")
@@ -704,7 +681,7 @@ async fn main() {
     }
     for crd in hookrelay::crd::all() {
         let name = crd.name_any();
-        until(Duration::from_secs(60), || async {
+        support::within(Duration::from_secs(60), || async {
             let c = crds.get(&name).await.ok()?;
             c.status?
                 .conditions?
@@ -728,7 +705,6 @@ async fn main() {
         http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         receiver,
         receiver_addr,
-        logs,
         report: vec![],
     };
     let stamp = jiff::Timestamp::now().as_second();
@@ -1031,7 +1007,7 @@ async fn main() {
             hoard.insert(rows).await.expect("the backlog is stored");
         }
         println!("  100,000 rows stored in {:?}", inserted.elapsed());
-        until(Duration::from_secs(60), || async {
+        support::within(Duration::from_secs(60), || async {
             (b.receiver.lock().unwrap().refused > 0).then_some(())
         })
         .await
@@ -1123,7 +1099,7 @@ async fn main() {
             .into_iter()
             .filter(|(k, _)| !k.starts_with("iso-slow"))
             .collect();
-        let arrived = until(Duration::from_secs(120), || async {
+        let arrived = support::within(Duration::from_secs(120), || async {
             let book = b.receiver.lock().unwrap();
             let times: Vec<Instant> = fast.keys().filter_map(|k| book.arrivals.get(k).copied()).collect();
             (times.len() == fast.len()).then(|| times.into_iter().max().unwrap())
@@ -1231,7 +1207,7 @@ async fn main() {
             .await;
         let pending = accepted.len();
         // Every delivery has had its first attempt refused.
-        let refused = until(PHASE_LIMIT, || async {
+        let refused = support::within(PHASE_LIMIT, || async {
             (b.receiver.lock().unwrap().refused >= pending).then_some(())
         })
         .await;
@@ -1251,7 +1227,7 @@ async fn main() {
         let (bystander, _) = b
             .post(&ingest_url, &bns, &token, "bench.bystander", 500, Some(50), 1, "by")
             .await;
-        until(Duration::from_secs(60), || async {
+        support::within(Duration::from_secs(60), || async {
             let book = b.receiver.lock().unwrap();
             bystander.keys().all(|k| book.arrivals.contains_key(k)).then_some(())
         })
@@ -1275,7 +1251,7 @@ async fn main() {
         let restarted_at = Instant::now();
         let (controller, _unused_ingest, _, metrics_url2) = b.start(&bns);
         drop(_unused_ingest);
-        let listed = until(PHASE_LIMIT, || async {
+        let listed = support::within(PHASE_LIMIT, || async {
             let n = b.metric(&metrics_url2, "hookrelay_deliveries_pending").await;
             (n >= pending as f64).then(Instant::now)
         })
@@ -1296,7 +1272,7 @@ async fn main() {
 
         // The handler comes back: the drain.
         tokio::time::sleep_until(back_at.into()).await;
-        let drained = until(PHASE_LIMIT, || async {
+        let drained = support::within(PHASE_LIMIT, || async {
             let book = b.receiver.lock().unwrap();
             (book.recovered >= pending).then(|| book.last_recovered.unwrap())
         })

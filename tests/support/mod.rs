@@ -288,7 +288,20 @@ async fn install_crds(client: &Client) {
 
 /// Polls `check` every 100 ms until it yields a value; panics naming `what`
 /// when `timeout` passes first. Conditions, not sleeps.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match within(timeout, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 100 ms until it yields a value, or `None` once
+/// `timeout` has passed (the benchmarks report that instead of failing).
+pub async fn within<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -296,12 +309,11 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -345,6 +357,12 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     pub fn start(name: &str, kubeconfig: &Path, args: &[&str]) -> ChildProcess {
+        Self::start_logging(name, kubeconfig, args, "info,hookrelay=debug,kube=info")
+    }
+
+    /// `start` with `RUST_LOG=log_filter` (the benchmarks log warnings only:
+    /// debug lines per delivery would be part of what they measure).
+    pub fn start_logging(name: &str, kubeconfig: &Path, args: &[&str], log_filter: &str) -> ChildProcess {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{name}.log"));
@@ -359,7 +377,7 @@ impl ChildProcess {
             .args(args)
             .args(["--log-format", "json"])
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,hookrelay=debug,kube=info")
+            .env("RUST_LOG", log_filter)
             .env("RUST_BACKTRACE", "0")
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
