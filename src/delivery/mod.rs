@@ -2,8 +2,9 @@
 //! makes attempts under a per-webhook and a global concurrency limit, so a
 //! slow webhook never holds up another. One loop for every store: the
 //! Kubernetes store's schedule watches Delivery objects and hands them out
-//! as they come due (one leader delivers); the Postgres store's claims them
-//! for this replica (every replica delivers, each within its room).
+//! as they come due (one leader delivers); the Postgres store's schedule
+//! claims them for this replica (every replica delivers, each within its
+//! room).
 
 pub mod attempt;
 pub mod auth;

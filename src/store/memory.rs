@@ -92,14 +92,6 @@ impl Memory {
     pub fn fail_records(&self, n: u32) {
         self.failing.store(n, std::sync::atomic::Ordering::Relaxed);
     }
-
-    /// Removes a delivery (what retention does), if it is there.
-    pub fn remove(&self, namespace: &str, name: &str) -> bool {
-        self.rows()
-            .rows
-            .remove(&(namespace.to_string(), name.to_string()))
-            .is_some()
-    }
 }
 
 /// What says whether anyone recorded progress on a delivery: an attempt, a
