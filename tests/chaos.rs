@@ -39,6 +39,21 @@ fn restart_control_plane(server: &str, down_seconds: u32) {
     assert!(status.success(), "restarting {server} failed");
 }
 
+/// Held while a variant sets up or cleans up, and by each restart of a
+/// control-plane server: the two variants run at once, and the Postgres one
+/// must see the Kubernetes one's restarts only while it takes events.
+static CONTROL_PLANE_QUIET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Restarts a control-plane server once no variant is setting up or cleaning up.
+fn restart_when_quiet(server: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _quiet = CONTROL_PLANE_QUIET.lock().await;
+        tokio::task::spawn_blocking(move || restart_control_plane(server, 2))
+            .await
+            .unwrap();
+    })
+}
+
 /// What the sender saw: event id → the delivery names of its 202.
 type Accepted = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
@@ -59,6 +74,7 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd(store: 
         store,
         ..Options::default()
     };
+    let setting_up = CONTROL_PLANE_QUIET.lock().await;
     let mut stack = Stack::start_with("chaos", options).await;
     // The same arguments as the first (the store's too).
     let replica_args = stack.controller_args().to_vec();
@@ -73,6 +89,7 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd(store: 
         receiver.set_default(&path, Reply::status(200).delayed(Duration::from_millis(50)));
         stack.webhook(name, spec(receiver.url(&path), &[EVENT])).await;
     }
+    drop(setting_up);
 
     // The sender: one event every 66 ms, each retried until ingest says 202.
     let url = Arc::new(Mutex::new(stack.ingest.events_url(&stack.env.ns, "main")));
@@ -171,12 +188,10 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd(store: 
         // Once per run of this binary: the Postgres variant lives through
         // the other variant's restarts.
         if store == Store::Kubernetes && apiserver_restart.is_none() && t > Duration::from_secs(9) {
-            apiserver_restart = Some(tokio::task::spawn_blocking(|| {
-                restart_control_plane("kube-apiserver", 2)
-            }));
+            apiserver_restart = Some(restart_when_quiet("kube-apiserver"));
         }
         if store == Store::Kubernetes && etcd_restart.is_none() && t > Duration::from_secs(17) {
-            etcd_restart = Some(tokio::task::spawn_blocking(|| restart_control_plane("etcd", 2)));
+            etcd_restart = Some(restart_when_quiet("etcd"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -292,6 +307,7 @@ async fn deliveries_survive_killed_controllers_ingest_apiserver_and_etcd(store: 
         started.elapsed().as_secs_f64(),
     );
     drop(second);
+    let _quiet = CONTROL_PLANE_QUIET.lock().await;
     stack.cleanup().await;
 }
 
