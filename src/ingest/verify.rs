@@ -43,10 +43,11 @@ pub fn standard_webhooks(
         .trim()
         .parse()
         .map_err(|_| "webhook-timestamp is not unix seconds".to_string())?;
-    if (now - timestamp).abs() > tolerance {
+    // abs_diff: an extreme timestamp cannot overflow the subtraction.
+    let skew = now.abs_diff(timestamp);
+    if skew > tolerance.unsigned_abs() {
         return Err(format!(
-            "webhook-timestamp is {}s from now; at most {tolerance}s is accepted (a stale or replayed request)",
-            (now - timestamp).abs()
+            "webhook-timestamp is {skew}s from now; at most {tolerance}s is accepted (a stale or replayed request)"
         ));
     }
     let signatures = headers.signature.ok_or("no webhook-signature header")?;
@@ -81,6 +82,20 @@ mod tests {
         assert!(standard_webhooks(secret, &headers, tampered, 1614265330, 300).is_err());
         let stale = standard_webhooks(secret, &headers, body, 1614265330 + 301, 300).unwrap_err();
         assert!(stale.contains("stale"), "{stale}");
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_not_overflowed() {
+        for timestamp in [i64::MIN.to_string(), i64::MAX.to_string()] {
+            let headers = StandardHeaders {
+                id: Some("msg_1"),
+                timestamp: Some(&timestamp),
+                signature: Some("v1,AAAA"),
+            };
+            let err = standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &headers, b"{}", 1614265330, 300)
+                .unwrap_err();
+            assert!(err.contains("stale"), "{timestamp}: {err}");
+        }
     }
 
     #[test]

@@ -178,3 +178,18 @@ fn checked(session: &Session, body: &Bytes) -> Result<Fields, Response> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_message_page_has_no_link_its_own_csp_would_block() {
+        let response = message(StatusCode::NOT_FOUND, "Not found", "no such webhook");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(html.contains("data-back"), "{html}");
+        // script-src 'self' blocks javascript: URLs and inline handlers.
+        assert!(!html.contains("javascript:") && !html.contains("onclick"), "{html}");
+    }
+}

@@ -3,6 +3,13 @@
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
+  // Back goes back where there is history (the CSP forbids javascript: links).
+  for (const back of document.querySelectorAll("a[data-back]")) {
+    back.addEventListener("click", (event) => {
+      if (history.length > 1) { event.preventDefault(); history.back(); }
+    });
+  }
+
   const copy = document.getElementById("copy");
   if (copy) {
     copy.addEventListener("click", async () => {
