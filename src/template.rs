@@ -1,8 +1,11 @@
 //! Custom payloads: Handlebars templates rendered with the event.
 //!
-//! Templates see `id`, `name`, `payload` and `receivedAt`. Values are
-//! inserted as they are (no HTML escaping); `{{json payload.x}}` inserts a
-//! value as JSON, quoted and escaped where needed.
+//! Templates see `id`, `name`, `payload` and `receivedAt`. A template is
+//! JSON, not HTML: `{{payload.x}}` inserts a value escaped as the inside of a
+//! JSON string (quotes, backslashes, control characters), so it belongs
+//! between quotes; `{{json payload.x}}` inserts a value as JSON (strings
+//! quoted, objects and arrays whole). What a template renders must be JSON:
+//! anything else is an error of the attempt, not a request to the handler.
 //!
 //! Templates are written by tenants, so their cost is bounded before use:
 //! at most 16 KiB, no partials or decorators (which can recurse without
@@ -25,9 +28,15 @@ pub struct TemplateError(pub String);
 
 fn engine() -> Handlebars<'static> {
     let mut hb = Handlebars::new();
-    hb.register_escape_fn(handlebars::no_escape);
+    hb.register_escape_fn(json_string_escape);
     hb.register_helper("json", Box::new(json_helper));
     hb
+}
+
+/// `s` as the inside of a JSON string literal.
+fn json_string_escape(s: &str) -> String {
+    let quoted = serde_json::to_string(s).expect("a string serialises");
+    quoted[1..quoted.len() - 1].to_string()
 }
 
 fn json_helper(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
@@ -99,14 +108,20 @@ impl std::io::Write for Bounded {
     }
 }
 
-/// Renders `template` with `data` (the event), after the same checks.
-/// Synchronous and CPU-bound: call it off the async threads.
+/// Renders `template` with `data` (the event), after the same checks; the
+/// result is JSON. Synchronous and CPU-bound: call it off the async threads.
 pub fn render(template: &str, data: &Value) -> Result<String, TemplateError> {
     check(template)?;
     let mut out = Bounded(Vec::new());
     engine()
         .render_template_to_write(template, data, &mut out)
         .map_err(|e| TemplateError(e.to_string()))?;
+    // serde_json's message names a position and what it expected, never the text.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&out.0) {
+        return Err(TemplateError(format!(
+            "the rendered body is not JSON ({e}); put {{{{value}}}} inside quotes, or insert whole values with {{{{json value}}}}"
+        )));
+    }
     String::from_utf8(out.0).map_err(|e| TemplateError(e.to_string()))
 }
 
@@ -121,9 +136,35 @@ mod tests {
     }
 
     #[test]
-    fn renders_fields_without_html_escaping() {
-        let out = render("{{name}} {{payload.id}} {{payload.label}}", &event()).unwrap();
-        assert_eq!(out, "dynamic-content.snapshot.published s-1 Grüße \"quoted\" <b>");
+    fn values_are_escaped_as_json_strings_not_html() {
+        let out = render(r#""{{name}} {{payload.id}} {{payload.label}}""#, &event()).unwrap();
+        assert_eq!(out, r#""dynamic-content.snapshot.published s-1 Grüße \"quoted\" <b>""#);
+    }
+
+    #[test]
+    fn quotes_backslashes_newlines_and_unicode_render_valid_json() {
+        let label = "say \"hi\"\\ back\nslash\ttab \u{1} é 😀 </script>";
+        let data = json!({ "name": "n", "payload": { "label": label, "count": 3, "nested": { "a": [1, { "b": "x\"y" }] } } });
+        let out = render(
+            r#"{"label": "{{payload.label}}", "count": {{payload.count}}, "nested": {{json payload.nested}}, "b": "{{payload.nested.a.1.b}}"}"#,
+            &data,
+        )
+        .unwrap();
+        let parsed: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed["label"], label);
+        assert_eq!(parsed["count"], 3);
+        assert_eq!(parsed["nested"], data["payload"]["nested"]);
+        assert_eq!(parsed["b"], "x\"y");
+    }
+
+    #[test]
+    fn a_template_that_does_not_render_json_is_an_error_naming_the_fix() {
+        // An object inserted without json, and a string outside quotes.
+        for template in [r#"{"all": {{payload}}}"#, r#"{"label": {{payload.label}}}"#, "plain text"] {
+            let err = render(template, &event()).unwrap_err().to_string();
+            assert!(err.contains("not JSON") && err.contains("{{json value}}"), "{template}: {err}");
+            assert!(!err.contains("Grüße"), "the message does not quote the payload: {err}");
+        }
     }
 
     #[test]

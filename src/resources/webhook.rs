@@ -80,11 +80,14 @@ pub struct WebhookSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub filters: Vec<WebhookFilter>,
-    /// A Handlebars template rendering the request body from the event
-    /// (`{{name}}`, `{{payload.…}}`, `{{id}}`). Unset: the CMS envelope
-    /// {"name": …, "payload": …}. At most 16 KiB; no partials, no inline
-    /// partials or other decorators, no {{#each}} inside another; at most
-    /// 1 MiB of output.
+    /// A Handlebars template rendering the JSON request body from the event.
+    /// Fields: `id`, `name`, `receivedAt`, `payload.…`. `"{{payload.x}}"`
+    /// inserts a value escaped for inside a JSON string (write the quotes);
+    /// `{{json payload.x}}` inserts it as JSON (strings quoted, objects
+    /// whole). The result must be JSON, or the attempt fails saying so.
+    /// Unset: the CMS envelope {"name": …, "payload": …}. At most 16 KiB; no
+    /// partials, no inline partials or other decorators, no {{#each}} inside
+    /// another; at most 1 MiB of output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16384), extend("x-kubernetes-validations" = [{
         "rule": "!self.contains('{{>') && !self.contains('{{~>') && !self.contains('{{#>') && !self.contains('{{~#>') && !self.contains('{{#*') && !self.contains('{{~#*') && !self.contains('{{*')",
