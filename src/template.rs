@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn quotes_backslashes_newlines_and_unicode_render_valid_json() {
         let label = "say \"hi\"\\ back\nslash\ttab \u{1} é 😀 </script>";
-        let data = json!({ "name": "n", "payload": { "label": label, "count": 3, "nested": { "a": [1, { "b": "x\"y" }] } } });
+        let data =
+            json!({ "name": "n", "payload": { "label": label, "count": 3, "nested": { "a": [1, { "b": "x\"y" }] } } });
         let out = render(
             r#"{"label": "{{payload.label}}", "count": {{payload.count}}, "nested": {{json payload.nested}}, "b": "{{payload.nested.a.1.b}}"}"#,
             &data,
@@ -160,9 +161,16 @@ mod tests {
     #[test]
     fn a_template_that_does_not_render_json_is_an_error_naming_the_fix() {
         // An object inserted without json, and a string outside quotes.
-        for template in [r#"{"all": {{payload}}}"#, r#"{"label": {{payload.label}}}"#, "plain text"] {
+        for template in [
+            r#"{"all": {{payload}}}"#,
+            r#"{"label": {{payload.label}}}"#,
+            "plain text",
+        ] {
             let err = render(template, &event()).unwrap_err().to_string();
-            assert!(err.contains("not JSON") && err.contains("{{json value}}"), "{template}: {err}");
+            assert!(
+                err.contains("not JSON") && err.contains("{{json value}}"),
+                "{template}: {err}"
+            );
             assert!(!err.contains("Grüße"), "the message does not quote the payload: {err}");
         }
     }

@@ -96,6 +96,17 @@ async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forge
     let cms = hmac_b64(CMS_SECRET.as_bytes(), &body);
     let (status, _, answer) = post(body.clone(), vec![("X-Amplience-Webhook-Signature", cms.clone())]).await;
     assert_eq!(status, 202, "{answer}");
+    // Replayed, the id-less signed body is the same event (its id is the
+    // body's SHA-256), not a new one.
+    let (status, _, replayed) = post(body.clone(), vec![("X-Amplience-Webhook-Signature", cms.clone())]).await;
+    assert_eq!(status, 202, "{replayed}");
+    assert_eq!(replayed["id"], answer["id"], "{replayed}");
+    assert!(answer["id"].as_str().unwrap().starts_with("sha256-"), "{answer}");
+    assert_eq!(
+        deliveries_of(&replayed),
+        deliveries_of(&answer),
+        "a replay is deduplicated"
+    );
     let (status, _, answer) = post(
         body.clone(),
         vec![("X-Amplience-Webhook-Signature", hmac_b64(b"wrong", &body))],
@@ -133,6 +144,37 @@ async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forge
         deliveries_of(&first),
         "a sender's retry is idempotent"
     );
+    // The signed message id wins over an id in the body.
+    let with_id = json!({ "id": "body-id", "name": EVENT, "payload": { "id": "s-2" } })
+        .to_string()
+        .into_bytes();
+    let message = [format!("msg_bound.{now}.").as_bytes(), &with_id].concat();
+    let bound = vec![
+        ("webhook-id", "msg_bound".to_string()),
+        ("webhook-timestamp", now.to_string()),
+        ("webhook-signature", format!("v1,{}", hmac_b64(&key, &message))),
+    ];
+    let (status, _, answer) = post(with_id, bound).await;
+    assert_eq!((status, answer["id"].as_str()), (202, Some("msg_bound")), "{answer}");
+    // A binary-mode CloudEvent takes its type and id from unsigned headers:
+    // refused, even with a valid signature over its data.
+    let mut binary = signed("msg_binary", now);
+    binary.extend([
+        ("ce-specversion", "1.0".to_string()),
+        ("ce-id", "any-new-id".to_string()),
+        ("ce-source", "/cms".to_string()),
+        ("ce-type", EVENT.to_string()),
+    ]);
+    let (status, _, answer) = post(body.clone(), binary).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("UnsignedAttributes")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains("structured CloudEvent"),
+        "{answer}"
+    );
     let (status, _, stale) = post(body.clone(), signed("msg_old", now - 3600)).await;
     assert_eq!(status, 401);
     assert!(stale["message"].as_str().unwrap().contains("stale"), "{stale}");
@@ -146,6 +188,6 @@ async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forge
     assert_eq!(status, 202, "{answer}");
     let (status, _, _) = post(body.clone(), vec![]).await;
     assert_eq!(status, 401);
-    receiver.wait_for("/shop", 3, support::stack::WAIT).await;
+    receiver.wait_for("/shop", 4, support::stack::WAIT).await;
     stack.cleanup().await;
 }

@@ -279,7 +279,7 @@ async fn accept(
     // body, which must then be read first.
     let schemes = hub.spec.ingest.as_ref().map(|i| i.verify.clone()).unwrap_or_default();
     let bearer = schemes.iter().find(|s| s.scheme == Scheme::Bearer);
-    let mut signed: Option<(bytes::Bytes, Option<String>)> = None;
+    let mut signed: Option<(bytes::Bytes, Signed)> = None;
     if schemes.is_empty() || (bearer.is_some() && headers.contains_key(header::AUTHORIZATION)) {
         let token = bearer.and_then(|b| b.secret_ref.as_ref());
         authenticate(ingest, &hub, namespace, headers, token).await?;
@@ -298,10 +298,18 @@ async fn accept(
         return Err(problem);
     }
 
-    let (body, signed_id) = match signed {
-        Some((bytes, id)) => (bytes, id),
+    let (body, signed) = match signed {
+        Some((bytes, by)) => (bytes, Some(by)),
         None => (read_body(body, headers, ingest.body_limit).await?, None),
     };
+    if signed.is_some() && headers.contains_key("ce-specversion") {
+        // Its type and id would come from headers no signature covers.
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "UnsignedAttributes",
+            "a hub that verifies signatures does not accept binary-mode CloudEvents: their ce-type and ce-id headers are not signed; send a structured CloudEvent (application/cloudevents+json) or the CMS envelope",
+        ));
+    }
     let incoming = event::parse(headers, &body).map_err(|rejection| match rejection {
         event::Rejection::MediaType(_) => Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -332,9 +340,13 @@ async fn accept(
         ));
     }
 
-    // A Standard Webhooks message id is the event id: the sender's retries
-    // are idempotent.
-    let sender_id = incoming.id.clone().or(signed_id);
+    // The event id: a signed request's comes from what is signed, so a
+    // replay is the same event (deduplicated), never a new one.
+    let sender_id = match signed {
+        Some(Signed::StandardWebhooks(message_id)) => Some(message_id),
+        Some(Signed::Cms) => Some(incoming.id.clone().unwrap_or_else(|| body_digest(&body))),
+        None => incoming.id.clone(),
+    };
     let generated_id = sender_id.is_none();
     let id = sender_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let received_at = Timestamp::now();
@@ -431,16 +443,29 @@ async fn drain(mut stream: axum::body::BodyDataStream) {
     .await;
 }
 
-/// Checks the bearer token against the hub's, in constant time.
-/// Checks the body's signature against each signature scheme of the hub;
-/// the event id a Standard Webhooks sender gave, if that scheme admitted it.
+/// Which signature admitted a request.
+enum Signed {
+    /// The CMS's own scheme: the body alone is signed.
+    Cms,
+    /// Standard Webhooks: the body and this message id are signed.
+    StandardWebhooks(String),
+}
+
+/// The id of an id-less event whose body alone is signed: its SHA-256.
+fn body_digest(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256-{digest}")
+}
+
+/// Checks the body's signature against each signature scheme of the hub.
 async fn verify_signed(
     ingest: &Ingest,
     namespace: &str,
     schemes: &[VerifyScheme],
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Option<String>, Problem> {
+) -> Result<Signed, Problem> {
     let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // The reason given is that of a scheme whose headers were presented.
     let mut why: Option<String> = None;
@@ -466,7 +491,7 @@ async fn verify_signed(
         };
         let checked = match scheme.scheme {
             Scheme::Amplience => {
-                verify::amplience(value, body, header_text("x-amplience-webhook-signature")).map(|()| None)
+                verify::amplience(value, body, header_text("x-amplience-webhook-signature")).map(|()| Signed::Cms)
             }
             Scheme::StandardWebhooks => {
                 let tolerance = scheme
@@ -478,7 +503,8 @@ async fn verify_signed(
                     timestamp: header_text("webhook-timestamp"),
                     signature: header_text("webhook-signature"),
                 };
-                verify::standard_webhooks(value, &signed, body, Timestamp::now().as_second(), tolerance).map(Some)
+                verify::standard_webhooks(value, &signed, body, Timestamp::now().as_second(), tolerance)
+                    .map(Signed::StandardWebhooks)
             }
             Scheme::Bearer => continue,
         };

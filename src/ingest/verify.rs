@@ -92,8 +92,14 @@ mod tests {
                 timestamp: Some(&timestamp),
                 signature: Some("v1,AAAA"),
             };
-            let err = standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &headers, b"{}", 1614265330, 300)
-                .unwrap_err();
+            let err = standard_webhooks(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                &headers,
+                b"{}",
+                1614265330,
+                300,
+            )
+            .unwrap_err();
             assert!(err.contains("stale"), "{timestamp}: {err}");
         }
     }
