@@ -114,6 +114,19 @@ pub fn not_consented(name: &str, label: &str) -> String {
     format!("Secret {name} does not exist or is not labelled {label}: \"true\" (its owner's consent to use it)")
 }
 
+/// A value from a Secret its owner consented to (`label`), or one message
+/// whether the Secret is missing, unlabelled or without the key, so it does
+/// not tell a Webhook author which Secrets or keys exist.
+pub fn consented_value<'a>(secret: Option<&'a Secret>, label: &str, name: &str, key: &str) -> Result<&'a str, String> {
+    consented(secret, label)
+        .and_then(|s| value(s, key))
+        .ok_or_else(|| {
+            format!(
+                "Secret {name} does not exist, is not labelled {label}: \"true\" (its owner's consent to use it), or has no non-empty key {key}"
+            )
+        })
+}
+
 pub fn value<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
     let bytes = secret.data.as_ref()?.get(key)?;
     std::str::from_utf8(&bytes.0).ok().filter(|v| !v.is_empty())

@@ -435,6 +435,7 @@ async fn undecodable_deliveries_fail_or_are_skipped_alone_also_after_a_relist() 
 /// `value`, as the engine tests below need; no controller runs.
 async fn hub_and_secret(test: &str, name: &str, value: &str) -> support::TestEnv {
     use hookrelay::resources::Hub;
+    use hookrelay::resources::webhook::CREDENTIAL_CONSENT_LABEL;
     use k8s_openapi::api::core::v1::Secret;
     let env = support::TestEnv::new(test).await;
     let hub: Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
@@ -442,6 +443,8 @@ async fn hub_and_secret(test: &str, name: &str, value: &str) -> support::TestEnv
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
+            // Its owner's consent to sign with it (spec.secretRef).
+            labels: Some([(CREDENTIAL_CONSENT_LABEL.to_string(), "true".to_string())].into()),
             ..Default::default()
         },
         string_data: Some([("secret".to_string(), value.to_string())].into()),

@@ -3,6 +3,7 @@
 
 mod support;
 
+use hookrelay::resources::webhook::CREDENTIAL_CONSENT_LABEL;
 use hookrelay::resources::{Hub, Webhook};
 use hookrelay::secrets;
 use k8s_openapi::ByteString;
@@ -311,7 +312,7 @@ async fn user_replaced_value_is_kept() {
 }
 
 #[tokio::test]
-async fn secret_ref_is_used_as_is_and_a_missing_one_is_reported() {
+async fn secret_ref_is_used_as_is_with_its_owners_consent_and_a_missing_one_is_reported() {
     let env = TestEnv::new("secret_ref_is_used_as_is").await;
     let controller = env.start_controller();
     let _: Hub = apply_example(&env, "hub.yaml").await;
@@ -326,18 +327,24 @@ async fn secret_ref_is_used_as_is_and_a_missing_one_is_reported() {
     webhooks.create(&PostParams::default(), &webhook).await.unwrap();
     let name = webhook.name_any();
 
-    let not_ready = wait_condition(&webhooks, &name, "Ready", "SecretNotFound").await;
-    let message = &not_ready
-        .status
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message
-        .clone();
-    assert!(message.contains("mine"), "{message}");
+    let ready_message = |w: Webhook| {
+        w.status
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .message
+            .clone()
+    };
+    let missing = ready_message(wait_condition(&webhooks, &name, "Ready", "SecretNotUsable").await);
+    assert!(
+        missing.contains("mine") && missing.contains(CREDENTIAL_CONSENT_LABEL),
+        "{missing}"
+    );
 
+    // Present but without its owner's consent: not used, and the same
+    // message as missing (which Secrets exist is not told).
     let mine = Secret {
         metadata: ObjectMeta {
             name: Some("mine".into()),
@@ -349,7 +356,16 @@ async fn secret_ref_is_used_as_is_and_a_missing_one_is_reported() {
         )])),
         ..Default::default()
     };
-    let created = secrets_api.create(&PostParams::default(), &mine).await.unwrap();
+    secrets_api.create(&PostParams::default(), &mine).await.unwrap();
+    bump_and_wait_reconciled(&webhooks, &name, "Example integration (unlabelled secret)").await;
+    let unlabelled = ready_message(wait_condition(&webhooks, &name, "Ready", "SecretNotUsable").await);
+    assert_eq!(unlabelled, missing, "an unlabelled Secret reads as a missing one");
+
+    let consent = json!({ "metadata": { "labels": { CREDENTIAL_CONSENT_LABEL: "true" } } });
+    let created = secrets_api
+        .patch("mine", &PatchParams::default(), &Patch::Merge(consent))
+        .await
+        .unwrap();
     let ready = wait_condition(&webhooks, &name, "Ready", "Ready").await;
     let secret_ref = ready.status.unwrap().secret_ref.unwrap();
     assert_eq!((secret_ref.name.as_str(), secret_ref.key.as_str()), ("mine", "hmac"));

@@ -5,7 +5,7 @@ use super::generated_secret::{self, Change, Desired, State};
 use super::{Context, Error};
 use crate::delivery::auth;
 use crate::events::unknown_subscriptions;
-use crate::resources::webhook::{DEACTIVATED_ANNOTATION, DeactivationRecord, WebhookSpec};
+use crate::resources::webhook::{CREDENTIAL_CONSENT_LABEL, DEACTIVATED_ANNOTATION, DeactivationRecord, WebhookSpec};
 use crate::resources::{
     FIELD_MANAGER, HUB_LABEL, Hub, MANAGED_BY_LABEL, ROTATE_SECRET_ANNOTATION, SECRET_PURPOSE_LABEL, SecretKeyRef,
     WEBHOOK_LABEL, Webhook, WebhookStatus, condition, conditions,
@@ -130,10 +130,18 @@ async fn signing_secret(
 ) -> Result<Signing, Error> {
     let previous = webhook.status.as_ref();
     if let Some(user_ref) = &webhook.spec.secret_ref {
-        // A user's Secret is read, never written.
-        let problem = generated_secret::check_user_secret(cache, ns, &user_ref.name, &user_ref.key)
-            .await?
-            .err();
+        // A user's Secret is read, never written, and used only with its
+        // owner's consent: signing a body the author chooses with it would
+        // hand out HMACs under any Secret of the namespace.
+        let secret = cache.get(ns, &user_ref.name).await?;
+        let problem = secrets::consented_value(
+            secret.as_deref(),
+            CREDENTIAL_CONSENT_LABEL,
+            &user_ref.name,
+            &user_ref.key,
+        )
+        .err()
+        .map(|message| ("SecretNotUsable", format!("spec.secretRef: {message}")));
         return Ok(Signing {
             secret_ref: Some(user_ref.clone()),
             problem,

@@ -9,7 +9,7 @@ use super::request::{self, DEFAULT_SIGNATURE_HEADER, Outgoing, ResolvedHeader, S
 use super::retry::Schedule;
 use crate::egress;
 use crate::resources::delivery::{Attempt, Delivery, DeliveryStatus, Phase, RecordedRequest};
-use crate::resources::webhook::{Deactivation, DeliverySummary};
+use crate::resources::webhook::{CREDENTIAL_CONSENT_LABEL, Deactivation, DeliverySummary};
 use crate::resources::{Hub, Webhook};
 use crate::secrets;
 use crate::store::{StoreError, Written};
@@ -596,14 +596,28 @@ async fn prepare(
         .secrets
         .get(ns, &secret_ref.name)
         .await
-        .map_err(|e| format!("reading Secret {}: {e}", secret_ref.name))?
-        .ok_or_else(|| format!("signing Secret {} not found", secret_ref.name))?;
-    let current = secrets::value(&secret, &secret_ref.key).ok_or_else(|| {
-        format!(
-            "signing Secret {} has no non-empty key {}",
-            secret_ref.name, secret_ref.key
+        .map_err(|e| format!("reading Secret {}: {e}", secret_ref.name))?;
+    let current = if webhook.spec.secret_ref.is_some() {
+        // Brought: only with its owner's consent (as the controller checks).
+        secrets::consented_value(
+            secret.as_deref(),
+            CREDENTIAL_CONSENT_LABEL,
+            &secret_ref.name,
+            &secret_ref.key,
         )
-    })?;
+        .map_err(|message| format!("spec.secretRef: {message}"))?
+    } else {
+        secret
+            .as_deref()
+            .and_then(|s| secrets::value(s, &secret_ref.key))
+            .ok_or_else(|| {
+                format!(
+                    "signing Secret {} has no non-empty key {}",
+                    secret_ref.name, secret_ref.key
+                )
+            })?
+    };
+    let secret = secret.as_deref().expect("a value was read from it");
     // During a rotation overlap the previous value signs too.
     let previous = secrets::previous_expires_at(&secret)
         .filter(|expires| *expires > now)

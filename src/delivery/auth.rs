@@ -107,13 +107,20 @@ fn identity(secret: Option<&Secret>, name: &str) -> Result<Arc<[u8]>, String> {
     Ok(pem.into())
 }
 
-/// CA certificates from a Secret key. They are not credentials: no consent needed.
+/// CA certificates from a Secret key. They are not credentials: no consent
+/// needed; but one message whether the Secret or key is missing or holds no
+/// certificates, so it tells nothing of other Secrets.
 fn roots(secret: Option<&Secret>, r: &SecretKeyRef) -> Result<Arc<[u8]>, String> {
     secret
         .and_then(|s| s.data.as_ref()?.get(&r.key))
-        .filter(|v| !v.0.is_empty())
+        .filter(|v| reqwest::Certificate::from_pem_bundle(&v.0).is_ok_and(|certs| !certs.is_empty()))
         .map(|v| Arc::from(v.0.as_slice()))
-        .ok_or_else(|| format!("spec.tls.caSecretRef: Secret {} has no non-empty key {}", r.name, r.key))
+        .ok_or_else(|| {
+            format!(
+                "spec.tls.caSecretRef: Secret {} does not exist or its key {} holds no PEM certificates",
+                r.name, r.key
+            )
+        })
 }
 
 fn client_secret<'a>(secret: Option<&'a Secret>, r: &SecretKeyRef) -> Result<&'a str, String> {

@@ -148,7 +148,8 @@ fn api_server(webhooks: Vec<Webhook>) -> Client {
                     200,
                     serde_json::json!({
                         "apiVersion": "v1", "kind": "Secret",
-                        "metadata": { "name": SECRET, "namespace": NS, "resourceVersion": "1" },
+                        "metadata": { "name": SECRET, "namespace": NS, "resourceVersion": "1",
+                                      "labels": { "hookrelay.dev/webhook-credential": "true" } },
                         "stringData": {}, "data": { "secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMy" },
                     }),
                 )
