@@ -619,9 +619,9 @@ async fn prepare(
     };
     let secret = secret.as_deref().expect("a value was read from it");
     // During a rotation overlap the previous value signs too.
-    let previous = secrets::previous_expires_at(&secret)
+    let previous = secrets::previous_expires_at(secret)
         .filter(|expires| *expires > now)
-        .and_then(|_| secrets::value(&secret, secrets::PREVIOUS_KEY));
+        .and_then(|_| secrets::value(secret, secrets::PREVIOUS_KEY));
 
     let mut custom = Vec::with_capacity(webhook.spec.headers.len());
     for header in &webhook.spec.headers {
