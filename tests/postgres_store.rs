@@ -509,7 +509,31 @@ async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
     assert!(redelivered.status.success(), "{redelivered:?}");
     receiver.wait_for("/shop", 3, WAIT).await;
 
-    // Someone whom RBAC grants nothing here sees nothing from the store.
+    // Someone whom RBAC grants Webhooks but not Deliveries here sees nothing
+    // from the store (as with Delivery objects).
+    let webhooks_only: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": { "name": "webhooks-only" },
+        "rules": [{ "apiGroups": ["hookrelay.dev"], "resources": ["hubs", "webhooks"], "verbs": ["get", "list", "watch"] }],
+    }))
+    .unwrap();
+    stack
+        .env
+        .api()
+        .create(&Default::default(), &webhooks_only)
+        .await
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "webhooks-only" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "webhooks-only" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": support::RESTRICTED_USER }],
+    }))
+    .unwrap();
+    stack.env.api().create(&Default::default(), &binding).await.unwrap();
+    let as_restricted: Api<Webhook> = Api::namespaced(stack.env.restricted_client().await, &ns);
+    eventually(WAIT, "the restricted user may read the webhook", || async {
+        as_restricted.get("shop").await.ok().map(drop)
+    })
+    .await;
     let restricted = stack.env.cluster.restricted_kubeconfig();
     let stranger = ConsoleSession::start(&stack, postgres, &restricted, "stranger").await;
     let (code, page) = stranger.get(&format!("/ns/{ns}/deliveries/{name}")).await;
