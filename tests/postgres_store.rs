@@ -329,6 +329,50 @@ async fn events_accepted_survive_a_sigkilled_postgres() {
     postgres.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_its_sender_was_told_timed_out_is_not_stored() {
+    // Its own instance, stalled: the other tests keep theirs running.
+    let postgres = Postgres::dedicated("stall", 25436);
+    let mut ingest_args = store_args(&postgres);
+    ingest_args.extend(["--request-timeout".to_string(), "2s".to_string()]);
+    let mut controller_args = store_args(&postgres);
+    controller_args.push("--leader-elect=false".into());
+    let options = Options {
+        controller_args,
+        ingest_args,
+        ..Options::default()
+    };
+    let stack = Stack::start_with("pg_stall", options).await;
+    let receiver = Receiver::start().await;
+    stack.webhook("audit", spec(receiver.url("/hook"), &[EVENT])).await;
+
+    // No id: a second post would be a second event, so a 408 must mean
+    // nothing was stored.
+    postgres.pause();
+    let (status, answer) = stack
+        .post(json!({ "name": EVENT, "payload": { "n": "timed out" } }))
+        .await;
+    postgres.resume();
+    assert_eq!(status, 408, "{answer}");
+    // An event after it, delivered: by then the first would have been
+    // committed, if it were going to be.
+    let (status, answer) = post(&stack, "after", json!({ "n": "after" })).await;
+    assert_eq!(status, 202, "{answer}");
+    receiver.wait_for("/hook", 1, WAIT).await;
+    let ns = stack.env.ns.clone();
+    let rows = stored(&postgres, &ns).await;
+    assert_eq!(rows.len(), 1, "only the event accepted with 202 is stored: {rows:?}");
+    assert!(
+        receiver
+            .received("/hook")
+            .iter()
+            .all(|r| r.json()["payload"]["n"] == "after"),
+        "the timed-out event was delivered"
+    );
+    stack.cleanup().await;
+    postgres.stop();
+}
+
 /// The console signed in through its one-time link: an HTTP client with the
 /// session cookie.
 struct ConsoleSession {

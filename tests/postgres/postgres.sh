@@ -77,11 +77,22 @@ kill_server() {
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 }
 
+# SIGSTOP / SIGCONT the postmaster and its backends: a server that stalls.
+signal_server() {
+  local pid
+  pid=$(head -1 "$data/postmaster.pid" 2>/dev/null || true)
+  [[ -n "$pid" ]] || { echo "postgres.sh: not running" >&2; exit 1; }
+  kill "-$1" "$pid"
+  pkill "-$1" -P "$pid" || true
+}
+
 exec 9>"${dir%/}.lock"
 flock 9
 case "${1:-}" in
   up) up ;;
   down) down ;;
   kill) kill_server ;;
-  *) echo "usage: $0 up|down|kill" >&2; exit 2 ;;
+  pause) signal_server STOP ;;
+  resume) signal_server CONT ;;
+  *) echo "usage: $0 up|down|kill|pause|resume" >&2; exit 2 ;;
 esac

@@ -84,6 +84,17 @@ impl Postgres {
         assert_eq!(again.url, self.url);
     }
 
+    /// Stalls the server and its backends (SIGSTOP) until `resume`.
+    pub fn pause(&self) {
+        let out = script(&self.dir, self.port, "pause");
+        assert!(out.status.success(), "postgres.sh pause failed");
+    }
+
+    pub fn resume(&self) {
+        let out = script(&self.dir, self.port, "resume");
+        assert!(out.status.success(), "postgres.sh resume failed");
+    }
+
     pub fn stop(&self) {
         script(&self.dir, self.port, "down");
     }

@@ -797,7 +797,14 @@ async fn commit_groups(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiv
                 groups.push(next);
             }
         }
-        let result = commit(&pool, &groups).await;
+        // An event whose sender stopped waiting (ingest answered 408) is
+        // not committed: its sender was told it was not accepted.
+        groups.retain(|g| !g.done.is_closed());
+        let mut result = commit(&pool, &groups).await;
+        if result.as_ref().is_err_and(|e| e == WAITER_GONE) {
+            groups.retain(|g| !g.done.is_closed());
+            result = commit(&pool, &groups).await;
+        }
         if result.is_err() && groups.len() > 1 {
             // One event's rows must not fail another's (another tenant's,
             // perhaps): each is committed alone, and only its own fails.
@@ -814,6 +821,9 @@ async fn commit_groups(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiv
 }
 
 async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
+    if groups.is_empty() {
+        return Ok(());
+    }
     // A delivery whose ordering key has an earlier unfinished one (stored
     // before, or earlier in this group) waits out of the queue.
     const INSERT: &str = "
@@ -877,10 +887,21 @@ ON CONFLICT (namespace, name) DO NOTHING";
         )
         .await?;
         tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
-        tx.commit().await
+        if groups.iter().any(|g| g.done.is_closed()) {
+            // Rolled back (the transaction is dropped): committed without
+            // those, or not at all.
+            return Ok(false);
+        }
+        tx.commit().await.map(|()| true)
     };
-    timed(work).await
+    match timed(work).await? {
+        true => Ok(()),
+        false => Err(WAITER_GONE.to_string()),
+    }
 }
+
+/// A commit given up before COMMIT because an event's sender stopped waiting.
+const WAITER_GONE: &str = "postgres store: an event's sender stopped waiting";
 
 /// The advisory lock of an ordering key's bucket (`key` as stored).
 fn key_lock(namespace: &str, webhook: &str, key: &str) -> i64 {
