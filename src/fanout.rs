@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// The value of `webhook`'s ordering key in the event `document`, when it
 /// orders by one the event has.
@@ -39,17 +40,59 @@ pub fn select<'a>(
         .filter(|w| w.namespace().as_deref() == Some(ns) && w.spec.hub == hub && w.spec.active)
         .filter(|w| w.spec.events.iter().any(|s| subscription_matches(s, name)));
     for w in candidates {
-        let template = w.spec.custom_payload.as_deref().map(crate::template::check);
-        match (filters::matches(&w.spec.filters, document), template) {
-            (Err(e), _) => skipped.push((w.name_any(), e.to_string())),
-            (_, Some(Err(e))) => skipped.push((w.name_any(), e.to_string())),
-            (Ok(true), _) => selected.push(w),
-            (Ok(false), _) => {}
+        let compiled = compiled(w);
+        match (&compiled.filters, &compiled.template) {
+            (Err(e), _) | (_, Err(e)) => skipped.push((w.name_any(), e.clone())),
+            (Ok(f), Ok(())) if filters::hold(f, document) => selected.push(w),
+            _ => {}
         }
     }
     selected.sort_by_key(|w| w.name_any());
     skipped.sort();
     (selected, skipped)
+}
+
+/// A webhook's filters and template as fan-out uses them: compiled once per
+/// version of its spec (fan-out looks at every subscribed webhook for every
+/// event), or why they do not compile.
+struct Compiled {
+    filters: Result<Vec<filters::Compiled>, String>,
+    template: Result<(), String>,
+}
+
+/// Compiled versions kept; past this the cache starts afresh (webhooks
+/// deleted or changed leave entries behind).
+const COMPILED_KEPT: usize = 20_000;
+
+fn compiled(w: &Webhook) -> Arc<Compiled> {
+    /// (uid, generation) → what its spec compiles to.
+    type Cache = Mutex<HashMap<(String, i64), Arc<Compiled>>>;
+    static CACHE: LazyLock<Cache> = LazyLock::new(Mutex::default);
+    let compile = || {
+        Arc::new(Compiled {
+            filters: filters::compile(&w.spec.filters).map_err(|e| e.to_string()),
+            template: match w.spec.custom_payload.as_deref().map(crate::template::check) {
+                Some(Err(e)) => Err(e.to_string()),
+                _ => Ok(()),
+            },
+        })
+    };
+    // The spec's generation changes with every change of the spec.
+    let (Some(uid), Some(generation)) = (w.uid(), w.metadata.generation) else {
+        return compile();
+    };
+    let key = (uid, generation);
+    if let Some(hit) = CACHE.lock().expect("not poisoned").get(&key) {
+        return hit.clone();
+    }
+    // Compiled outside the lock: other events' fan-outs go on meanwhile.
+    let fresh = compile();
+    let mut cache = CACHE.lock().expect("not poisoned");
+    if cache.len() >= COMPILED_KEPT {
+        cache.clear();
+    }
+    cache.insert(key, fresh.clone());
+    fresh
 }
 
 /// The Delivery name for (event id, webhook): deterministic, so a repeated

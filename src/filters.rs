@@ -25,29 +25,49 @@ fn parse(path: &str) -> Result<JsonPath, InvalidPath> {
     })
 }
 
+/// A filter with its path parsed, for use on many events.
+pub struct Compiled {
+    path: JsonPath,
+    /// `equal`, or the values of `in`; `None`: neither was given (never holds).
+    wanted: Option<Vec<String>>,
+}
+
+/// Parses every filter's path once.
+pub fn compile(filters: &[WebhookFilter]) -> Result<Vec<Compiled>, InvalidPath> {
+    filters
+        .iter()
+        .map(|f| {
+            Ok(Compiled {
+                path: parse(&f.path)?,
+                wanted: match (&f.equal, &f.in_) {
+                    (Some(v), _) => Some(vec![v.clone()]),
+                    (None, Some(vs)) => Some(vs.clone()),
+                    (None, None) => None,
+                },
+            })
+        })
+        .collect()
+}
+
 /// Whether every filter holds for `event`. A filter holds when some value its
 /// path selects equals `equal` or one of `in`; strings compare as they are,
 /// other values by their JSON text (`42`, `true`, `null`).
-pub fn matches(filters: &[WebhookFilter], event: &Value) -> Result<bool, InvalidPath> {
-    for filter in filters {
-        let path = parse(&filter.path)?;
-        let wanted: Vec<&str> = match (&filter.equal, &filter.in_) {
-            (Some(v), _) => vec![v.as_str()],
-            (None, Some(vs)) => vs.iter().map(String::as_str).collect(),
-            (None, None) => return Ok(false),
-        };
-        let holds = path.query(event).all().into_iter().any(|node| {
+pub fn hold(filters: &[Compiled], event: &Value) -> bool {
+    filters.iter().all(|filter| {
+        let Some(wanted) = &filter.wanted else { return false };
+        filter.path.query(event).all().into_iter().any(|node| {
             let text = match node {
                 Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
                 other => std::borrow::Cow::Owned(other.to_string()),
             };
-            wanted.contains(&text.as_ref())
-        });
-        if !holds {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+            wanted.iter().any(|w| *w == text)
+        })
+    })
+}
+
+/// `compile` then `hold`, for one event.
+pub fn matches(filters: &[WebhookFilter], event: &Value) -> Result<bool, InvalidPath> {
+    Ok(hold(&compile(filters)?, event))
 }
 
 /// The first value `path` selects in `event`, as text (strings as they are,

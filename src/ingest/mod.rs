@@ -350,15 +350,6 @@ async fn accept(
     let generated_id = sender_id.is_none();
     let id = sender_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let received_at = Timestamp::now();
-    let document = fanout::document(&id, &incoming.name, &incoming.payload);
-    let webhooks = scope.webhooks.state();
-    let (selected, skipped) = fanout::select(
-        webhooks.iter().map(|w| w.as_ref()),
-        namespace,
-        hub_name,
-        &incoming.name,
-        &document,
-    );
     let payload = incoming.payload.to_string();
     let most = crate::resources::delivery::max_payload(ingest.delivery_budget);
     if payload.len() > most {
@@ -372,12 +363,13 @@ async fn accept(
             ),
         ));
     }
-    // Built one at a time as the store takes them (the Kubernetes store
-    // holds at most a few copies of the payload at once, whatever the fan-out).
-    let names: Vec<String> = selected.iter().map(|w| fanout::delivery_name(&id, w)).collect();
-    let deliveries = selected.iter().map(|w| NewDelivery {
-        delivery: fanout::build(w, &id, &incoming.name, &payload, received_at),
-        ordering_key: fanout::ordering_key(w, &document),
+    let (selected, skipped) = select(scope, namespace, hub_name, &id, &incoming).await?;
+    // Built one at a time as the store takes them (a store holds a few
+    // copies of the payload at once, whatever the fan-out).
+    let names: Vec<String> = selected.iter().map(|(w, _)| fanout::delivery_name(&id, w)).collect();
+    let deliveries = selected.into_iter().map(|(w, ordering_key)| NewDelivery {
+        delivery: fanout::build(&w, &id, &incoming.name, &payload, received_at),
+        ordering_key,
     });
     ingest
         .deliveries
@@ -395,6 +387,45 @@ async fn accept(
             .collect();
     }
     Ok(answer)
+}
+
+/// The webhooks `incoming` triggers, each with its ordering key, and those
+/// skipped with why. Filters and ordering keys are evaluated over every
+/// subscribed webhook: CPU work, done off the async threads.
+async fn select(
+    scope: &Scope,
+    namespace: &str,
+    hub: &str,
+    id: &str,
+    incoming: &event::IncomingEvent,
+) -> Result<(Vec<(Arc<Webhook>, Option<String>)>, Vec<(String, String)>), Problem> {
+    let webhooks = scope.webhooks.state();
+    let document = fanout::document(id, &incoming.name, &incoming.payload);
+    let (namespace, hub, name) = (namespace.to_string(), hub.to_string(), incoming.name.clone());
+    tokio::task::spawn_blocking(move || {
+        let (selected, skipped) =
+            fanout::select(webhooks.iter().map(|w| w.as_ref()), &namespace, &hub, &name, &document);
+        let shared: std::collections::HashMap<*const Webhook, &Arc<Webhook>> =
+            webhooks.iter().map(|w| (Arc::as_ptr(w), w)).collect();
+        let selected = selected
+            .into_iter()
+            .map(|w| {
+                (
+                    shared[&std::ptr::from_ref(w)].clone(),
+                    fanout::ordering_key(w, &document),
+                )
+            })
+            .collect();
+        (selected, skipped)
+    })
+    .await
+    .map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("selecting webhooks: {e}"),
+        )
+    })
 }
 
 /// Reads the body up to `limit` bytes. A declared length over the limit is

@@ -17,9 +17,7 @@ impl Deliveries for Postgres {
         _generated_id: bool,
     ) -> Result<(), StoreError> {
         // One transaction (grouped with concurrent events): all or none.
-        Postgres::insert(self, deliveries.collect())
-            .await
-            .map_err(StoreError::Database)
+        self.insert_event(deliveries).await.map_err(StoreError::Database)
     }
 
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Delivery>, StoreError> {

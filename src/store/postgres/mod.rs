@@ -31,7 +31,7 @@ pub mod access;
 pub mod claims;
 mod deliveries;
 
-use super::NewDelivery;
+use super::{Fanout, NewDelivery};
 use crate::resources::delivery::{Delivery, Phase};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::StreamExt;
@@ -141,6 +141,10 @@ const ANALYZE_AFTER: i64 = 10_000;
 const GROUP_ROWS: usize = 1024;
 /// Commits under way at once.
 const COMMITTERS: usize = 2;
+/// Payload bytes of one event's deliveries held at once: an event whose
+/// deliveries take more is stored a chunk at a time (`insert_large`), so a
+/// fan-out of 1,000 webhooks × 128 KiB never sits in memory whole.
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 struct Group {
     rows: Vec<NewDelivery>,
@@ -304,6 +308,39 @@ impl Postgres {
             tracing::info!(version, "postgres store: schema migrated");
         }
         tx.commit().await.map_err(describe)
+    }
+
+    /// Stores an event's deliveries, built as they are taken, all or none;
+    /// `Ok` once committed. A small event joins the group commit; a large
+    /// one is stored alone a chunk at a time.
+    pub async fn insert_event(&self, mut rows: Fanout<'_>) -> Result<(), String> {
+        let first = take_chunk(&mut rows);
+        match rows.next() {
+            None => self.insert(first).await,
+            Some(next) => {
+                self.insert_large(first, Box::new(std::iter::once(next).chain(rows)))
+                    .await
+            }
+        }
+    }
+
+    /// One event's deliveries in one transaction, `CHUNK_BYTES` of payload
+    /// per statement. Its keys are not known before the end, so every
+    /// key bucket is locked (in the one order commits use).
+    async fn insert_large(&self, first: Vec<NewDelivery>, mut rest: Fanout<'_>) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let tx = timed(client.transaction()).await?;
+        let every_bucket: Vec<i64> = (KEY_LOCKS..KEY_LOCKS + KEY_BUCKETS).collect();
+        timed(lock_buckets(&tx, &every_bucket)).await?;
+        let mut chunk = first;
+        while !chunk.is_empty() {
+            let columns = Columns::of(chunk.iter());
+            timed(columns.insert(&tx)).await?;
+            drop(columns);
+            chunk = take_chunk(&mut rest);
+        }
+        timed(tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])).await?;
+        timed(tx.commit()).await
     }
 
     /// Stores an event's deliveries; `Ok` once committed. A delivery that
@@ -820,13 +857,10 @@ async fn commit_groups(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiv
     }
 }
 
-async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
-    if groups.is_empty() {
-        return Ok(());
-    }
-    // A delivery whose ordering key has an earlier unfinished one (stored
-    // before, or earlier in this group) waits out of the queue.
-    const INSERT: &str = "
+/// Inserts rows given one array per column (one statement for many rows).
+/// A delivery whose ordering key has an earlier unfinished one (stored
+/// before, or earlier in these rows) waits out of the queue.
+const INSERT: &str = "
 WITH new AS (
     SELECT n, m, w, h, k, d, o FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
         WITH ORDINALITY AS t(n, m, w, h, k, d, o)
@@ -843,49 +877,90 @@ SELECT n, m, w, h, k, d, now(),
 FROM new
 ORDER BY o
 ON CONFLICT (namespace, name) DO NOTHING";
-    // One array per column: the whole group is one statement.
-    #[derive(Default)]
-    struct Columns<'a> {
-        namespaces: Vec<String>,
-        names: Vec<String>,
-        webhooks: Vec<&'a str>,
-        hubs: Vec<&'a str>,
-        keys: Vec<Option<String>>,
-        docs: Vec<String>,
-    }
-    let mut c = Columns::default();
-    for row in groups.iter().flat_map(|g| &g.rows) {
-        let d = &row.delivery;
-        c.namespaces.push(namespace_of(d));
-        c.names.push(d.name_any());
-        c.webhooks.push(&d.spec.webhook);
-        c.hubs.push(&d.spec.hub);
-        c.keys.push(row.ordering_key.as_deref().map(key_digest));
-        c.docs.push(serde_json::to_string(&stored(d)).map_err(describe)?);
-    }
-    // The ordering keys' locks, in one order (no two commits deadlock).
-    let mut buckets: Vec<i64> = (0..c.names.len())
-        .filter_map(|i| Some(key_lock(&c.namespaces[i], c.webhooks[i], c.keys[i].as_deref()?)))
-        .collect();
-    buckets.sort_unstable();
-    buckets.dedup();
-    let mut client = pool.get().await.map_err(describe)?;
-    let work = async {
-        let tx = client.transaction().await?;
-        if !buckets.is_empty() {
-            // Taken in array order (a function scan, no sort).
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(b) FROM unnest($1::int8[]) AS b",
-                &[&buckets],
-            )
-            .await?;
+
+/// Rows as `INSERT`'s column arrays.
+#[derive(Default)]
+struct Columns<'a> {
+    namespaces: Vec<String>,
+    names: Vec<String>,
+    webhooks: Vec<&'a str>,
+    hubs: Vec<&'a str>,
+    keys: Vec<Option<String>>,
+    docs: Vec<String>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: impl Iterator<Item = &'a NewDelivery>) -> Self {
+        let mut c = Columns::default();
+        for row in rows {
+            let d = &row.delivery;
+            c.namespaces.push(namespace_of(d));
+            c.names.push(d.name_any());
+            c.webhooks.push(&d.spec.webhook);
+            c.hubs.push(&d.spec.hub);
+            c.keys.push(row.ordering_key.as_deref().map(key_digest));
+            c.docs
+                .push(serde_json::to_string(&stored(d)).expect("a Delivery serialises"));
         }
+        c
+    }
+
+    /// The ordering keys' locks, in one order (no two commits deadlock).
+    fn key_locks(&self) -> Vec<i64> {
+        let mut buckets: Vec<i64> = (0..self.names.len())
+            .filter_map(|i| {
+                Some(key_lock(
+                    &self.namespaces[i],
+                    self.webhooks[i],
+                    self.keys[i].as_deref()?,
+                ))
+            })
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        buckets
+    }
+
+    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
         let statement = tx.prepare_cached(INSERT).await?;
         tx.execute(
             &statement,
-            &[&c.namespaces, &c.names, &c.webhooks, &c.hubs, &c.keys, &c.docs],
+            &[
+                &self.namespaces,
+                &self.names,
+                &self.webhooks,
+                &self.hubs,
+                &self.keys,
+                &self.docs,
+            ],
+        )
+        .await
+    }
+}
+
+/// Takes advisory locks in array order (a function scan, no sort).
+async fn lock_buckets(tx: &deadpool_postgres::Transaction<'_>, buckets: &[i64]) -> Result<(), tokio_postgres::Error> {
+    if !buckets.is_empty() {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(b) FROM unnest($1::int8[]) AS b",
+            &[&buckets],
         )
         .await?;
+    }
+    Ok(())
+}
+
+async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let c = Columns::of(groups.iter().flat_map(|g| &g.rows));
+    let buckets = c.key_locks();
+    let mut client = pool.get().await.map_err(describe)?;
+    let work = async {
+        let tx = client.transaction().await?;
+        lock_buckets(&tx, &buckets).await?;
+        c.insert(&tx).await?;
         tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
         if groups.iter().any(|g| g.done.is_closed()) {
             // Rolled back (the transaction is dropped): committed without
@@ -898,6 +973,18 @@ ON CONFLICT (namespace, name) DO NOTHING";
         true => Ok(()),
         false => Err(WAITER_GONE.to_string()),
     }
+}
+
+/// Takes deliveries from `rows` until about `CHUNK_BYTES` of payload (or
+/// `GROUP_ROWS` rows) are held.
+fn take_chunk(rows: &mut dyn Iterator<Item = NewDelivery>) -> Vec<NewDelivery> {
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    while bytes < CHUNK_BYTES && chunk.len() < GROUP_ROWS {
+        let Some(row) = rows.next() else { break };
+        bytes += row.delivery.spec.payload.len();
+        chunk.push(row);
+    }
+    chunk
 }
 
 /// A commit given up before COMMIT because an event's sender stopped waiting.
