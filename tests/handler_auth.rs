@@ -475,3 +475,98 @@ async fn oauth2_fetches_one_token_for_many_deliveries_and_refreshes_once_on_401(
     assert_eq!(answered, 7, "five, a 401 and its retry");
     stack.cleanup().await;
 }
+
+/// A slow token endpoint and a slow handler that refuses every token.
+#[derive(Default)]
+struct Slow {
+    tokens: usize,
+    requests: usize,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_postgres_an_oauth2_exchange_never_outlives_its_claim() {
+    // Token requests take 5 s and the handler answers 401 after 5 s, each
+    // within the hub's 6 s timeout (7 s with connecting). The claim lasts
+    // 2 × 7 s + 15 s = 29 s; after the first 401 (at ~10 s) a new token
+    // and a second request could take 14 s more, past the claim's end less
+    // its 10 s margin: the 401 is recorded instead, and nothing more is sent.
+    let slow: Arc<Mutex<Slow>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/token",
+            post(|State(s): State<Arc<Mutex<Slow>>>| async move {
+                s.lock().unwrap().tokens += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                axum::Json(json!({ "access_token": "tok", "token_type": "Bearer", "expires_in": 3600 }))
+            }),
+        )
+        .route(
+            "/hook",
+            post(|State(s): State<Arc<Mutex<Slow>>>| async move {
+                s.lock().unwrap().requests += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                StatusCode::UNAUTHORIZED
+            }),
+        )
+        .with_state(slow.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut options = Options::single_controller();
+    options.store = support::stack::Store::Postgres;
+    options
+        .controller_args
+        .extend(["--claim-lease".to_string(), "1s".to_string()]);
+    options.hub.spec.delivery = Some(hookrelay::resources::hub::DeliverySettings {
+        timeout: Some("6s".parse().unwrap()),
+        connect_timeout: Some("1s".parse().unwrap()),
+        ..Default::default()
+    });
+    let stack = Stack::start_with("handler_oauth2_claim", options).await;
+    stack
+        .env
+        .api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &opaque_secret("oauth-client", "secret", CLIENT_SECRET, true),
+        )
+        .await
+        .unwrap();
+    let mut spec = WebhookSpec::new("main", "OAuth2, slow", &format!("http://{addr}/hook"), &[EVENT]);
+    spec.oauth2 = Some(OAuth2 {
+        token_url: format!("http://{addr}/token"),
+        client_id: CLIENT_ID.into(),
+        client_secret_ref: SecretKeyRef {
+            name: "oauth-client".into(),
+            key: "secret".into(),
+        },
+        scopes: vec![],
+        audience: None,
+        client_auth: Default::default(),
+    });
+    stack.webhook("slow", spec).await;
+    let (status, answer) = stack.post(json!({ "name": EVENT, "payload": { "n": 1 } })).await;
+    assert_eq!(status, 202, "{answer}");
+    let name = deliveries_of(&answer).remove(0);
+    let first = eventually(WAIT, "the first attempt recorded", || async {
+        let d = stack.delivery(&name).await?;
+        let status = d.status?;
+        (status.attempt_count >= 1).then_some(status)
+    })
+    .await;
+    let attempt = &first.attempts[0];
+    assert_eq!(
+        attempt.response.as_ref().map(|r| r.status_code),
+        Some(401),
+        "the 401 received is what is recorded: {attempt:?}"
+    );
+    let seen = slow.lock().unwrap();
+    assert_eq!(
+        (seen.tokens, seen.requests),
+        (1, 1),
+        "no second token or request once the claim could not outlast them"
+    );
+    drop(seen);
+    stack.cleanup().await;
+}

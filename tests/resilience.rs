@@ -14,8 +14,8 @@ use support::{ChildProcess, eventually};
 const EVENT: &str = "dynamic-content.snapshot.published";
 
 /// With the Postgres store, what the killed controller had claimed is sent
-/// once its claim runs out (`--claim-lease`, at least the hub's longest
-/// request + 15 s).
+/// once its claim runs out (`--claim-lease`, at least twice the hub's
+/// longest request + 15 s) or its heartbeat stops.
 async fn sigkilled_controller_loses_no_delivery(store: Store) {
     let options = Options {
         store,

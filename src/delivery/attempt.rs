@@ -218,9 +218,11 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
         return close(engine, delivery, status, Phase::Failed, why.clone()).await;
     }
     // The last moment to make sure this process still leads, or still
-    // holds its claim for as long as the request may take.
-    let longest = settings.timeout + settings.connect_timeout + CLAIM_MARGIN;
-    let claim_too_short = claimed_until.is_some_and(|until| Instant::now() + longest > until);
+    // holds its claim for as long as the requests may take (with OAuth 2.0
+    // a token request and the request; `exchange` looks again before a
+    // second round).
+    let rounds = if webhook.spec.oauth2.is_some() { 2 } else { 1 };
+    let claim_too_short = !claim_lasts(claimed_until, &settings, rounds);
     if !engine.leadership.may_act() || claim_too_short {
         return Outcome::NotSent;
     }
@@ -234,7 +236,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
             // Losing the lease cancels the request: a follower may be
             // sending the same delivery already.
             let result = tokio::select! {
-                r = exchange(engine, &settings, &mut outgoing, credentials, &limits) => r,
+                r = exchange(engine, &settings, &mut outgoing, credentials, &limits, claimed_until) => r,
                 _ = engine.leadership.lost() => {
                     engine.metrics.unrecorded("lost");
                     return Outcome::Unrecorded("leadership was lost during the request".into());
@@ -496,14 +498,24 @@ fn attempt_result(status: Option<u16>, failure: Option<&SendError>) -> &'static 
     }
 }
 
+/// Whether a claim ending at `until` (none: the Kubernetes store's leader
+/// holds no claim) outlasts `requests` requests of these settings, with
+/// `CLAIM_MARGIN` to spare.
+fn claim_lasts(until: Option<Instant>, settings: &Settings, requests: u32) -> bool {
+    let longest = (settings.timeout + settings.connect_timeout) * requests + CLAIM_MARGIN;
+    until.is_none_or(|until| Instant::now() + longest <= until)
+}
+
 /// Sends the request with the webhook's client certificate and, for
-/// OAuth 2.0, a bearer token; a 401 answer gets one retry with a new token.
+/// OAuth 2.0, a bearer token; a 401 answer gets one retry with a new token
+/// if the claim (`claimed_until`) outlasts the two more requests that takes.
 async fn exchange(
     engine: &Engine,
     settings: &Settings,
     outgoing: &mut Outgoing,
     credentials: Credentials,
     limits: &Limits,
+    claimed_until: Option<Instant>,
 ) -> Result<(crate::resources::delivery::RecordedResponse, Option<Duration>), SendError> {
     let client = |tls| {
         engine
@@ -538,8 +550,12 @@ async fn exchange(
         return answer;
     }
     // Revoked or expired early: one new token, one more try. If no new
-    // token comes, the 401 that was received is what gets recorded (a
+    // token comes, or another replica could take the delivery over before
+    // both requests end, the 401 that was received is what gets recorded (a
     // request was sent: "not sent" would be untrue).
+    if !claim_lasts(claimed_until, settings, 2) {
+        return answer;
+    }
     let Ok(fresh) = token(Some(first.as_str())).await else {
         return answer;
     };

@@ -515,9 +515,10 @@ async fn feed(
             }
             continue;
         }
-        // Long enough for the longest request any hub allows: an attempt
-        // never starts a request its claim might not outlast.
-        let lease = lease.max(engine.longest_request() + attempt::CLAIM_MARGIN + Duration::from_secs(5));
+        // Long enough for a token request and the longest request any hub
+        // allows (OAuth 2.0): an attempt never starts a request its claim
+        // might not outlast.
+        let lease = lease.max(engine.longest_request() * 2 + attempt::CLAIM_MARGIN + Duration::from_secs(5));
         let limits = if queue.claims() {
             engine.limits()
         } else {
