@@ -561,12 +561,14 @@ async fn with_postgres_an_oauth2_exchange_never_outlives_its_claim() {
         Some(401),
         "the 401 received is what is recorded: {attempt:?}"
     );
-    let seen = slow.lock().unwrap();
+    let seen = {
+        let s = slow.lock().unwrap();
+        (s.tokens, s.requests)
+    };
     assert_eq!(
-        (seen.tokens, seen.requests),
+        seen,
         (1, 1),
         "no second token or request once the claim could not outlast them"
     );
-    drop(seen);
     stack.cleanup().await;
 }
