@@ -330,6 +330,88 @@ async fn events_accepted_survive_a_sigkilled_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_delivery_that_does_not_decode_is_set_aside_alone() {
+    let postgres = Postgres::shared();
+    let stack = stack("pg_undecodable", postgres).await;
+    let receiver = Receiver::start().await;
+    stack.webhook("audit", spec(receiver.url("/hook"), &[EVENT])).await;
+    let ns = stack.env.ns.clone();
+    // Due now, ahead of the event below, and not a Delivery at all.
+    postgres
+        .client()
+        .await
+        .execute(
+            "INSERT INTO hookrelay_deliveries (namespace, name, webhook, hub, doc, due_at)
+             VALUES ($1, 'broken', 'audit', 'main', '{\"not\": \"a delivery\"}', now())",
+            &[&ns],
+        )
+        .await
+        .unwrap();
+    let (status, answer) = post(&stack, "after-broken", json!({ "n": 1 })).await;
+    assert_eq!(status, 202, "{answer}");
+    receiver.wait_for("/hook", 1, WAIT).await;
+    let broken = eventually(WAIT, "the broken row set aside", || async {
+        let row = postgres
+            .client()
+            .await
+            .query_one(
+                "SELECT phase, due_at IS NULL FROM hookrelay_deliveries WHERE namespace = $1 AND name = 'broken'",
+                &[&ns],
+            )
+            .await
+            .unwrap();
+        let (phase, finished): (String, bool) = (row.get(0), row.get(1));
+        finished.then_some(phase)
+    })
+    .await;
+    assert_eq!(broken, "Failed");
+    let logs = stack.controller.logs();
+    assert!(logs.contains("does not decode"), "the controller says why");
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_statement_waiting_on_a_lock_is_ended_by_the_server() {
+    // Its own instance: the table is locked here.
+    let postgres = Postgres::dedicated("locks", 25437);
+    let stack = stack("pg_lock_timeout", &postgres).await;
+    let mut locker = postgres.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE hookrelay_deliveries IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The controller's claims (every 250 ms) now wait on the lock.
+    let watcher = postgres.client().await;
+    let waiting = "SELECT pid, query_start FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() ORDER BY query_start LIMIT 1";
+    let (pid, since): (i32, std::time::SystemTime) =
+        eventually(WAIT, "a store statement waiting on the lock", || async {
+            let row = watcher.query_opt(waiting, &[]).await.unwrap()?;
+            Some((row.get(0), row.get(1)))
+        })
+        .await;
+    // Its 10 s lock timeout ends it on the server, long before the lock
+    // is released (a statement only the client gave up on waits on).
+    let ended = eventually(Duration::from_secs(20), "the waiting statement ended", || async {
+        let still: bool = watcher
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query_start = $2 AND wait_event_type = 'Lock')",
+                &[&pid, &since],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (!still).then(std::time::SystemTime::now)
+    })
+    .await;
+    let waited = ended.duration_since(since).unwrap_or_default();
+    assert!(waited < Duration::from_secs(15), "waited {waited:?} on the lock");
+    lock.rollback().await.unwrap();
+    stack.cleanup().await;
+    postgres.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_its_sender_was_told_timed_out_is_not_stored() {
     // Its own instance, stalled: the other tests keep theirs running.
     let postgres = Postgres::dedicated("stall", 25436);

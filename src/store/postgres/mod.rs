@@ -257,6 +257,14 @@ impl Postgres {
             .parse()
             .map_err(|e| anyhow::anyhow!("--postgres-url is not a Postgres connection URL: {e}"))?;
         let tls = tls(&mut config, ca)?;
+        // Server-side too: a statement the client gave up on (`timed`) must
+        // not go on holding locks (a slow claim, the claim lock).
+        let ms = STATEMENT_TIMEOUT.as_millis();
+        let options = format!(
+            "{} -c statement_timeout={ms} -c lock_timeout={ms}",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim());
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -290,7 +298,8 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(describe)?;
         tx.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+            "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0;
+             SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
              CREATE TABLE IF NOT EXISTS hookrelay_schema (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
         ))
         .await
@@ -443,7 +452,7 @@ FROM chosen c
 WHERE t.namespace = c.namespace AND t.name = c.name AND t.due_at <= now()
   AND (t.claim_until IS NULL OR t.claim_until <= now()
        OR NOT EXISTS (SELECT 1 FROM hookrelay_claimants a WHERE a.claimant = t.claimed_by AND a.alive_until > now()))
-RETURNING t.doc, t.version"#;
+RETURNING t.doc, t.version, t.namespace, t.name"#;
         let started = std::time::Instant::now();
         let mut client = self.client().await?;
         let (ns, webhooks, most_each): (Vec<&str>, Vec<&str>, Vec<i32>) = limits
@@ -482,14 +491,38 @@ RETURNING t.doc, t.version"#;
         };
         let rows = timed(work).await?;
         let until = started + lease;
-        rows.iter()
-            .map(|row| {
-                Ok(Claimed {
-                    delivery: decode(row.get(0), row.get(1))?,
-                    until,
-                })
-            })
-            .collect()
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match decode(row.get(0), row.get(1)) {
+                Ok(delivery) => claimed.push(Claimed { delivery, until }),
+                // One row that does not decode must not hold up the others.
+                Err(e) => self.set_aside(row.get(2), row.get(3), &e).await,
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Takes a delivery that does not decode out of the queue for good
+    /// (failed, never due), saying so: no attempt could ever be made of it.
+    async fn set_aside(&self, namespace: &str, name: &str, why: &str) {
+        tracing::error!(
+            namespace,
+            delivery = name,
+            error = why,
+            "a stored delivery does not decode; set aside as failed"
+        );
+        let set_aside = async {
+            let client = self.client().await?;
+            timed(client.execute(
+                "UPDATE hookrelay_deliveries SET due_at = NULL, claimed_by = NULL, phase = 'Failed', completed_at = now()
+                 WHERE namespace = $1 AND name = $2",
+                &[&namespace, &name],
+            ))
+            .await
+        };
+        if let Err(e) = set_aside.await {
+            tracing::warn!(namespace, delivery = name, error = %e, "could not set aside an undecodable delivery");
+        }
     }
 
     /// Says `claimant` is alive for `ttl` more (and forgets claimants
