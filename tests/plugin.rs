@@ -77,7 +77,12 @@ impl Plugin {
 async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
     let stack = Stack::start("kubectl_plugin").await;
     let receiver = Receiver::start().await;
-    receiver.set_default("/search", Reply::status(500).body("index is read-only"));
+    // With a terminal escape (clear the screen, set the title) a handler
+    // could use to rewrite what the plugin shows.
+    receiver.set_default(
+        "/search",
+        Reply::status(500).body("index is read-only\x1b[2J\x1b]0;pwned\x07"),
+    );
     stack.webhook("shop", spec(receiver.url("/shop"), &[UPDATED])).await;
     let mut search = spec(receiver.url("/search"), &["dynamic-content.snapshot.published"]);
     search.retry = Some(RetryPolicy {
@@ -153,6 +158,10 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
         "{out}"
     );
     assert!(out.contains("← 500") && out.contains("index is read-only"), "{out}");
+    assert!(
+        out.contains(r"read-only\x1b[2J\x1b]0;pwned\x07") && !out.contains('\x1b'),
+        "control characters from the handler are printed escaped: {out:?}"
+    );
     assert!(out.contains("\"id\": \"s-1\""), "the body as sent: {out}");
 
     // redeliver --content-item: exactly c-2's delivery, checked at the handler.

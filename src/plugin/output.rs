@@ -5,7 +5,7 @@ use super::*;
 /// The id in a delivery's payload (`$.payload.id`), if any.
 pub(super) fn content_item(d: &Delivery) -> Option<String> {
     match d.spec.payload_value().ok()?.get("id")? {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(one_line(s)),
         other => Some(other.to_string()),
     }
 }
@@ -35,6 +35,30 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.clone()));
     }
     out
+}
+
+/// `s` with control characters escaped (`\x1b`, `\r`, `\u{9b}`, …): handler
+/// responses, OAuth errors and payload values reach a terminal here, where
+/// raw escape sequences could rewrite or hide what it shows. Bodies keep
+/// their newlines and tabs (`lines`); single values do not.
+pub(super) fn printable(s: &str, lines: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' if lines => out.push(c),
+            c if c.is_control() => match u32::from(c) {
+                n @ 0..=0xff => out.push_str(&format!("\\x{n:02x}")),
+                n => out.push_str(&format!("\\u{{{n:x}}}")),
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One value on one line (see `printable`).
+pub(super) fn one_line(s: &str) -> String {
+    printable(s, false)
 }
 
 pub(super) fn strip_ansi(s: &str) -> String {

@@ -21,7 +21,7 @@ pub(super) async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     println!("  received  {}", d.spec.event.received_at.0);
     println!("  outcome   {:?} after {} attempts", s.phase, s.attempt_count);
     if let Some(m) = &s.message {
-        println!("  message   {m}");
+        println!("  message   {}", printable(m, true));
     }
     if let Some(next) = &s.next_attempt_at {
         println!("  next      {}", next.0);
@@ -43,9 +43,9 @@ pub(super) async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
                 .ok()
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
                 .unwrap_or(body);
-            println!("\n{}\n{pretty}", bold("Request body (as sent)"));
+            println!("\n{}\n{}", bold("Request body (as sent)"), printable(&pretty, true));
         }
-        Err(e) => println!("\nRequest body cannot be shown: {e}"),
+        Err(e) => println!("\nRequest body cannot be shown: {}", one_line(&e.to_string())),
     }
     for a in &s.attempts {
         println!(
@@ -54,21 +54,25 @@ pub(super) async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
             a.time.0,
             a.duration_ms
         );
-        println!("→ {} {}", a.request.method, a.request.url);
+        println!("→ {} {}", a.request.method, one_line(&a.request.url));
         for h in &a.request.headers {
-            println!("  {}: {}", ctx.paint(&h.name, "36"), h.value);
+            println!("  {}: {}", ctx.paint(&one_line(&h.name), "36"), one_line(&h.value));
         }
         match &a.response {
             Some(r) => {
                 println!("← {}", ctx.status_code(Some(r.status_code)));
                 for h in &r.headers {
-                    println!("  {}: {}", ctx.paint(&h.name, "36"), h.value);
+                    println!("  {}: {}", ctx.paint(&one_line(&h.name), "36"), one_line(&h.value));
                 }
                 if !r.body.is_empty() {
-                    println!("  {}{}", r.body, if r.body_truncated { " …(cut)" } else { "" });
+                    let cut = if r.body_truncated { " …(cut)" } else { "" };
+                    println!("  {}{cut}", printable(&r.body, true));
                 }
             }
-            None => println!("← {}", ctx.paint(a.error.as_deref().unwrap_or("no response"), "31")),
+            None => println!(
+                "← {}",
+                ctx.paint(&one_line(a.error.as_deref().unwrap_or("no response")), "31")
+            ),
         }
     }
     Ok(())

@@ -86,7 +86,7 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
         println!(
             "Hub {} ({}) in {}: {}, {active}/{} webhooks active; the CMS posts to {}",
             hub["hub"].as_str().unwrap_or_default(),
-            hub["label"].as_str().unwrap_or_default(),
+            one_line(hub["label"].as_str().unwrap_or_default()),
             hub["namespace"].as_str().unwrap_or_default(),
             if hub["ready"] == true {
                 ctx.paint("Ready", "32")
@@ -101,7 +101,7 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
             .map(|w| {
                 vec![
                     w["webhook"].as_str().unwrap_or_default().to_string(),
-                    w["label"].as_str().unwrap_or_default().to_string(),
+                    one_line(w["label"].as_str().unwrap_or_default()),
                     if w["active"] == true {
                         "true".into()
                     } else {

@@ -34,7 +34,7 @@ pub(super) async fn tail(ctx: &Ctx, webhook: Option<String>) -> anyhow::Result<(
         for a in status.attempts.iter().filter(|a| a.number > before) {
             let outcome = match &a.response {
                 Some(r) => ctx.status_code(Some(r.status_code)),
-                None => ctx.paint(a.error.as_deref().unwrap_or("no response"), "31"),
+                None => ctx.paint(&one_line(a.error.as_deref().unwrap_or("no response")), "31"),
             };
             println!(
                 "{}  {}  {}  {}  #{}  {}  {} ms",

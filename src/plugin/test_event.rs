@@ -68,7 +68,7 @@ pub(super) async fn test(
             "delivery {id}: {} in {} ms",
             match code {
                 Some(c) => ctx.status_code(Some(c)),
-                None => ctx.paint(attempt.error.as_deref().unwrap_or("no response"), "31"),
+                None => ctx.paint(&one_line(attempt.error.as_deref().unwrap_or("no response")), "31"),
             },
             attempt.duration_ms
         );
@@ -78,7 +78,7 @@ pub(super) async fn test(
             .map(|r| r.body.as_str())
             .filter(|b| !b.is_empty())
         {
-            println!("{body}");
+            println!("{}", printable(body, true));
         }
     }
     match code {
