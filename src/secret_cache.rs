@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 type Key = (String, String);
@@ -20,6 +20,8 @@ struct Entries {
     current: HashMap<Key, String>,
     /// Fetched Secrets.
     cached: HashMap<Key, Arc<Secret>>,
+    /// Watches that have listed every Secret once: a namespace, or all (`None`).
+    listed: HashSet<Option<String>>,
 }
 
 pub struct SecretCache {
@@ -67,9 +69,27 @@ impl SecretCache {
                     entries.current.remove(&key);
                     entries.cached.remove(&key);
                 }
-                watcher::Event::Init | watcher::Event::InitDone => {}
+                watcher::Event::InitDone => {
+                    entries.listed.insert(namespace.clone());
+                }
+                watcher::Event::Init => {}
             }
         }
+    }
+
+    /// As `get`, but a Secret the watch has not seen (once it has listed
+    /// them all) is missing without asking the API server: for lookups
+    /// anyone can cause, such as ingest's for requests not yet
+    /// authenticated. (A Secret created a moment ago may be missed.)
+    pub async fn get_seen(&self, namespace: &str, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+        {
+            let entries = self.lock();
+            let listed = entries.listed.contains(&None) || entries.listed.contains(&Some(namespace.to_string()));
+            if listed && !entries.current.contains_key(&(namespace.to_string(), name.to_string())) {
+                return Ok(None);
+            }
+        }
+        self.get(namespace, name).await
     }
 
     /// The Secret, or `None` if it does not exist.

@@ -510,10 +510,11 @@ async fn verify_signed(
         ) else {
             continue;
         };
-        let secret = match ingest.secrets.get(namespace, &reference.name).await {
+        let secret = match ingest.secrets.get_seen(namespace, &reference.name).await {
             Ok(Some(s)) => s,
             _ => {
-                tracing::warn!(namespace, secret = %reference.name, "a verification Secret of a hub is missing");
+                // Per request, and anyone can cause it: debug, not warn.
+                tracing::debug!(namespace, secret = %reference.name, "a verification Secret of a hub is missing");
                 continue;
             }
         };
@@ -545,8 +546,11 @@ async fn verify_signed(
             Err(_) => {}
         }
     }
-    let why = why.unwrap_or_else(|| "a bearer token or a signature the hub accepts is required".into());
-    Err(Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", why))
+    // The answer is the one an unknown hub and a wrong token get, so it
+    // tells nobody which hubs exist or verify what; the reason is logged.
+    let why = why.unwrap_or_else(|| "no bearer token and no signature the hub accepts".into());
+    tracing::debug!(namespace, reason = %why, "a request was refused");
+    Err(Problem::unauthorized())
 }
 
 async fn authenticate(
@@ -563,41 +567,35 @@ async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(unauthorized)?;
+    // A hub without a usable token answers as a wrong token does (which
+    // hubs exist is not told); the operator finds why in the log and in the
+    // Hub's Ready condition.
+    let not_ready = |why: String| {
+        tracing::warn!(namespace, hub = %kube::ResourceExt::name_any(hub), "an event for a hub that cannot take events yet: {why}");
+        unauthorized()
+    };
     let token_ref = token_ref
         .cloned()
         .or_else(|| hub.spec.ingest.as_ref().and_then(|i| i.token_secret_ref.clone()))
         .or_else(|| hub.status.as_ref().and_then(|s| s.ingest_token_secret_ref.clone()))
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "HubNotReady",
-                "the hub has no ingest token yet; is the controller running?",
-            )
-        })?;
+        .ok_or_else(|| not_ready("it has no ingest token yet; is the controller running?".into()))?;
     let secret = ingest
         .secrets
-        .get(namespace, &token_ref.name)
+        .get_seen(namespace, &token_ref.name)
         .await
         .map_err(|e| {
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ApiUnavailable",
-                format!("cannot read the hub's token Secret: {e}"),
+                format!("cannot read the hub's token: {e}"),
             )
         })?
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "HubNotReady",
-                format!("the hub's token Secret {} does not exist", token_ref.name),
-            )
-        })?;
+        .ok_or_else(|| not_ready(format!("its token Secret {} does not exist", token_ref.name)))?;
     let expected = secrets::value(&secret, &token_ref.key).ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "HubNotReady",
-            format!("the hub's token Secret {} has no key {}", token_ref.name, token_ref.key),
-        )
+        not_ready(format!(
+            "its token Secret {} has no key {}",
+            token_ref.name, token_ref.key
+        ))
     })?;
     if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
