@@ -206,6 +206,38 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
     let new = plugin.ok(&["secret", "shop"]).trim().to_string();
     assert_ne!(new, old);
 
+    // A secret that is not base64: the whsec_ value the plugin prints is
+    // what a Standard Webhooks library verifies the requests with.
+    let own = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("own-secret.txt");
+    std::fs::write(&own, "my-own-secret-value!").unwrap();
+    plugin.ok(&["secret", "shop", "--set", own.to_str().unwrap()]);
+    let whsec = plugin.ok(&["secret", "shop", "--standard-webhooks"]).trim().to_string();
+    use base64::Engine as _;
+    let expected = base64::engine::general_purpose::STANDARD.encode("my-own-secret-value!");
+    assert_eq!(whsec, format!("whsec_{expected}"));
+    let library = standardwebhooks::Webhook::new(&whsec).expect("a whsec_ value the library takes");
+    // (The controller signs with the new value once its Secret watch has
+    // seen it: an event sent in the moment before is signed with the old.)
+    let mut n = 0;
+    eventually(WAIT, "a request the published value verifies", || {
+        n += 1;
+        let (stack, receiver, library) = (&stack, &receiver, &library);
+        async move {
+            let before = receiver.received("/shop").len();
+            let id = format!("evt-own-secret-{n}");
+            let (status, _) = stack
+                .post(json!({ "id": id, "name": UPDATED, "payload": { "id": "c-8" } }))
+                .await;
+            assert_eq!(status, 202);
+            let got = receiver.wait_for("/shop", before + 1, WAIT).await;
+            got.iter()
+                .filter(|r| r.json()["payload"]["id"] == "c-8")
+                .any(|r| library.verify(&r.body, &r.headers).is_ok())
+                .then_some(())
+        }
+    })
+    .await;
+
     // tail prints an attempt that happens while it runs.
     let mut tail = plugin
         .command(&["tail", "shop"])

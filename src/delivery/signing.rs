@@ -23,6 +23,14 @@ pub fn standard_webhooks_key(secret: &str) -> Vec<u8> {
     STANDARD.decode(secret).unwrap_or_else(|_| secret.as_bytes().to_vec())
 }
 
+/// The `whsec_…` value Standard Webhooks libraries take for `secret`. They
+/// base64-decode what follows the prefix; hookrelay signs with
+/// `standard_webhooks_key`, so this is that key encoded (for a base64 secret,
+/// the secret itself). `whsec_<secret>` is right only for base64 secrets.
+pub fn standard_webhooks_secret(secret: &str) -> String {
+    format!("whsec_{}", STANDARD.encode(standard_webhooks_key(secret)))
+}
+
 /// One Standard Webhooks signature, `v1,<base64 HMAC-SHA256(key,
 /// "{id}.{timestamp}.{body}")>`.
 pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -91,6 +99,34 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], standard_signature("bmV3", "id", 1, b"{}"));
         assert_eq!(parts[1], standard_signature("b2xk", "id", 1, b"{}"));
+    }
+
+    #[test]
+    fn the_published_whsec_value_verifies_with_the_standard_webhooks_library() {
+        let body = br#"{"name":"dynamic-content.snapshot.published","payload":{"id":"s-1"}}"#;
+        let now = jiff::Timestamp::now().as_second();
+        let generated = "a".repeat(64) + &"Z9".repeat(32);
+        for secret in [
+            "my-own-secret-value!",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            generated.as_str(),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("webhook-id", "shop-0123".parse().unwrap());
+            headers.insert("webhook-timestamp", now.to_string().parse().unwrap());
+            let signature = standard_signature_header(&[secret], "shop-0123", now, body);
+            headers.insert("webhook-signature", signature.parse().unwrap());
+            let published = standard_webhooks_secret(secret);
+            standardwebhooks::Webhook::new(&published)
+                .unwrap()
+                .verify(body, &headers)
+                .unwrap_or_else(|e| panic!("{secret}: {published} does not verify: {e}"));
+        }
+        // What the docs used to say, `whsec_<secret>`, fails for a secret
+        // that is not base64.
+        assert!(standardwebhooks::Webhook::new("whsec_my-own-secret-value!").is_err());
+        // For a base64 secret the published value is `whsec_<secret>`.
+        assert_eq!(standard_webhooks_secret(&generated), format!("whsec_{generated}"));
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub(super) enum Command {
         /// Set the secret to a value read from FILE, or "-" for stdin.
         #[arg(long, value_name = "FILE")]
         set: Option<String>,
+        /// Print the `whsec_…` value Standard Webhooks libraries take instead
+        /// (for a secret that is not base64 it is not `whsec_<secret>`).
+        #[arg(long, conflicts_with_all = ["set", "rotate"])]
+        standard_webhooks: bool,
     },
     /// Follow attempts as they happen, one line each.
     Tail {

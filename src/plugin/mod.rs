@@ -199,7 +199,12 @@ impl Plugin {
                 payload,
                 timeout,
             } => test(&ctx, &webhook, event, payload, timeout).await,
-            Command::Secret { webhook, rotate, set } => secret(&ctx, &webhook, rotate, set).await,
+            Command::Secret {
+                webhook,
+                rotate,
+                set,
+                standard_webhooks,
+            } => secret(&ctx, &webhook, rotate, set, standard_webhooks).await,
             Command::Tail { webhook } => tail(&ctx, webhook).await,
             Command::Send {
                 hub,

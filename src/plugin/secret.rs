@@ -2,7 +2,13 @@
 
 use super::*;
 
-pub(super) async fn secret(ctx: &Ctx, name: &str, rotate: bool, set: Option<String>) -> anyhow::Result<()> {
+pub(super) async fn secret(
+    ctx: &Ctx,
+    name: &str,
+    rotate: bool,
+    set: Option<String>,
+    standard_webhooks: bool,
+) -> anyhow::Result<()> {
     let webhook = ctx.webhook(name).await?;
     let reference = webhook
         .spec
@@ -60,9 +66,11 @@ pub(super) async fn secret(ctx: &Ctx, name: &str, rotate: bool, set: Option<Stri
         }
     }
     let (value, _) = read().await?;
+    let whsec = crate::delivery::signing::standard_webhooks_secret(&value);
     if matches!(ctx.output, Output::Json | Output::Yaml) {
-        return print_structured(ctx.output, &json!({ "secret": value, "secretRef": reference }));
+        let shown = json!({ "secret": value, "standardWebhooksSecret": whsec, "secretRef": reference });
+        return print_structured(ctx.output, &shown);
     }
-    println!("{value}");
+    println!("{}", if standard_webhooks { &whsec } else { &value });
     Ok(())
 }

@@ -5,6 +5,8 @@ use super::*;
 pub(super) struct SecretView {
     pub(super) secret_name: String,
     pub(super) revealed: Option<String>,
+    /// The `whsec_…` value Standard Webhooks libraries take, when revealed.
+    pub(super) standard_webhooks: Option<String>,
     pub(super) previous_until: Option<String>,
     pub(super) generated: bool,
 }
@@ -18,6 +20,7 @@ pub(super) async fn secret_view(session: &Session, ns: &str, webhook: &Webhook, 
     let mut view = SecretView {
         secret_name: reference.name.clone(),
         revealed: None,
+        standard_webhooks: None,
         previous_until: None,
         generated: webhook.spec.secret_ref.is_none(),
     };
@@ -31,6 +34,10 @@ pub(super) async fn secret_view(session: &Session, ns: &str, webhook: &Webhook, 
             .map(|t| t.to_string());
         if reveal {
             view.revealed = secrets::value(&secret, &reference.key).map(str::to_string);
+            view.standard_webhooks = view
+                .revealed
+                .as_deref()
+                .map(crate::delivery::signing::standard_webhooks_secret);
         }
     }
     Some(view)
