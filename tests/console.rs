@@ -365,5 +365,41 @@ async fn a_viewer_sees_no_edit_controls_and_a_clear_refusal() {
     );
     assert!(page.contains("read only"));
     browser.close().await.unwrap();
+
+    // Signing in from another site's form is refused (login CSRF); behind
+    // a TLS-terminating proxy the cookie is Secure and __Host- bound.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |extra: &'static [(&'static str, &'static str)]| {
+        let (http, login, token) = (http.clone(), login.clone(), token.clone());
+        async move {
+            let mut request = http.post(&login).form(&[("token", token.as_str())]);
+            for (name, value) in extra {
+                request = request.header(*name, *value);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let forged = sign_in(&[("origin", "https://evil.example")]).await;
+    assert_eq!(forged.status().as_u16(), 403);
+    assert!(
+        forged.headers().get("set-cookie").is_none(),
+        "no session for a forged sign-in"
+    );
+    let proxied = sign_in(&[("x-forwarded-proto", "https")]).await;
+    assert_eq!(proxied.status().as_u16(), 303);
+    let cookie = proxied.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("__Host-hookrelay_session=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+    // Sign-ins are limited: each costs the API server a review.
+    let answers = futures::future::join_all((0..40).map(|_| sign_in(&[]))).await;
+    assert!(
+        answers.iter().any(|a| a.status().as_u16() == 429),
+        "40 sign-ins at once are not all taken"
+    );
     stack.cleanup().await;
 }

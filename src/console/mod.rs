@@ -13,7 +13,7 @@ mod pages;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -27,8 +27,17 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 const COOKIE: &str = "hookrelay_session";
+/// The cookie's name when served over TLS: browsers keep a `__Host-` cookie
+/// to this origin, path / and HTTPS, so no subdomain or plain-HTTP page can
+/// set or overwrite it.
+const TLS_COOKIE: &str = "__Host-hookrelay_session";
 /// A session lasts this long without use.
 const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+/// Sessions kept at most; past it the least recently used goes.
+const MAX_SESSIONS: usize = 10_000;
+/// Sign-ins tried with a token, each an API review: per second, and at once.
+const LOGINS_PER_SECOND: f64 = 5.0;
+const LOGIN_BURST: f64 = 20.0;
 
 /// How users sign in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +69,39 @@ pub(crate) struct Session {
     last_used: Mutex<Instant>,
 }
 
+impl Session {
+    fn idle(&self) -> Duration {
+        self.last_used.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full() -> Self {
+        Self {
+            tokens: LOGIN_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one at `now`.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * LOGINS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(LOGIN_BURST);
+        self.at = now;
+        let taken = self.tokens >= 1.0;
+        if taken {
+            self.tokens -= 1.0;
+        }
+        taken
+    }
+}
+
 pub(crate) struct Console {
     auth: Auth,
     /// Locally: the one-time login token, until used.
@@ -68,6 +110,8 @@ pub(crate) struct Console {
     local_client: Option<Client>,
     store: crate::store::Store,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Sign-ins with a token, limited: each costs the API server a review.
+    logins: Mutex<Bucket>,
     pub ingest_url: String,
     pub default_namespace: String,
 }
@@ -83,7 +127,7 @@ pub(crate) fn random_token(len: usize) -> String {
 impl Console {
     fn session(&self, id: &str) -> Option<Arc<Session>> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.last_used.lock().map(|t| t.elapsed() < SESSION_IDLE).unwrap_or(false));
+        sessions.retain(|_, s| s.idle() < SESSION_IDLE);
         let session = sessions.get(id).cloned()?;
         *session.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         Some(session)
@@ -98,10 +142,16 @@ impl Console {
             user,
             last_used: Mutex::new(Instant::now()),
         });
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), session);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.retain(|_, s| s.idle() < SESSION_IDLE);
+        }
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions.iter().max_by_key(|(_, s)| s.idle()).map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(id.clone(), session);
         id
     }
 
@@ -111,17 +161,50 @@ impl Console {
 }
 
 fn cookie_of(request: &Request) -> Option<String> {
-    request
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))
+    let cookies = || {
+        request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+    };
+    let named = |name: &str| cookies().find_map(|c| c.strip_prefix(&format!("{name}=")).map(str::to_string));
+    named(TLS_COOKIE).or_else(|| named(COOKIE))
 }
 
-fn session_cookie(id: &str) -> String {
-    format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/")
+/// Whether the browser reached the console over HTTPS (through a proxy
+/// that terminates TLS and says so).
+fn over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+}
+
+/// The session cookie: `Secure` and `__Host-` over TLS.
+fn session_cookie(id: &str, tls: bool) -> String {
+    if tls {
+        format!("{TLS_COOKIE}={id}; Secure; HttpOnly; SameSite=Strict; Path=/")
+    } else {
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/")
+    }
+}
+
+/// Whether a request comes from another site's page (login CSRF): the
+/// browser's `Sec-Fetch-Site`, or an `Origin` naming another host.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 /// Security headers on every answer.
@@ -177,6 +260,7 @@ pub async fn run(
         local_client,
         store: settings.store.clone(),
         sessions: Mutex::default(),
+        logins: Mutex::new(Bucket::full()),
         ingest_url: settings.ingest_url.trim_end_matches('/').to_string(),
         default_namespace,
     });
@@ -259,7 +343,7 @@ async fn home(
                 let mut response = Redirect::to("/").into_response();
                 response.headers_mut().insert(
                     header::SET_COOKIE,
-                    HeaderValue::from_str(&session_cookie(&id)).expect("ascii"),
+                    HeaderValue::from_str(&session_cookie(&id, over_tls(request.headers()))).expect("ascii"),
                 );
                 response
             }
@@ -297,9 +381,33 @@ struct LoginForm {
 }
 
 /// Signs in with a bearer token, checked by asking the API server who it is.
-async fn login(State(console): State<Arc<Console>>, axum::Form(form): axum::Form<LoginForm>) -> Response {
+async fn login(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
     if console.auth != Auth::Token {
         return StatusCode::NOT_FOUND.into_response();
+    }
+    if cross_site(&headers) {
+        // Another site's form would sign the browser in as its own user.
+        return pages::message(
+            StatusCode::FORBIDDEN,
+            "Not signed in",
+            "Sign in from the console's own page.",
+        );
+    }
+    let admitted = console
+        .logins
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(Instant::now());
+    if !admitted {
+        return pages::message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-ins",
+            "Too many sign-ins were tried just now; wait a few seconds and try again.",
+        );
     }
     let token = form.token.trim().to_string();
     let user = match client_for_token(&token).await {
@@ -310,7 +418,7 @@ async fn login(State(console): State<Arc<Console>>, axum::Form(form): axum::Form
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&session_cookie(&id)).expect("ascii"),
+        HeaderValue::from_str(&session_cookie(&id, over_tls(&headers))).expect("ascii"),
     );
     response
 }
@@ -350,9 +458,14 @@ async fn logout(State(console): State<Arc<Console>>, request: Request) -> Respon
         console.close_session(&id);
     }
     let mut response = Redirect::to("/").into_response();
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.append(
         header::SET_COOKIE,
         HeaderValue::from_static("hookrelay_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    headers.append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("__Host-hookrelay_session=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
     );
     response
 }
@@ -369,4 +482,59 @@ async fn js() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("static/console.js"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (header::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_sign_in_from_another_site_is_told_apart() {
+        let same = headers(&[
+            ("host", "console.example:8443"),
+            ("origin", "https://console.example:8443"),
+        ]);
+        assert!(!cross_site(&same));
+        let other = headers(&[("host", "console.example:8443"), ("origin", "https://evil.example")]);
+        assert!(cross_site(&other));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(!cross_site(&headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://x")
+        ])));
+        // Not a browser: no Origin, nothing to forge.
+        assert!(!cross_site(&headers(&[("host", "console.example")])));
+    }
+
+    #[test]
+    fn over_tls_the_cookie_is_secure_and_bound_to_the_host() {
+        let tls = headers(&[("x-forwarded-proto", "https")]);
+        assert!(over_tls(&tls) && !over_tls(&headers(&[])));
+        let cookie = session_cookie("abc", true);
+        assert!(cookie.starts_with("__Host-hookrelay_session=abc;") && cookie.contains("; Secure"));
+        assert!(
+            cookie.contains("Path=/") && !cookie.contains("Domain"),
+            "__Host- needs Path=/ and no Domain"
+        );
+        assert!(!session_cookie("abc", false).contains("Secure"));
+    }
+
+    #[test]
+    fn sign_ins_are_limited_and_refill() {
+        let start = Instant::now();
+        let mut bucket = Bucket {
+            tokens: LOGIN_BURST,
+            at: start,
+        };
+        let admitted = (0..100).filter(|_| bucket.take(start)).count();
+        assert_eq!(admitted, LOGIN_BURST as usize);
+        assert!(bucket.take(start + Duration::from_secs(1)), "refilled after a second");
+    }
 }
