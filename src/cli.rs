@@ -76,6 +76,11 @@ struct ControllerArgs {
     /// 100.64/10, fc00::/7), when every handler is on the public internet.
     #[arg(long, env = "HOOKRELAY_EGRESS_DENY_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     egress_deny_private: bool,
+    /// Let deliveries reach loopback (127.0.0.0/8, ::1), which is denied by
+    /// default: the pod's own ports are no handler's. For local development
+    /// and tests, where handlers run on this machine.
+    #[arg(long, env = "HOOKRELAY_EGRESS_ALLOW_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
+    egress_allow_loopback: bool,
     /// How long a replica's claim on a due delivery lasts (Postgres store):
     /// after a crash its claimed deliveries are sent by another replica
     /// after this. Never less than the longest request a hub allows + 15s.
@@ -243,7 +248,11 @@ impl Cli {
                     metrics_listen: args.metrics_listen,
                     concurrency: args.concurrency,
                     leader_election,
-                    egress_floor: crate::egress::Floor::with(&floor),
+                    egress_floor: if args.egress_allow_loopback {
+                        crate::egress::Floor::with_loopback(&floor)
+                    } else {
+                        crate::egress::Floor::with(&floor)
+                    },
                     delivery_budget: args.budget.delivery_budget,
                     store: args.store.open().await?,
                     claim_lease: args.claim_lease,

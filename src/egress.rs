@@ -24,6 +24,15 @@ pub const FLOOR: &[&str] = &[
     "255.255.255.255/32", // broadcast
 ];
 
+/// Loopback: the pod's own ports (ingest's, the metrics', a sidecar's) are
+/// no handler's business. Denied unless the operator allows it
+/// (`--egress-allow-loopback`, for local development and tests).
+pub const LOOPBACK: &[&str] = &["127.0.0.0/8", "::1/128"];
+
+/// The NAT64 well-known prefix: `64:ff9b::a.b.c.d` reaches the IPv4 address
+/// a.b.c.d through a translator, so it is checked as that address.
+const NAT64: &str = "64:ff9b::/96";
+
 /// Private and shared ranges, denied too when the operator asks
 /// (`--egress-deny-private`): for clusters whose handlers are all public.
 pub const PRIVATE: &[&str] = &[
@@ -57,11 +66,34 @@ impl Default for Floor {
 }
 
 impl Floor {
+    /// The built-in floor, loopback and `extra`.
     pub fn with(extra: &[IpNet]) -> Self {
+        let mut floor = Self::with_loopback(extra);
+        Arc::make_mut(&mut floor.0).extend(parse_networks(LOOPBACK.iter().copied()).expect("built in"));
+        floor
+    }
+
+    /// The built-in floor and `extra`, loopback allowed.
+    pub fn with_loopback(extra: &[IpNet]) -> Self {
         let mut nets = parse_networks(FLOOR.iter().copied()).expect("the built-in floor parses");
         nets.extend_from_slice(extra);
         Self(Arc::new(nets))
     }
+}
+
+/// The IPv4 address `addr` stands for, if it is one in IPv6 form: mapped
+/// (`::ffff:a.b.c.d`) or NAT64 (`64:ff9b::a.b.c.d`).
+fn as_ipv4(addr: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = addr else { return addr };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let nat64: IpNet = NAT64.parse().expect("built in");
+    if nat64.contains(&addr) {
+        let [.., a, b, c, d] = v6.octets();
+        return IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d));
+    }
+    addr
 }
 
 /// The effective networks a hub's deliveries may not reach.
@@ -91,13 +123,10 @@ impl Policy {
         }
     }
 
-    /// The denied network containing `addr`, if any. IPv4-mapped IPv6
-    /// addresses (`::ffff:a.b.c.d`) are checked as the IPv4 address they are.
+    /// The denied network containing `addr`, if any. IPv4-mapped and NAT64
+    /// IPv6 addresses are checked as the IPv4 address they stand for.
     pub fn denies(&self, addr: IpAddr) -> Option<&IpNet> {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
-            v4 => v4,
-        };
+        let addr = as_ipv4(addr);
         if let Some(net) = self.floor.0.iter().find(|net| net.contains(&addr)) {
             return Some(net);
         }
@@ -117,6 +146,32 @@ mod tests {
     }
 
     #[test]
+    fn loopback_is_denied_unless_the_operator_allows_it_in_every_form() {
+        let denied = Policy::from_spec(&Floor::default(), None);
+        for addr in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "64:ff9b::7f00:1"] {
+            assert!(denied.denies(ip(addr)).is_some(), "{addr}");
+        }
+        let allowed = Policy::from_spec(&Floor::with_loopback(&[]), None);
+        for addr in ["127.0.0.1", "::1", "64:ff9b::7f00:1"] {
+            assert!(allowed.denies(ip(addr)).is_none(), "{addr}");
+        }
+        assert!(allowed.denies(ip("1.2.3.4")).is_none());
+    }
+
+    #[test]
+    fn nat64_forms_of_the_floors_ipv4_addresses_are_denied() {
+        let p = Policy::from_spec(&Floor::with_loopback(&[]), None);
+        // 169.254.169.254 (metadata) and 0.0.0.1 through the NAT64 prefix.
+        for addr in ["64:ff9b::a9fe:a9fe", "64:ff9b::1"] {
+            assert!(p.denies(ip(addr)).is_some(), "{addr}");
+        }
+        assert!(
+            p.denies(ip("64:ff9b::102:304")).is_none(),
+            "1.2.3.4 is not in the floor"
+        );
+    }
+
+    #[test]
     fn the_floor_denies_metadata_link_local_unspecified_multicast_and_broadcast() {
         let p = Policy::default();
         for a in [
@@ -133,17 +188,12 @@ mod tests {
             "224.0.0.1",
             "ff02::1",
             "255.255.255.255",
+            "127.0.0.1",
+            "::1",
         ] {
             assert!(p.denies(ip(a)).is_some(), "{a} must be denied");
         }
-        for a in [
-            "127.0.0.1",
-            "::1",
-            "10.1.2.3",
-            "93.184.216.34",
-            "fd00:ec2::253",
-            "100.100.100.201",
-        ] {
+        for a in ["10.1.2.3", "93.184.216.34", "fd00:ec2::253", "100.100.100.201"] {
             assert!(p.denies(ip(a)).is_none(), "{a} must be allowed");
         }
     }
@@ -154,7 +204,9 @@ mod tests {
             denied_networks: vec!["127.0.0.2/32".into(), "10.0.0.0/8".into()],
             allowed_networks: vec!["169.254.0.0/16".into(), "10.1.0.0/16".into(), "0.0.0.0/0".into()],
         };
-        let p = Policy::from_spec(&Floor::default(), Some(&spec));
+        // (Loopback allowed by the operator, so the hub's own denial of
+        // 127.0.0.2 is what is tested.)
+        let p = Policy::from_spec(&Floor::with_loopback(&[]), Some(&spec));
         assert!(p.denies(ip("169.254.169.254")).is_some(), "the floor cannot be lifted");
         assert!(p.denies(ip("fe80::1")).is_some());
         assert!(
@@ -169,7 +221,7 @@ mod tests {
             denied_networks: vec!["127.0.0.2/32".into(), "10.0.0.0/8".into()],
             allowed_networks: vec!["10.1.0.0/16".into()],
         };
-        let p = Policy::from_spec(&Floor::default(), Some(&narrow));
+        let p = Policy::from_spec(&Floor::with_loopback(&[]), Some(&narrow));
         assert!(p.denies(ip("127.0.0.2")).is_some());
         assert!(p.denies(ip("::ffff:127.0.0.2")).is_some());
         assert!(p.denies(ip("10.9.9.9")).is_some());
@@ -184,7 +236,7 @@ mod tests {
             denied_networks: vec![],
             allowed_networks: vec!["127.0.0.0/8".into()],
         };
-        let p = Policy::from_spec(&Floor::with(&extra), Some(&lifting));
+        let p = Policy::from_spec(&Floor::with_loopback(&extra), Some(&lifting));
         assert!(p.denies(ip("127.0.0.2")).is_some());
         assert!(p.denies(ip("127.0.0.1")).is_none());
         assert!(

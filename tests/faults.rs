@@ -472,7 +472,8 @@ fn engine_over(
         hookrelay::delivery::Options {
             global: hookrelay::delivery::slots::Slots::new(4),
             leadership: hookrelay::leader::Leadership::unconditional(),
-            egress_floor: Default::default(),
+            // The handlers here listen on loopback.
+            egress_floor: hookrelay::egress::Floor::with_loopback(&[]),
             delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
             store: hookrelay::store::Store::Kubernetes,
         },

@@ -239,7 +239,8 @@ fn engine_with_budget(memory: &Arc<Memory>, webhooks: &[Webhook], budget: usize)
         Options {
             global: slots::Slots::new(16),
             leadership: Leadership::unconditional(),
-            egress_floor: Default::default(),
+            // The handlers here listen on loopback.
+            egress_floor: crate::egress::Floor::with_loopback(&[]),
             delivery_budget: budget,
             store: crate::store::Store::Memory(memory.clone()),
         },

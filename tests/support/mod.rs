@@ -379,6 +379,8 @@ impl ChildProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", log_filter)
             .env("RUST_BACKTRACE", "0")
+            // The tests' handlers listen on loopback, which is denied by default.
+            .env("HOOKRELAY_EGRESS_ALLOW_LOOPBACK", "true")
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
