@@ -43,6 +43,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Which check failed, or Ok.
 fn verify(secret: &str, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), &'static str> {
+    // (Given the secret itself: its Standard Webhooks key is its base64 decoding,
+    // or its bytes when it is not base64.)
     let cms = header(headers, "x-amplience-webhook-signature").ok_or("no X-Amplience-Webhook-Signature")?;
     if !same(
         cms.as_bytes(),
