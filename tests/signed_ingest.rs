@@ -33,6 +33,15 @@ fn secret_ref(name: &str) -> Option<SecretKeyRef> {
     })
 }
 
+/// A verification scheme with its Secret (key `secret`), if it has one.
+fn scheme(scheme: Scheme, secret: Option<&str>) -> VerifyScheme {
+    VerifyScheme {
+        scheme,
+        secret_ref: secret.and_then(secret_ref),
+        tolerance: None,
+    }
+}
+
 #[tokio::test]
 async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forgeries() {
     let mut hub: hookrelay::resources::Hub = serde_yaml::from_str(include_str!("../examples/hub.yaml")).unwrap();
@@ -40,21 +49,9 @@ async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forge
         token_secret_ref: None,
         rate_limit: None,
         verify: vec![
-            VerifyScheme {
-                scheme: Scheme::Bearer,
-                secret_ref: None,
-                tolerance: None,
-            },
-            VerifyScheme {
-                scheme: Scheme::Amplience,
-                secret_ref: secret_ref("cms-webhook"),
-                tolerance: None,
-            },
-            VerifyScheme {
-                scheme: Scheme::StandardWebhooks,
-                secret_ref: secret_ref("standard-webhooks"),
-                tolerance: None,
-            },
+            scheme(Scheme::Bearer, None),
+            scheme(Scheme::Amplience, Some("cms-webhook")),
+            scheme(Scheme::StandardWebhooks, Some("standard-webhooks")),
         ],
     });
     let env = support::TestEnv::new("signed_ingest").await;
@@ -210,16 +207,8 @@ async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forge
         token_secret_ref: secret_ref("broken-token"),
         rate_limit: None,
         verify: vec![
-            VerifyScheme {
-                scheme: Scheme::Bearer,
-                secret_ref: None,
-                tolerance: None,
-            },
-            VerifyScheme {
-                scheme: Scheme::Amplience,
-                secret_ref: secret_ref("no-such-secret"),
-                tolerance: None,
-            },
+            scheme(Scheme::Bearer, None),
+            scheme(Scheme::Amplience, Some("no-such-secret")),
         ],
     });
     let secrets: kube::Api<Secret> = stack.env.api();
