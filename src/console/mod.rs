@@ -194,17 +194,22 @@ fn session_cookie(id: &str, tls: bool) -> String {
 }
 
 /// Whether a request comes from another site's page (login CSRF): the
-/// browser's `Sec-Fetch-Site`, or an `Origin` naming another host.
+/// browser's `Sec-Fetch-Site` (sent to HTTPS and localhost pages only), or
+/// an `Origin` naming another host or `null` (a sandboxed or no-referrer
+/// page: the console's own pages send their origin).
 fn cross_site(headers: &HeaderMap) -> bool {
     let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     if let Some(site) = text("sec-fetch-site") {
         return !matches!(site, "same-origin" | "none");
     }
-    match (text("origin"), text("host")) {
-        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
+    let Some(origin) = text("origin") else {
+        // Not a browser's cross-site request: nothing to forge.
+        return false;
+    };
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    // A proxy may pass the browser's host on in X-Forwarded-Host.
+    let ours = [text("host"), text("x-forwarded-host")];
+    !ours.into_iter().flatten().any(|host| Some(host) == origin_host)
 }
 
 /// Security headers on every answer.
@@ -218,7 +223,10 @@ async fn secure_headers(request: Request, next: Next) -> Response {
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // same-origin, not no-referrer: under no-referrer browsers send
+    // `Origin: null` with the console's own form posts, which would then
+    // look like another site's (see `cross_site`).
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -505,6 +513,17 @@ mod tests {
         let other = headers(&[("host", "console.example:8443"), ("origin", "https://evil.example")]);
         assert!(cross_site(&other));
         assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        // Over plain HTTP to a non-local address browsers send no
+        // Sec-Fetch-Site; the origin decides, and `null` is not ours.
+        let plain = headers(&[("host", "10.96.0.12"), ("origin", "http://10.96.0.12")]);
+        assert!(!cross_site(&plain));
+        assert!(cross_site(&headers(&[("host", "10.96.0.12"), ("origin", "null")])));
+        let proxied = headers(&[
+            ("host", "hookrelay-console:80"),
+            ("x-forwarded-host", "console.example"),
+            ("origin", "https://console.example"),
+        ]);
+        assert!(!cross_site(&proxied));
         assert!(!cross_site(&headers(&[
             ("sec-fetch-site", "same-origin"),
             ("origin", "https://x")
