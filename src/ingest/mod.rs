@@ -553,6 +553,7 @@ async fn verify_signed(
     Err(Problem::unauthorized())
 }
 
+/// Checks the bearer token against the hub's, in constant time.
 async fn authenticate(
     ingest: &Ingest,
     hub: &Hub,
