@@ -135,6 +135,28 @@ fn attempts(delivery: &Delivery) -> u32 {
     delivery.status.as_ref().map(|s| s.attempt_count).unwrap_or(0)
 }
 
+/// Orders two resourceVersions of the same resource: decimal integers
+/// without leading zeros, comparable since Kubernetes 1.35 (KEP-5504).
+/// `None` when either is not one (a server that keeps them opaque).
+fn compare_versions(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let integer = |v: &str| !v.is_empty() && !v.starts_with('0') && v.bytes().all(|c| c.is_ascii_digit());
+    (integer(a) && integer(b)).then(|| a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
+}
+
+/// Whether `delivery` is an older state of the same Delivery than one at
+/// `version` with `attempts_made`: by resourceVersion, or where those do
+/// not compare, by attempts made.
+fn is_older(delivery: &Delivery, version: Option<String>, attempts_made: u32) -> bool {
+    let own = delivery.resource_version();
+    match compare_versions(
+        own.as_deref().unwrap_or_default(),
+        version.as_deref().unwrap_or_default(),
+    ) {
+        Some(order) => order == std::cmp::Ordering::Less,
+        None => attempts(delivery) < attempts_made,
+    }
+}
+
 /// What the engine tells the schedule.
 enum Command {
     Settle(Key, Box<Settled>),
@@ -296,6 +318,7 @@ impl Task {
                     match event {
                         watcher::Event::Init => {
                             relisting = Some(HashSet::new());
+                            state.listing = true;
                             finished.clear();
                         }
                         watcher::Event::InitApply(DeserializeGuard(d)) => {
@@ -303,8 +326,7 @@ impl Task {
                             if let Some(seen) = relisting.as_mut() {
                                 seen.insert(key_of(&d));
                             }
-                            index_finished(&d, &mut finished);
-                            self.consider(slim(d), &mut state);
+                            self.watched(d, &mut state, &mut finished);
                         }
                         watcher::Event::InitDone => {
                             if let Some(seen) = relisting.take() {
@@ -312,12 +334,17 @@ impl Task {
                                 for key in gone {
                                     self.forget(&key, &mut state);
                                 }
+                                state.settled.retain(|k, _| seen.contains(k));
+                            }
+                            // Every ordering group is whole again.
+                            state.listing = false;
+                            for key in std::mem::take(&mut state.after_list) {
+                                state.release(key);
                             }
                         }
                         watcher::Event::Apply(DeserializeGuard(d)) => {
                             let Some(d) = self.decoded(d) else { continue };
-                            index_finished(&d, &mut finished);
-                            self.consider(slim(d), &mut state);
+                            self.watched(d, &mut state, &mut finished);
                         }
                         watcher::Event::Delete(DeserializeGuard(d)) => {
                             let key = match &d {
@@ -330,34 +357,13 @@ impl Task {
                                     invalid.metadata.name.clone().unwrap_or_default(),
                                 ),
                             };
+                            state.settled.remove(&key);
                             self.forget(&key, &mut state);
                         }
                     }
                 }
                 Some(expired) = state.queue.next(), if !state.queue.is_empty() => {
-                    let key = expired.into_inner();
-                    if let Some(Slot::Queued { delivery, .. }) = state.tracked.remove(&key) {
-                        if let Some(blocker) = state.order.blocker(&key) {
-                            self.note_waiting(&key, &delivery, &blocker);
-                            state.tracked.insert(key, Slot::Waiting { delivery });
-                            continue;
-                        }
-                        let early = state.cancelling.remove(&key);
-                        let due = Due {
-                            namespace: key.0.clone(),
-                            name: key.1.clone(),
-                            webhook: delivery.webhook().to_string(),
-                            delivery: match &delivery {
-                                Held::Whole(d) => Some(d.clone()),
-                                Held::Brief(_) => None,
-                            },
-                            version: delivery.resource_version(),
-                            early,
-                            claimed_until: None,
-                        };
-                        state.tracked.insert(key, Slot::InFlight { sent: delivery, latest: None });
-                        let _ = self.due.send(due);
-                    }
+                    self.came_due(expired.into_inner(), &mut state);
                 }
                 _ = sweep.tick() => {
                     let policy_of = |ns: &str, webhook: &str| {
@@ -395,7 +401,22 @@ impl Task {
         match settled {
             // The stored object is newer than anything the watch delivered
             // during the attempt.
-            Settled::Recorded(stored) | Settled::Superseded(stored) => self.consider(slim(stored), state),
+            Settled::Recorded(stored) | Settled::Superseded(stored) => {
+                // Finished before the watch showed it: until it does, what
+                // the watch shows of this delivery is its past. (Its slot
+                // is gone when the watch showed it finished or deleted.)
+                let watch_caught_up = sent.is_none()
+                    || latest
+                        .as_ref()
+                        .is_some_and(|l| !is_older(&stored, l.resource_version(), attempts(l)));
+                if due_at(&stored).is_none()
+                    && !watch_caught_up
+                    && let Some(version) = stored.resource_version()
+                {
+                    state.settled.insert(key.clone(), version);
+                }
+                self.consider(slim(stored), state)
+            }
             Settled::Gone | Settled::NotSent => {}
             Settled::Deferred => {
                 if let Some(delivery) = latest.map(Held::Whole).or(sent) {
@@ -415,6 +436,26 @@ impl Task {
         }
     }
 
+    /// A Delivery as the watch shows it. The watch can lag behind the
+    /// engine's own records (its events queue up behind a busy API server),
+    /// and a relist may be served from a cache older than a record just
+    /// written: a state older than one the engine settled is its past, and
+    /// acting on it would send the delivery again.
+    fn watched(&self, delivery: Delivery, state: &mut Tracking, finished: &mut retention::Index) {
+        let key = key_of(&delivery);
+        if let Some(settled) = state.settled.get(&key) {
+            if compare_versions(delivery.resource_version().as_deref().unwrap_or_default(), settled)
+                == Some(std::cmp::Ordering::Less)
+            {
+                return;
+            }
+            // Caught up (or versions that do not compare: trust the watch).
+            state.settled.remove(&key);
+        }
+        index_finished(&delivery, finished);
+        self.consider(slim(delivery), state);
+    }
+
     /// Tracks, reschedules or drops a delivery after seeing its latest state.
     fn consider(&self, delivery: Arc<Delivery>, state: &mut Tracking) {
         let key = key_of(&delivery);
@@ -429,8 +470,14 @@ impl Task {
             return;
         };
         match state.tracked.get_mut(&key) {
-            Some(Slot::InFlight { latest, .. }) => {
-                *latest = Some(delivery);
+            Some(Slot::InFlight { sent, latest }) => {
+                let (version, made) = match latest {
+                    Some(l) => (l.resource_version(), attempts(l)),
+                    None => (sent.resource_version(), sent.attempts()),
+                };
+                if !is_older(&delivery, version, made) {
+                    *latest = Some(delivery);
+                }
                 return;
             }
             Some(Slot::Waiting { delivery: waiting, .. }) => {
@@ -439,7 +486,9 @@ impl Task {
                 *waiting = Held::brief(&delivery);
                 return;
             }
-            Some(Slot::Queued { delivery: queued, .. }) if attempts(&delivery) < queued.attempts() => {
+            Some(Slot::Queued { delivery: queued, .. })
+                if is_older(&delivery, queued.resource_version(), queued.attempts()) =>
+            {
                 // An older state than the one we hold (a late watch event).
                 return;
             }
@@ -492,11 +541,49 @@ impl Task {
     /// its ordering key, if it was waiting, go now.
     fn forget(&self, key: &Key, state: &mut Tracking) {
         state.untrack(key);
-        let Some(next) = state.order.leave(key) else { return };
-        if let Some(Slot::Waiting { delivery, .. }) = state.tracked.remove(&next) {
-            let timer = state.queue.insert(next.clone(), Duration::ZERO);
-            state.tracked.insert(next, Slot::Queued { timer, delivery });
+        if let Some(next) = state.order.leave(key) {
+            state.release(next);
         }
+    }
+
+    /// A queued delivery whose time has come: handed to the engine unless
+    /// an earlier one of its ordering key is unfinished. During a list an
+    /// ordered one waits for the list's end: its group is whole only then
+    /// (an earlier delivery of its key may not have been listed yet).
+    fn came_due(&self, key: Key, state: &mut Tracking) {
+        let Some(Slot::Queued { delivery, .. }) = state.tracked.remove(&key) else {
+            return;
+        };
+        if state.listing && state.order.contains(&key) {
+            state.tracked.insert(key.clone(), Slot::Waiting { delivery });
+            state.after_list.push(key);
+            return;
+        }
+        if let Some(blocker) = state.order.blocker(&key) {
+            self.note_waiting(&key, &delivery, &blocker);
+            state.tracked.insert(key, Slot::Waiting { delivery });
+            return;
+        }
+        let due = Due {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            webhook: delivery.webhook().to_string(),
+            delivery: match &delivery {
+                Held::Whole(d) => Some(d.clone()),
+                Held::Brief(_) => None,
+            },
+            version: delivery.resource_version(),
+            early: state.cancelling.remove(&key),
+            claimed_until: None,
+        };
+        state.tracked.insert(
+            key,
+            Slot::InFlight {
+                sent: delivery,
+                latest: None,
+            },
+        );
+        let _ = self.due.send(due);
     }
 
     /// The ordering group of a delivery whose webhook orders by a key that
@@ -591,6 +678,14 @@ struct Tracking {
     /// Deliveries brought forward because their webhook was deactivated:
     /// attempted (and so cancelled) although not due.
     cancelling: HashSet<Key>,
+    /// Deliveries the engine finished before the watch showed it, with the
+    /// resourceVersion it wrote: older watch events of them are ignored
+    /// until the watch shows that version (or a newer one).
+    settled: HashMap<Key, String>,
+    /// Between a list's start and its end.
+    listing: bool,
+    /// Ordered deliveries that came due during a list (see `came_due`).
+    after_list: Vec<Key>,
 }
 
 impl Tracking {
@@ -605,6 +700,18 @@ impl Tracking {
                 self.queue.reset(timer, Duration::ZERO);
                 self.cancelling.insert(k.clone());
             }
+        }
+    }
+
+    /// Lets a waiting delivery go now (it is checked again as it comes
+    /// due); one in any other state keeps it.
+    fn release(&mut self, key: Key) {
+        if !matches!(self.tracked.get(&key), Some(Slot::Waiting { .. })) {
+            return;
+        }
+        if let Some(Slot::Waiting { delivery }) = self.tracked.remove(&key) {
+            let timer = self.queue.insert(key.clone(), Duration::ZERO);
+            self.tracked.insert(key, Slot::Queued { timer, delivery });
         }
     }
 
@@ -701,6 +808,232 @@ mod tests {
         );
         d.status = status;
         d
+    }
+
+    fn at(version: &str, status: Option<DeliveryStatus>) -> Delivery {
+        let mut d = delivery(status);
+        d.metadata.namespace = Some("ns".into());
+        d.metadata.resource_version = Some(version.into());
+        d
+    }
+
+    fn succeeded() -> Option<DeliveryStatus> {
+        Some(DeliveryStatus {
+            phase: Phase::Succeeded,
+            attempt_count: 1,
+            ..Default::default()
+        })
+    }
+
+    /// A schedule's task with an API server that is never asked (its
+    /// webhook "w" in "ns" orders by `$.payload.id`).
+    fn task() -> (Task, mpsc::UnboundedReceiver<Due>) {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let (due, due_rx) = mpsc::unbounded_channel();
+        let (webhooks, mut writer) = kube::runtime::reflector::store();
+        let mut spec = crate::resources::webhook::WebhookSpec::new("h", "W", "https://example.invalid/", &["n"]);
+        spec.ordering = Some(crate::resources::webhook::Ordering {
+            key: "$.payload.id".into(),
+        });
+        let mut webhook = Webhook::new("w", spec);
+        webhook.metadata.namespace = Some("ns".into());
+        writer.apply_watcher_event(&watcher::Event::Apply(webhook));
+        let task = Task {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "test".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            webhooks,
+            hubs: kube::runtime::reflector::store().0,
+            metrics: Metrics::new(),
+            due,
+        };
+        (task, due_rx)
+    }
+
+    fn in_flight(state: &mut Tracking, sent: Delivery) {
+        state.tracked.insert(
+            key_of(&sent),
+            Slot::InFlight {
+                sent: Held::Whole(Arc::new(sent)),
+                latest: None,
+            },
+        );
+    }
+
+    #[test]
+    fn versions_compare_as_integers_or_not_at_all() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("9", "10"), Some(Less));
+        assert_eq!(compare_versions("123", "122"), Some(Greater));
+        assert_eq!(compare_versions("42", "42"), Some(Equal));
+        for opaque in ["", "0", "012", "a1", "1.5"] {
+            assert_eq!(compare_versions(opaque, "5"), None, "{opaque:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watch_never_queues_a_finished_delivery_again() {
+        let (task, _due) = task();
+        let (mut state, mut finished) = (Tracking::default(), retention::Index::default());
+        in_flight(&mut state, at("5", None));
+        // Recorded before the watch has shown anything of the attempt.
+        task.settle(
+            ("ns".into(), "d".into()),
+            Settled::Recorded(at("6", succeeded())),
+            &mut state,
+        );
+        assert!(state.tracked.is_empty());
+        // The watch, behind, shows the state the attempt started from.
+        task.watched(at("5", None), &mut state, &mut finished);
+        assert!(state.tracked.is_empty(), "a state older than the record was queued");
+        // Then the record itself: caught up.
+        task.watched(at("6", succeeded()), &mut state, &mut finished);
+        assert!(state.settled.is_empty());
+        // Anything newer counts again (a redelivery asked for afterwards).
+        let mut redeliver = at("7", succeeded());
+        redeliver
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(crate::resources::delivery::REDELIVER_ANNOTATION.into(), "r1".into());
+        task.watched(redeliver, &mut state, &mut finished);
+        assert!(matches!(
+            state.tracked.get(&("ns".to_string(), "d".to_string())),
+            Some(Slot::Queued { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_relist_from_an_older_cache_never_queues_a_finished_delivery_again() {
+        let (task, _due) = task();
+        let (mut state, mut finished) = (Tracking::default(), retention::Index::default());
+        in_flight(&mut state, at("5", None));
+        task.settle(
+            ("ns".into(), "d".into()),
+            Settled::Recorded(at("6", succeeded())),
+            &mut state,
+        );
+        // What a relist served from a cache older than the record shows.
+        task.watched(at("5", None), &mut state, &mut finished);
+        assert!(state.tracked.is_empty(), "a state older than the record was queued");
+        assert_eq!(state.settled.len(), 1, "kept until the watch shows the record");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_whose_record_the_watch_showed_first_leaves_nothing_behind() {
+        let (task, _due) = task();
+        let (mut state, mut finished) = (Tracking::default(), retention::Index::default());
+        in_flight(&mut state, at("5", None));
+        task.watched(at("6", succeeded()), &mut state, &mut finished);
+        task.settle(
+            ("ns".into(), "d".into()),
+            Settled::Recorded(at("6", succeeded())),
+            &mut state,
+        );
+        assert!(state.tracked.is_empty());
+        assert!(state.settled.is_empty(), "nothing left to wait for");
+    }
+
+    #[tokio::test]
+    async fn an_older_state_seen_during_an_attempt_is_not_the_one_tried_again() {
+        let (task, _due) = task();
+        let (mut state, mut finished) = (Tracking::default(), retention::Index::default());
+        let retrying = |attempts| {
+            Some(DeliveryStatus {
+                phase: Phase::Retrying,
+                attempt_count: attempts,
+                ..Default::default()
+            })
+        };
+        in_flight(&mut state, at("8", retrying(2)));
+        task.watched(at("7", retrying(1)), &mut state, &mut finished);
+        let Some(Slot::InFlight { latest, .. }) = state.tracked.get(&("ns".to_string(), "d".to_string())) else {
+            panic!("not in flight");
+        };
+        assert!(latest.is_none(), "an older state replaced the newest one known");
+    }
+
+    /// Update `version` of item `item`, accepted at `second`, unfinished.
+    fn update(item: &str, version: u32, second: i64) -> Delivery {
+        let mut d = Delivery::new(
+            &format!("{item}{version}"),
+            DeliverySpec {
+                webhook: "w".into(),
+                hub: "h".into(),
+                event: EventRef {
+                    id: format!("{item}{version}"),
+                    name: "n".into(),
+                    received_at: MicroTime(Timestamp::from_second(second).unwrap()),
+                },
+                payload: format!(r#"{{"id":"{item}","version":{version}}}"#),
+            },
+        );
+        d.metadata.namespace = Some("ns".into());
+        d.metadata.resource_version = Some(format!("{}", 100 + second));
+        d
+    }
+
+    fn slot(state: &Tracking, name: &str) -> &'static str {
+        match state.tracked.get(&("ns".to_string(), name.to_string())) {
+            Some(Slot::Queued { .. }) => "queued",
+            Some(Slot::InFlight { .. }) => "in flight",
+            Some(Slot::Waiting { .. }) => "waiting",
+            None => "untracked",
+        }
+    }
+
+    /// Seen by the watch, then come due at once.
+    fn due_now(task: &Task, state: &mut Tracking, finished: &mut retention::Index, d: Delivery) {
+        let key = key_of(&d);
+        task.watched(d, state, finished);
+        task.came_due(key, state);
+    }
+
+    #[tokio::test]
+    async fn during_a_list_a_later_update_waits_for_the_list_to_end() {
+        let (task, mut handed_out) = task();
+        let (mut state, mut finished) = (Tracking::default(), retention::Index::default());
+        // A restarted controller lists A5 (names sort so) before A1.
+        state.listing = true;
+        due_now(&task, &mut state, &mut finished, update("A", 5, 50));
+        assert_eq!(slot(&state, "A5"), "waiting", "A5 went before A1 was listed");
+        task.watched(update("A", 1, 10), &mut state, &mut finished);
+        assert!(handed_out.try_recv().is_err());
+        // The list ends: A1 goes, A5 waits for it.
+        state.listing = false;
+        for key in std::mem::take(&mut state.after_list) {
+            state.release(key);
+        }
+        task.came_due(("ns".into(), "A1".into()), &mut state);
+        task.came_due(("ns".into(), "A5".into()), &mut state);
+        assert_eq!(handed_out.try_recv().unwrap().name, "A1");
+        assert!(handed_out.try_recv().is_err(), "A5 went before A1 ended");
+        assert_eq!((slot(&state, "A1"), slot(&state, "A5")), ("in flight", "waiting"));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_leaving_its_group_never_drops_the_next_one() {
+        let (task, _due) = task();
+        let (mut state, mut finished) = (Tracking::default(), retention::Index::default());
+        // A1 queued for its retry; A5 (later) in flight, as an ordering
+        // slip could leave them.
+        task.watched(update("A", 1, 10), &mut state, &mut finished);
+        due_now(&task, &mut state, &mut finished, update("A", 5, 50));
+        state.tracked.insert(
+            ("ns".into(), "A5".into()),
+            Slot::InFlight {
+                sent: Held::Whole(Arc::new(update("A", 5, 50))),
+                latest: None,
+            },
+        );
+        task.forget(&("ns".into(), "A5".into()), &mut state);
+        assert_eq!(slot(&state, "A1"), "queued", "A1 was dropped from the schedule");
     }
 
     #[test]
