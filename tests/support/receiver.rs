@@ -228,12 +228,12 @@ async fn answer(
             .or_else(|| book.defaults.get(&path).cloned())
             .unwrap_or(Reply::status(200))
     };
+    // Answered (as far as this count goes) once the reply is built, or
+    // abandoned when the sender closes the connection first (the server
+    // drops this future then): either way no longer in flight.
+    let _answering = InFlight { book: &book, path };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
-    }
-    // Answered (as far as this count goes) once the reply is built.
-    if let Some(n) = book.lock().unwrap().in_flight.get_mut(&path) {
-        *n -= 1;
     }
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     for (name, value) in reply.headers {
@@ -243,6 +243,26 @@ async fn answer(
         );
     }
     response
+}
+
+/// One request being answered: counted out of `in_flight` when dropped.
+struct InFlight<'a> {
+    book: &'a Mutex<Book>,
+    path: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self
+            .book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .in_flight
+            .get_mut(&self.path)
+        {
+            *n -= 1;
+        }
+    }
 }
 
 /// The receiver's own address, for finding a connection's other end.
