@@ -1321,6 +1321,7 @@ async fn main() {
     for (k, v) in &b.report {
         md.push_str(&format!("| {} | {} |\n", k.trim(), v));
     }
+    std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("report.md"), &md).unwrap();
     println!("\nwritten to target/bench/report.md");
     // Each run starts from an empty etcd: stop this control plane.
