@@ -420,6 +420,18 @@ async fn signed_in(url: &str, token: &str) -> (Driver, fantoccini::Client) {
     browser.goto(&format!("{url}/login")).await.unwrap();
     fill(&browser, "#token", token).await;
     click(&browser, "form button[type=submit]").await;
+    // Signed in once the console has sent the browser on from /login: a
+    // navigation started before that cancels the form's POST (seen: the
+    // next page then showed the login form and never the hubs).
+    eventually(
+        Duration::from_secs(30),
+        "the console to leave /login after signing in",
+        || async {
+            let url = browser.current_url().await.ok()?;
+            (url.path() != "/login").then_some(())
+        },
+    )
+    .await;
     (driver, browser)
 }
 
