@@ -26,28 +26,34 @@ pub const EVENT_LABEL: &str = "hookrelay.dev/event";
 /// (exactly or by wildcard), and passing their filters. Webhooks that would
 /// be selected but whose filters or template do not compile are returned
 /// apart, with the reason (their Ready condition says it too).
-pub fn select<'a>(
-    webhooks: impl IntoIterator<Item = &'a Webhook>,
+/// Webhooks come as the caller holds them (`&Webhook`, `&Arc<Webhook>`)
+/// and the selected go back so.
+pub fn select<'a, W: std::borrow::Borrow<Webhook>>(
+    webhooks: impl IntoIterator<Item = &'a W>,
     ns: &str,
     hub: &str,
     name: &str,
     document: &Value,
-) -> (Vec<&'a Webhook>, Vec<(String, String)>) {
-    let mut selected: Vec<&Webhook> = Vec::new();
+) -> (Vec<&'a W>, Vec<(String, String)>) {
+    let mut selected: Vec<&W> = Vec::new();
     let mut skipped = Vec::new();
     let candidates = webhooks
         .into_iter()
-        .filter(|w| w.namespace().as_deref() == Some(ns) && w.spec.hub == hub && w.spec.active)
-        .filter(|w| w.spec.events.iter().any(|s| subscription_matches(s, name)));
-    for w in candidates {
+        .filter(|w| {
+            let w = (*w).borrow();
+            w.namespace().as_deref() == Some(ns) && w.spec.hub == hub && w.spec.active
+        })
+        .filter(|w| (*w).borrow().spec.events.iter().any(|s| subscription_matches(s, name)));
+    for held in candidates {
+        let w = held.borrow();
         let compiled = compiled(w);
         match (&compiled.filters, &compiled.template) {
             (Err(e), _) | (_, Err(e)) => skipped.push((w.name_any(), e.clone())),
-            (Ok(f), Ok(())) if filters::hold(f, document) => selected.push(w),
+            (Ok(f), Ok(())) if filters::hold(f, document) => selected.push(held),
             _ => {}
         }
     }
-    selected.sort_by_key(|w| w.name_any());
+    selected.sort_by_key(|w| (*w).borrow().name_any());
     skipped.sort();
     (selected, skipped)
 }

@@ -193,6 +193,12 @@ fn session_cookie(id: &str, tls: bool) -> String {
     }
 }
 
+/// What signing out sets: both names expired, as which one the browser
+/// holds depends on how it came.
+fn expired_cookies() -> [String; 2] {
+    [false, true].map(|tls| format!("{}; Max-Age=0", session_cookie("", tls)))
+}
+
 /// Whether a request comes from another site's page (login CSRF): the
 /// browser's `Sec-Fetch-Site` (sent to HTTPS and localhost pages only), or
 /// an `Origin` naming another host or `null` (a sandboxed or no-referrer
@@ -466,15 +472,11 @@ async fn logout(State(console): State<Arc<Console>>, request: Request) -> Respon
         console.close_session(&id);
     }
     let mut response = Redirect::to("/").into_response();
-    let headers = response.headers_mut();
-    headers.append(
-        header::SET_COOKIE,
-        HeaderValue::from_static("hookrelay_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
-    headers.append(
-        header::SET_COOKIE,
-        HeaderValue::from_static("__Host-hookrelay_session=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    for expired in expired_cookies() {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_str(&expired).expect("ascii"));
+    }
     response
 }
 
@@ -501,6 +503,17 @@ mod tests {
             .iter()
             .map(|(k, v)| (header::HeaderName::from_static(k), v.parse().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn signing_out_expires_the_cookie_under_both_names() {
+        assert_eq!(
+            expired_cookies(),
+            [
+                "hookrelay_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+                "__Host-hookrelay_session=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+            ]
+        );
     }
 
     #[test]

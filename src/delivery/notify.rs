@@ -71,7 +71,7 @@ impl Engine {
     pub(crate) async fn notify(&self, ns: &str, hub: &str, notice: Notice) {
         let document = fanout::document(&notice.id, notice.name, &notice.payload);
         let webhooks = self.webhooks.state();
-        let (selected, _) = fanout::select(webhooks.iter().map(|w| w.as_ref()), ns, hub, notice.name, &document);
+        let (selected, _) = fanout::select(webhooks.iter(), ns, hub, notice.name, &document);
         let payload = notice.payload.to_string();
         // One at a time: each is stored (or not) on its own, as before a
         // notice had several receivers.

@@ -403,18 +403,10 @@ async fn select(
     let document = fanout::document(id, &incoming.name, &incoming.payload);
     let (namespace, hub, name) = (namespace.to_string(), hub.to_string(), incoming.name.clone());
     tokio::task::spawn_blocking(move || {
-        let (selected, skipped) =
-            fanout::select(webhooks.iter().map(|w| w.as_ref()), &namespace, &hub, &name, &document);
-        let shared: std::collections::HashMap<*const Webhook, &Arc<Webhook>> =
-            webhooks.iter().map(|w| (Arc::as_ptr(w), w)).collect();
+        let (selected, skipped) = fanout::select(webhooks.iter(), &namespace, &hub, &name, &document);
         let selected = selected
             .into_iter()
-            .map(|w| {
-                (
-                    shared[&std::ptr::from_ref(w)].clone(),
-                    fanout::ordering_key(w, &document),
-                )
-            })
+            .map(|w| (w.clone(), fanout::ordering_key(w, &document)))
             .collect();
         (selected, skipped)
     })
