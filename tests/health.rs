@@ -235,10 +235,19 @@ fn undescribed(schema: &Value, schemas: &Value, path: &str, out: &mut Vec<String
 #[tokio::test]
 async fn kubectl_explain_has_a_description_for_every_field() {
     let env = support::TestEnv::new("explain_descriptions").await;
-    let request = http::Request::get("/openapi/v3/apis/hookrelay.dev/v1alpha1")
-        .body(Vec::new())
-        .unwrap();
-    let document: Value = env.client.request(request).await.expect("the API server's OpenAPI v3");
+    // Published a moment after the CRDs are established (on a control
+    // plane started for this run, the first request can come before it).
+    let document: Value = eventually(WAIT, "the API server's OpenAPI v3 of hookrelay.dev", || async {
+        let request = http::Request::get("/openapi/v3/apis/hookrelay.dev/v1alpha1")
+            .body(Vec::new())
+            .unwrap();
+        let document: Value = env.client.request(request).await.ok()?;
+        ["Hub", "Webhook", "Delivery"]
+            .iter()
+            .all(|kind| !document["components"]["schemas"][format!("dev.hookrelay.v1alpha1.{kind}")].is_null())
+            .then_some(document)
+    })
+    .await;
     let schemas = &document["components"]["schemas"];
     for kind in ["Hub", "Webhook", "Delivery"] {
         let schema = &schemas[format!("dev.hookrelay.v1alpha1.{kind}")];
