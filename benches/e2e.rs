@@ -292,15 +292,20 @@ impl Bench {
 
     /// `start` with extra arguments for both (e.g. the store).
     fn start_with(&self, ns: &str, extra: &[String]) -> (Proc, Proc, String, String) {
-        let (metrics, ingest) = (free_port(), free_port());
         // Warnings only: debug lines per delivery would be part of what is measured.
+        self.start_logging(ns, extra, "warn")
+    }
+
+    /// `start_with`, logging what `log_filter` asks.
+    fn start_logging(&self, ns: &str, extra: &[String], log_filter: &str) -> (Proc, Proc, String, String) {
+        let (metrics, ingest) = (free_port(), free_port());
         let spawn = |args: Vec<String>, log: &str| {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Proc(support::ChildProcess::start_logging(
                 log,
                 &self.kubeconfig,
                 &args,
-                "warn",
+                log_filter,
             ))
         };
         let controller = spawn(
@@ -352,6 +357,10 @@ impl Bench {
     }
 
     async fn hub_keeping(&self, ns: &str, custom: Vec<String>, keep: u32) -> String {
+        self.hub_with(ns, custom, keep, 32).await
+    }
+
+    async fn hub_with(&self, ns: &str, custom: Vec<String>, keep: u32, concurrency: u32) -> String {
         let spec = HubSpec {
             label: "Bench".into(),
             // The load is the point here: no rate limit in the way.
@@ -366,7 +375,7 @@ impl Bench {
             custom_events: custom,
             retry: None,
             delivery: Some(DeliverySettings {
-                concurrency_per_webhook: Some(32),
+                concurrency_per_webhook: Some(concurrency),
                 ..Default::default()
             }),
             retention: Some(RetentionPolicy {
@@ -422,8 +431,10 @@ impl Bench {
         .expect("webhooks ready");
     }
 
-    /// Posts `n` events with `CONCURRENCY` workers (or at `rate` per second);
-    /// returns accept times by delivery name and the wall time.
+    /// Posts `n` events with `workers` workers, at `rate` per second if
+    /// given (each event sent when due while a worker is free: with many
+    /// workers, a sender that does not wait for slow answers); returns
+    /// accept times by delivery name and the wall time.
     #[allow(clippy::too_many_arguments)]
     async fn post(
         &self,
@@ -440,7 +451,6 @@ impl Bench {
         let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let started = Instant::now();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let workers = if rate.is_some() { 1 } else { workers };
         let mut tasks = Vec::new();
         for _ in 0..workers {
             let (http, url, token, accepted, next) = (
@@ -556,6 +566,36 @@ impl Bench {
         .await
     }
 
+    /// The API server's write latency histogram so far (POST, PUT, PATCH of
+    /// any resource): cumulative count by bucket bound (`+Inf` as "inf").
+    async fn write_latencies(&self) -> HashMap<String, f64> {
+        let text = self
+            .client
+            .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
+            .await
+            .unwrap_or_default();
+        let mut out = HashMap::new();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_duration_seconds_bucket{"))
+        {
+            if !["\"POST\"", "\"PUT\"", "\"PATCH\""]
+                .iter()
+                .any(|v| line.contains(&format!("verb={v}")))
+            {
+                continue;
+            }
+            let Some(start) = line.find("le=\"").map(|i| i + 4) else {
+                continue;
+            };
+            let Some(end) = line[start..].find('"') else { continue };
+            let le = line[start..start + end].replace("+Inf", "inf");
+            let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            *out.entry(le).or_insert(0.0) += v;
+        }
+        out
+    }
+
     /// API server requests so far: successful writes by resource, others
     /// by verb, code and resource.
     async fn writes(&self) -> HashMap<String, f64> {
@@ -619,6 +659,65 @@ fn delta_of(before: &HashMap<String, f64>, after: &HashMap<String, f64>, keep: i
         .collect::<Vec<_>>()
         .join(", ");
     (total, text)
+}
+
+/// How long after being accepted each of `accepted` reached each stage the
+/// controller logs (`hookrelay::stages`), p50 / p99 per stage. `clock` pairs
+/// an `Instant` with the wall clock the logs use.
+fn stages(logs: &str, accepted: &HashMap<String, Instant>, clock: (Instant, jiff::Timestamp)) -> String {
+    let mut by_stage: HashMap<String, Vec<Duration>> = HashMap::new();
+    for line in logs.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(stage), Some(name), Some(at)) =
+            (v["stage"].as_str(), v["delivery"].as_str(), v["timestamp"].as_str())
+        else {
+            continue;
+        };
+        let (Some(accepted), Ok(at)) = (accepted.get(name), at.parse::<jiff::Timestamp>()) else {
+            continue;
+        };
+        let accepted_at =
+            clock.1 + jiff::SignedDuration::try_from(accepted.duration_since(clock.0)).unwrap_or_default();
+        let after = Duration::try_from(at.duration_since(accepted_at)).unwrap_or_default();
+        by_stage.entry(stage.to_string()).or_default().push(after);
+    }
+    let mut out = Vec::new();
+    for stage in ["seen", "handed", "slot"] {
+        let mut l = by_stage.remove(stage).unwrap_or_default();
+        l.sort();
+        out.push(format!(
+            "{stage} {} / {}",
+            ms(percentile(&l, 0.5)),
+            ms(percentile(&l, 0.99))
+        ));
+    }
+    out.join(", ")
+}
+
+/// The p99 of the API server's write latency (POST, PUT, PATCH of any
+/// resource) between two readings of its histogram, as the bucket bound.
+fn p99_between(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String {
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(le, n)| Some((le.parse::<f64>().ok()?, n - before.get(le).copied().unwrap_or(0.0))))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(&(_, total)) = buckets.last() else {
+        return "no writes".into();
+    };
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= total * 0.99)
+        .map(|(le, _)| {
+            if le.is_infinite() {
+                format!("> 60 s ({total:.0} writes)")
+            } else {
+                format!("≤ {le} s ({total:.0} writes)")
+            }
+        })
+        .unwrap_or_default()
 }
 
 fn latencies(accepted: &HashMap<String, Instant>, receiver: &Receiver) -> Vec<Duration> {
@@ -1300,6 +1399,87 @@ async fn main() {
             format!("{:.0} MiB / {c_cpu:.0} s", c_peak as f64 / 1024.0),
         );
         drop(controller);
+    }
+
+    // 7. The API server as the scarce resource, on any machine: its
+    // threads capped at a quarter of a core, eight webhooks of one hub
+    // whose handler is down (503, Retry-After two hours) sent 20 events/s,
+    // and a bystander webhook of the same hub at 4 events/s. Its latency,
+    // and where the time goes (the controller logs each stage).
+    if run("capped") {
+        let (cns, ons) = (format!("bench-capped-{stamp}"), format!("bench-capped-other-{stamp}"));
+        b.namespace(&cns).await;
+        b.namespace(&ons).await;
+        b.receiver.lock().unwrap().down = Some(("/down".into(), Instant::now() + Duration::from_secs(7200)));
+        // One controller and one ingest for both namespaces, as installed.
+        let (controller, ingest, ingest_url, _) =
+            b.start_logging(&format!("{cns},{ons}"), &[], "warn,hookrelay::stages=debug");
+        let token = b
+            .hub_with(&cns, vec!["bench.down".into(), "bench.bystander".into()], 10_000, 4)
+            .await;
+        let other_token = b.hub_with(&ons, vec!["bench.bystander".into()], 10_000, 4).await;
+        b.wait_ready(&ingest_url).await;
+        let names: Vec<String> = (0..8).map(|i| format!("down{i}")).collect();
+        b.webhooks(&cns, &names, &["bench.down"]).await;
+        b.webhooks(&cns, &["bystander".into()], &["bench.bystander"]).await;
+        b.webhooks(&ons, &["elsewhere".into()], &["bench.bystander"]).await;
+        let cap = support::cpu_cap::CpuCap::apply("bench-apiserver", cp.pid("kube-apiserver"), 25_000);
+        let (before, clock) = (b.write_latencies().await, (Instant::now(), jiff::Timestamp::now()));
+        let ((down, took), (bystander, _), (elsewhere, _)) = tokio::join!(
+            b.post(
+                &ingest_url,
+                &cns,
+                &token,
+                "bench.down",
+                1_200,
+                Some(20),
+                CONCURRENCY,
+                "dn"
+            ),
+            b.post(&ingest_url, &cns, &token, "bench.bystander", 240, Some(4), 4, "cb"),
+            b.post(
+                &ingest_url,
+                &ons,
+                &other_token,
+                "bench.bystander",
+                240,
+                Some(4),
+                4,
+                "co"
+            ),
+        );
+        support::within(Duration::from_secs(120), || async {
+            let book = b.receiver.lock().unwrap();
+            (bystander.keys().chain(elsewhere.keys()))
+                .all(|k| book.arrivals.contains_key(k))
+                .then_some(())
+        })
+        .await;
+        let after = b.write_latencies().await;
+        drop(cap);
+        b.note(
+            "capped API server: events accepted/s, down webhooks (sent 20/s)",
+            format!("{:.1}", down.len() as f64 / 8.0 / took.as_secs_f64()),
+        );
+        for (what, accepted) in [("same hub", &bystander), ("another namespace", &elsewhere)] {
+            let l = latencies(accepted, &b.receiver);
+            b.note(
+                &format!("capped API server: bystander ({what}) p50/p99/max"),
+                format!(
+                    "{} / {} / {} ({} accepted, {} arrived)",
+                    ms(percentile(&l, 0.5)),
+                    ms(percentile(&l, 0.99)),
+                    ms(*l.last().unwrap_or(&Duration::ZERO)),
+                    accepted.len(),
+                    l.len(),
+                ),
+            );
+        }
+        b.note("capped API server: write latency p99", p99_between(&before, &after));
+        let stages = stages(&controller.0.logs(), &bystander, clock);
+        b.note("capped API server: bystander (same hub) stages p50/p99", stages);
+        drop(controller);
+        drop(ingest);
     }
 
     // The report.

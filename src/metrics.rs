@@ -8,6 +8,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+/// The log target of a debug line at each stage a delivery passes (seen by
+/// the schedule, handed to the engine, slots granted):
+/// `RUST_LOG=hookrelay::stages=debug` shows where a delivery's time goes.
+pub const STAGES: &str = "hookrelay::stages";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,

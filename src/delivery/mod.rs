@@ -362,6 +362,7 @@ impl Engine {
             if waiting {
                 self.waiting_whole.fetch_sub(1, AtomicOrdering::Relaxed);
             }
+            tracing::debug!(target: crate::metrics::STAGES, delivery = %due.name, stage = "slot", "slots granted");
             let settled = match permits.filter(|_| !self.stop_starting.is_cancelled()) {
                 // Boxed: a task waiting for its slot holds only what is above.
                 Some(_permits) => Box::pin(self.attempt_due(&queue, &due)).await,

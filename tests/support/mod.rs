@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod browser;
+pub mod cpu_cap;
 pub mod postgres;
 pub mod proxy;
 pub mod receiver;
@@ -59,33 +60,83 @@ pub fn cluster() -> &'static Cluster {
                 restricted_kubeconfig: None,
             };
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/controlplane.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("up")
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "the local control plane did not start ({}); its output is above",
-            out.status
-        );
-        let admin = PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("controlplane.sh up prints the kubeconfig path")
-                .trim(),
-        );
-        assert!(admin.is_file(), "kubeconfig {} does not exist", admin.display());
-        let restricted = admin.with_file_name("restricted.kubeconfig");
-        Cluster {
-            admin_kubeconfig: admin,
-            restricted_kubeconfig: Some(restricted),
-        }
+        controlplane_up(None)
     })
+}
+
+/// Starts (or reuses) the local control plane kept in `dir` (the shared
+/// one, `None`).
+fn controlplane_up(dir: Option<&Path>) -> Cluster {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/controlplane.sh");
+    let mut command = Command::new("bash");
+    command.arg(&script).arg("up").stderr(Stdio::inherit());
+    if let Some(dir) = dir {
+        command.env("HOOKRELAY_CONTROLPLANE_DIR", dir);
+    }
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the local control plane did not start ({}); its output is above",
+        out.status
+    );
+    let admin = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("controlplane.sh up prints the kubeconfig path")
+            .trim(),
+    );
+    assert!(admin.is_file(), "kubeconfig {} does not exist", admin.display());
+    let restricted = admin.with_file_name("restricted.kubeconfig");
+    Cluster {
+        admin_kubeconfig: admin,
+        restricted_kubeconfig: Some(restricted),
+    }
+}
+
+/// A control plane of one test's own, for a test that loads or caps it
+/// (others sharing it would slow down); stopped when dropped.
+pub struct DedicatedControlPlane {
+    pub cluster: &'static Cluster,
+    pub dir: PathBuf,
+}
+
+impl DedicatedControlPlane {
+    pub fn start(name: &str) -> DedicatedControlPlane {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("controlplane-{name}"));
+        // From an empty etcd: what a previous run left is not this run's.
+        Self::stop_in(&dir);
+        let cluster = Box::leak(Box::new(controlplane_up(Some(&dir))));
+        DedicatedControlPlane { cluster, dir }
+    }
+
+    /// The pid of one of its processes (`kube-apiserver`, `etcd`).
+    pub fn pid(&self, name: &str) -> u32 {
+        let file = self.dir.join(format!("{name}.pid"));
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", file.display()))
+    }
+
+    fn stop_in(dir: &Path) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/controlplane.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("down")
+            .env("HOOKRELAY_CONTROLPLANE_DIR", dir)
+            .stderr(Stdio::inherit())
+            .status();
+    }
+}
+
+impl Drop for DedicatedControlPlane {
+    fn drop(&mut self) {
+        Self::stop_in(&self.dir);
+    }
 }
 
 async fn client_from(path: &Path, impersonate: Option<&str>) -> Client {
@@ -110,7 +161,11 @@ impl TestEnv {
     /// Connects, installs the CRDs and creates a fresh namespace labelled
     /// with the test's name.
     pub async fn new(test: &str) -> TestEnv {
-        let cluster = cluster();
+        Self::in_cluster(cluster(), test).await
+    }
+
+    /// `new` in another cluster than the shared one.
+    pub async fn in_cluster(cluster: &'static Cluster, test: &str) -> TestEnv {
         let client = client_from(&cluster.admin_kubeconfig, None).await;
         install_crds(&client).await;
         let ns = format!("t-{}-{}", sanitize(test), &random_suffix());

@@ -452,6 +452,9 @@ impl Task {
             // Caught up (or versions that do not compare: trust the watch).
             state.settled.remove(&key);
         }
+        if delivery.status.is_none() {
+            tracing::debug!(target: crate::metrics::STAGES, delivery = %key.1, stage = "seen", "a new delivery reached the schedule");
+        }
         index_finished(&delivery, finished);
         self.consider(slim(delivery), state);
     }
@@ -583,6 +586,7 @@ impl Task {
                 latest: None,
             },
         );
+        tracing::debug!(target: crate::metrics::STAGES, delivery = %due.name, stage = "handed", "handed to the engine");
         let _ = self.due.send(due);
     }
 
