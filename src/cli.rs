@@ -182,6 +182,12 @@ struct IngestArgs {
     /// Connections open at once; more are closed as they arrive.
     #[arg(long, env = "HOOKRELAY_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Store writes slower than this (averaged over the last ten) mean the
+    /// store is saturated: each hub may then have 16 deliveries being
+    /// stored at once, and its other events are answered 429. 0s turns
+    /// backpressure off.
+    #[arg(long, env = "HOOKRELAY_BACKPRESSURE_LATENCY", default_value = "500ms", value_parser = parse_duration)]
+    backpressure_latency: std::time::Duration,
     /// Largest event body accepted, in bytes; larger ones get 413 (default:
     /// half the Delivery size budget).
     #[arg(long, env = "HOOKRELAY_BODY_LIMIT")]
@@ -285,6 +291,7 @@ impl Cli {
                     delivery_budget: args.budget.delivery_budget,
                     namespaces: args.namespaces,
                     store: args.store.open().await?,
+                    backpressure_latency: args.backpressure_latency,
                 };
                 crate::ingest::run(client, settings, shutdown_signal()).await
             }

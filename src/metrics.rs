@@ -64,6 +64,18 @@ pub struct Metrics {
     pub deactivations: Family<ReasonLabel, Counter>,
     /// 1 while this controller leads (and delivers), else 0.
     pub leader: Gauge,
+    /// Events refused with 429 because the store is saturated, by hub.
+    pub ingest_backpressure: Family<HubLabel, Counter>,
+    /// Ingest's recent store write latency, seconds (what backpressure acts on).
+    pub ingest_write_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while ingest counts the store as saturated.
+    pub ingest_saturated: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HubLabel {
+    pub namespace: String,
+    pub hub: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +99,24 @@ impl Metrics {
         let invalid_deliveries = Counter::default();
         let deactivations = Family::<ReasonLabel, Counter>::default();
         let leader = Gauge::default();
+        let ingest_backpressure = Family::<HubLabel, Counter>::default();
+        let ingest_write_latency = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let ingest_saturated = Gauge::default();
+        registry.register(
+            "ingest_backpressure_refusals",
+            "Events refused with 429 because the delivery store is saturated, by hub",
+            ingest_backpressure.clone(),
+        );
+        registry.register(
+            "ingest_store_write_latency_seconds",
+            "Ingest's recent delivery store write latency (averaged over the last writes)",
+            ingest_write_latency.clone(),
+        );
+        registry.register(
+            "ingest_store_saturated",
+            "1 while ingest counts the delivery store as saturated and applies backpressure",
+            ingest_saturated.clone(),
+        );
         registry.register(
             "webhook_deactivations",
             "Webhooks the controller deactivated, by reason",
@@ -168,6 +198,9 @@ impl Metrics {
             invalid_deliveries,
             deactivations,
             leader,
+            ingest_backpressure,
+            ingest_write_latency,
+            ingest_saturated,
         })
     }
 

@@ -4,6 +4,7 @@
 //! webhook, answering 202 only once all are stored.
 
 pub mod event;
+pub mod pressure;
 pub mod rate;
 pub mod verify;
 
@@ -25,9 +26,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Where deliveries live.
     pub store: crate::store::Store,
+    /// Store writes slower than this mean it is saturated (zero: never).
+    pub backpressure_latency: Duration,
 }
 
 /// The watched Hubs and Webhooks of one namespace (or of all, `None`).
@@ -74,7 +78,11 @@ struct Ingest {
     delivery_budget: usize,
     request_timeout: Duration,
     rate: rate::Limits,
+    pressure: pressure::Pressure,
     deliveries: Arc<dyn Deliveries>,
+    /// Events on Hubs (backpressure), at most one per hub a minute.
+    recorder: kube::runtime::events::Recorder,
+    told: std::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
 /// Runs the ingest server until `shutdown` resolves.
@@ -124,7 +132,16 @@ pub async fn run(
         delivery_budget: settings.delivery_budget,
         request_timeout: settings.request_timeout,
         rate: rate::Limits::default(),
+        pressure: pressure::Pressure::new(settings.backpressure_latency),
         deliveries: settings.store.deliveries(&client),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "hookrelay-ingest".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        told: Default::default(),
     });
     let router = Router::new()
         .route("/v1/namespaces/{namespace}/hubs/{hub}/events", post(receive))
@@ -367,15 +384,33 @@ async fn accept(
     // Built one at a time as the store takes them (a store holds a few
     // copies of the payload at once, whatever the fan-out).
     let names: Vec<String> = selected.iter().map(|(w, _)| fanout::delivery_name(&id, w)).collect();
+    let admitted = ingest
+        .pressure
+        .admit(
+            &(namespace.to_string(), hub_name.to_string()),
+            names.len(),
+            std::time::Instant::now(),
+        )
+        .map_err(|refusal| ingest.back_off(&hub, refusal))?;
     let deliveries = selected.into_iter().map(|(w, ordering_key)| NewDelivery {
         delivery: fanout::build(&w, &id, &incoming.name, &payload, received_at),
         ordering_key,
     });
-    ingest
+    let started = std::time::Instant::now();
+    let stored = ingest
         .deliveries
         .insert(namespace, Box::new(deliveries), generated_id)
-        .await
-        .map_err(refused)?;
+        .await;
+    // A failed write (a timeout above all) says as much about the store.
+    admitted.stored(started.elapsed(), std::time::Instant::now());
+    drop(admitted);
+    ingest
+        .metrics
+        .ingest_write_latency
+        .set(ingest.pressure.latency().as_secs_f64());
+    let saturated = ingest.pressure.pressed(std::time::Instant::now());
+    ingest.metrics.ingest_saturated.set(i64::from(saturated));
+    stored.map_err(refused)?;
     ingest.metrics.ingest_deliveries_created.inc_by(names.len() as u64);
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
     let mut answer = json!({ "id": id, "name": incoming.name, "deliveries": names });
@@ -596,6 +631,61 @@ async fn authenticate(
         Err(unauthorized())
     }
 }
+
+impl Ingest {
+    /// The answer to an event refused because the store is saturated;
+    /// counted, and said on the Hub (at most once a minute).
+    fn back_off(&self, hub: &Hub, refusal: pressure::Refusal) -> Problem {
+        let key = (hub.namespace().unwrap_or_default(), hub.name_any());
+        self.metrics
+            .ingest_backpressure
+            .get_or_create(&crate::metrics::HubLabel {
+                namespace: key.0.clone(),
+                hub: key.1.clone(),
+            })
+            .inc();
+        let name = &key.1;
+        let message = format!(
+            "the delivery store is saturated (writes take {:.1}s on average): Hub {name} may have {} deliveries being stored at once until it recovers; retry in {}s",
+            refusal.latency.as_secs_f64(),
+            pressure::IN_FLIGHT_UNDER_PRESSURE,
+            refusal.retry_after.as_secs()
+        );
+        let now = std::time::Instant::now();
+        let tell = {
+            let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
+            let due = told
+                .get(&key)
+                .is_none_or(|at| now.duration_since(*at) >= BACKPRESSURE_EVENT_EVERY);
+            if due {
+                told.insert(key.clone(), now);
+            }
+            due
+        };
+        if tell {
+            tracing::warn!(hub = %key.1, namespace = %key.0, reason = %message, "backpressure");
+            let (recorder, reference, note) = (self.recorder.clone(), hub.object_ref(&()), message.clone());
+            tokio::spawn(async move {
+                let event = kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Warning,
+                    reason: "Backpressure".into(),
+                    note: Some(note),
+                    action: "Ingest".into(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::debug!(error = %e, "could not publish the backpressure Event");
+                }
+            });
+        }
+        let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Backpressure", message);
+        problem.retry_after = Some(refusal.retry_after.as_secs());
+        problem
+    }
+}
+
+/// How often a Hub is told (an Event) that its events meet backpressure.
+const BACKPRESSURE_EVENT_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the store did not take an event. The sender's fault is a 4xx it
 /// will not retry; anything else a 503 it will (nothing was accepted

@@ -1,0 +1,224 @@
+//! Backpressure at ingest: when the store's writes slow down (a saturated
+//! API server answers creates in seconds), each hub may have only so many
+//! deliveries being stored at once; its other events are answered 429 with
+//! Retry-After.
+//!
+//! What fills a saturated server is concurrency: a sender with 32
+//! connections keeps 256 creates queued for events of eight webhooks, and
+//! everything else (the controller's watch above all, which then shows every
+//! tenant's new deliveries tens of seconds late) waits behind them. Bounding
+//! each hub's deliveries in flight bounds that queue, and is fair without
+//! estimating anyone's rate: a hub that sends little never has many in
+//! flight, so it is never refused; the hubs sending most are refused first,
+//! and their senders' retries spread the burst over time. One event is
+//! always admitted when its hub has nothing in flight, however many
+//! webhooks it goes to. The pressure ends `HOLD` after writes are fast
+//! again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Deliveries one hub may have being stored at once while the store is
+/// saturated: as many as one event's creates run at once.
+pub const IN_FLIGHT_UNDER_PRESSURE: usize = 16;
+/// How long pressure lasts after the last slow write.
+const HOLD: Duration = Duration::from_secs(10);
+/// The longest Retry-After asked.
+const MOST_WAIT: u64 = 30;
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct State {
+    /// A store write's latency, seconds, averaged over the last writes.
+    latency: f64,
+    /// Until when the store counts as saturated.
+    pressed_until: Option<Instant>,
+    /// Deliveries being stored, by hub.
+    in_flight: HashMap<Key, usize>,
+}
+
+/// Why an event is not admitted now.
+#[derive(Debug, PartialEq)]
+pub struct Refusal {
+    /// When to send it again.
+    pub retry_after: Duration,
+    /// The store's recent write latency.
+    pub latency: Duration,
+}
+
+/// The measured state of the store, shared by every request of an ingest.
+pub struct Pressure {
+    /// Writes slower than this (on average) mean the store is saturated;
+    /// zero turns backpressure off.
+    threshold: Duration,
+    state: Arc<Mutex<State>>,
+}
+
+/// An event admitted to be stored: its deliveries counted in its hub's in
+/// flight until dropped.
+pub struct Admitted {
+    hub: Key,
+    deliveries: usize,
+    threshold: Duration,
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pressure {
+    pub fn new(threshold: Duration) -> Self {
+        Self {
+            threshold,
+            state: Arc::default(),
+        }
+    }
+
+    /// The store's recent write latency.
+    pub fn latency(&self) -> Duration {
+        Duration::from_secs_f64(lock(&self.state).latency)
+    }
+
+    /// Whether the store counts as saturated now.
+    pub fn pressed(&self, now: Instant) -> bool {
+        lock(&self.state).pressed_until.is_some_and(|until| now < until)
+    }
+
+    /// Admits an event of `hub` with `deliveries` to be stored, or says why
+    /// not and when to come back.
+    pub fn admit(&self, hub: &Key, deliveries: usize, now: Instant) -> Result<Admitted, Refusal> {
+        let mut state = lock(&self.state);
+        let pressed = state.pressed_until.is_some_and(|until| now < until);
+        let in_flight = state.in_flight.get(hub).copied().unwrap_or(0);
+        if pressed && in_flight > 0 && in_flight + deliveries > IN_FLIGHT_UNDER_PRESSURE {
+            // About the time its deliveries in flight take to be stored.
+            let rounds = in_flight.div_ceil(IN_FLIGHT_UNDER_PRESSURE) as f64;
+            let wait = (state.latency * rounds).ceil().clamp(1.0, MOST_WAIT as f64);
+            return Err(Refusal {
+                retry_after: Duration::from_secs(wait as u64),
+                latency: Duration::from_secs_f64(state.latency),
+            });
+        }
+        *state.in_flight.entry(hub.clone()).or_default() += deliveries;
+        Ok(Admitted {
+            hub: hub.clone(),
+            deliveries,
+            threshold: self.threshold,
+            state: self.state.clone(),
+        })
+    }
+}
+
+impl Admitted {
+    /// The event's write (its deliveries stored, or failed) took `took`.
+    pub fn stored(&self, took: Duration, now: Instant) {
+        if self.threshold.is_zero() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        // Averaged over about the last ten writes: one slow write is not
+        // saturation, ten are.
+        state.latency = 0.9 * state.latency + 0.1 * took.as_secs_f64();
+        if state.latency > self.threshold.as_secs_f64() {
+            state.pressed_until = Some(now + HOLD);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut state = lock(&self.state);
+        if let Some(n) = state.in_flight.get_mut(&self.hub) {
+            *n = n.saturating_sub(self.deliveries);
+            if *n == 0 {
+                state.in_flight.remove(&self.hub);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hub: &str) -> Key {
+        ("ns".into(), hub.into())
+    }
+
+    /// Ten slow writes of `hub`: the store counts as saturated.
+    fn saturate(pressure: &Pressure, now: Instant) {
+        for _ in 0..10 {
+            pressure
+                .admit(&key("any"), 1, now)
+                .unwrap()
+                .stored(Duration::from_secs(3), now);
+        }
+    }
+
+    #[test]
+    fn fast_writes_admit_any_number_at_once() {
+        let pressure = Pressure::new(Duration::from_millis(500));
+        let now = Instant::now();
+        let held: Vec<Admitted> = (0..100)
+            .map(|_| pressure.admit(&key("busy"), 8, now).unwrap())
+            .collect();
+        for admitted in &held {
+            admitted.stored(Duration::from_millis(20), now);
+        }
+        assert!(!pressure.pressed(now));
+        assert!(pressure.admit(&key("busy"), 8, now).is_ok());
+    }
+
+    #[test]
+    fn slow_writes_bound_each_hubs_deliveries_in_flight_and_the_pressure_ends_after_the_hold() {
+        let pressure = Pressure::new(Duration::from_millis(500));
+        let now = Instant::now();
+        saturate(&pressure, now);
+        assert!(pressure.pressed(now));
+        // Two events of eight deliveries: as many as a hub may have in flight.
+        let busy: Vec<Admitted> = (0..2)
+            .map(|_| {
+                pressure
+                    .admit(&key("busy"), 8, now)
+                    .expect("within its deliveries in flight")
+            })
+            .collect();
+        let refused = pressure.admit(&key("busy"), 1, now).err().expect("beyond them");
+        assert!(refused.latency >= Duration::from_millis(500), "{refused:?}");
+        assert!((1..=MOST_WAIT).contains(&refused.retry_after.as_secs()), "{refused:?}");
+        // Another hub is not held up by the busy one, and an event larger
+        // than the bound goes when its hub has nothing in flight.
+        let _quiet = pressure.admit(&key("quiet"), 5, now).expect("a hub sending little");
+        let _large = pressure.admit(&key("large"), 1000, now).expect("alone in flight");
+        assert!(pressure.admit(&key("large"), 1, now).is_err());
+        // Its deliveries stored: room again.
+        drop(busy);
+        let _again = pressure.admit(&key("busy"), 8, now).expect("room again");
+        // Writes fast again: the pressure holds HOLD after the last slow
+        // write (the average needs a few fast ones to fall), then ends.
+        for _ in 0..30 {
+            pressure
+                .admit(&key("quiet"), 1, now)
+                .unwrap()
+                .stored(Duration::from_millis(10), now);
+        }
+        assert!(pressure.latency() < Duration::from_millis(500));
+        let later = now + HOLD + Duration::from_secs(1);
+        assert!(!pressure.pressed(later));
+        let _busy: Vec<Admitted> = (0..10)
+            .map(|_| pressure.admit(&key("busy"), 8, later).unwrap())
+            .collect();
+    }
+
+    #[test]
+    fn a_zero_threshold_turns_backpressure_off() {
+        let pressure = Pressure::new(Duration::ZERO);
+        let now = Instant::now();
+        saturate(&pressure, now);
+        assert!(!pressure.pressed(now));
+        let _held: Vec<Admitted> = (0..10).map(|_| pressure.admit(&key("busy"), 8, now).unwrap()).collect();
+    }
+}
