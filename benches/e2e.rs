@@ -566,14 +566,18 @@ impl Bench {
         .await
     }
 
+    /// The API server's /metrics text.
+    async fn apiserver_metrics(&self) -> String {
+        self.client
+            .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
+            .await
+            .unwrap_or_default()
+    }
+
     /// The API server's write latency histogram so far (POST, PUT, PATCH of
     /// any resource): cumulative count by bucket bound (`+Inf` as "inf").
     async fn write_latencies(&self) -> HashMap<String, f64> {
-        let text = self
-            .client
-            .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
-            .await
-            .unwrap_or_default();
+        let text = self.apiserver_metrics().await;
         let mut out = HashMap::new();
         for line in text
             .lines()
@@ -599,11 +603,7 @@ impl Bench {
     /// API server requests so far: successful writes by resource, others
     /// by verb, code and resource.
     async fn writes(&self) -> HashMap<String, f64> {
-        let text = self
-            .client
-            .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
-            .await
-            .unwrap_or_default();
+        let text = self.apiserver_metrics().await;
         let mut out = HashMap::new();
         for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
             let label = |k: &str| {

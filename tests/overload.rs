@@ -10,7 +10,7 @@
 
 mod support;
 
-use hookrelay::resources::{Hub, Webhook};
+use hookrelay::resources::Hub;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::receiver::{Receiver, Reply};
-use support::stack::{WAIT, hub_token, spec};
+use support::stack::{WAIT, hub_token, ready_webhook, spec};
 use support::{DedicatedControlPlane, Ingest, TestEnv, eventually};
 
 const EVENT: &str = "dynamic-content.snapshot.published";
@@ -90,23 +90,6 @@ async fn send(
     (accepted, answers)
 }
 
-async fn ready_webhook(env: &TestEnv, name: &str, url: String) {
-    let webhooks: Api<Webhook> = env.api();
-    webhooks
-        .create(&PostParams::default(), &Webhook::new(name, spec(url, &[EVENT])))
-        .await
-        .unwrap();
-    eventually(WAIT, &format!("webhook {name} Ready"), || async {
-        let w = webhooks.get(name).await.ok()?;
-        w.status?
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hub_saturating_the_api_server_does_not_hold_up_another_hubs_deliveries() {
     let plane = DedicatedControlPlane::start("overload");
@@ -127,9 +110,9 @@ async fn a_hub_saturating_the_api_server_does_not_hold_up_another_hubs_deliverie
     let ingest = heavy.start_ingest_with(None, &both[..2]).await;
     let (heavy_token, calm_token) = (hub_token(&heavy, "main").await, hub_token(&calm, "main").await);
     for (i, path) in down.iter().enumerate() {
-        ready_webhook(&heavy, &format!("down{i}"), receiver.url(path)).await;
+        ready_webhook(&heavy, &format!("down{i}"), spec(receiver.url(path), &[EVENT])).await;
     }
-    ready_webhook(&calm, "calm", receiver.url("/calm")).await;
+    ready_webhook(&calm, "calm", spec(receiver.url("/calm"), &[EVENT])).await;
 
     let cap = support::cpu_cap::CpuCap::apply("overload-apiserver", plane.pid("kube-apiserver"), 25_000);
     let ((_, heavy_answers), (calm_accepted, calm_answers)) = tokio::join!(

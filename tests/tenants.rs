@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::receiver::{Receiver, Reply};
-use support::stack::{Options, Stack, WAIT, deliveries_of, hub_token, spec};
+use support::stack::{Options, Stack, WAIT, deliveries_of, hub_token, ready_webhook, spec};
 use support::{Ingest, TestEnv, eventually};
 
 const EVENT: &str = "dynamic-content.snapshot.published";
@@ -59,23 +59,7 @@ async fn start_victim(env: TestEnv, receiver: &Receiver) -> Tenant {
         .await
         .unwrap();
     let token = hub_token(&env, "main").await;
-    let webhooks: Api<Webhook> = env.api();
-    webhooks
-        .create(
-            &PostParams::default(),
-            &Webhook::new("steady", spec(receiver.url("/steady"), &[EVENT])),
-        )
-        .await
-        .unwrap();
-    eventually(WAIT, "the victim's webhook Ready", || async {
-        let w = webhooks.get("steady").await.ok()?;
-        w.status?
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    ready_webhook(&env, "steady", spec(receiver.url("/steady"), &[EVENT])).await;
     let ingest = env.start_ingest(None).await;
     Tenant { env, ingest, token }
 }

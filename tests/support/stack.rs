@@ -185,21 +185,7 @@ impl Stack {
 
     /// Creates a webhook and waits until it is Ready; returns its signing secret.
     pub async fn webhook(&self, name: &str, spec: WebhookSpec) -> String {
-        let api: Api<Webhook> = self.env.api();
-        api.create(&PostParams::default(), &Webhook::new(name, spec))
-            .await
-            .unwrap();
-        let ready = eventually(WAIT, &format!("webhook {name} Ready"), || async {
-            let w = api.get(name).await.ok()?;
-            let ok = w
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ok.then_some(w)
-        })
-        .await;
+        let ready = ready_webhook(&self.env, name, spec).await;
         let r = ready.status.unwrap().secret_ref.unwrap();
         let secret = self.env.api::<Secret>().get(&r.name).await.unwrap();
         secrets::value(&secret, &r.key).unwrap().to_string()
@@ -337,6 +323,25 @@ impl Stack {
     pub async fn cleanup(self) {
         self.env.cleanup().await;
     }
+}
+
+/// Creates a webhook in `env`'s namespace and waits until it is Ready.
+pub async fn ready_webhook(env: &TestEnv, name: &str, spec: WebhookSpec) -> Webhook {
+    let api: Api<Webhook> = env.api();
+    api.create(&PostParams::default(), &Webhook::new(name, spec))
+        .await
+        .unwrap();
+    eventually(WAIT, &format!("webhook {name} Ready"), || async {
+        let w = api.get(name).await.ok()?;
+        let ok = w
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ok.then_some(w)
+    })
+    .await
 }
 
 pub async fn hub_token(env: &TestEnv, hub: &str) -> String {
