@@ -182,10 +182,10 @@ struct IngestArgs {
     /// Connections open at once; more are closed as they arrive.
     #[arg(long, env = "HOOKRELAY_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
-    /// Store writes slower than this (averaged over the last ten) mean the
-    /// store is saturated: each hub may then have 16 deliveries being
-    /// stored at once, and its other events are answered 429. 0s turns
-    /// backpressure off.
+    /// Store writes slower than this (a round of 16 creates, on average or
+    /// three under way) mean the store is saturated: each hub may then have
+    /// 16 deliveries being stored at once, and its other events are
+    /// answered 429. 0s turns backpressure off.
     #[arg(long, env = "HOOKRELAY_BACKPRESSURE_LATENCY", default_value = "500ms", value_parser = parse_duration)]
     backpressure_latency: std::time::Duration,
     /// Largest event body accepted, in bytes; larger ones get 413 (default:

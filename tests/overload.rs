@@ -25,8 +25,8 @@ const EVENT: &str = "dynamic-content.snapshot.published";
 /// How long the heavy hub's sender keeps sending.
 const LOAD: Duration = Duration::from_secs(30);
 /// The bound that separates the behaviours. Measured here (debug build, 2
-/// cores): p99 4.7 s with backpressure, 26.5 s with `--backpressure-latency=0s`.
-const BOUND: Duration = Duration::from_secs(12);
+/// cores): p99 1.8 s with backpressure, 26.5 s with `--backpressure-latency=0s`.
+const BOUND: Duration = Duration::from_secs(10);
 
 /// Posts `rate` events a second for `LOAD` to `hub` in `ns`, each when due
 /// (a sender that does not wait for slow answers, up to `senders` at once);

@@ -637,6 +637,8 @@ impl Ingest {
     /// counted, and said on the Hub (at most once a minute).
     fn back_off(&self, hub: &Hub, refusal: pressure::Refusal) -> Problem {
         let key = (hub.namespace().unwrap_or_default(), hub.name_any());
+        // Refused only while saturated (no write may have said so yet).
+        self.metrics.ingest_saturated.set(1);
         self.metrics
             .ingest_backpressure
             .get_or_create(&crate::metrics::HubLabel {

@@ -12,10 +12,14 @@
 //! flight, so it is never refused; the hubs sending most are refused first,
 //! and their senders' retries spread the burst over time. One event is
 //! always admitted when its hub has nothing in flight, however many
-//! webhooks it goes to. The pressure ends `HOLD` after writes are fast
-//! again.
+//! webhooks it goes to.
+//!
+//! Slow means a round of creates (16 at once) taking over the threshold:
+//! on average over the last writes, or for three writes still under way
+//! (seen at once, not when they end). The pressure ends `HOLD` after
+//! writes are fast again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,8 @@ use std::time::{Duration, Instant};
 pub const IN_FLIGHT_UNDER_PRESSURE: usize = 16;
 /// How long pressure lasts after the last slow write.
 const HOLD: Duration = Duration::from_secs(10);
+/// Writes under way past their time that mean saturation (one may be bad luck).
+const OVERDUE: usize = 3;
 /// The longest Retry-After asked.
 const MOST_WAIT: u64 = 30;
 
@@ -37,6 +43,12 @@ struct State {
     pressed_until: Option<Instant>,
     /// Deliveries being stored, by hub.
     in_flight: HashMap<Key, usize>,
+    /// Writes under way, by when they become slow (`threshold` a round
+    /// of creates after they began) and a number telling them apart: a
+    /// few overdue are saturation seen at once, not seconds later when
+    /// they end.
+    writes: BTreeMap<(Instant, u64), ()>,
+    next_write: u64,
 }
 
 /// Why an event is not admitted now.
@@ -61,6 +73,7 @@ pub struct Pressure {
 pub struct Admitted {
     hub: Key,
     deliveries: usize,
+    write: (Instant, u64),
     threshold: Duration,
     state: Arc<Mutex<State>>,
 }
@@ -91,6 +104,15 @@ impl Pressure {
     /// not and when to come back.
     pub fn admit(&self, hub: &Key, deliveries: usize, now: Instant) -> Result<Admitted, Refusal> {
         let mut state = lock(&self.state);
+        if state
+            .writes
+            .keys()
+            .take_while(|(slow_at, _)| *slow_at < now)
+            .nth(OVERDUE - 1)
+            .is_some()
+        {
+            state.pressed_until = Some(now + HOLD);
+        }
         let pressed = state.pressed_until.is_some_and(|until| now < until);
         let in_flight = state.in_flight.get(hub).copied().unwrap_or(0);
         if pressed && in_flight > 0 && in_flight + deliveries > IN_FLIGHT_UNDER_PRESSURE {
@@ -103,9 +125,15 @@ impl Pressure {
             });
         }
         *state.in_flight.entry(hub.clone()).or_default() += deliveries;
+        state.next_write += 1;
+        let write = (now + self.threshold * rounds(deliveries), state.next_write);
+        if !self.threshold.is_zero() {
+            state.writes.insert(write, ());
+        }
         Ok(Admitted {
             hub: hub.clone(),
             deliveries,
+            write,
             threshold: self.threshold,
             state: self.state.clone(),
         })
@@ -119,9 +147,11 @@ impl Admitted {
             return;
         }
         let mut state = lock(&self.state);
-        // Averaged over about the last ten writes: one slow write is not
-        // saturation, ten are.
-        state.latency = 0.9 * state.latency + 0.1 * took.as_secs_f64();
+        // A round of creates' latency (an event for a thousand webhooks
+        // takes longer to store, and that is not the store's fault),
+        // averaged over about the last ten writes.
+        let round = took.as_secs_f64() / f64::from(rounds(self.deliveries));
+        state.latency = 0.9 * state.latency + 0.1 * round;
         if state.latency > self.threshold.as_secs_f64() {
             state.pressed_until = Some(now + HOLD);
         }
@@ -131,6 +161,7 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut state = lock(&self.state);
+        state.writes.remove(&self.write);
         if let Some(n) = state.in_flight.get_mut(&self.hub) {
             *n = n.saturating_sub(self.deliveries);
             if *n == 0 {
@@ -138,6 +169,12 @@ impl Drop for Admitted {
             }
         }
     }
+}
+
+/// The rounds of creates an event of `deliveries` takes to store (the
+/// Kubernetes store creates `IN_FLIGHT_UNDER_PRESSURE` at once).
+fn rounds(deliveries: usize) -> u32 {
+    deliveries.div_ceil(IN_FLIGHT_UNDER_PRESSURE).max(1) as u32
 }
 
 #[cfg(test)]
@@ -191,12 +228,12 @@ mod tests {
         assert!((1..=MOST_WAIT).contains(&refused.retry_after.as_secs()), "{refused:?}");
         // Another hub is not held up by the busy one, and an event larger
         // than the bound goes when its hub has nothing in flight.
-        let _quiet = pressure.admit(&key("quiet"), 5, now).expect("a hub sending little");
-        let _large = pressure.admit(&key("large"), 1000, now).expect("alone in flight");
+        let quiet = pressure.admit(&key("quiet"), 5, now).expect("a hub sending little");
+        let large = pressure.admit(&key("large"), 1000, now).expect("alone in flight");
         assert!(pressure.admit(&key("large"), 1, now).is_err());
         // Its deliveries stored: room again.
-        drop(busy);
-        let _again = pressure.admit(&key("busy"), 8, now).expect("room again");
+        drop((busy, quiet, large));
+        drop(pressure.admit(&key("busy"), 8, now).expect("room again"));
         // Writes fast again: the pressure holds HOLD after the last slow
         // write (the average needs a few fast ones to fall), then ends.
         for _ in 0..30 {
@@ -211,6 +248,40 @@ mod tests {
         let _busy: Vec<Admitted> = (0..10)
             .map(|_| pressure.admit(&key("busy"), 8, later).unwrap())
             .collect();
+    }
+
+    #[test]
+    fn writes_overdue_are_saturation_before_they_end_and_a_large_event_is_given_its_rounds() {
+        let pressure = Pressure::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // An event for 160 webhooks: ten rounds of creates, 5 s before it is slow.
+        let large = pressure.admit(&key("large"), 160, t0).unwrap();
+        // Fewer than OVERDUE writes past their time: bad luck, not saturation.
+        let few: Vec<Admitted> = (1..OVERDUE)
+            .map(|_| pressure.admit(&key("lone"), 1, t0).unwrap())
+            .collect();
+        let _busy = pressure.admit(&key("busy"), 8, at(400)).unwrap();
+        let _second = pressure.admit(&key("busy"), 8, at(400)).unwrap();
+        assert!(pressure.admit(&key("lone"), 1, at(600)).is_ok());
+        assert!(!pressure.pressed(at(600)));
+        // One more still under way 600 ms in: saturated, at once.
+        let _one_more = pressure.admit(&key("lone"), 1, at(100)).unwrap();
+        let refused = pressure.admit(&key("busy"), 8, at(700));
+        assert!(refused.is_err(), "the busy hub has 16 deliveries in flight");
+        assert!(pressure.pressed(at(700)));
+        drop(few);
+        // Stored in 4 s, the large event counts as 0.4 s a round: not slow.
+        let fresh = Pressure::new(Duration::from_millis(500));
+        for _ in 0..20 {
+            fresh
+                .admit(&key("large"), 160, t0)
+                .unwrap()
+                .stored(Duration::from_secs(4), t0);
+        }
+        assert!(fresh.latency() < Duration::from_millis(500), "{:?}", fresh.latency());
+        assert!(!fresh.pressed(t0));
+        drop(large);
     }
 
     #[test]
