@@ -648,7 +648,7 @@ impl Ingest {
             .inc();
         let name = &key.1;
         let message = format!(
-            "the delivery store is saturated (writes take {:.1}s on average): Hub {name} may have {} deliveries being stored at once until it recovers; retry in {}s",
+            "the delivery store is saturated (its writes are slow: {:.1}s per round of creates on average, some still under way): Hub {name} may have {} deliveries being stored at once until it recovers; retry in {}s",
             refusal.latency.as_secs_f64(),
             pressure::IN_FLIGHT_UNDER_PRESSURE,
             refusal.retry_after.as_secs()
