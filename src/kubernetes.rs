@@ -55,3 +55,28 @@ where
     api.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(patch))
         .await
 }
+
+/// Publishes a Warning Event about `reference` on a task of its own: the
+/// caller (a request, the schedule) never waits for it, and a failure to
+/// publish is only logged.
+pub fn warn_later(
+    recorder: &kube::runtime::events::Recorder,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let recorder = recorder.clone();
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, reason = %event.reason, "could not publish an Event");
+        }
+    });
+}

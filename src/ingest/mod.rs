@@ -402,14 +402,10 @@ async fn accept(
         .insert(namespace, Box::new(deliveries), generated_id)
         .await;
     // A failed write (a timeout above all) says as much about the store.
-    admitted.stored(started.elapsed(), std::time::Instant::now());
+    let measured = admitted.stored(started.elapsed(), std::time::Instant::now());
     drop(admitted);
-    ingest
-        .metrics
-        .ingest_write_latency
-        .set(ingest.pressure.latency().as_secs_f64());
-    let saturated = ingest.pressure.pressed(std::time::Instant::now());
-    ingest.metrics.ingest_saturated.set(i64::from(saturated));
+    ingest.metrics.ingest_write_latency.set(measured.latency.as_secs_f64());
+    ingest.metrics.ingest_saturated.set(i64::from(measured.saturated));
     stored.map_err(refused)?;
     ingest.metrics.ingest_deliveries_created.inc_by(names.len() as u64);
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
@@ -660,25 +656,22 @@ impl Ingest {
                 .get(&key)
                 .is_none_or(|at| now.duration_since(*at) >= BACKPRESSURE_EVENT_EVERY);
             if due {
+                // Hubs told over a minute ago may be told again anyway:
+                // forgotten, so hubs made and deleted do not pile up.
+                told.retain(|_, at| now.duration_since(*at) < BACKPRESSURE_EVENT_EVERY);
                 told.insert(key.clone(), now);
             }
             due
         };
         if tell {
             tracing::warn!(hub = %key.1, namespace = %key.0, reason = %message, "backpressure");
-            let (recorder, reference, note) = (self.recorder.clone(), hub.object_ref(&()), message.clone());
-            tokio::spawn(async move {
-                let event = kube::runtime::events::Event {
-                    type_: kube::runtime::events::EventType::Warning,
-                    reason: "Backpressure".into(),
-                    note: Some(note),
-                    action: "Ingest".into(),
-                    secondary: None,
-                };
-                if let Err(e) = recorder.publish(&event, &reference).await {
-                    tracing::debug!(error = %e, "could not publish the backpressure Event");
-                }
-            });
+            crate::kubernetes::warn_later(
+                &self.recorder,
+                hub.object_ref(&()),
+                "Backpressure",
+                "Ingest",
+                message.clone(),
+            );
         }
         let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Backpressure", message);
         problem.retry_after = Some(refusal.retry_after.as_secs());

@@ -12,7 +12,8 @@
 //! flight, so it is never refused; the hubs sending most are refused first,
 //! and their senders' retries spread the burst over time. One event is
 //! always admitted when its hub has nothing in flight, however many
-//! webhooks it goes to.
+//! webhooks it goes to. A namespace (a tenant) gets four hubs' worth at
+//! most, so making more hubs gains nothing.
 //!
 //! Slow means a round of creates (16 at once) taking over the threshold:
 //! on average over the last writes, or for three writes still under way
@@ -26,6 +27,10 @@ use std::time::{Duration, Instant};
 /// Deliveries one hub may have being stored at once while the store is
 /// saturated: as many as one event's creates run at once.
 pub const IN_FLIGHT_UNDER_PRESSURE: usize = 16;
+/// Deliveries one namespace (a tenant) may have being stored at once while
+/// the store is saturated, whatever number of hubs it makes: four hubs'
+/// worth.
+pub const NAMESPACE_IN_FLIGHT_UNDER_PRESSURE: usize = 4 * IN_FLIGHT_UNDER_PRESSURE;
 /// How long pressure lasts after the last slow write.
 const HOLD: Duration = Duration::from_secs(10);
 /// Writes under way past their time that mean saturation (one may be bad luck).
@@ -41,8 +46,9 @@ struct State {
     latency: f64,
     /// Until when the store counts as saturated.
     pressed_until: Option<Instant>,
-    /// Deliveries being stored, by hub.
+    /// Deliveries being stored, by hub and by namespace.
     in_flight: HashMap<Key, usize>,
+    namespace_in_flight: HashMap<String, usize>,
     /// Writes under way, by when they become slow (`threshold` a round
     /// of creates after they began) and a number telling them apart: a
     /// few overdue are saturation seen at once, not seconds later when
@@ -58,6 +64,12 @@ pub struct Refusal {
     pub retry_after: Duration,
     /// The store's recent write latency.
     pub latency: Duration,
+}
+
+/// What `Admitted::stored` leaves the measure at, for the gauges.
+pub struct Measured {
+    pub latency: Duration,
+    pub saturated: bool,
 }
 
 /// The measured state of the store, shared by every request of an ingest.
@@ -90,13 +102,15 @@ impl Pressure {
         }
     }
 
-    /// The store's recent write latency.
-    pub fn latency(&self) -> Duration {
+    /// The store's recent write latency (the gauges take it from `stored`).
+    #[cfg(test)]
+    fn latency(&self) -> Duration {
         Duration::from_secs_f64(lock(&self.state).latency)
     }
 
     /// Whether the store counts as saturated now.
-    pub fn pressed(&self, now: Instant) -> bool {
+    #[cfg(test)]
+    fn pressed(&self, now: Instant) -> bool {
         lock(&self.state).pressed_until.is_some_and(|until| now < until)
     }
 
@@ -115,9 +129,15 @@ impl Pressure {
         }
         let pressed = state.pressed_until.is_some_and(|until| now < until);
         let in_flight = state.in_flight.get(hub).copied().unwrap_or(0);
-        if pressed && in_flight > 0 && in_flight + deliveries > IN_FLIGHT_UNDER_PRESSURE {
+        let namespace_in_flight = state.namespace_in_flight.get(&hub.0).copied().unwrap_or(0);
+        // An event alone in flight always goes, however large.
+        let over = |in_flight: usize, bound: usize| in_flight > 0 && in_flight + deliveries > bound;
+        if pressed
+            && (over(in_flight, IN_FLIGHT_UNDER_PRESSURE)
+                || over(namespace_in_flight, NAMESPACE_IN_FLIGHT_UNDER_PRESSURE))
+        {
             // About the time its deliveries in flight take to be stored.
-            let rounds = in_flight.div_ceil(IN_FLIGHT_UNDER_PRESSURE) as f64;
+            let rounds = in_flight.max(1).div_ceil(IN_FLIGHT_UNDER_PRESSURE) as f64;
             let wait = (state.latency * rounds).ceil().clamp(1.0, MOST_WAIT as f64);
             return Err(Refusal {
                 retry_after: Duration::from_secs(wait as u64),
@@ -125,6 +145,7 @@ impl Pressure {
             });
         }
         *state.in_flight.entry(hub.clone()).or_default() += deliveries;
+        *state.namespace_in_flight.entry(hub.0.clone()).or_default() += deliveries;
         state.next_write += 1;
         let write = (now + self.threshold * rounds(deliveries), state.next_write);
         if !self.threshold.is_zero() {
@@ -142,11 +163,14 @@ impl Pressure {
 
 impl Admitted {
     /// The event's write (its deliveries stored, or failed) took `took`.
-    pub fn stored(&self, took: Duration, now: Instant) {
-        if self.threshold.is_zero() {
-            return;
-        }
+    pub fn stored(&self, took: Duration, now: Instant) -> Measured {
         let mut state = lock(&self.state);
+        if self.threshold.is_zero() {
+            return Measured {
+                latency: Duration::ZERO,
+                saturated: false,
+            };
+        }
         // A round of creates' latency (an event for a thousand webhooks
         // takes longer to store, and that is not the store's fault),
         // averaged over about the last ten writes.
@@ -155,6 +179,10 @@ impl Admitted {
         if state.latency > self.threshold.as_secs_f64() {
             state.pressed_until = Some(now + HOLD);
         }
+        Measured {
+            latency: Duration::from_secs_f64(state.latency),
+            saturated: state.pressed_until.is_some_and(|until| now < until),
+        }
     }
 }
 
@@ -162,11 +190,17 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut state = lock(&self.state);
         state.writes.remove(&self.write);
-        if let Some(n) = state.in_flight.get_mut(&self.hub) {
-            *n = n.saturating_sub(self.deliveries);
-            if *n == 0 {
-                state.in_flight.remove(&self.hub);
-            }
+        release(&mut state.in_flight, &self.hub, self.deliveries);
+        release(&mut state.namespace_in_flight, &self.hub.0, self.deliveries);
+    }
+}
+
+/// Takes `n` off `key`'s count, forgetting it at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K, n: usize) {
+    if let Some(count) = counts.get_mut(key) {
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            counts.remove(key);
         }
     }
 }
@@ -227,10 +261,12 @@ mod tests {
         assert!(refused.latency >= Duration::from_millis(500), "{refused:?}");
         assert!((1..=MOST_WAIT).contains(&refused.retry_after.as_secs()), "{refused:?}");
         // Another hub is not held up by the busy one, and an event larger
-        // than the bound goes when its hub has nothing in flight.
+        // than the bound goes when its hub (and namespace) has nothing in
+        // flight.
         let quiet = pressure.admit(&key("quiet"), 5, now).expect("a hub sending little");
-        let large = pressure.admit(&key("large"), 1000, now).expect("alone in flight");
-        assert!(pressure.admit(&key("large"), 1, now).is_err());
+        let large_hub = ("elsewhere".to_string(), "large".to_string());
+        let large = pressure.admit(&large_hub, 1000, now).expect("alone in flight");
+        assert!(pressure.admit(&large_hub, 1, now).is_err());
         // Its deliveries stored: room again.
         drop((busy, quiet, large));
         drop(pressure.admit(&key("busy"), 8, now).expect("room again"));
@@ -282,6 +318,26 @@ mod tests {
         assert!(fresh.latency() < Duration::from_millis(500), "{:?}", fresh.latency());
         assert!(!fresh.pressed(t0));
         drop(large);
+    }
+
+    #[test]
+    fn a_tenant_gets_no_more_by_making_more_hubs() {
+        let pressure = Pressure::new(Duration::from_millis(500));
+        let now = Instant::now();
+        saturate(&pressure, now);
+        let hub = |ns: &str, name: &str| (ns.to_string(), name.to_string());
+        // Eight hubs of one namespace, 16 deliveries each: four are admitted.
+        let admitted: Vec<Admitted> = (0..8)
+            .filter_map(|i| pressure.admit(&hub("hostile", &format!("h{i}")), 16, now).ok())
+            .collect();
+        assert_eq!(
+            admitted.len() * IN_FLIGHT_UNDER_PRESSURE,
+            NAMESPACE_IN_FLIGHT_UNDER_PRESSURE
+        );
+        // Another namespace is not held up by it.
+        assert!(pressure.admit(&hub("calm", "main"), 16, now).is_ok());
+        drop(admitted);
+        assert!(pressure.admit(&hub("hostile", "h7"), 16, now).is_ok());
     }
 
     #[test]

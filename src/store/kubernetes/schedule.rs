@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::api::{GetParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -644,7 +644,6 @@ impl Task {
 
     /// A Warning Event on a Delivery that is malformed (never fails the caller).
     fn report(&self, ns: &str, name: &str, note: String) {
-        let recorder = self.recorder.clone();
         let reference = ObjectReference {
             api_version: Some(Delivery::api_version(&()).into()),
             kind: Some(Delivery::kind(&()).into()),
@@ -652,18 +651,7 @@ impl Task {
             namespace: Some(ns.to_string()),
             ..Default::default()
         };
-        tokio::spawn(async move {
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "InvalidDelivery".into(),
-                note: Some(note),
-                action: "Schedule".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, "could not publish an InvalidDelivery event");
-            }
-        });
+        crate::kubernetes::warn_later(&self.recorder, reference, "InvalidDelivery", "Schedule", note);
     }
 }
 
