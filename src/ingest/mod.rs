@@ -143,6 +143,19 @@ pub async fn run(
         ),
         told: Default::default(),
     });
+    // The saturated gauge follows the hold when no event comes to set it.
+    tokio::spawn({
+        let state = Arc::downgrade(&state);
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while let Some(ingest) = state.upgrade() {
+                let saturated = ingest.pressure.saturated(std::time::Instant::now());
+                ingest.metrics.ingest_saturated.set(i64::from(saturated));
+                drop(ingest);
+                tick.tick().await;
+            }
+        }
+    });
     let router = Router::new()
         .route("/v1/namespaces/{namespace}/hubs/{hub}/events", post(receive))
         .layer(DefaultBodyLimit::disable())

@@ -90,6 +90,24 @@ pub struct Admitted {
     state: Arc<Mutex<State>>,
 }
 
+impl State {
+    /// Whether the store counts as saturated at `now`: writes were slow
+    /// less than `HOLD` ago, or `OVERDUE` writes under way are past their
+    /// time (which starts the hold).
+    fn pressed(&mut self, now: Instant) -> bool {
+        if self
+            .writes
+            .keys()
+            .take_while(|(slow_at, _)| *slow_at < now)
+            .nth(OVERDUE - 1)
+            .is_some()
+        {
+            self.pressed_until = Some(now + HOLD);
+        }
+        self.pressed_until.is_some_and(|until| now < until)
+    }
+}
+
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -108,26 +126,17 @@ impl Pressure {
         Duration::from_secs_f64(lock(&self.state).latency)
     }
 
-    /// Whether the store counts as saturated now.
-    #[cfg(test)]
-    fn pressed(&self, now: Instant) -> bool {
-        lock(&self.state).pressed_until.is_some_and(|until| now < until)
+    /// Whether the store counts as saturated now (for the gauge, which must
+    /// fall back to 0 when traffic stops, not keep the last write's value).
+    pub fn saturated(&self, now: Instant) -> bool {
+        lock(&self.state).pressed(now)
     }
 
     /// Admits an event of `hub` with `deliveries` to be stored, or says why
     /// not and when to come back.
     pub fn admit(&self, hub: &Key, deliveries: usize, now: Instant) -> Result<Admitted, Refusal> {
         let mut state = lock(&self.state);
-        if state
-            .writes
-            .keys()
-            .take_while(|(slow_at, _)| *slow_at < now)
-            .nth(OVERDUE - 1)
-            .is_some()
-        {
-            state.pressed_until = Some(now + HOLD);
-        }
-        let pressed = state.pressed_until.is_some_and(|until| now < until);
+        let pressed = state.pressed(now);
         let in_flight = state.in_flight.get(hub).copied().unwrap_or(0);
         let namespace_in_flight = state.namespace_in_flight.get(&hub.0).copied().unwrap_or(0);
         // An event alone in flight always goes, however large.
@@ -239,7 +248,7 @@ mod tests {
         for admitted in &held {
             admitted.stored(Duration::from_millis(20), now);
         }
-        assert!(!pressure.pressed(now));
+        assert!(!pressure.saturated(now));
         assert!(pressure.admit(&key("busy"), 8, now).is_ok());
     }
 
@@ -248,7 +257,7 @@ mod tests {
         let pressure = Pressure::new(Duration::from_millis(500));
         let now = Instant::now();
         saturate(&pressure, now);
-        assert!(pressure.pressed(now));
+        assert!(pressure.saturated(now));
         // Two events of eight deliveries: as many as a hub may have in flight.
         let busy: Vec<Admitted> = (0..2)
             .map(|_| {
@@ -280,7 +289,7 @@ mod tests {
         }
         assert!(pressure.latency() < Duration::from_millis(500));
         let later = now + HOLD + Duration::from_secs(1);
-        assert!(!pressure.pressed(later));
+        assert!(!pressure.saturated(later));
         let _busy: Vec<Admitted> = (0..10)
             .map(|_| pressure.admit(&key("busy"), 8, later).unwrap())
             .collect();
@@ -300,12 +309,12 @@ mod tests {
         let _busy = pressure.admit(&key("busy"), 8, at(400)).unwrap();
         let _second = pressure.admit(&key("busy"), 8, at(400)).unwrap();
         assert!(pressure.admit(&key("lone"), 1, at(600)).is_ok());
-        assert!(!pressure.pressed(at(600)));
+        assert!(!pressure.saturated(at(600)));
         // One more still under way 600 ms in: saturated, at once.
         let _one_more = pressure.admit(&key("lone"), 1, at(100)).unwrap();
         let refused = pressure.admit(&key("busy"), 8, at(700));
         assert!(refused.is_err(), "the busy hub has 16 deliveries in flight");
-        assert!(pressure.pressed(at(700)));
+        assert!(pressure.saturated(at(700)));
         drop(few);
         // Stored in 4 s, the large event counts as 0.4 s a round: not slow.
         let fresh = Pressure::new(Duration::from_millis(500));
@@ -316,7 +325,7 @@ mod tests {
                 .stored(Duration::from_secs(4), t0);
         }
         assert!(fresh.latency() < Duration::from_millis(500), "{:?}", fresh.latency());
-        assert!(!fresh.pressed(t0));
+        assert!(!fresh.saturated(t0));
         drop(large);
     }
 
@@ -341,11 +350,20 @@ mod tests {
     }
 
     #[test]
+    fn saturation_ends_the_hold_after_the_last_slow_write_when_traffic_stops() {
+        let pressure = Pressure::new(Duration::from_millis(500));
+        let now = Instant::now();
+        saturate(&pressure, now);
+        assert!(pressure.saturated(now + HOLD - Duration::from_secs(1)));
+        assert!(!pressure.saturated(now + HOLD + Duration::from_secs(1)));
+    }
+
+    #[test]
     fn a_zero_threshold_turns_backpressure_off() {
         let pressure = Pressure::new(Duration::ZERO);
         let now = Instant::now();
         saturate(&pressure, now);
-        assert!(!pressure.pressed(now));
+        assert!(!pressure.saturated(now));
         let _held: Vec<Admitted> = (0..10).map(|_| pressure.admit(&key("busy"), 8, now).unwrap()).collect();
     }
 }

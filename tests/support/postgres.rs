@@ -99,6 +99,27 @@ impl Postgres {
         script(&self.dir, self.port, "down");
     }
 
+    /// The server's processes: the postmaster and its children (backends
+    /// and workers), e.g. to cap them together.
+    pub fn pids(&self) -> Vec<u32> {
+        let pidfile = format!("{}/data/postmaster.pid", self.dir);
+        let postmaster: u32 = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no postmaster pid in {pidfile}"));
+        let parent_of = |pid: u32| -> Option<u32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+        };
+        let children = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| parent_of(*pid) == Some(postmaster));
+        std::iter::once(postmaster).chain(children).collect()
+    }
+
     /// A connection for checking what the store holds.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
