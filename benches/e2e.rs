@@ -273,6 +273,12 @@ impl Bench {
         self.report.push((what.to_string(), value));
     }
 
+    fn note_all(&mut self, rows: Vec<(String, String)>) {
+        for (what, value) in rows {
+            self.note(&what, value);
+        }
+    }
+
     async fn namespace(&self, name: &str) {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let ns = Namespace {
@@ -473,24 +479,8 @@ impl Bench {
                         tokio::time::sleep_until(due.into()).await;
                     }
                     let body = json!({ "id": format!("{tag}-{i}"), "name": name, "payload": payload });
-                    let request = http
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json");
-                    let Ok(resp) = request.body(body.to_string()).send().await else {
-                        continue;
-                    };
-                    let at = Instant::now();
-                    if let Ok(answer) = resp
-                        .text()
-                        .await
-                        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or_default())
-                        && let Some(ds) = answer["deliveries"].as_array()
-                    {
-                        let mut a = accepted.lock().unwrap();
-                        for d in ds {
-                            a.insert(d.as_str().unwrap_or_default().to_string(), at);
-                        }
+                    if let Some((names, at)) = send_event(&http, &url, &token, body).await {
+                        accepted.lock().unwrap().extend(names.into_iter().map(|d| (d, at)));
                     }
                 }
             }));
@@ -542,6 +532,90 @@ impl Bench {
                 ms(*l.last().unwrap_or(&Duration::ZERO))
             ),
         );
+    }
+
+    /// Runs `work` while each of `bystanders` is sent `rate` events a
+    /// second (one sender each, as a CMS would); returns its output and the
+    /// report's rows for `phase`: each bystander's accept → arrival, and
+    /// the API server's write latency p99 over the phase.
+    async fn beside<T>(
+        &self,
+        phase: &str,
+        bystanders: &[Bystander],
+        rate: u32,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, Beside) {
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let before = self.write_latencies().await;
+        let sent = futures::future::join_all(bystanders.iter().map(|by| {
+            let running = running.clone();
+            async move {
+                let url = format!("{}/v1/namespaces/{}/hubs/main/events", by.ingest, by.ns);
+                let (started, mut accepted) = (Instant::now(), HashMap::new());
+                let payload = json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 });
+                for i in 0.. {
+                    let due = started + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+                    tokio::time::sleep_until(due.into()).await;
+                    if !running.load(std::sync::atomic::Ordering::SeqCst) || started.elapsed() > PHASE_LIMIT {
+                        break;
+                    }
+                    let body = json!({ "id": format!("{phase}-{}-{i}", by.ns), "name": by.event, "payload": payload });
+                    if let Some((names, at)) = send_event(&self.http, &url, &by.token, body).await {
+                        accepted.extend(names.into_iter().map(|d| (d, at)));
+                    }
+                }
+                accepted
+            }
+        }));
+        let work = async {
+            let out = work.await;
+            running.store(false, std::sync::atomic::Ordering::SeqCst);
+            out
+        };
+        let (out, sent) = tokio::join!(work, sent);
+        let after = self.write_latencies().await;
+        support::within(Duration::from_secs(120), || async {
+            let book = self.receiver.lock().unwrap();
+            sent.iter()
+                .flat_map(HashMap::keys)
+                .all(|k| book.arrivals.contains_key(k))
+                .then_some(())
+        })
+        .await;
+        let mut rows = Vec::new();
+        for (by, accepted) in bystanders.iter().zip(&sent) {
+            let l = latencies(accepted, &self.receiver);
+            rows.push((
+                format!("{phase}: bystander ({}, {rate}/s) p50/p99", by.what),
+                format!(
+                    "{} / {} ({} accepted, {} arrived)",
+                    ms(percentile(&l, 0.5)),
+                    ms(percentile(&l, 0.99)),
+                    accepted.len(),
+                    l.len()
+                ),
+            ));
+        }
+        rows.push((
+            format!("{phase}: API server write latency p99"),
+            p99_between(&before, &after),
+        ));
+        let deliveries = sent.iter().map(HashMap::len).sum();
+        (out, Beside { rows, deliveries })
+    }
+
+    /// When every one of `accepted` has arrived at the receiver (the last
+    /// arrival), within `limit`.
+    async fn arrived(&self, accepted: &HashMap<String, Instant>, limit: Duration) -> Option<Instant> {
+        support::within(limit, || async {
+            let book = self.receiver.lock().unwrap();
+            accepted
+                .keys()
+                .map(|k| book.arrivals.get(k).copied())
+                .collect::<Option<Vec<Instant>>>()
+                .map(|times| times.into_iter().max().unwrap_or_else(Instant::now))
+        })
+        .await
     }
 
     async fn metric(&self, url: &str, name: &str) -> f64 {
@@ -632,6 +706,67 @@ impl Bench {
         }
         out
     }
+}
+
+/// A webhook beside a phase's load, and where its events go.
+struct Bystander {
+    /// Where it is: "same hub", "another namespace".
+    what: &'static str,
+    ingest: String,
+    ns: String,
+    token: String,
+    event: &'static str,
+}
+
+impl Bystander {
+    fn same_hub(ingest: &str, ns: &str, token: &str) -> Bystander {
+        Bystander {
+            what: "same hub",
+            ingest: ingest.into(),
+            ns: ns.into(),
+            token: token.into(),
+            event: "bench.bystander",
+        }
+    }
+
+    fn elsewhere(ingest: &str, ns: &str, token: &str) -> Bystander {
+        Bystander {
+            what: "another namespace",
+            ..Bystander::same_hub(ingest, ns, token)
+        }
+    }
+}
+
+/// What `Bench::beside` measured: the report's rows, and the bystanders'
+/// deliveries (part of the phase's API writes and CPU).
+struct Beside {
+    rows: Vec<(String, String)>,
+    deliveries: usize,
+}
+
+/// Posts one event; returns the deliveries ingest accepted, and when.
+async fn send_event(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> Option<(Vec<String>, Instant)> {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
+    let at = Instant::now();
+    let answer: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).unwrap_or_default();
+    let names = answer["deliveries"]
+        .as_array()?
+        .iter()
+        .map(|d| d.as_str().unwrap_or_default().to_string())
+        .collect();
+    Some((names, at))
 }
 
 /// Successful writes between two readings of `writes()`.
@@ -813,21 +948,44 @@ async fn main() {
     );
 
     // 1. Throughput, 1 webhook and 10 webhooks per event.
-    let ns = format!("bench-{stamp}");
+    // One controller and ingest for two namespaces, as installed: the
+    // bystanders of each phase are a webhook in the phase's hub and one in
+    // another namespace.
+    let (ns, other) = (format!("bench-{stamp}"), format!("bench-other-{stamp}"));
     b.namespace(&ns).await;
-    let (controller, ingest, ingest_url, metrics_url) = b.start(&ns);
-    let token = b.hub(&ns, vec!["bench.isolation".into(), "bench.other".into()]).await;
+    b.namespace(&other).await;
+    let (controller, ingest, ingest_url, metrics_url) = b.start(&format!("{ns},{other}"));
+    let token = b
+        .hub(
+            &ns,
+            vec!["bench.isolation".into(), "bench.other".into(), "bench.bystander".into()],
+        )
+        .await;
+    let other_token = b.hub(&other, vec!["bench.bystander".into()]).await;
     b.wait_ready(&ingest_url).await;
     b.webhooks(&ns, &["w0".into()], &[EVENT]).await;
+    b.webhooks(&ns, &["beside".into()], &["bench.bystander"]).await;
+    b.webhooks(&other, &["beside-other".into()], &["bench.bystander"]).await;
+    let bystanders = [
+        Bystander::same_hub(&ingest_url, &ns, &token),
+        Bystander::elsewhere(&ingest_url, &other, &other_token),
+    ];
 
     let before = b.writes().await;
     let cpu_before = cp.apiserver_cpu();
     let profile = cp.profile(&out_dir, "apiserver-deliveries", 10);
-    let (accepted, took) = b
-        .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t1")
+    let ((accepted, took, done), beside) = b
+        .beside("throughput", &bystanders, 10, async {
+            let (accepted, took) = b
+                .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t1")
+                .await;
+            let done = b.arrived(&accepted, PHASE_LIMIT).await;
+            (accepted, took, done)
+        })
         .await;
-    let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
-    let delivery_cpu = (cp.apiserver_cpu() - cpu_before) * 1000.0 / accepted.len().max(1) as f64;
+    // The bystanders' deliveries are part of the API server's work.
+    let all_deliveries = (accepted.len() + beside.deliveries).max(1) as f64;
+    let delivery_cpu = (cp.apiserver_cpu() - cpu_before) * 1000.0 / all_deliveries;
     if let Some(p) = profile {
         let _ = p.join();
     }
@@ -846,7 +1004,7 @@ async fn main() {
         format!("{ingest_rate:.0}"),
     );
     b.note("deliveries completed/s, 1 webhook", format!("{delivery_rate:.0}"));
-    let per_delivery = writes / accepted.len().max(1) as f64;
+    let per_delivery = writes / all_deliveries;
     b.note("API writes per delivery", format!("{per_delivery:.2}"));
     b.note("  writes by resource", breakdown);
     b.note(
@@ -864,6 +1022,7 @@ async fn main() {
             ms(*saturated.last().unwrap_or(&Duration::ZERO))
         ),
     );
+    b.note_all(beside.rows);
 
     // Raw creates of a Delivery-sized object, same concurrency, one client,
     // in a namespace no controller watches: the ceiling.
@@ -1012,13 +1171,27 @@ async fn main() {
             .ok()
             .and_then(|s| s.lines().next()?.trim().parse().ok())
             .unwrap_or(0);
-        let pns = format!("bench-pg-{stamp}");
+        let (pns, pother) = (format!("bench-pg-{stamp}"), format!("bench-pg-other-{stamp}"));
         b.namespace(&pns).await;
+        b.namespace(&pother).await;
         let store = vec!["--store=postgres".to_string(), format!("--postgres-url={url}")];
-        let (controller, ingest, ingest_url, metrics_url) = b.start_with(&pns, &store);
-        let token = b.hub(&pns, vec!["bench.pg-steady".into(), "bench.hoard".into()]).await;
+        let (controller, ingest, ingest_url, _) = b.start_with(&format!("{pns},{pother}"), &store);
+        let token = b
+            .hub(
+                &pns,
+                vec!["bench.pg-steady".into(), "bench.hoard".into(), "bench.bystander".into()],
+            )
+            .await;
+        let other_token = b.hub(&pother, vec!["bench.bystander".into()]).await;
         b.wait_ready(&ingest_url).await;
         b.webhooks(&pns, &["p0".into()], &[EVENT]).await;
+        b.webhooks(&pns, &["beside".into()], &["bench.bystander"]).await;
+        b.webhooks(&pother, &["beside-other".into()], &["bench.bystander"])
+            .await;
+        let bystanders = [
+            Bystander::same_hub(&ingest_url, &pns, &token),
+            Bystander::elsewhere(&ingest_url, &pother, &other_token),
+        ];
         let cpu = || {
             [
                 controller.usage().1,
@@ -1028,10 +1201,16 @@ async fn main() {
             ]
         };
         let cpu_before = cpu();
-        let (accepted, _) = b
-            .post(&ingest_url, &pns, &token, EVENT, 2_000, None, CONCURRENCY, "pg")
+        let ((accepted, done), beside) = b
+            .beside("postgres store, burst", &bystanders, 10, async {
+                let (accepted, _) = b
+                    .post(&ingest_url, &pns, &token, EVENT, 2_000, None, CONCURRENCY, "pg")
+                    .await;
+                let done = b.arrived(&accepted, PHASE_LIMIT).await;
+                (accepted, done)
+            })
             .await;
-        let done = b.succeeded(&metrics_url, accepted.len() as f64, PHASE_LIMIT).await;
+        let all_deliveries = (accepted.len() + beside.deliveries).max(1) as f64;
         let per_process: Vec<f64> = cpu()
             .iter()
             .zip(cpu_before)
@@ -1048,13 +1227,13 @@ async fn main() {
         );
         b.note(
             "postgres store: CPU s per 1,000 deliveries (all processes)",
-            format!("{:.2}", cpu_used * 1000.0 / accepted.len().max(1) as f64),
+            format!("{:.2}", cpu_used * 1000.0 / all_deliveries),
         );
         b.note(
             "  of which controller / ingest / Postgres / kube-apiserver + etcd",
             per_process
                 .iter()
-                .map(|s| format!("{:.2}", s * 1000.0 / accepted.len().max(1) as f64))
+                .map(|s| format!("{:.2}", s * 1000.0 / all_deliveries))
                 .collect::<Vec<_>>()
                 .join(" / "),
         );
@@ -1078,39 +1257,46 @@ async fn main() {
         b.receiver.lock().unwrap().down = Some(("/hoard".into(), Instant::now() + Duration::from_secs(600)));
         b.webhooks(&pns, &["hoard".into()], &["bench.hoard"]).await;
         let hoard = hookrelay::store::postgres::Postgres::connect(&url, None).await.unwrap();
-        let inserted = Instant::now();
-        for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(1_000) {
-            let rows = chunk
-                .iter()
-                .map(|i| {
-                    let mut delivery = Delivery::new(
-                        &format!("hoard-{i}"),
-                        DeliverySpec {
-                            webhook: "hoard".into(),
-                            hub: "main".into(),
-                            event: EventRef {
-                                id: format!("hoard-{i}"),
-                                name: "bench.hoard".into(),
-                                received_at: MicroTime(jiff::Timestamp::now()),
-                            },
-                            payload: json!({ "i": i }).to_string(),
-                        },
-                    );
-                    delivery.metadata.namespace = Some(pns.clone());
-                    hookrelay::store::NewDelivery {
-                        delivery,
-                        ordering_key: Some("one key".into()),
-                    }
+        // Bystanders while the rows go in (at 50 events/s, as the steady
+        // latency is measured).
+        let ((), beside) = b
+            .beside("postgres store, backlog written", &bystanders, 50, async {
+                let inserted = Instant::now();
+                for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(1_000) {
+                    let rows = chunk
+                        .iter()
+                        .map(|i| {
+                            let mut delivery = Delivery::new(
+                                &format!("hoard-{i}"),
+                                DeliverySpec {
+                                    webhook: "hoard".into(),
+                                    hub: "main".into(),
+                                    event: EventRef {
+                                        id: format!("hoard-{i}"),
+                                        name: "bench.hoard".into(),
+                                        received_at: MicroTime(jiff::Timestamp::now()),
+                                    },
+                                    payload: json!({ "i": i }).to_string(),
+                                },
+                            );
+                            delivery.metadata.namespace = Some(pns.clone());
+                            hookrelay::store::NewDelivery {
+                                delivery,
+                                ordering_key: Some("one key".into()),
+                            }
+                        })
+                        .collect();
+                    hoard.insert(rows).await.expect("the backlog is stored");
+                }
+                println!("  100,000 rows stored in {:?}", inserted.elapsed());
+                support::within(Duration::from_secs(60), || async {
+                    (b.receiver.lock().unwrap().refused > 0).then_some(())
                 })
-                .collect();
-            hoard.insert(rows).await.expect("the backlog is stored");
-        }
-        println!("  100,000 rows stored in {:?}", inserted.elapsed());
-        support::within(Duration::from_secs(60), || async {
-            (b.receiver.lock().unwrap().refused > 0).then_some(())
-        })
-        .await
-        .expect("the first of the backlog attempted and refused");
+                .await
+                .expect("the first of the backlog attempted and refused");
+            })
+            .await;
+        b.note_all(beside.rows);
         b.steady_latency(
             &ingest_url,
             &pns,
@@ -1275,41 +1461,54 @@ async fn main() {
     // Retry-After just past the moment it comes back), a controller
     // restarted over them, then the drain once the handler is back.
     if run("backlog") {
-        let bns = format!("bench-backlog-{stamp}");
+        let (bns, bother) = (format!("bench-backlog-{stamp}"), format!("bench-backlog-other-{stamp}"));
         b.namespace(&bns).await;
+        b.namespace(&bother).await;
         let webhooks = 10;
         // Long enough for ingest and the first attempts at the throughput
         // measured above, plus the restart.
         let create_estimate = Duration::from_secs_f64(BACKLOG as f64 / delivery_rate.max(50.0) * 1.3);
         let back_at = Instant::now() + create_estimate + Duration::from_secs(150);
         b.receiver.lock().unwrap().down = Some(("/bl".into(), back_at));
-        let (controller, ingest, ingest_url, metrics_url) = b.start(&bns);
+        let (controller, ingest, ingest_url, _) = b.start(&format!("{bns},{bother}"));
         let token = b
             .hub_keeping(&bns, vec!["bench.backlog".into(), "bench.bystander".into()], 10_000)
             .await;
+        let other_token = b.hub(&bother, vec!["bench.bystander".into()]).await;
         b.wait_ready(&ingest_url).await;
         let names: Vec<String> = (0..webhooks).map(|i| format!("bl{i}")).collect();
         b.webhooks(&bns, &names, &["bench.backlog"]).await;
         b.webhooks(&bns, &["bystander".into()], &["bench.bystander"]).await;
+        b.webhooks(&bother, &["beside-other".into()], &["bench.bystander"])
+            .await;
+        let bystanders = [
+            Bystander::same_hub(&ingest_url, &bns, &token),
+            Bystander::elsewhere(&ingest_url, &bother, &other_token),
+        ];
         let started = Instant::now();
-        let (accepted, took) = b
-            .post(
-                &ingest_url,
-                &bns,
-                &token,
-                "bench.backlog",
-                BACKLOG / webhooks,
-                None,
-                CONCURRENCY,
-                "bl",
-            )
+        let ((accepted, took, refused), beside) = b
+            .beside("backlog build", &bystanders, 50, async {
+                let (accepted, took) = b
+                    .post(
+                        &ingest_url,
+                        &bns,
+                        &token,
+                        "bench.backlog",
+                        BACKLOG / webhooks,
+                        None,
+                        CONCURRENCY,
+                        "bl",
+                    )
+                    .await;
+                // Every delivery has had its first attempt refused.
+                let refused = support::within(PHASE_LIMIT, || async {
+                    (b.receiver.lock().unwrap().refused >= accepted.len()).then_some(())
+                })
+                .await;
+                (accepted, took, refused)
+            })
             .await;
         let pending = accepted.len();
-        // Every delivery has had its first attempt refused.
-        let refused = support::within(PHASE_LIMIT, || async {
-            (b.receiver.lock().unwrap().refused >= pending).then_some(())
-        })
-        .await;
         b.note(
             "backlog: deliveries pending (accepted, first attempt refused)",
             format!(
@@ -1322,6 +1521,7 @@ async fn main() {
             "backlog: events accepted/s while it builds (10 webhooks)",
             format!("{:.0}", (pending / webhooks) as f64 / took.as_secs_f64()),
         );
+        b.note_all(beside.rows);
         // Another webhook's latency while the backlog waits.
         let (bystander, _) = b
             .post(&ingest_url, &bns, &token, "bench.bystander", 500, Some(50), 1, "by")
@@ -1362,7 +1562,6 @@ async fn main() {
                 None => "not within the phase limit".into(),
             },
         );
-        let _ = metrics_url;
         let (cp_api, cp_etcd, db) = cp.memory();
         b.note(
             "backlog: kube-apiserver / etcd peak RSS, etcd database",
