@@ -4,6 +4,8 @@
 //! request counters. Prints a table and writes `target/bench/report.md`.
 //!
 //! Every load loop is bounded in count and time; all traffic stays on loopback.
+//! `HOOKRELAY_BENCH_PHASES` picks phases (the throughput phase always runs),
+//! `HOOKRELAY_BENCH_BACKPRESSURE` sets ingest's `--backpressure-latency`.
 
 // The tests' harness: their polling helper and child processes.
 #[path = "../tests/support/mod.rs"]
@@ -329,6 +331,10 @@ impl Bench {
             .collect(),
             &format!("bench-controller-{ns}"),
         );
+        // HOOKRELAY_BENCH_BACKPRESSURE=0s compares a run without backpressure.
+        let backpressure = std::env::var("HOOKRELAY_BENCH_BACKPRESSURE")
+            .ok()
+            .map(|latency| format!("--backpressure-latency={latency}"));
         let ingest_proc = spawn(
             vec![
                 "ingest".into(),
@@ -337,6 +343,7 @@ impl Bench {
                 "--metrics-listen=127.0.0.1:0".into(),
             ]
             .into_iter()
+            .chain(backpressure)
             .chain(extra.iter().cloned())
             .collect(),
             &format!("bench-ingest-{ns}"),
