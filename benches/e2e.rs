@@ -462,16 +462,18 @@ impl Bench {
     ) -> (HashMap<String, Instant>, Duration) {
         let url = format!("{ingest}/v1/namespaces/{ns}/hubs/main/events");
         let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let retries: Arc<Mutex<usize>> = Arc::default();
         let started = Instant::now();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..workers {
-            let (http, url, token, accepted, next) = (
+            let (http, url, token, accepted, next, retries) = (
                 self.http.clone(),
                 url.clone(),
                 token.to_string(),
                 accepted.clone(),
                 next.clone(),
+                retries.clone(),
             );
             let (name, tag) = (name.to_string(), tag.to_string());
             tasks.push(tokio::spawn(async move {
@@ -486,14 +488,31 @@ impl Bench {
                         tokio::time::sleep_until(due.into()).await;
                     }
                     let body = json!({ "id": format!("{tag}-{i}"), "name": name, "payload": payload });
-                    if let Some((names, at)) = send_event(&http, &url, &token, body).await {
-                        accepted.lock().unwrap().extend(names.into_iter().map(|d| (d, at)));
+                    loop {
+                        match send_event(&http, &url, &token, &body).await {
+                            Answer::Accepted(names, at) => {
+                                accepted.lock().unwrap().extend(names.into_iter().map(|d| (d, at)));
+                            }
+                            // A bulk sender (no rate) sends a refused event
+                            // again when asked to, as a CMS does.
+                            Answer::RetryAfter(wait) if rate.is_none() && started.elapsed() + wait < PHASE_LIMIT => {
+                                *retries.lock().unwrap() += 1;
+                                tokio::time::sleep(wait).await;
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        break;
                     }
                 }
             }));
         }
         for t in tasks {
             let _ = t.await;
+        }
+        let retries = *retries.lock().unwrap();
+        if retries > 0 {
+            println!("  {tag}: events sent again after a 429: {retries}");
         }
         let took = started.elapsed();
         (Arc::try_unwrap(accepted).unwrap().into_inner().unwrap(), took)
@@ -567,7 +586,7 @@ impl Bench {
                         break;
                     }
                     let body = json!({ "id": format!("{phase}-{}-{i}", by.ns), "name": by.event, "payload": payload });
-                    if let Some((names, at)) = send_event(&self.http, &url, &by.token, body).await {
+                    if let Answer::Accepted(names, at) = send_event(&self.http, &url, &by.token, &body).await {
                         accepted.extend(names.into_iter().map(|d| (d, at)));
                     }
                 }
@@ -751,29 +770,45 @@ struct Beside {
     deliveries: usize,
 }
 
-/// Posts one event; returns the deliveries ingest accepted, and when.
-async fn send_event(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: serde_json::Value,
-) -> Option<(Vec<String>, Instant)> {
-    let resp = http
+/// What ingest answered to one event.
+enum Answer {
+    /// The deliveries it accepted, and when.
+    Accepted(Vec<String>, Instant),
+    /// 429: send it again after this.
+    RetryAfter(Duration),
+    Other,
+}
+
+/// Posts one event.
+async fn send_event(http: &reqwest::Client, url: &str, token: &str, body: &serde_json::Value) -> Answer {
+    let sent = http
         .post(url)
         .bearer_auth(token)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
-        .await
-        .ok()?;
+        .await;
+    let Ok(resp) = sent else { return Answer::Other };
     let at = Instant::now();
-    let answer: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).unwrap_or_default();
-    let names = answer["deliveries"]
-        .as_array()?
-        .iter()
-        .map(|d| d.as_str().unwrap_or_default().to_string())
-        .collect();
-    Some((names, at))
+    if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let seconds = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(1);
+        return Answer::RetryAfter(Duration::from_secs(seconds));
+    }
+    let answer: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap_or_default()).unwrap_or_default();
+    match answer["deliveries"].as_array() {
+        Some(names) => Answer::Accepted(
+            names
+                .iter()
+                .map(|d| d.as_str().unwrap_or_default().to_string())
+                .collect(),
+            at,
+        ),
+        None => Answer::Other,
+    }
 }
 
 /// Successful writes between two readings of `writes()`.
