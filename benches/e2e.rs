@@ -14,6 +14,7 @@ mod support;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
+use futures::StreamExt;
 use hookrelay::resources::delivery::{DeliverySpec, EventRef};
 use hookrelay::resources::hub::{DeliverySettings, HubSpec, RetentionPolicy};
 use hookrelay::resources::webhook::WebhookSpec;
@@ -577,16 +578,32 @@ impl Bench {
             let running = running.clone();
             async move {
                 let url = format!("{}/v1/namespaces/{}/hubs/main/events", by.ingest, by.ns);
+                let (url, http, token) = (&url, &self.http, &by.token);
                 let (started, mut accepted) = (Instant::now(), HashMap::new());
                 let payload = json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 });
+                // Each event sent when due, not after the last answer (a
+                // slow answer would lower the rate).
+                let mut sending = futures::stream::FuturesUnordered::new();
                 for i in 0.. {
                     let due = started + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
-                    tokio::time::sleep_until(due.into()).await;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(due.into()) => break,
+                            Some(answer) = sending.next(), if !sending.is_empty() => {
+                                if let Answer::Accepted(names, at) = answer {
+                                    accepted.extend(names.into_iter().map(|d: String| (d, at)));
+                                }
+                            }
+                        }
+                    }
                     if !running.load(std::sync::atomic::Ordering::SeqCst) || started.elapsed() > PHASE_LIMIT {
                         break;
                     }
                     let body = json!({ "id": format!("{phase}-{}-{i}", by.ns), "name": by.event, "payload": payload });
-                    if let Answer::Accepted(names, at) = send_event(&self.http, &url, &by.token, &body).await {
+                    sending.push(async move { send_event(http, url, token, &body).await });
+                }
+                while let Some(answer) = sending.next().await {
+                    if let Answer::Accepted(names, at) = answer {
                         accepted.extend(names.into_iter().map(|d| (d, at)));
                     }
                 }
