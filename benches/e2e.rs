@@ -647,6 +647,15 @@ impl Bench {
         (out, Beside { rows, deliveries })
     }
 
+    /// A bystander in namespace `other`: a hub and webhook of its own,
+    /// served by the same controller and ingest as the phase.
+    async fn bystander_elsewhere(&self, ingest: &str, other: &str) -> Bystander {
+        let token = self.hub(other, vec!["bench.bystander".into()]).await;
+        self.webhooks(other, &["beside-other".into()], &["bench.bystander"])
+            .await;
+        Bystander::elsewhere(ingest, other, &token)
+    }
+
     /// When every one of `accepted` has arrived at the receiver (the last
     /// arrival), within `limit`.
     async fn arrived(&self, accepted: &HashMap<String, Instant>, limit: Duration) -> Option<Instant> {
@@ -1020,14 +1029,12 @@ async fn main() {
             vec!["bench.isolation".into(), "bench.other".into(), "bench.bystander".into()],
         )
         .await;
-    let other_token = b.hub(&other, vec!["bench.bystander".into()]).await;
     b.wait_ready(&ingest_url).await;
     b.webhooks(&ns, &["w0".into()], &[EVENT]).await;
     b.webhooks(&ns, &["beside".into()], &["bench.bystander"]).await;
-    b.webhooks(&other, &["beside-other".into()], &["bench.bystander"]).await;
     let bystanders = [
         Bystander::same_hub(&ingest_url, &ns, &token),
-        Bystander::elsewhere(&ingest_url, &other, &other_token),
+        b.bystander_elsewhere(&ingest_url, &other).await,
     ];
 
     let before = b.writes().await;
@@ -1241,15 +1248,12 @@ async fn main() {
                 vec!["bench.pg-steady".into(), "bench.hoard".into(), "bench.bystander".into()],
             )
             .await;
-        let other_token = b.hub(&pother, vec!["bench.bystander".into()]).await;
         b.wait_ready(&ingest_url).await;
         b.webhooks(&pns, &["p0".into()], &[EVENT]).await;
         b.webhooks(&pns, &["beside".into()], &["bench.bystander"]).await;
-        b.webhooks(&pother, &["beside-other".into()], &["bench.bystander"])
-            .await;
         let bystanders = [
             Bystander::same_hub(&ingest_url, &pns, &token),
-            Bystander::elsewhere(&ingest_url, &pother, &other_token),
+            b.bystander_elsewhere(&ingest_url, &pother).await,
         ];
         let cpu = || {
             [
@@ -1533,16 +1537,13 @@ async fn main() {
         let token = b
             .hub_keeping(&bns, vec!["bench.backlog".into(), "bench.bystander".into()], 10_000)
             .await;
-        let other_token = b.hub(&bother, vec!["bench.bystander".into()]).await;
         b.wait_ready(&ingest_url).await;
         let names: Vec<String> = (0..webhooks).map(|i| format!("bl{i}")).collect();
         b.webhooks(&bns, &names, &["bench.backlog"]).await;
         b.webhooks(&bns, &["bystander".into()], &["bench.bystander"]).await;
-        b.webhooks(&bother, &["beside-other".into()], &["bench.bystander"])
-            .await;
         let bystanders = [
             Bystander::same_hub(&ingest_url, &bns, &token),
-            Bystander::elsewhere(&ingest_url, &bother, &other_token),
+            b.bystander_elsewhere(&ingest_url, &bother).await,
         ];
         let started = Instant::now();
         let ((accepted, took, refused), beside) = b
