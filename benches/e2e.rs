@@ -448,7 +448,9 @@ impl Bench {
     /// Posts `n` events with `workers` workers, at `rate` per second if
     /// given (each event sent when due while a worker is free: with many
     /// workers, a sender that does not wait for slow answers); returns
-    /// accept times by delivery name and the wall time.
+    /// accept times by delivery name and the wall time. Without a rate (a
+    /// bulk sender), an event refused with 429 is sent again after its
+    /// Retry-After.
     #[allow(clippy::too_many_arguments)]
     async fn post(
         &self,
@@ -463,7 +465,7 @@ impl Bench {
     ) -> (HashMap<String, Instant>, Duration) {
         let url = format!("{ingest}/v1/namespaces/{ns}/hubs/main/events");
         let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let retries: Arc<Mutex<usize>> = Arc::default();
+        let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -497,7 +499,7 @@ impl Bench {
                             // A bulk sender (no rate) sends a refused event
                             // again when asked to, as a CMS does.
                             Answer::RetryAfter(wait) if rate.is_none() && started.elapsed() + wait < PHASE_LIMIT => {
-                                *retries.lock().unwrap() += 1;
+                                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tokio::time::sleep(wait).await;
                                 continue;
                             }
@@ -511,7 +513,7 @@ impl Bench {
         for t in tasks {
             let _ = t.await;
         }
-        let retries = *retries.lock().unwrap();
+        let retries = retries.load(std::sync::atomic::Ordering::Relaxed);
         if retries > 0 {
             println!("  {tag}: events sent again after a 429: {retries}");
         }

@@ -8,9 +8,9 @@
 //! writes and every tenant's new deliveries waited that long
 //! (`HOOKRELAY_BENCH_PHASES=capped cargo bench --bench e2e`); with it,
 //! ingest refuses the heavy hub's excess with 429 and the server keeps up.
-//! Postgres, claimed a queue per webhook at a time, kept the other hub's
-//! p99 near a second even without backpressure; the test holds it to the
-//! same bound and to the same 429s and Event.
+//! Postgres, whose claims take a queue per webhook and which has no watch
+//! to fall behind, kept the other hub's p99 near a second even without
+//! backpressure; the test holds it to the same bound, 429s and Event.
 
 mod support;
 
