@@ -564,7 +564,7 @@ impl Bench {
     }
 
     /// Runs `work` while each of `bystanders` is sent `rate` events a
-    /// second (one sender each, as a CMS would); returns its output and the
+    /// second (each when due, refused ones not again); returns its output and the
     /// report's rows for `phase`: each bystander's accept → arrival, and
     /// the API server's write latency p99 over the phase.
     async fn beside<T>(
