@@ -143,7 +143,8 @@ pub async fn run(
         ),
         told: Default::default(),
     });
-    // The saturated gauge follows the hold when no event comes to set it.
+    // The gauges, read once a second (saturation ends with the hold, not
+    // only when an event comes).
     tokio::spawn({
         let state = Arc::downgrade(&state);
         async move {
@@ -151,6 +152,8 @@ pub async fn run(
             while let Some(ingest) = state.upgrade() {
                 let saturated = ingest.pressure.saturated(std::time::Instant::now());
                 ingest.metrics.ingest_saturated.set(i64::from(saturated));
+                let latency = ingest.pressure.latency().as_secs_f64();
+                ingest.metrics.ingest_write_latency.set(latency);
                 drop(ingest);
                 tick.tick().await;
             }
@@ -415,10 +418,8 @@ async fn accept(
         .insert(namespace, Box::new(deliveries), generated_id)
         .await;
     // A failed write (a timeout above all) says as much about the store.
-    let measured = admitted.stored(started.elapsed(), std::time::Instant::now());
+    admitted.stored(started.elapsed(), std::time::Instant::now());
     drop(admitted);
-    ingest.metrics.ingest_write_latency.set(measured.latency.as_secs_f64());
-    ingest.metrics.ingest_saturated.set(i64::from(measured.saturated));
     stored.map_err(refused)?;
     ingest.metrics.ingest_deliveries_created.inc_by(names.len() as u64);
     tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
@@ -646,8 +647,6 @@ impl Ingest {
     /// counted, and said on the Hub (at most once a minute).
     fn back_off(&self, hub: &Hub, refusal: pressure::Refusal) -> Problem {
         let key = (hub.namespace().unwrap_or_default(), hub.name_any());
-        // Refused only while saturated (no write may have said so yet).
-        self.metrics.ingest_saturated.set(1);
         self.metrics
             .ingest_backpressure
             .get_or_create(&crate::metrics::HubLabel {

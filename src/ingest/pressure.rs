@@ -20,7 +20,7 @@
 //! (seen at once, not when they end). The pressure ends `HOLD` after
 //! writes are fast again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ struct State {
     /// of creates after they began) and a number telling them apart: a
     /// few overdue are saturation seen at once, not seconds later when
     /// they end.
-    writes: BTreeMap<(Instant, u64), ()>,
+    writes: BTreeSet<(Instant, u64)>,
     next_write: u64,
 }
 
@@ -64,12 +64,6 @@ pub struct Refusal {
     pub retry_after: Duration,
     /// The store's recent write latency.
     pub latency: Duration,
-}
-
-/// What `Admitted::stored` leaves the measure at, for the gauges.
-pub struct Measured {
-    pub latency: Duration,
-    pub saturated: bool,
 }
 
 /// The measured state of the store, shared by every request of an ingest.
@@ -97,7 +91,7 @@ impl State {
     fn pressed(&mut self, now: Instant) -> bool {
         if self
             .writes
-            .keys()
+            .iter()
             .take_while(|(slow_at, _)| *slow_at < now)
             .nth(OVERDUE - 1)
             .is_some()
@@ -120,9 +114,8 @@ impl Pressure {
         }
     }
 
-    /// The store's recent write latency (the gauges take it from `stored`).
-    #[cfg(test)]
-    fn latency(&self) -> Duration {
+    /// The store's recent write latency.
+    pub fn latency(&self) -> Duration {
         Duration::from_secs_f64(lock(&self.state).latency)
     }
 
@@ -158,7 +151,7 @@ impl Pressure {
         state.next_write += 1;
         let write = (now + self.threshold * rounds(deliveries), state.next_write);
         if !self.threshold.is_zero() {
-            state.writes.insert(write, ());
+            state.writes.insert(write);
         }
         Ok(Admitted {
             hub: hub.clone(),
@@ -172,14 +165,11 @@ impl Pressure {
 
 impl Admitted {
     /// The event's write (its deliveries stored, or failed) took `took`.
-    pub fn stored(&self, took: Duration, now: Instant) -> Measured {
-        let mut state = lock(&self.state);
+    pub fn stored(&self, took: Duration, now: Instant) {
         if self.threshold.is_zero() {
-            return Measured {
-                latency: Duration::ZERO,
-                saturated: false,
-            };
+            return;
         }
+        let mut state = lock(&self.state);
         // A round of creates' latency (an event for a thousand webhooks
         // takes longer to store, and that is not the store's fault),
         // averaged over about the last ten writes.
@@ -187,10 +177,6 @@ impl Admitted {
         state.latency = 0.9 * state.latency + 0.1 * round;
         if state.latency > self.threshold.as_secs_f64() {
             state.pressed_until = Some(now + HOLD);
-        }
-        Measured {
-            latency: Duration::from_secs_f64(state.latency),
-            saturated: state.pressed_until.is_some_and(|until| now < until),
         }
     }
 }
