@@ -402,11 +402,8 @@ async fn accept(
     let names: Vec<String> = selected.iter().map(|(w, _)| fanout::delivery_name(&id, w)).collect();
     let admitted = ingest
         .pressure
-        .admit(
-            &(namespace.to_string(), hub_name.to_string()),
-            names.len(),
-            std::time::Instant::now(),
-        )
+        .admit_or_wait(&(namespace.to_string(), hub_name.to_string()), names.len())
+        .await
         .map_err(|refusal| ingest.back_off(&hub, refusal))?;
     let deliveries = selected.into_iter().map(|(w, ordering_key)| NewDelivery {
         delivery: fanout::build(&w, &id, &incoming.name, &payload, received_at),

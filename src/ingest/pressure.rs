@@ -15,6 +15,12 @@
 //! webhooks it goes to. A namespace (a tenant) gets four hubs' worth at
 //! most, so making more hubs gains nothing.
 //!
+//! An event refused for now waits a little in ingest for room in its hub
+//! (`WAITING` events a hub, `QUEUE_WAIT` at most) before it is answered
+//! 429: otherwise the hub's bound would stand idle until the sender came
+//! back after its Retry-After (a second at least), and a bulk sender would
+//! get a fraction of what the store can take.
+//!
 //! Slow means a round of creates (16 at once) taking over the threshold:
 //! on average over the last writes, or for three writes still under way
 //! (seen at once, not when they end). The pressure ends `HOLD` after
@@ -23,6 +29,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Deliveries one hub may have being stored at once while the store is
 /// saturated: as many as one event's creates run at once.
@@ -37,6 +44,14 @@ const HOLD: Duration = Duration::from_secs(10);
 const OVERDUE: usize = 3;
 /// The longest Retry-After asked.
 const MOST_WAIT: u64 = 30;
+/// Events of one hub that may wait in ingest for room at once (a
+/// namespace four hubs' worth); more are answered 429 at once. Each holds
+/// its body, so this also bounds the memory waiting takes.
+pub const WAITING: usize = 4;
+const NAMESPACE_WAITING: usize = 4 * WAITING;
+/// How long an event waits for room before it is answered 429: well under
+/// the request timeout and a CMS's own.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 type Key = (String, String);
 
@@ -55,6 +70,9 @@ struct State {
     /// they end.
     writes: BTreeSet<(Instant, u64)>,
     next_write: u64,
+    /// Events waiting for room, by hub and by namespace.
+    waiting: HashMap<Key, usize>,
+    namespace_waiting: HashMap<String, usize>,
 }
 
 /// Why an event is not admitted now.
@@ -72,6 +90,8 @@ pub struct Pressure {
     /// zero turns backpressure off.
     threshold: Duration,
     state: Arc<Mutex<State>>,
+    /// Told whenever deliveries leave flight: waiting events try again.
+    room: Arc<Notify>,
 }
 
 /// An event admitted to be stored: its deliveries counted in its hub's in
@@ -81,6 +101,13 @@ pub struct Admitted {
     deliveries: usize,
     write: (Instant, u64),
     threshold: Duration,
+    state: Arc<Mutex<State>>,
+    room: Arc<Notify>,
+}
+
+/// An event's place among those waiting for room in its hub.
+struct Waiter {
+    hub: Key,
     state: Arc<Mutex<State>>,
 }
 
@@ -111,6 +138,34 @@ impl Pressure {
         Self {
             threshold,
             state: Arc::default(),
+            room: Arc::default(),
+        }
+    }
+
+    /// Admits an event as `admit` does, but one refused waits for room in
+    /// its hub (up to `QUEUE_WAIT`, when fewer than `WAITING` of its hub
+    /// already wait) before the refusal is given.
+    pub async fn admit_or_wait(&self, hub: &Key, deliveries: usize) -> Result<Admitted, Refusal> {
+        let refusal = match self.admit(hub, deliveries, Instant::now()) {
+            Ok(admitted) => return Ok(admitted),
+            Err(refusal) => refusal,
+        };
+        let Some(_waiter) = Waiter::join(&self.state, hub) else {
+            return Err(refusal);
+        };
+        let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+        loop {
+            // Listening before looking, so room made in between is not missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let refusal = match self.admit(hub, deliveries, Instant::now()) {
+                Ok(admitted) => return Ok(admitted),
+                Err(refusal) => refusal,
+            };
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(refusal);
+            }
         }
     }
 
@@ -159,7 +214,34 @@ impl Pressure {
             write,
             threshold: self.threshold,
             state: self.state.clone(),
+            room: self.room.clone(),
         })
+    }
+}
+
+impl Waiter {
+    /// A place for an event of `hub`, if its hub and namespace have one.
+    fn join(state: &Arc<Mutex<State>>, hub: &Key) -> Option<Self> {
+        let mut guard = lock(state);
+        let waiting = guard.waiting.get(hub).copied().unwrap_or(0);
+        let namespace_waiting = guard.namespace_waiting.get(&hub.0).copied().unwrap_or(0);
+        if waiting >= WAITING || namespace_waiting >= NAMESPACE_WAITING {
+            return None;
+        }
+        *guard.waiting.entry(hub.clone()).or_default() += 1;
+        *guard.namespace_waiting.entry(hub.0.clone()).or_default() += 1;
+        Some(Self {
+            hub: hub.clone(),
+            state: state.clone(),
+        })
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut state = lock(&self.state);
+        release(&mut state.waiting, &self.hub, 1);
+        release(&mut state.namespace_waiting, &self.hub.0, 1);
     }
 }
 
@@ -187,6 +269,8 @@ impl Drop for Admitted {
         state.writes.remove(&self.write);
         release(&mut state.in_flight, &self.hub, self.deliveries);
         release(&mut state.namespace_in_flight, &self.hub.0, self.deliveries);
+        drop(state);
+        self.room.notify_waiters();
     }
 }
 
@@ -342,6 +426,60 @@ mod tests {
         saturate(&pressure, now);
         assert!(pressure.saturated(now + HOLD - Duration::from_secs(1)));
         assert!(!pressure.saturated(now + HOLD + Duration::from_secs(1)));
+    }
+
+    fn waiting(pressure: &Pressure, hub: &Key) -> usize {
+        lock(&pressure.state).waiting.get(hub).copied().unwrap_or(0)
+    }
+
+    // The clock is paused: were the waiter not woken by the room made, the
+    // runtime would jump to its deadline and it would be refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_event_waits_for_room_in_its_hub_and_goes_when_there_is() {
+        let pressure = Arc::new(Pressure::new(Duration::from_millis(500)));
+        saturate(&pressure, Instant::now());
+        let busy = pressure.admit(&key("busy"), 16, Instant::now()).unwrap();
+        let waiter = tokio::spawn({
+            let pressure = pressure.clone();
+            async move { pressure.admit_or_wait(&key("busy"), 8).await.map(|_| ()) }
+        });
+        while waiting(&pressure, &key("busy")) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        drop(busy);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "admitted when room was made, not at a deadline"
+        );
+        assert_eq!(waiting(&pressure, &key("busy")), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn few_events_of_a_hub_wait_and_none_longer_than_the_queue_wait() {
+        let pressure = Pressure::new(Duration::from_millis(500));
+        saturate(&pressure, Instant::now());
+        let _busy = pressure.admit(&key("busy"), 16, Instant::now()).unwrap();
+        let started = tokio::time::Instant::now();
+        let busy_hub = key("busy");
+        let waiters = futures::future::join_all((0..WAITING).map(|_| pressure.admit_or_wait(&busy_hub, 8)));
+        let one_more = async {
+            while waiting(&pressure, &key("busy")) < WAITING {
+                tokio::task::yield_now().await;
+            }
+            let refused = pressure.admit_or_wait(&key("busy"), 8).await;
+            (refused.is_err(), started.elapsed())
+        };
+        let (waited, (refused, refused_after)) = tokio::join!(waiters, one_more);
+        assert!(refused, "a fifth event of the hub is not let wait");
+        assert_eq!(refused_after, Duration::ZERO, "and is answered at once");
+        assert!(waited.iter().all(Result::is_err), "no room was made");
+        assert_eq!(started.elapsed(), QUEUE_WAIT);
+        // Another hub is admitted at once all along, and nobody waits now.
+        assert!(pressure.admit_or_wait(&key("quiet"), 8).await.is_ok());
+        assert_eq!(waiting(&pressure, &key("busy")), 0);
     }
 
     #[test]
