@@ -21,6 +21,10 @@ enum Command {
     /// Serve the web console (the CMS's webhook screens) with the user's own
     /// Kubernetes identity.
     Console(ConsoleArgs),
+    /// Serve delivery history through the Kubernetes API (an aggregated
+    /// API, history.hookrelay.dev), from whichever store, with the user's own
+    /// identity and RBAC.
+    Api(ApiArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Print the version.
@@ -155,6 +159,29 @@ struct ConsoleArgs {
 }
 
 #[derive(Args, Debug)]
+struct ApiArgs {
+    /// Address to serve on (TLS; the kube-apiserver connects to it).
+    #[arg(long, env = "HOOKRELAY_API_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM file of the serving certificate (default: a self-signed one for
+    /// the Service hookrelay-api, for --register).
+    #[arg(long, env = "HOOKRELAY_API_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the serving certificate's key.
+    #[arg(long, env = "HOOKRELAY_API_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// Make the APIService and an ExternalName Service in this namespace
+    /// that reach --listen on this machine, and remove them at stop: for
+    /// local use and tests (in a cluster the chart makes them).
+    #[arg(long, value_name = "NAMESPACE", num_args = 0..=1, default_missing_value = "default")]
+    register: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    logging: Logging,
+}
+
+#[derive(Args, Debug)]
 struct Budget {
     /// The size a Delivery may reach as stored, in bytes (16384 to 1048576).
     /// Attempts beyond it are left out (the first and newest kept); an
@@ -184,8 +211,9 @@ struct IngestArgs {
     max_connections: usize,
     /// Store writes slower than this (a round of 16 creates, on average or
     /// three under way) mean the store is saturated: each hub may then have
-    /// 16 deliveries being stored at once, and its other events are
-    /// answered 429. 0s turns backpressure off.
+    /// 16 deliveries being stored at once; its other events wait up to 5s
+    /// for room (4 at once), then are answered 429. 0s turns backpressure
+    /// off.
     #[arg(long, env = "HOOKRELAY_BACKPRESSURE_LATENCY", default_value = "500ms", value_parser = parse_duration)]
     backpressure_latency: std::time::Duration,
     /// Largest event body accepted, in bytes; larger ones get 413 (default:
@@ -305,6 +333,18 @@ impl Cli {
                     store: args.store.open().await?,
                 };
                 crate::console::run(settings, shutdown_signal()).await
+            }
+            Command::Api(args) => {
+                telemetry::init(args.logging.log_format);
+                tracing::info!(version = crate::VERSION, "starting api");
+                let client = client_as("hookrelay-api").await?;
+                let settings = crate::api::Settings {
+                    listen: args.listen,
+                    store: args.store.open().await?,
+                    tls: args.tls_cert_file.zip(args.tls_key_file),
+                    register: args.register,
+                };
+                crate::api::run(client, settings, shutdown_signal()).await
             }
             Command::Crd => {
                 print!("{}", crate::crd::yaml()?);
