@@ -2,6 +2,7 @@
 //! webhooks for a content management system.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod console;
 pub mod controller;

@@ -897,3 +897,182 @@ async fn the_store_speaks_tls_when_the_url_asks_and_verifies_the_server() {
     assert!(bad.to_string().contains("--postgres-ca-file"), "{bad}");
     postgres.stop();
 }
+
+/// `kubectl` with `kubeconfig`: (success, stdout, stderr).
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(support::tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("running kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// The only test that registers the history APIService (one per cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
+    use hookrelay::api::{GROUP, VERSION};
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+    let postgres = Postgres::shared();
+    let stack = stack("pg_history", postgres).await;
+    let elsewhere = support::TestEnv::new("pg_history_elsewhere").await;
+    let receiver = Receiver::start().await;
+    stack.webhook("shop", spec(receiver.url("/shop"), &[EVENT])).await;
+    let mut names = HashSet::new();
+    for i in 0..5 {
+        let (status, answer) = post(&stack, &format!("evt-history-{i}"), json!({ "n": i })).await;
+        assert_eq!(status, 202, "{answer}");
+        names.extend(deliveries_of(&answer));
+    }
+    let ns = stack.env.ns.clone();
+    eventually(WAIT, "the deliveries recorded", || async {
+        let rows = stored(postgres, &ns).await;
+        (rows.len() == 5 && rows.values().all(|(phase, _)| phase == "Succeeded")).then_some(())
+    })
+    .await;
+
+    let admin_kubeconfig = &stack.env.cluster.admin_kubeconfig;
+    let mut api = ChildProcess::start(
+        &format!("api-{ns}"),
+        admin_kubeconfig,
+        &[
+            "api",
+            "--listen",
+            "127.0.0.1:0",
+            "--register",
+            &ns,
+            "--store",
+            "postgres",
+            "--postgres-url",
+            &postgres.url,
+        ],
+    );
+    let address = eventually(WAIT, "the api serving", || async {
+        api.log_field(&format!("serving {GROUP}/{VERSION}"), "address")
+    })
+    .await;
+    let api_services: Api<APIService> = Api::all(stack.env.client.clone());
+    let api_service = format!("{VERSION}.{GROUP}");
+    eventually(WAIT, "the APIService available", || async {
+        let conditions = api_services.get(&api_service).await.ok()?.status?.conditions?;
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+
+    // The restricted user may read deliveries in this namespace only.
+    let grant = format!(
+        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{{"name":"history","namespace":"{ns}"}},
+"rules":[{{"apiGroups":["hookrelay.dev","{GROUP}"],"resources":["deliveries"],"verbs":["get","list"]}}]}}"#
+    );
+    let bind = format!(
+        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{{"name":"history","namespace":"{ns}"}},
+"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"history"}},
+"subjects":[{{"kind":"User","name":"{}"}}]}}"#,
+        support::RESTRICTED_USER
+    );
+    for object in [grant, bind] {
+        let file = std::env::temp_dir().join(format!("history-rbac-{ns}.json"));
+        std::fs::write(&file, object).unwrap();
+        let (ok, _, err) = kubectl(admin_kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
+        assert!(ok, "{err}");
+    }
+    let restricted = stack.env.cluster.restricted_kubeconfig();
+
+    // `kubectl get deliveries` resolves to this API in the Postgres store
+    // (its group ranks above the CRD's) and prints the CRD's columns.
+    let listed = eventually(WAIT, "kubectl get deliveries as the restricted user", || async {
+        let (ok, out, _) = kubectl(&restricted, &["get", "deliveries", "-n", &ns]);
+        ok.then_some(out)
+    })
+    .await;
+    let header: Vec<&str> = listed.lines().next().unwrap().split_whitespace().collect();
+    let crd = <Delivery as kube::CustomResourceExt>::crd();
+    let mut expected = vec!["NAME".to_string()];
+    for column in crd.spec.versions[0].additional_printer_columns.iter().flatten() {
+        if column.priority.unwrap_or(0) == 0 {
+            expected.extend(column.name.to_uppercase().split(' ').map(str::to_string));
+        }
+    }
+    assert_eq!(header, expected, "{listed}");
+    let rows: HashSet<String> = listed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(rows, names, "{listed}");
+    assert!(listed.lines().skip(1).all(|l| l.contains("Succeeded")), "{listed}");
+
+    // One delivery in full, in this API's group.
+    let name = names.iter().next().unwrap().clone();
+    let (ok, out, err) = kubectl(&restricted, &["get", "delivery", &name, "-n", &ns, "-o", "json"]);
+    assert!(ok, "{err}");
+    let one: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(one["apiVersion"], format!("{GROUP}/{VERSION}"));
+    assert_eq!(one["spec"]["webhook"], "shop");
+    assert_eq!(one["status"]["phase"], "Succeeded");
+
+    // Another namespace: forbidden, by the API server and by this server alike.
+    let (ok, _, err) = kubectl(&restricted, &["get", "deliveries", "-n", &elsewhere.ns]);
+    assert!(!ok && err.contains("forbidden"), "{err}");
+
+    // Paging returns every row once.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let path = format!("/apis/{GROUP}/{VERSION}/namespaces/{ns}/deliveries?limit=2&continue={token}");
+        let (ok, out, err) = kubectl(&restricted, &["get", "--raw", &path]);
+        assert!(ok, "{err}");
+        let page: Value = serde_json::from_str(&out).unwrap();
+        assert!(page["items"].as_array().unwrap().len() <= 2, "{page}");
+        paged.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        match page["metadata"]["continue"].as_str() {
+            Some(next) => token = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(paged.len(), names.len(), "{paged:?}");
+    assert_eq!(paged.into_iter().collect::<HashSet<_>>(), names);
+
+    // Straight to the server, with forged identity headers and no
+    // front-proxy certificate: refused, nothing shown.
+    let forged = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!(
+            "https://{address}/apis/{GROUP}/{VERSION}/namespaces/{ns}/deliveries"
+        ))
+        .header("X-Remote-User", "hookrelay-admin")
+        .header("X-Remote-Group", "system:masters")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let body = forged.text().await.unwrap();
+    assert!(!body.contains(&name) && body.contains("front proxy"), "{body}");
+
+    // Stopped, it removes what it registered.
+    api.signal("TERM");
+    assert!(api.exited(WAIT).await.success());
+    assert!(
+        api_services.get_opt(&api_service).await.unwrap().is_none(),
+        "the APIService is removed"
+    );
+    assert!(!api.logs().contains(&postgres.url), "the store URL is not logged");
+    elsewhere.cleanup().await;
+    stack.cleanup().await;
+}

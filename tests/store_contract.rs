@@ -222,6 +222,11 @@ async fn an_insert_is_idempotent_and_what_is_stored_can_be_read(s: Subject) {
     let listed = s.deliveries.list(Some(&s.namespace), Some("a"), &[], 10).await.unwrap();
     let names: Vec<String> = listed.iter().map(|d| d.name_any()).collect();
     assert_eq!(names, vec!["a-1"], "once, and only webhook a's");
+    // Every webhook of the namespace (the history API lists so).
+    let listed = s.deliveries.list(Some(&s.namespace), None, &[], 10).await.unwrap();
+    let mut names: Vec<String> = listed.iter().map(|d| d.name_any()).collect();
+    names.sort();
+    assert_eq!(names, vec!["a-1", "b-1"], "each webhook's");
 }
 
 async fn a_list_has_the_newest_of_a_webhook_in_the_phases_asked_for(s: Subject) {

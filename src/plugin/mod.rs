@@ -17,6 +17,7 @@ mod test_event;
 
 pub use args::*;
 use deliveries::*;
+pub(crate) use output::age;
 use output::*;
 use redeliver::*;
 use secret::*;

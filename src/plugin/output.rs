@@ -79,7 +79,7 @@ pub(super) fn strip_ansi(s: &str) -> String {
 }
 
 /// "5m" style ages.
-pub(super) fn age(since: Timestamp, now: Timestamp) -> String {
+pub(crate) fn age(since: Timestamp, now: Timestamp) -> String {
     let s = now.duration_since(since).as_secs().max(0);
     match s {
         0..=119 => format!("{s}s"),

@@ -143,6 +143,17 @@ make_pki() {
   client_cert restricted hookrelay-restricted
   # kube-apiserver's identity towards kubelets (logs, exec, port-forward).
   client_cert kubelet-client kube-apiserver-kubelet-client system:masters
+  # The aggregation layer: a CA of its own (front-proxy-ca) signs the
+  # client certificate kube-apiserver presents to extension API servers
+  # (hookrelay api) when it forwards a request with the user in headers;
+  # they trust those headers only from a certificate this CA signed.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=hookrelay-local-front-proxy-ca" \
+    -keyout "$pki/front-proxy-ca.key" -out "$pki/front-proxy-ca.crt" 2>/dev/null
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/front-proxy-client.key" -subj "/CN=front-proxy-client" \
+    -out "$pki/front-proxy-client.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > "$pki/front-proxy-client.ext"
+  openssl x509 -req -in "$pki/front-proxy-client.csr" -CA "$pki/front-proxy-ca.crt" -CAkey "$pki/front-proxy-ca.key" \
+    -CAcreateserial -days 365 -extfile "$pki/front-proxy-client.ext" -out "$pki/front-proxy-client.crt" 2>/dev/null
 }
 
 # One more identity (a node's kubelet, the scheduler, kube-proxy) with a
@@ -227,7 +238,11 @@ up() {
     --service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range 10.0.0.0/24 \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true \
     --kubelet-client-certificate "$pki/kubelet-client.crt" --kubelet-client-key "$pki/kubelet-client.key" \
-    --kubelet-preferred-address-types InternalIP
+    --kubelet-preferred-address-types InternalIP \
+    --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key"
 
   kubeconfig "$run_dir/admin.kubeconfig" admin
   kubeconfig "$run_dir/restricted.kubeconfig" restricted

@@ -261,24 +261,7 @@ impl Stack {
     /// Every delivery of this stack's namespace.
     pub async fn deliveries(&self) -> Option<Vec<Delivery>> {
         match &self.postgres {
-            Some(store) => {
-                let webhooks = self
-                    .env
-                    .api::<hookrelay::resources::Webhook>()
-                    .list(&Default::default())
-                    .await
-                    .ok()?;
-                let mut all = vec![];
-                for w in webhooks.items {
-                    all.extend(
-                        store
-                            .recent(&self.env.ns, &kube::ResourceExt::name_any(&w), &[], 100_000)
-                            .await
-                            .ok()?,
-                    );
-                }
-                Some(all)
-            }
+            Some(store) => store.recent(Some(&self.env.ns), None, &[], 100_000).await.ok(),
             None => Some(self.env.api::<Delivery>().list(&Default::default()).await.ok()?.items),
         }
     }

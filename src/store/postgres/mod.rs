@@ -677,20 +677,31 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
     /// one of `phases` (any when empty).
     pub async fn recent(
         &self,
-        namespace: &str,
-        webhook: &str,
+        namespace: Option<&str>,
+        webhook: Option<&str>,
         phases: &[Phase],
         most: i64,
     ) -> Result<Vec<Delivery>, String> {
         let phases: Vec<String> = phases.iter().map(|p| format!("{p:?}")).collect();
         let client = self.client().await?;
-        let rows = timed(client.query(
-            "SELECT doc, version FROM hookrelay_deliveries WHERE namespace = $1 AND webhook = $2
-               AND (cardinality($4::text[]) = 0 OR phase = ANY($4))
-             ORDER BY seq DESC LIMIT $3",
-            &[&namespace, &webhook, &most, &phases],
-        ))
-        .await?;
+        let query = match (namespace, webhook) {
+            // One webhook: its newest, from the index.
+            (Some(_), Some(_)) => {
+                "SELECT doc, version FROM hookrelay_deliveries WHERE namespace = $1 AND webhook = $2
+                   AND (cardinality($4::text[]) = 0 OR phase = ANY($4))
+                 ORDER BY seq DESC LIMIT $3"
+            }
+            // Every webhook (of a namespace, or of all): each one's newest.
+            _ => {
+                "SELECT doc, version FROM (
+                   SELECT doc, version, row_number() OVER (PARTITION BY namespace, webhook ORDER BY seq DESC) AS newest
+                   FROM hookrelay_deliveries
+                   WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR webhook = $2)
+                     AND (cardinality($4::text[]) = 0 OR phase = ANY($4))
+                 ) ranked WHERE newest <= $3"
+            }
+        };
+        let rows = timed(client.query(query, &[&namespace, &webhook, &most, &phases])).await?;
         rows.iter().map(|row| decode(row.get(0), row.get(1))).collect()
     }
 
