@@ -131,11 +131,17 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
         postgres.contains("HOOKRELAY_POSTGRES_URL") && postgres.contains("name: \"relay-db\""),
         "{postgres}"
     );
-    // The CA bundle for sslmode=require, mounted from its Secret in both containers.
+    // The CA bundle for sslmode=require, mounted from its Secret in every
+    // container that reads the store (controller, ingest, api).
     assert!(
         postgres.contains("secretName: \"relay-db-ca\"")
-            && postgres.matches("HOOKRELAY_POSTGRES_CA_FILE").count() == 2
-            && postgres.matches("mountPath: /etc/hookrelay/postgres-ca").count() == 2,
+            && postgres.matches("HOOKRELAY_POSTGRES_CA_FILE").count() == 3
+            && postgres.matches("mountPath: /etc/hookrelay/postgres-ca").count() == 3,
+        "{postgres}"
+    );
+    // With the Postgres store, history is served through the Kubernetes API.
+    assert!(
+        postgres.contains("kind: APIService") && postgres.contains("- api\n"),
         "{postgres}"
     );
     // The console reads and writes the same store as controller and ingest.

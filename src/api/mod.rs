@@ -386,6 +386,11 @@ fn object(delivery: &Delivery) -> Value {
     let mut value = serde_json::to_value(delivery).unwrap_or_default();
     value["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
     value["kind"] = json!("Delivery");
+    // A row of the Postgres store has no creation time of its own: it was
+    // made when ingest received the event.
+    if value["metadata"]["creationTimestamp"].is_null() {
+        value["metadata"]["creationTimestamp"] = value["spec"]["event"]["receivedAt"].clone();
+    }
     value
 }
 

@@ -796,6 +796,27 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
         .get(0);
     assert_eq!(rows as usize, accepted.len(), "the deliveries live in Postgres");
 
+    step("kubectl get deliveries reads them through the history API (hookrelay api in the pods)");
+    // Until the APIService is available, `deliveries` is the (empty) CRD;
+    // kubectl's discovery cache would keep that answer for minutes, so each
+    // try discovers afresh (as a user's kubectl does once its cache expires).
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubectl-cache");
+    eventually(POD_WAIT, "kubectl get deliveries listing the Postgres rows", || async {
+        let out = Command::new(tool("kubectl"))
+            .args(["get", "deliveries", "-n", &env.ns, "-o", "name", "--cache-dir"])
+            .arg(cache.join(uuid::Uuid::new_v4().simple().to_string()))
+            .env("KUBECONFIG", &support::cluster().admin_kubeconfig)
+            .output()
+            .ok()?;
+        let names: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("delivery.history.hookrelay.dev/"))
+            .map(str::to_string)
+            .collect();
+        (names == accepted).then_some(())
+    })
+    .await;
+
     step("the console shows a delivery from the Postgres store");
     run(
         "kubectl",

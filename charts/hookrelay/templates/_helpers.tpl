@@ -155,3 +155,12 @@ volumes:
           path: ca.crt
 {{- end }}
 {{- end -}}
+
+{{/* Whether hookrelay api runs: historyApi.enabled, else with the Postgres store. */}}
+{{- define "hookrelay.historyApi" -}}
+{{- if kindIs "bool" .Values.historyApi.enabled -}}
+{{- if .Values.historyApi.enabled }}true{{ end -}}
+{{- else if eq .Values.store.type "postgres" -}}
+true
+{{- end -}}
+{{- end -}}
