@@ -73,6 +73,20 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// The next connection `listener` accepts. A failure to accept one (out of
+/// file descriptors and the like) is logged and waited out, not fatal.
+pub async fn next_connection(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, with a
 /// header-read timeout and a connection limit, so slow or many clients
 /// cannot exhaust the server. Connections in progress finish gracefully.
@@ -87,17 +101,9 @@ pub async fn serve_limited(
     let connections = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pass, do not die.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            stream = next_connection(&listener) => stream,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::debug!("connection limit reached; closing a new connection");

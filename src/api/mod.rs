@@ -589,16 +589,9 @@ async fn serve_tls(
     let connections = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            stream = crate::server::next_connection(&listener) => stream,
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
