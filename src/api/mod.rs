@@ -43,8 +43,13 @@ pub const VERSION: &str = "v1alpha1";
 pub const GROUP_PRIORITY: i32 = 1100;
 /// How long an access review's answer is reused for the same question.
 const REVIEW_TTL: Duration = Duration::from_secs(10);
-/// The most deliveries of one webhook a list reads from the store.
-const LIST_MOST: usize = 10_000;
+/// The most deliveries of one webhook a list reads from the store: a
+/// list holds them in memory at once (each up to the Delivery budget), and
+/// this process serves every tenant.
+const LIST_MOST: usize = 500;
+/// Connections open at once; more are closed as they arrive (anyone in
+/// the cluster may reach the port, though only the API server is served).
+const MAX_CONNECTIONS: usize = 256;
 
 pub struct Settings {
     pub listen: SocketAddr,
@@ -587,15 +592,21 @@ async fn serve_tls(
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let connections = tokio_util::task::TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             stream = crate::server::next_connection(&listener) => stream,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("connection limit reached; closing a new connection");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let router = router.clone();
         connections.spawn(async move {
+            let _permit = permit;
             let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
             let Ok(Ok(stream)) = handshake else {
                 tracing::debug!("a TLS handshake failed or took too long");

@@ -78,9 +78,12 @@ struct State {
     /// they end.
     writes: BTreeSet<(Instant, u64)>,
     next_write: u64,
-    /// Events waiting for room, by hub and by namespace.
+    /// Events waiting for room, by hub and by namespace, and what wakes a
+    /// namespace's: only its own deliveries leaving flight make room for
+    /// them, so another tenant's writes never wake them.
     waiting: HashMap<Key, usize>,
     namespace_waiting: HashMap<String, usize>,
+    rooms: HashMap<String, Arc<Notify>>,
 }
 
 /// Why an event is not admitted now.
@@ -98,8 +101,6 @@ pub struct Pressure {
     /// zero turns backpressure off.
     threshold: Duration,
     state: Arc<Mutex<State>>,
-    /// Told whenever deliveries leave flight: waiting events try again.
-    room: Arc<Notify>,
 }
 
 /// An event admitted to be stored: its deliveries counted in its hub's in
@@ -110,13 +111,14 @@ pub struct Admitted {
     write: (Instant, u64),
     threshold: Duration,
     state: Arc<Mutex<State>>,
-    room: Arc<Notify>,
 }
 
 /// An event's place among those waiting for room in its hub.
 struct Waiter {
     hub: Key,
     state: Arc<Mutex<State>>,
+    /// Told when deliveries of its namespace leave flight.
+    room: Arc<Notify>,
 }
 
 impl State {
@@ -146,7 +148,6 @@ impl Pressure {
         Self {
             threshold,
             state: Arc::default(),
-            room: Arc::default(),
         }
     }
 
@@ -162,13 +163,13 @@ impl Pressure {
         if far_past(&refusal) {
             return Err(refusal);
         }
-        let Some(_waiter) = Waiter::join(&self.state, hub) else {
+        let Some(waiter) = Waiter::join(&self.state, hub) else {
             return Err(refusal);
         };
         let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
         loop {
             // Listening before looking, so room made in between is not missed.
-            let room = self.room.notified();
+            let room = waiter.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             let refusal = match self.admit(hub, deliveries, Instant::now()) {
@@ -226,7 +227,6 @@ impl Pressure {
             write,
             threshold: self.threshold,
             state: self.state.clone(),
-            room: self.room.clone(),
         })
     }
 }
@@ -242,9 +242,11 @@ impl Waiter {
         }
         *guard.waiting.entry(hub.clone()).or_default() += 1;
         *guard.namespace_waiting.entry(hub.0.clone()).or_default() += 1;
+        let room = guard.rooms.entry(hub.0.clone()).or_default().clone();
         Some(Self {
             hub: hub.clone(),
             state: state.clone(),
+            room,
         })
     }
 }
@@ -254,6 +256,9 @@ impl Drop for Waiter {
         let mut state = lock(&self.state);
         release(&mut state.waiting, &self.hub, 1);
         release(&mut state.namespace_waiting, &self.hub.0, 1);
+        if !state.namespace_waiting.contains_key(&self.hub.0) {
+            state.rooms.remove(&self.hub.0);
+        }
     }
 }
 
@@ -281,8 +286,11 @@ impl Drop for Admitted {
         state.writes.remove(&self.write);
         release(&mut state.in_flight, &self.hub, self.deliveries);
         release(&mut state.namespace_in_flight, &self.hub.0, self.deliveries);
+        let room = state.rooms.get(&self.hub.0).cloned();
         drop(state);
-        self.room.notify_waiters();
+        if let Some(room) = room {
+            room.notify_waiters();
+        }
     }
 }
 
@@ -457,7 +465,8 @@ mod tests {
     }
 
     // The clock is paused: were the waiter not woken by the room made, the
-    // runtime would jump to its deadline and it would be refused.
+    // runtime would jump to its deadline and it would be refused. (Another
+    // namespace's writes do not wake it: its namespace's own must.)
     #[tokio::test(start_paused = true)]
     async fn a_refused_event_waits_for_room_in_its_hub_and_goes_when_there_is() {
         let pressure = Arc::new(Pressure::new(Duration::from_millis(500)));
