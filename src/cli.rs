@@ -153,8 +153,6 @@ struct ConsoleArgs {
     #[arg(long = "namespace", short = 'n', env = "HOOKRELAY_CONSOLE_NAMESPACE")]
     namespace: Option<String>,
     #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
     logging: Logging,
 }
 
@@ -330,7 +328,6 @@ impl Cli {
                     auth: args.auth,
                     ingest_url: args.ingest_url,
                     namespace: args.namespace,
-                    store: args.store.open().await?,
                 };
                 crate::console::run(settings, shutdown_signal()).await
             }

@@ -156,12 +156,27 @@ pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &str, recei
 /// A Delivery of a test event for `webhook` alone (the console's and the
 /// kubectl plugin's "send a test event"), with a fresh event id.
 pub fn test_delivery(webhook: &Webhook, event: &str, payload: &Value) -> Result<Delivery, String> {
+    let id = format!("test-{}", uuid::Uuid::new_v4().simple());
+    test_delivery_as(webhook, &id, event, payload)
+}
+
+/// A test delivery under the event id `id` (as `test_delivery` made it, so
+/// a client that asks for it by name finds it).
+pub fn test_delivery_as(webhook: &Webhook, id: &str, event: &str, payload: &Value) -> Result<Delivery, String> {
     use crate::resources::delivery::{MAX_PAYLOAD_DEPTH, json_depth};
+    if !is_test_id(id) {
+        return Err(format!("{id:?} is not a test event id (test- and 32 hex digits)"));
+    }
     if json_depth(payload) > MAX_PAYLOAD_DEPTH {
         return Err(format!("the payload nests more than {MAX_PAYLOAD_DEPTH} levels"));
     }
-    let id = format!("test-{}", uuid::Uuid::new_v4().simple());
-    Ok(build(webhook, &id, event, &payload.to_string(), Timestamp::now()))
+    Ok(build(webhook, id, event, &payload.to_string(), Timestamp::now()))
+}
+
+/// Whether `id` is one `test_delivery` makes.
+pub fn is_test_id(id: &str) -> bool {
+    id.strip_prefix("test-")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
 }
 
 /// The event as filters see it.

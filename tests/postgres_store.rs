@@ -465,10 +465,10 @@ struct ConsoleSession {
 }
 
 impl ConsoleSession {
-    async fn start(stack: &Stack, postgres: &Postgres, kubeconfig: &std::path::Path, name: &str) -> ConsoleSession {
-        let store = store_args(postgres);
-        let store: Vec<&str> = store.iter().map(String::as_str).collect();
-        let (process, login) = stack.env.start_console(kubeconfig, name, &store).await;
+    /// The console reads deliveries through the Kubernetes API (the history
+    /// API, registered by the test): it is given no store.
+    async fn start(stack: &Stack, kubeconfig: &std::path::Path, name: &str) -> ConsoleSession {
+        let (process, login) = stack.env.start_console(kubeconfig, name, &[]).await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -530,148 +530,6 @@ impl ConsoleSession {
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_shows_and_redelivers_from_the_store_to_whom_rbac_allows() {
-    let postgres = Postgres::shared();
-    let stack = stack("pg_console", postgres).await;
-    let receiver = Receiver::start().await;
-    stack.webhook("shop", spec(receiver.url("/shop"), &[EVENT])).await;
-    let (status, answer) = post(&stack, "evt-console", json!({ "sku": "A-1" })).await;
-    assert_eq!(status, 202, "{answer}");
-    let name = deliveries_of(&answer).remove(0);
-    receiver.wait_for("/shop", 1, WAIT).await;
-    let ns = stack.env.ns.clone();
-    eventually(WAIT, "the delivery recorded", || async {
-        stored(postgres, &ns)
-            .await
-            .get(&name)
-            .filter(|(p, _)| p == "Succeeded")
-            .map(drop)
-    })
-    .await;
-
-    let admin = ConsoleSession::start(&stack, postgres, &stack.env.cluster.admin_kubeconfig, "admin").await;
-    let (code, list) = admin.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
-    assert_eq!(code, 200, "{list}");
-    assert!(list.contains(&name) && list.contains("Succeeded"), "{list}");
-    // The outcome filter is applied in the store's query.
-    let (_, succeeded) = admin
-        .get(&format!("/ns/{ns}/webhooks/shop/deliveries?outcome=succeeded"))
-        .await;
-    let (_, failed) = admin
-        .get(&format!("/ns/{ns}/webhooks/shop/deliveries?outcome=failed"))
-        .await;
-    assert!(
-        succeeded.contains(&name) && !failed.contains(&name),
-        "{succeeded}\n{failed}"
-    );
-    let (code, page) = admin.get(&format!("/ns/{ns}/deliveries/{name}")).await;
-    assert_eq!(code, 200, "{page}");
-    assert!(page.contains("A-1"), "the body as sent: {page}");
-    // The live list: told of a change when the webhook's deliveries are
-    // recorded (the webhook's summary changes), without polling the store.
-    let live = admin.events(&format!("/ns/{ns}/webhooks/shop/deliveries/live")).await;
-    let changed = || live.lock().unwrap().matches("event: changed").count();
-    eventually(WAIT, "the live view's first event", || async {
-        (changed() >= 1).then_some(())
-    })
-    .await;
-    let before_redelivery = changed();
-    let csrf = page
-        .split(r#"name="csrf" value=""#)
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a CSRF token on the page")
-        .to_string();
-    let (code, answer) = admin
-        .post(
-            &format!("/ns/{ns}/deliveries/{name}/redeliver"),
-            &format!("csrf={csrf}"),
-        )
-        .await;
-    assert_eq!(code, 303, "{answer}");
-    let again = receiver.wait_for("/shop", 2, WAIT).await;
-    assert_eq!(
-        again[1].header("webhook-id"),
-        Some(name.as_str()),
-        "the same delivery id"
-    );
-    eventually(WAIT, "the second round recorded", || async {
-        stored(postgres, &ns)
-            .await
-            .get(&name)
-            .filter(|(p, n)| p == "Succeeded" && *n == 2)
-            .map(drop)
-    })
-    .await;
-    eventually(WAIT, "the live view told of the second round", || async {
-        (changed() > before_redelivery).then_some(())
-    })
-    .await;
-
-    // The kubectl plugin reads the same history from the store.
-    let plugin = |kubeconfig: &std::path::Path, args: &[&str]| {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-plugin-bin");
-        std::fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("kubectl-hookrelay");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hookrelay"), &link).unwrap();
-        std::process::Command::new(link)
-            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns])
-            .args(args)
-            .env("HOOKRELAY_POSTGRES_URL", &postgres.url)
-            .output()
-            .unwrap()
-    };
-    let admin_kubeconfig = stack.env.cluster.admin_kubeconfig.clone();
-    let listed = plugin(&admin_kubeconfig, &["deliveries", "shop", "-o", "json"]);
-    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
-    assert!(listed.contains(&name) && listed.contains("Succeeded"), "{listed}");
-    let shown = plugin(&admin_kubeconfig, &["show", &name]);
-    assert!(String::from_utf8_lossy(&shown.stdout).contains("A-1"), "{shown:?}");
-    let redelivered = plugin(&admin_kubeconfig, &["redeliver", &name, "--yes"]);
-    assert!(redelivered.status.success(), "{redelivered:?}");
-    receiver.wait_for("/shop", 3, WAIT).await;
-
-    // Someone whom RBAC grants Webhooks but not Deliveries here sees nothing
-    // from the store (as with Delivery objects).
-    let webhooks_only: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
-        "metadata": { "name": "webhooks-only" },
-        "rules": [{ "apiGroups": ["hookrelay.dev"], "resources": ["hubs", "webhooks"], "verbs": ["get", "list", "watch"] }],
-    }))
-    .unwrap();
-    stack
-        .env
-        .api()
-        .create(&Default::default(), &webhooks_only)
-        .await
-        .unwrap();
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "webhooks-only" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "webhooks-only" },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": support::RESTRICTED_USER }],
-    }))
-    .unwrap();
-    stack.env.api().create(&Default::default(), &binding).await.unwrap();
-    let as_restricted: Api<Webhook> = Api::namespaced(stack.env.restricted_client().await, &ns);
-    eventually(WAIT, "the restricted user may read the webhook", || async {
-        as_restricted.get("shop").await.ok().map(drop)
-    })
-    .await;
-    let restricted = stack.env.cluster.restricted_kubeconfig();
-    let stranger = ConsoleSession::start(&stack, postgres, &restricted, "stranger").await;
-    let (code, page) = stranger.get(&format!("/ns/{ns}/deliveries/{name}")).await;
-    assert_eq!(code, 404, "{page}");
-    assert!(!page.contains("A-1"));
-    let (_, list) = stranger.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
-    assert!(!list.contains(&name), "{list}");
-    let refused = plugin(&restricted, &["show", &name]);
-    assert!(!refused.status.success());
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(said.contains("no such delivery") && !said.contains("A-1"), "{said}");
-    stack.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -920,7 +778,97 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String
     )
 }
 
-// The only test that registers the history APIService (one per cluster).
+/// A `kubectl` child whose output is gathered as it comes (for `-w`).
+struct Streaming {
+    child: std::process::Child,
+    said: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Streaming {
+    fn start(kubeconfig: &std::path::Path, args: &[&str]) -> Streaming {
+        use std::io::Read;
+        let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("kubectl-cache")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        let mut child = std::process::Command::new(support::tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for mut out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let into = said.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    into.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            });
+        }
+        Streaming { child, said }
+    }
+
+    fn said(&self) -> String {
+        self.said.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kubectl hookrelay` with `kubeconfig` in `ns`: no database URL is given
+/// (none is taken).
+fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> std::process::Output {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-plugin-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("kubectl-hookrelay");
+    if !link.exists() {
+        let _ = std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hookrelay"), &link);
+    }
+    std::process::Command::new(link)
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", ns])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Grants `RESTRICTED_USER` `verbs` on `resources` of `groups` in `ns`
+/// (a Role and RoleBinding called `name`).
+async fn grant(env: &support::TestEnv, ns: &str, name: &str, groups: &[&str], resources: &[&str], verbs: &[&str]) {
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": ns },
+        "rules": [{ "apiGroups": groups, "resources": resources, "verbs": verbs }],
+    }))
+    .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": ns },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": support::RESTRICTED_USER }],
+    }))
+    .unwrap();
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(env.client.clone(), ns);
+    roles.create(&Default::default(), &role).await.unwrap();
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(env.client.clone(), ns);
+    bindings.create(&Default::default(), &binding).await.unwrap();
+}
+
+// The only test that registers the history APIService (one per cluster),
+// so the console and the plugin, which read through it, are checked here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     use hookrelay::api::{GROUP, VERSION};
@@ -932,7 +880,7 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     stack.webhook("shop", spec(receiver.url("/shop"), &[EVENT])).await;
     let mut names = HashSet::new();
     for i in 0..5 {
-        let (status, answer) = post(&stack, &format!("evt-history-{i}"), json!({ "n": i })).await;
+        let (status, answer) = post(&stack, &format!("evt-history-{i}"), json!({ "n": i, "sku": "A-1" })).await;
         assert_eq!(status, 202, "{answer}");
         names.extend(deliveries_of(&answer));
     }
@@ -973,25 +921,48 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
             .then_some(())
     })
     .await;
-
-    // The restricted user may read deliveries in this namespace only.
-    let grant = format!(
-        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{{"name":"history","namespace":"{ns}"}},
-"rules":[{{"apiGroups":["hookrelay.dev","{GROUP}"],"resources":["deliveries"],"verbs":["get","list"]}}]}}"#
-    );
-    let bind = format!(
-        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{{"name":"history","namespace":"{ns}"}},
-"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"history"}},
-"subjects":[{{"kind":"User","name":"{}"}}]}}"#,
-        support::RESTRICTED_USER
-    );
-    for object in [grant, bind] {
-        let file = std::env::temp_dir().join(format!("history-rbac-{ns}.json"));
-        std::fs::write(&file, object).unwrap();
-        let (ok, _, err) = kubectl(admin_kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
-        assert!(ok, "{err}");
-    }
     let restricted = stack.env.cluster.restricted_kubeconfig();
+    let name = names.iter().next().unwrap().clone();
+
+    // Someone whom RBAC grants Webhooks but not Deliveries sees none: not
+    // with kubectl, not with the plugin, not in the console.
+    grant(
+        &stack.env,
+        &ns,
+        "webhooks-only",
+        &["hookrelay.dev"],
+        &["hubs", "webhooks"],
+        &["get", "list", "watch"],
+    )
+    .await;
+    let as_restricted: Api<Webhook> = Api::namespaced(stack.env.restricted_client().await, &ns);
+    eventually(WAIT, "the restricted user may read the webhook", || async {
+        as_restricted.get("shop").await.ok().map(drop)
+    })
+    .await;
+    let (ok, _, err) = kubectl(&restricted, &["get", &format!("deliveries.{GROUP}"), "-n", &ns]);
+    assert!(!ok && err.contains("forbidden"), "{err}");
+    let refused = plugin(&restricted, &ns, &["show", &name]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("forbidden") && !said.contains("A-1"), "{said}");
+    let stranger = ConsoleSession::start(&stack, &restricted, "stranger").await;
+    let (code, page) = stranger.get(&format!("/ns/{ns}/deliveries/{name}")).await;
+    assert!(code == 403 || code == 404, "{code}: {page}");
+    assert!(!page.contains("A-1"), "{page}");
+    let (_, list) = stranger.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
+    assert!(!list.contains(&name), "{list}");
+
+    // Given deliveries to read (not to change) in this namespace only.
+    grant(
+        &stack.env,
+        &ns,
+        "history",
+        &["hookrelay.dev", GROUP],
+        &["deliveries"],
+        &["get", "list", "watch"],
+    )
+    .await;
 
     // `kubectl get deliveries` resolves to this API in the Postgres store
     // (its group ranks above the CRD's) and prints the CRD's columns.
@@ -1019,7 +990,6 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     assert!(listed.lines().skip(1).all(|l| l.contains("Succeeded")), "{listed}");
 
     // One delivery in full, in this API's group.
-    let name = names.iter().next().unwrap().clone();
     let (ok, out, err) = kubectl(&restricted, &["get", "delivery", &name, "-n", &ns, "-o", "json"]);
     assert!(ok, "{err}");
     let one: Value = serde_json::from_str(&out).unwrap();
@@ -1054,6 +1024,106 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     }
     assert_eq!(paged.len(), names.len(), "{paged:?}");
     assert_eq!(paged.into_iter().collect::<HashSet<_>>(), names);
+
+    // `kubectl get deliveries -w` shows a delivery made after it started.
+    let watching = Streaming::start(&restricted, &["get", "deliveries", "-n", &ns, "-w"]);
+    eventually(WAIT, "the watch listing what there is", || async {
+        names.iter().all(|n| watching.said().contains(n.as_str())).then_some(())
+    })
+    .await;
+    let (status, answer) = post(&stack, "evt-history-watched", json!({ "n": 5 })).await;
+    assert_eq!(status, 202, "{answer}");
+    let new = deliveries_of(&answer).remove(0);
+    eventually(WAIT, "the watch showing the new delivery", || async {
+        watching.said().contains(&new).then_some(())
+    })
+    .await;
+    drop(watching);
+    receiver.wait_for("/shop", 6, WAIT).await;
+
+    // The plugin reads the same, as the user, with no database URL.
+    let listed = plugin(&restricted, &ns, &["deliveries", "shop", "-o", "json"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.contains(&name) && listed.contains("Succeeded"), "{listed}");
+    let shown = plugin(&restricted, &ns, &["show", &name]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("A-1"), "{shown:?}");
+    // Reading is not redelivering: that needs patch.
+    let refused = plugin(&restricted, &ns, &["redeliver", &name, "--yes"]);
+    let said = String::from_utf8_lossy(&refused.stdout).to_string() + &String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("may not patch"), "{said}");
+    let redelivered = plugin(admin_kubeconfig, &ns, &["redeliver", &name, "--yes"]);
+    assert!(redelivered.status.success(), "{redelivered:?}");
+    let again = receiver.wait_for("/shop", 7, WAIT).await;
+    assert_eq!(
+        again[6].header("webhook-id"),
+        Some(name.as_str()),
+        "the same delivery id"
+    );
+    eventually(WAIT, "the second round recorded", || async {
+        stored(postgres, &ns)
+            .await
+            .get(&name)
+            .filter(|(p, n)| p == "Succeeded" && *n == 2)
+            .map(drop)
+    })
+    .await;
+    // A test event through the API, answered by the handler.
+    let tested = plugin(admin_kubeconfig, &ns, &["test", "shop"]);
+    assert!(tested.status.success(), "{tested:?}");
+    assert!(String::from_utf8_lossy(&tested.stdout).contains("200"), "{tested:?}");
+
+    // The console, as the admin: the list (the outcome filter applied),
+    // the details, the live list, and redelivery.
+    let admin = ConsoleSession::start(&stack, admin_kubeconfig, "admin").await;
+    let (code, list) = admin.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
+    assert_eq!(code, 200, "{list}");
+    assert!(list.contains(&name) && list.contains("Succeeded"), "{list}");
+    let (_, succeeded) = admin
+        .get(&format!("/ns/{ns}/webhooks/shop/deliveries?outcome=succeeded"))
+        .await;
+    let (_, failed) = admin
+        .get(&format!("/ns/{ns}/webhooks/shop/deliveries?outcome=failed"))
+        .await;
+    assert!(
+        succeeded.contains(&name) && !failed.contains(&name),
+        "{succeeded}\n{failed}"
+    );
+    let (code, page) = admin.get(&format!("/ns/{ns}/deliveries/{name}")).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("A-1"), "the body as sent: {page}");
+    let live = admin.events(&format!("/ns/{ns}/webhooks/shop/deliveries/live")).await;
+    let changed = || live.lock().unwrap().matches("event: changed").count();
+    eventually(WAIT, "the live view's first event", || async {
+        (changed() >= 1).then_some(())
+    })
+    .await;
+    let before_redelivery = changed();
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token on the page")
+        .to_string();
+    let (code, answer) = admin
+        .post(
+            &format!("/ns/{ns}/deliveries/{name}/redeliver"),
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(code, 303, "{answer}");
+    receiver.wait_for("/shop", 9, WAIT).await;
+    eventually(WAIT, "the third round recorded", || async {
+        stored(postgres, &ns)
+            .await
+            .get(&name)
+            .filter(|(p, n)| p == "Succeeded" && *n == 3)
+            .map(drop)
+    })
+    .await;
+    eventually(WAIT, "the live view told of the third round", || async {
+        (changed() > before_redelivery).then_some(())
+    })
+    .await;
 
     // Straight to the server, with forged identity headers and no
     // front-proxy certificate: refused, nothing shown.

@@ -18,6 +18,8 @@
 pub mod front_proxy;
 pub mod register;
 pub mod table;
+mod watch;
+mod write;
 
 use crate::resources::Delivery;
 use crate::store::{Deliveries, Store, StoreError};
@@ -25,7 +27,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch};
 use front_proxy::{FrontProxy, Peer, User};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use serde::Deserialize;
@@ -68,6 +70,8 @@ struct Api {
     front_proxy: Arc<FrontProxy>,
     client: kube::Client,
     reviews: Arc<Mutex<HashMap<Question, (bool, Instant)>>>,
+    /// Watches open at once (each reads the store every second).
+    watches: Arc<tokio::sync::Semaphore>,
 }
 
 /// One access review's question.
@@ -107,6 +111,7 @@ pub async fn run(
         front_proxy: Arc::new(front_proxy),
         client,
         reviews: Arc::default(),
+        watches: Arc::new(tokio::sync::Semaphore::new(watch::MAX_WATCHES)),
     };
     tracing::info!(%address, store = settings.store.name(), "serving {GROUP}/{VERSION}");
     let served = serve_tls(listener, routes(api), tls, shutdown).await;
@@ -125,10 +130,13 @@ fn routes(api: Api) -> Router {
         .route(&format!("/apis/{GROUP}"), get(group))
         .route(&base, get(resources))
         .route(&format!("{base}/deliveries"), get(list_all))
-        .route(&format!("{base}/namespaces/{{namespace}}/deliveries"), get(list))
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/deliveries"),
+            get(list).post(write::create),
+        )
         .route(
             &format!("{base}/namespaces/{{namespace}}/deliveries/{{name}}"),
-            get(get_one),
+            get(get_one).merge(patch(write::redeliver)),
         )
         .fallback(|| async {
             status(
@@ -277,13 +285,14 @@ async fn resources() -> impl IntoResponse {
             "singularName": "delivery",
             "namespaced": true,
             "kind": "Delivery",
-            "verbs": ["get", "list"],
+            "verbs": ["create", "get", "list", "patch", "watch"],
             "categories": ["hookrelay"],
         }],
     }))
 }
 
-/// A list's query: selectors and paging, as the Kubernetes API spells them.
+/// A list's (or watch's) query: selectors, paging and watching, as the
+/// Kubernetes API spells them.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ListQuery {
@@ -292,6 +301,16 @@ struct ListQuery {
     limit: Option<usize>,
     #[serde(rename = "continue")]
     continue_token: Option<String>,
+    watch: Option<String>,
+    resource_version: Option<String>,
+    timeout_seconds: Option<u64>,
+    allow_watch_bookmarks: Option<bool>,
+}
+
+impl ListQuery {
+    fn watches(&self) -> bool {
+        matches!(self.watch.as_deref(), Some("true" | "1"))
+    }
 }
 
 async fn list_all(
@@ -321,25 +340,39 @@ async fn listing(
     query: ListQuery,
 ) -> Result<Response, Failure> {
     let user = api.user(&peer, &headers)?;
-    api.authorize(&user, "list", namespace.as_deref(), None).await?;
+    let verb = if query.watches() { "watch" } else { "list" };
+    api.authorize(&user, verb, namespace.as_deref(), None).await?;
     let selector = Selector::parse(query.label_selector.as_deref(), query.field_selector.as_deref())
         .map_err(|message| status(StatusCode::BAD_REQUEST, "BadRequest", message))?;
-    let found = api
-        .deliveries
-        .list(namespace.as_deref(), selector.webhook(), &[], LIST_MOST)
-        .await
-        .map_err(store_error)?;
-    let mut items: Vec<Value> = found.iter().map(object).filter(|o| selector.matches(o)).collect();
-    // Newest first, then by namespace and name: the order paging follows.
-    items.sort_by_key(|item| std::cmp::Reverse(page_key(item)));
-    let page = paginate(items, query.limit, query.continue_token.as_deref())
-        .map_err(|message| status(StatusCode::GONE, "Expired", message))?;
-    if table::wants_table(accept(&headers)) {
-        let table = table::table(&page.items, "0", page.next.as_deref(), jiff::Timestamp::now());
+    let table = table::wants_table(accept(&headers));
+    if query.watches() {
+        return watch::serve(api, namespace, selector, query, table).await;
+    }
+    let after = match query.continue_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => Some(Continue::decode(token).map_err(|message| status(StatusCode::GONE, "Expired", message))?),
+        None => None,
+    };
+    // Where changes stood before the first page was read: a watch from
+    // there misses nothing the list did not show.
+    let position = match &after {
+        Some(after) => after.position.clone(),
+        None => api.position().await?,
+    };
+    let items = api.matching(namespace.as_deref(), &selector).await?;
+    let page = paginate(items, query.limit, after.as_ref().map(|a| &a.after));
+    let next = page.next.map(|after| {
+        Continue {
+            after,
+            position: position.clone(),
+        }
+        .encode()
+    });
+    if table {
+        let table = table::table(&page.items, &position, next.as_deref(), jiff::Timestamp::now());
         return Ok(axum::Json(table).into_response());
     }
-    let mut metadata = json!({ "resourceVersion": "0" });
-    if let Some(next) = page.next {
+    let mut metadata = json!({ "resourceVersion": position });
+    if let Some(next) = next {
         metadata["continue"] = json!(next);
     }
     let list = json!({
@@ -377,13 +410,53 @@ async fn get_one(
     Ok(axum::Json(object).into_response())
 }
 
+impl Api {
+    /// Where the store's changes stand (`"0"` where it has no positions).
+    async fn position(&self) -> Result<String, Failure> {
+        Ok(self
+            .deliveries
+            .position()
+            .await
+            .map_err(store_error)?
+            .unwrap_or_else(|| "0".into()))
+    }
+
+    /// The deliveries a list shows, as objects of this API, newest first
+    /// (then by namespace and name: the order paging follows).
+    async fn matching(&self, namespace: Option<&str>, selector: &Selector) -> Result<Vec<Value>, Failure> {
+        let found = self
+            .deliveries
+            .list(namespace, selector.webhook(), &[], LIST_MOST)
+            .await
+            .map_err(store_error)?;
+        let mut items: Vec<Value> = found.iter().map(object).filter(|o| selector.matches(o)).collect();
+        items.sort_by_key(|item| std::cmp::Reverse(page_key(item)));
+        Ok(items)
+    }
+}
+
+/// A store failure as the API answers it; what went wrong inside is logged,
+/// not shown.
 fn store_error(e: StoreError) -> Failure {
-    tracing::warn!(error = %e, "reading the store failed");
-    status(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ServiceUnavailable",
-        "the delivery store could not be read; try again".into(),
-    )
+    match e {
+        StoreError::NotFound(message) => status(StatusCode::NOT_FOUND, "NotFound", message),
+        StoreError::Busy => status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "an attempt of this delivery is under way; ask again when it is recorded".into(),
+        ),
+        StoreError::Expired(message) => status(StatusCode::GONE, "Expired", message),
+        StoreError::Invalid(message) => status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message),
+        StoreError::Forbidden(message) => status(StatusCode::FORBIDDEN, "Forbidden", message),
+        e => {
+            tracing::warn!(error = %e, "the delivery store failed");
+            status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the delivery store could not be read; try again".into(),
+            )
+        }
+    }
 }
 
 /// A delivery as this API shows it: the stored object, in this group.
@@ -412,42 +485,52 @@ fn page_key(object: &Value) -> (String, String, String) {
 
 struct Page {
     items: Vec<Value>,
-    next: Option<String>,
+    /// What the next page continues from, if there is one.
+    next: Option<(String, String, String)>,
 }
 
-/// The page after `token` (the last key of the page before), at most
-/// `limit` long. Items are in descending `page_key` order; a token names a
-/// place, not an item, so rows made or removed between pages never make
-/// another row appear twice.
-fn paginate(items: Vec<Value>, limit: Option<usize>, token: Option<&str>) -> Result<Page, String> {
-    use base64::Engine;
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let after: Option<(String, String, String)> = match token.filter(|t| !t.is_empty()) {
-        None => None,
-        Some(token) => Some(
-            engine
-                .decode(token)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-                .ok_or_else(|| {
-                    "the continue token is not one this server gave; list again from the start".to_string()
-                })?,
-        ),
-    };
+/// A continue token: the last key of the page before, and the position
+/// the first page was read at (every page reports it, so a watch after
+/// the last page misses nothing changed since the first).
+#[derive(serde::Serialize, Deserialize)]
+struct Continue {
+    after: (String, String, String),
+    position: String,
+}
+
+impl Continue {
+    fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("strings"))
+    }
+
+    fn decode(token: &str) -> Result<Self, String> {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| "the continue token is not one this server gave; list again from the start".to_string())
+    }
+}
+
+/// The page after `after` (the last key of the page before), at most
+/// `limit` long, and its last key when more follow. Items are in
+/// descending `page_key` order; a token names a place, not an item, so rows
+/// made or removed between pages never make another row appear twice.
+fn paginate(items: Vec<Value>, limit: Option<usize>, after: Option<&(String, String, String)>) -> Page {
     let mut rest: Vec<Value> = items
         .into_iter()
-        .filter(|item| after.as_ref().is_none_or(|after| page_key(item) < *after))
+        .filter(|item| after.is_none_or(|after| page_key(item) < *after))
         .collect();
-    let limit = limit.filter(|l| *l > 0);
-    let next = match limit {
+    let next = match limit.filter(|l| *l > 0) {
         Some(limit) if rest.len() > limit => {
             rest.truncate(limit);
-            let last = page_key(rest.last().expect("limit > 0"));
-            Some(engine.encode(serde_json::to_vec(&last).expect("strings")))
+            Some(page_key(rest.last().expect("limit > 0")))
         }
         _ => None,
     };
-    Ok(Page { items: rest, next })
+    Page { items: rest, next }
 }
 
 /// Label and field selectors over the objects a list returns: `k=v`,
@@ -663,20 +746,32 @@ mod tests {
             let mut now = items.clone();
             // A newer row made while paging belongs to a later list, not this one.
             now.insert(0, item("late", "2026-12-04T11:00:00Z", "shop", None));
-            let page = paginate(now, Some(3), token.as_deref()).unwrap();
+            let after = token.as_deref().map(|t| Continue::decode(t).unwrap());
+            if let Some(after) = &after {
+                assert_eq!(after.position, "7:7:", "every page keeps the first page's position");
+            }
+            let page = paginate(now, Some(3), after.as_ref().map(|a| &a.after));
             seen.extend(
                 page.items
                     .iter()
                     .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
             );
             match page.next {
-                Some(next) => token = Some(next),
+                Some(after) => {
+                    token = Some(
+                        Continue {
+                            after,
+                            position: "7:7:".into(),
+                        }
+                        .encode(),
+                    )
+                }
                 None => break,
             }
         }
         assert_eq!(seen.first().map(String::as_str), Some("late"));
         assert_eq!(&seen[1..], ["d6", "d5", "d4", "d3", "d2", "d1", "d0"]);
-        assert!(paginate(items, Some(3), Some("not-a-token")).is_err());
+        assert!(Continue::decode("not-a-token").is_err());
     }
 
     #[test]

@@ -55,8 +55,6 @@ pub struct Settings {
     pub ingest_url: String,
     /// The namespace shown first.
     pub namespace: Option<String>,
-    /// Where deliveries live; each user reads them with their own identity.
-    pub store: crate::store::Store,
 }
 
 /// One signed-in user: their client (their identity) and CSRF token.
@@ -108,7 +106,6 @@ pub(crate) struct Console {
     login_token: Mutex<Option<String>>,
     /// Locally: the caller's client, handed to the session the token opens.
     local_client: Option<Client>,
-    store: crate::store::Store,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Sign-ins with a token, limited: each costs the API server a review.
     logins: Mutex<Bucket>,
@@ -133,10 +130,13 @@ impl Console {
         Some(session)
     }
 
-    fn open_session(&self, client: Client, user: String) -> String {
+    /// A session for `client`'s user, who reads deliveries through the
+    /// Kubernetes API (the history API where it is served) with their own
+    /// identity: the console holds no store credentials.
+    async fn open_session(&self, client: Client, user: String) -> String {
         let id = random_token(48);
         let session = Arc::new(Session {
-            deliveries: self.store.for_user(&client),
+            deliveries: crate::store::history::for_user(&client).await,
             client,
             csrf: random_token(32),
             user,
@@ -272,7 +272,6 @@ pub async fn run(
         auth: settings.auth,
         login_token: Mutex::new(login_token.clone()),
         local_client,
-        store: settings.store.clone(),
         sessions: Mutex::default(),
         logins: Mutex::new(Bucket::full()),
         ingest_url: settings.ingest_url.trim_end_matches('/').to_string(),
@@ -345,15 +344,21 @@ async fn home(
     request: Request,
 ) -> Response {
     if let Some(presented) = query.token {
-        let mut expected = console.login_token.lock().unwrap_or_else(|e| e.into_inner());
-        let valid = expected
-            .as_deref()
-            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())));
+        // Used once: taken before the session is opened.
+        let valid = {
+            let mut expected = console.login_token.lock().unwrap_or_else(|e| e.into_inner());
+            let valid = expected
+                .as_deref()
+                .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())));
+            if valid {
+                *expected = None;
+            }
+            valid
+        };
         let client = console.local_client.clone();
         return match (valid, client) {
             (true, Some(client)) => {
-                *expected = None;
-                let id = console.open_session(client, "kubeconfig user".into());
+                let id = console.open_session(client, "kubeconfig user".into()).await;
                 let mut response = Redirect::to("/").into_response();
                 response.headers_mut().insert(
                     header::SET_COOKIE,
@@ -428,7 +433,7 @@ async fn login(
         Ok((client, user)) => (client, user),
         Err(e) => return pages::login_page(true, Some(e)),
     };
-    let id = console.open_session(user.0, user.1);
+    let id = console.open_session(user.0, user.1).await;
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,

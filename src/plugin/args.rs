@@ -25,15 +25,6 @@ pub struct Plugin {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub(super) output: Output,
-    /// Read and redeliver deliveries in the Postgres store (when hookrelay
-    /// runs with --store postgres), as a URL: postgres://user:password@host/db.
-    /// Shown only for webhooks your Kubernetes identity may read.
-    #[arg(long, global = true, env = "HOOKRELAY_POSTGRES_URL", hide_env_values = true)]
-    pub(super) postgres_url: Option<String>,
-    /// PEM bundle of the CA that signs the database's certificate
-    /// (sslmode=require in --postgres-url).
-    #[arg(long, global = true, env = "HOOKRELAY_POSTGRES_CA_FILE")]
-    pub(super) postgres_ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(super) command: Command,
 }

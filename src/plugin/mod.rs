@@ -2,7 +2,9 @@
 //! secrets, tail and send from the terminal. The same binary acts as the
 //! plugin when it is invoked as `kubectl-hookrelay` (a symlink or copy on
 //! PATH). It honours kubectl's usual flags and uses the user's kubeconfig:
-//! RBAC decides what it may read and change.
+//! RBAC decides what it may read and change. Deliveries are read through
+//! the Kubernetes API in either store (`store::history`): the history API
+//! where the cluster serves it, else the Delivery objects.
 
 mod args;
 mod deliveries;
@@ -38,9 +40,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -65,6 +67,8 @@ struct Ctx {
     color: bool,
     /// The deliveries as this user may see them.
     deliveries: std::sync::Arc<dyn crate::store::Deliveries>,
+    /// Whether they are read through the history API (else as Delivery objects).
+    history: bool,
 }
 
 impl Ctx {
@@ -164,25 +168,16 @@ impl Plugin {
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let client = Client::try_from(config)?;
-        let store = match &self.postgres_url {
-            Some(url) => crate::store::Store::reader(url, self.postgres_ca_file.as_deref())?,
-            None => crate::store::Store::Kubernetes,
-        };
+        let history = crate::store::history::served(&client).await;
         let ctx = Ctx {
-            deliveries: store.for_user(&client),
+            deliveries: crate::store::history::reader(&client, history),
+            history,
             client,
             namespace,
             all: self.all_namespaces,
             output: self.output,
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         };
-        if self.postgres_url.is_some()
-            && (self.all_namespaces || matches!(self.command, Command::Tail { .. } | Command::Test { .. }))
-        {
-            bail!(
-                "with --postgres-url: deliveries, show and redeliver work in one namespace; tail, test and --all-namespaces read Delivery objects (use the console's Send test)"
-            );
-        }
         match self.command {
             Command::Status { hub } => status(&ctx, hub).await,
             Command::Deliveries { webhook, filter } => deliveries(&ctx, webhook, &filter).await,

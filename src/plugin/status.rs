@@ -10,7 +10,8 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
         bail!("no such hub {name:?} in namespace {}", ctx.namespace);
     }
     let webhooks = ctx.api::<Webhook>().list(&ListParams::default()).await?.items;
-    let deliveries = ctx.api::<Delivery>().list(&ListParams::default()).await?.items;
+    let namespace = (!ctx.all).then_some(ctx.namespace.as_str());
+    let deliveries = ctx.deliveries.list(namespace, None, &[], LISTED).await?;
     let now = Timestamp::now();
     let hour_ago = now - jiff::SignedDuration::from_hours(1);
     let mut report = vec![];

@@ -11,7 +11,8 @@ pub(super) async fn tail(ctx: &Ctx, webhook: Option<String>) -> anyhow::Result<(
         None => watcher::Config::default(),
     };
     let mut seen: HashMap<(String, String), u32> = HashMap::new();
-    let mut events = watcher(ctx.api::<Delivery>(), config).default_backoff().boxed();
+    let namespace = (!ctx.all).then_some(ctx.namespace.as_str());
+    let mut events = crate::store::history::watch(&ctx.client, ctx.history, namespace, config);
     let mut following = false;
     while let Some(event) = events.next().await {
         let (d, initial) = match event? {

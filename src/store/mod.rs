@@ -8,6 +8,7 @@
 //! built for an identity: the process's own, or a user's, whose RBAC then
 //! decides what they see whatever the store.
 
+pub mod history;
 pub mod kubernetes;
 pub mod memory;
 pub mod postgres;
@@ -55,6 +56,9 @@ pub enum StoreError {
     /// The database did not answer or failed.
     #[error("{0}")]
     Database(String),
+    /// A watch's position is too old to go on from: list again.
+    #[error("{0}")]
+    Expired(String),
 }
 
 impl From<kube::Error> for StoreError {
@@ -127,6 +131,24 @@ pub trait Deliveries: Send + Sync {
     /// A stream that yields (a name) each time a delivery of `webhook` may
     /// have changed, for live pages.
     async fn changes(&self, namespace: &str, webhook: &str) -> Result<BoxStream<'static, String>, StoreError>;
+
+    /// Where the store's changes stand now: a position `changed_since` takes.
+    /// `None`: this store is not watched this way.
+    async fn position(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// The deliveries (of `namespace`, or of all) written after `position`
+    /// ((namespace, name), oldest write first), and the position after
+    /// them. `Expired` when more changed than one answer holds, or the
+    /// position is not one this store gave.
+    async fn changed_since(
+        &self,
+        _namespace: Option<&str>,
+        _position: &str,
+    ) -> Result<(Vec<(String, String)>, String), StoreError> {
+        Err(StoreError::Invalid("this store has no change positions".into()))
+    }
 }
 
 /// What became of an attempt's record.
@@ -296,13 +318,6 @@ impl Store {
         }
     }
 
-    /// The Postgres store at `url` for reading only: connected on first
-    /// use, never migrated (the plugin).
-    pub fn reader(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Store> {
-        let ca = read_ca(ca_file)?;
-        Ok(Store::Postgres(postgres::Postgres::open(url, ca.as_deref())?))
-    }
-
     /// The deliveries as this process may use them (ingest, notifications):
     /// with `client`'s identity for Kubernetes, all of them in Postgres.
     pub fn deliveries(&self, client: &kube::Client) -> Arc<dyn Deliveries> {
@@ -328,16 +343,6 @@ impl Store {
         match self {
             Store::Kubernetes => kubernetes::schedule::Schedule::start(scope),
             Store::Postgres(db) => Arc::new(postgres::claims::Claims::new(db.clone(), scope)),
-            Store::Memory(memory) => memory.clone(),
-        }
-    }
-
-    /// The deliveries as a user may see them: what their identity
-    /// (`client`) may read in RBAC, whatever the store.
-    pub fn for_user(&self, client: &kube::Client) -> Arc<dyn Deliveries> {
-        match self {
-            Store::Kubernetes => Arc::new(kubernetes::Objects::new(client.clone())),
-            Store::Postgres(db) => Arc::new(postgres::access::Reviewed::new(db.clone(), client.clone())),
             Store::Memory(memory) => memory.clone(),
         }
     }

@@ -1,6 +1,6 @@
-//! The Postgres store behind the seam: as ingest, notifications and the
-//! delivery engine use it, with the operator's own rights (users get
-//! `access::Reviewed`).
+//! The Postgres store behind the seam: as ingest, notifications, the
+//! delivery engine and `hookrelay api` use it, with the operator's own
+//! rights (users reach it only through `hookrelay api`, which asks RBAC).
 
 use super::{Postgres, version_of};
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
@@ -54,6 +54,46 @@ impl Deliveries for Postgres {
             "the Postgres store has no change stream of its own; read it as a user (their Webhook is watched)".into(),
         ))
     }
+
+    async fn position(&self) -> Result<Option<String>, StoreError> {
+        Postgres::position(self).await.map(Some).map_err(StoreError::Database)
+    }
+
+    async fn changed_since(
+        &self,
+        namespace: Option<&str>,
+        position: &str,
+    ) -> Result<(Vec<(String, String)>, String), StoreError> {
+        if !is_snapshot(position) {
+            return Err(StoreError::Expired(format!(
+                "resourceVersion {position:?} is not one this server gave; list again"
+            )));
+        }
+        let (changed, now) = Postgres::changed_since(self, namespace, position, CHANGED_MOST + 1)
+            .await
+            .map_err(StoreError::Database)?;
+        if changed.len() as i64 > CHANGED_MOST {
+            return Err(StoreError::Expired(format!(
+                "more than {CHANGED_MOST} deliveries changed since resourceVersion {position:?}; list again"
+            )));
+        }
+        Ok((changed, now))
+    }
+}
+
+/// The most changed deliveries one `changed_since` answers with: a watch
+/// that falls further behind lists again.
+const CHANGED_MOST: i64 = 5_000;
+
+/// Whether `text` reads as a `pg_snapshot` (`xmin:xmax:xip,…`), so nothing
+/// else reaches the database's parser.
+fn is_snapshot(text: &str) -> bool {
+    let mut parts = text.split(':');
+    let number = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+    let (Some(xmin), Some(xmax), Some(xip), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    number(xmin) && number(xmax) && (xip.is_empty() || xip.split(',').all(number))
 }
 
 #[async_trait::async_trait]
@@ -82,6 +122,18 @@ impl Records for Postgres {
                 Err(e) => Err(StoreError::Database(format!("after a conflict: {e}"))),
             },
             Err(e) => Err(StoreError::Database(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_snapshot_text_is_taken_as_a_position() {
+        assert!(super::is_snapshot("748:752:748,750"));
+        assert!(super::is_snapshot("752:752:"));
+        for bad in ["", "0", "1:2", "1:2:3:4", "a:2:", "1:2:3,,4", "1:2:3;DROP"] {
+            assert!(!super::is_snapshot(bad), "{bad}");
         }
     }
 }

@@ -27,7 +27,6 @@
 //!   finishes is never left waiting; a check every minute would queue it
 //!   if it ever were.
 
-pub mod access;
 pub mod claims;
 mod deliveries;
 
@@ -111,6 +110,19 @@ ALTER TABLE hookrelay_deliveries ADD COLUMN waiting boolean NOT NULL DEFAULT fal
 DROP INDEX hookrelay_deliveries_queue;
 CREATE INDEX hookrelay_deliveries_queue ON hookrelay_deliveries (namespace, webhook, due_at, seq)
     WHERE due_at IS NOT NULL AND NOT waiting;
+"#,
+    ),
+    (
+        5,
+        r#"
+-- The transaction that last wrote each row's document, for watches: a watch
+-- from a snapshot reads the rows written by transactions it did not see
+-- (commit order, which a sequence would not give). Rows written before
+-- this version have none and are never reported as changed. (The default
+-- is set apart from the column so existing rows are not rewritten.)
+ALTER TABLE hookrelay_deliveries ADD COLUMN changed xid8;
+ALTER TABLE hookrelay_deliveries ALTER COLUMN changed SET DEFAULT pg_current_xact_id();
+CREATE INDEX hookrelay_deliveries_changed ON hookrelay_deliveries (changed);
 "#,
     ),
 ];
@@ -550,7 +562,7 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
     pub async fn record(&self, delivery: &Delivery, seen: i64, claimant: &str) -> Result<Option<Delivery>, String> {
         const RECORD: &str = "UPDATE hookrelay_deliveries
             SET doc = $3, version = version + 1, phase = $4, due_at = $5, completed_at = $6,
-                claimed_by = NULL, claim_until = NULL
+                claimed_by = NULL, claim_until = NULL, changed = pg_current_xact_id()
             WHERE namespace = $1 AND name = $2 AND version = $7 AND claimed_by = $8
             RETURNING version, ordering_key";
         // The next of its ordering key, if it waits, is queued now.
@@ -705,6 +717,48 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
         rows.iter().map(|row| decode(row.get(0), row.get(1))).collect()
     }
 
+    /// Where changes stand now: the database's current snapshot (as
+    /// `pg_snapshot` text).
+    pub async fn position(&self) -> Result<String, String> {
+        let client = self.client().await?;
+        let row = timed(client.query_one("SELECT pg_current_snapshot()::text", &[])).await?;
+        Ok(row.get(0))
+    }
+
+    /// The rows (of `namespace`, or of all) written by transactions the
+    /// snapshot `since` did not see, oldest write first, at most `most`;
+    /// and the snapshot they were read in. One repeatable-read transaction,
+    /// so nothing committed in between is missed or reported twice.
+    pub async fn changed_since(
+        &self,
+        namespace: Option<&str>,
+        since: &str,
+        most: i64,
+    ) -> Result<(Vec<(String, String)>, String), String> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(describe)?;
+        let now: String = timed(tx.query_one("SELECT pg_current_snapshot()::text", &[]))
+            .await?
+            .get(0);
+        let rows = timed(tx.query(
+            "SELECT namespace, name FROM hookrelay_deliveries
+             WHERE changed >= pg_snapshot_xmin($1::text::pg_snapshot)
+               AND NOT pg_visible_in_snapshot(changed, $1::text::pg_snapshot)
+               AND ($2::text IS NULL OR namespace = $2)
+             ORDER BY changed LIMIT $3",
+            &[&since, &namespace, &most],
+        ))
+        .await?;
+        tx.commit().await.map_err(describe)?;
+        Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), now))
+    }
+
     /// Asks for a new round of attempts (the `hookrelay.dev/redeliver`
     /// annotation, as on a Delivery object) and makes it due now. Refused
     /// (`Ok(false)`) while an attempt is under way: its record must not be
@@ -715,7 +769,7 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
             "UPDATE hookrelay_deliveries
              SET doc = jsonb_set(doc::jsonb, '{metadata,annotations}',
                      coalesce(doc::jsonb #> '{metadata,annotations}', '{}'::jsonb) || jsonb_build_object($3::text, $4::text))::text,
-                 version = version + 1, due_at = now(), completed_at = NULL
+                 version = version + 1, due_at = now(), completed_at = NULL, changed = pg_current_xact_id()
              WHERE namespace = $1 AND name = $2 AND (claim_until IS NULL OR claim_until <= now())",
             &[&namespace, &name, &crate::resources::delivery::REDELIVER_ANNOTATION, &request],
         ))
