@@ -997,6 +997,19 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     assert_eq!(one["spec"]["webhook"], "shop");
     assert_eq!(one["status"]["phase"], "Succeeded");
 
+    // `kubectl explain` reads the schema this API publishes (aggregated
+    // OpenAPI v3): the Delivery's own fields.
+    let explained = eventually(WAIT, "kubectl explain of the history API's deliveries", || async {
+        let version = format!("--api-version={GROUP}/{VERSION}");
+        let (ok, out, _) = kubectl(&restricted, &["explain", "deliveries.spec", &version]);
+        (ok && out.contains("webhook")).then_some(out)
+    })
+    .await;
+    assert!(
+        explained.contains(GROUP) && explained.contains("payload"),
+        "{explained}"
+    );
+
     // Another namespace: forbidden, by the API server and by this server alike.
     let (ok, _, err) = kubectl(&restricted, &["get", "deliveries", "-n", &elsewhere.ns]);
     assert!(!ok && err.contains("forbidden"), "{err}");

@@ -16,6 +16,7 @@
 //! Delivery objects.
 
 pub mod front_proxy;
+mod openapi;
 pub mod register;
 pub mod table;
 mod watch;
@@ -128,6 +129,8 @@ fn routes(api: Api) -> Router {
         .route("/readyz", get(|| async { "ok" }))
         .route("/apis", get(group_list))
         .route(&format!("/apis/{GROUP}"), get(group))
+        .route("/openapi/v3", get(openapi::index))
+        .route(&format!("/openapi/v3/apis/{GROUP}/{VERSION}"), get(openapi::document))
         .route(&base, get(resources))
         .route(&format!("{base}/deliveries"), get(list_all))
         .route(
