@@ -144,6 +144,29 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
         postgres.contains("kind: APIService") && postgres.contains("- api\n"),
         "{postgres}"
     );
+    // Its serving certificate from cert-manager, when asked: a Certificate
+    // (from a self-signed Issuer unless one is named) whose CA the injector
+    // puts in the APIService, and no certificate of the chart's own.
+    let cert_manager = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart,
+            "--set=store.type=postgres",
+            "--set=store.postgres.urlSecretRef.name=relay-db",
+            "--set=historyApi.certManager.enabled=true",
+        ],
+        None,
+    );
+    assert!(
+        cert_manager.contains("kind: Certificate")
+            && cert_manager.contains("selfSigned: {}")
+            && cert_manager.contains("cert-manager.io/inject-ca-from: default/rel-hookrelay-api")
+            && !cert_manager.contains("caBundle:")
+            && !cert_manager.contains("type: kubernetes.io/tls"),
+        "{cert_manager}"
+    );
     // The console holds no store credentials: users read history through
     // the Kubernetes API (the history API, served beside ingest).
     let console_postgres = run(
