@@ -778,24 +778,32 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String
     )
 }
 
-/// A `kubectl` child whose output is gathered as it comes (for `-w`).
+/// A child whose output is gathered as it comes (`kubectl get -w`,
+/// `kubectl hookrelay tail`).
 struct Streaming {
     child: std::process::Child,
     said: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Streaming {
-    fn start(kubeconfig: &std::path::Path, args: &[&str]) -> Streaming {
-        use std::io::Read;
+    /// `kubectl` with `kubeconfig`, discovering afresh.
+    fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Streaming {
         let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("kubectl-cache")
             .join(uuid::Uuid::new_v4().simple().to_string());
-        let mut child = std::process::Command::new(support::tool("kubectl"))
+        let mut command = std::process::Command::new(support::tool("kubectl"));
+        command
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .arg("--cache-dir")
             .arg(&cache)
-            .args(args)
+            .args(args);
+        Streaming::start(command)
+    }
+
+    fn start(mut command: std::process::Command) -> Streaming {
+        use std::io::Read;
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -834,17 +842,21 @@ impl Drop for Streaming {
 /// `kubectl hookrelay` with `kubeconfig` in `ns`: no database URL is given
 /// (none is taken).
 fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> std::process::Output {
+    plugin_command(kubeconfig, ns, args).output().unwrap()
+}
+
+fn plugin_command(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> std::process::Command {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-plugin-bin");
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join("kubectl-hookrelay");
     if !link.exists() {
         let _ = std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hookrelay"), &link);
     }
-    std::process::Command::new(link)
+    let mut command = std::process::Command::new(link);
+    command
         .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", ns])
-        .args(args)
-        .output()
-        .unwrap()
+        .args(args);
+    command
 }
 
 /// Grants `RESTRICTED_USER` `verbs` on `resources` of `groups` in `ns`
@@ -1039,7 +1051,13 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     assert_eq!(paged.into_iter().collect::<HashSet<_>>(), names);
 
     // `kubectl get deliveries -w` shows a delivery made after it started.
-    let watching = Streaming::start(&restricted, &["get", "deliveries", "-n", &ns, "-w"]);
+    let watching = Streaming::kubectl(&restricted, &["get", "deliveries", "-n", &ns, "-w"]);
+    // And the plugin's tail prints its attempt.
+    let tail = Streaming::start(plugin_command(&restricted, &ns, &["tail", "shop"]));
+    eventually(WAIT, "the tail following", || async {
+        tail.said().contains("following attempts").then_some(())
+    })
+    .await;
     eventually(WAIT, "the watch listing what there is", || async {
         names.iter().all(|n| watching.said().contains(n.as_str())).then_some(())
     })
@@ -1052,6 +1070,18 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     })
     .await;
     drop(watching);
+    let printed = eventually(WAIT, "the tail printing the new delivery's attempt", || async {
+        let said = tail.said();
+        said.lines()
+            .any(|l| l.contains(&new) && l.contains("#1") && l.contains("200"))
+            .then_some(said)
+    })
+    .await;
+    assert!(
+        !names.iter().any(|n| printed.contains(n.as_str())),
+        "only attempts made while following: {printed}"
+    );
+    drop(tail);
     receiver.wait_for("/shop", 6, WAIT).await;
 
     // The plugin reads the same, as the user, with no database URL.
