@@ -5,14 +5,14 @@
 //! `deliveries` decides what they see and nobody but hookrelay's own
 //! processes holds the database's credentials.
 
-use super::kubernetes::{Objects, named_changes};
+use super::kubernetes::{Objects, named_changes, redelivery_patch};
 use super::{Deliveries, Fanout, StoreError, in_phases};
 use crate::api::{GROUP, VERSION};
 use crate::resources::WEBHOOK_LABEL;
-use crate::resources::delivery::{Delivery, Phase, REDELIVER_ANNOTATION};
+use crate::resources::delivery::{Delivery, Phase};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use std::sync::Arc;
@@ -151,10 +151,9 @@ impl Deliveries for History {
     }
 
     async fn redeliver(&self, namespace: &str, name: &str, request: &str) -> Result<(), StoreError> {
-        let patch = serde_json::json!({ "metadata": { "annotations": { REDELIVER_ANNOTATION: request } } });
         match self
             .api(Some(namespace))
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(name, &PatchParams::default(), &redelivery_patch(request))
             .await
         {
             Ok(_) => Ok(()),

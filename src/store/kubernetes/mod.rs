@@ -101,9 +101,8 @@ impl Deliveries for Objects {
     }
 
     async fn redeliver(&self, namespace: &str, name: &str, request: &str) -> Result<(), StoreError> {
-        let patch = serde_json::json!({ "metadata": { "annotations": { REDELIVER_ANNOTATION: request } } });
         self.api(Some(namespace))
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(name, &PatchParams::default(), &redelivery_patch(request))
             .await?;
         Ok(())
     }
@@ -112,6 +111,12 @@ impl Deliveries for Objects {
         let config = watcher::Config::default().labels(&format!("{WEBHOOK_LABEL}={webhook}"));
         Ok(named_changes(self.api(Some(namespace)), config))
     }
+}
+
+/// The merge patch that asks for a new round of attempts (stamped
+/// `request`), on a Delivery object or through the history API.
+pub fn redelivery_patch(request: &str) -> Patch<serde_json::Value> {
+    Patch::Merge(serde_json::json!({ "metadata": { "annotations": { REDELIVER_ANNOTATION: request } } }))
 }
 
 /// The name of every object `config`'s watch of `api` sees applied.
