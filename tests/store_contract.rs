@@ -16,6 +16,7 @@ use hookrelay::store::{
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -253,6 +254,38 @@ async fn a_list_has_the_newest_of_a_webhook_in_the_phases_asked_for(s: Subject) 
     assert_eq!(pending.len(), 3);
 }
 
+async fn a_list_comes_a_page_at_a_time_newest_first_each_once(s: Subject) {
+    for n in 1..=5 {
+        s.insert(vec![s.delivery(&format!("p-{n}"), "p")]).await.unwrap();
+    }
+    s.insert(vec![s.delivery("q-1", "q")]).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s
+            .deliveries
+            .page(Some(&s.namespace), Some("p"), after.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(page.deliveries.len() <= 2, "{page:?}");
+        seen.extend(page.deliveries.iter().map(|d| d.name_any()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["p-5", "p-4", "p-3", "p-2", "p-1"],
+        "newest first, each once, only webhook p's"
+    );
+    let bad = s
+        .deliveries
+        .page(Some(&s.namespace), None, Some("not-a-token"), 2)
+        .await;
+    assert!(matches!(bad, Err(StoreError::Expired(_))), "{bad:?}");
+}
+
 async fn a_record_stands_only_on_the_state_it_was_made_from(s: Subject) {
     s.insert(vec![s.delivery("r-1", "r")]).await.unwrap();
     let read = s.due("r-1").await;
@@ -384,9 +417,34 @@ macro_rules! every_store {
 every_store!(
     an_insert_is_idempotent_and_what_is_stored_can_be_read,
     a_list_has_the_newest_of_a_webhook_in_the_phases_asked_for,
+    a_list_comes_a_page_at_a_time_newest_first_each_once,
     a_record_stands_only_on_the_state_it_was_made_from,
     a_redelivery_is_stamped_and_a_missing_delivery_is_not_found,
     a_due_delivery_is_handed_out_and_a_deferred_one_again,
     hastening_a_webhook_brings_its_retries_forward,
     a_delivery_waits_while_an_earlier_one_of_its_key_is_unfinished,
 );
+
+/// Watches of the history API follow a Postgres store from a position: each
+/// write after it is reported once, whatever order transactions commit in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reports_each_write_after_a_position_once() {
+    let s = Subject::postgres("changes").await;
+    let start = s.deliveries.position().await.unwrap().expect("Postgres has positions");
+    s.insert(vec![s.delivery("w-1", "w"), s.delivery("w-2", "w")])
+        .await
+        .unwrap();
+    let (changed, next) = s.deliveries.changed_since(Some(&s.namespace), &start).await.unwrap();
+    let names: HashSet<String> = changed.into_iter().map(|(_, name)| name).collect();
+    assert_eq!(names, HashSet::from(["w-1".to_string(), "w-2".to_string()]));
+    let (none, same) = s.deliveries.changed_since(Some(&s.namespace), &next).await.unwrap();
+    assert!(none.is_empty(), "nothing written since: {none:?}");
+    s.deliveries.redeliver(&s.namespace, "w-1", "now").await.unwrap();
+    let (changed, _) = s.deliveries.changed_since(Some(&s.namespace), &same).await.unwrap();
+    assert_eq!(changed, vec![(s.namespace.clone(), "w-1".to_string())]);
+    // Another namespace's watch is told nothing of these.
+    let (elsewhere, _) = s.deliveries.changed_since(Some("elsewhere"), &start).await.unwrap();
+    assert!(elsewhere.is_empty(), "{elsewhere:?}");
+    let bad = s.deliveries.changed_since(Some(&s.namespace), "1:2:x").await;
+    assert!(matches!(bad, Err(StoreError::Expired(_))), "{bad:?}");
+}

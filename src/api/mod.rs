@@ -39,17 +39,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The API group history is served in (the Delivery CRD's is `hookrelay.dev`).
-pub const GROUP: &str = "history.hookrelay.dev";
-pub const VERSION: &str = "v1alpha1";
+pub const GROUP: &str = crate::resources::HISTORY_GROUP;
+pub const VERSION: &str = crate::resources::HISTORY_VERSION;
 /// Above the 1000 CRD groups get, so kubectl resolves `deliveries` here
 /// when both exist.
 pub const GROUP_PRIORITY: i32 = 1100;
 /// How long an access review's answer is reused for the same question.
 const REVIEW_TTL: Duration = Duration::from_secs(10);
-/// The most deliveries of one webhook a list reads from the store: a
-/// list holds them in memory at once (each up to the Delivery budget), and
-/// this process serves every tenant.
-const LIST_MOST: usize = 500;
+/// The most deliveries one page of a list holds (a list without `limit`
+/// gets pages this long, with `continue`): a page is held in memory at once
+/// (each delivery up to the Delivery budget), and this process serves every
+/// tenant.
+const PAGE_MOST: usize = 500;
 /// Connections open at once; more are closed as they arrive (anyone in
 /// the cluster may reach the port, though only the API server is served).
 const MAX_CONNECTIONS: usize = 256;
@@ -361,8 +362,14 @@ async fn listing(
         Some(after) => after.position.clone(),
         None => api.position().await?,
     };
-    let items = api.matching(namespace.as_deref(), &selector).await?;
-    let page = paginate(items, query.limit, after.as_ref().map(|a| &a.after));
+    let page = api
+        .page(
+            namespace.as_deref(),
+            &selector,
+            after.as_ref().map(|a| a.after.as_str()),
+            query.limit,
+        )
+        .await?;
     let next = page.next.map(|after| {
         Continue {
             after,
@@ -424,17 +431,33 @@ impl Api {
             .unwrap_or_else(|| "0".into()))
     }
 
-    /// The deliveries a list shows, as objects of this API, newest first
-    /// (then by namespace and name: the order paging follows).
-    async fn matching(&self, namespace: Option<&str>, selector: &Selector) -> Result<Vec<Value>, Failure> {
-        let found = self
+    /// A page of the deliveries a list shows, as objects of this API,
+    /// newest first: at most `limit` (and `PAGE_MOST`) read from the store,
+    /// those the selector takes kept (so a page may hold fewer, even none,
+    /// and still continue).
+    async fn page(
+        &self,
+        namespace: Option<&str>,
+        selector: &Selector,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page, Failure> {
+        let limit = limit.filter(|l| *l > 0).unwrap_or(PAGE_MOST).min(PAGE_MOST);
+        let listed = self
             .deliveries
-            .list(namespace, selector.webhook(), &[], LIST_MOST)
+            .page(namespace, selector.webhook(), after, limit)
             .await
             .map_err(store_error)?;
-        let mut items: Vec<Value> = found.iter().map(object).filter(|o| selector.matches(o)).collect();
-        items.sort_by_key(|item| std::cmp::Reverse(page_key(item)));
-        Ok(items)
+        let items = listed
+            .deliveries
+            .iter()
+            .map(object)
+            .filter(|o| selector.matches(o))
+            .collect();
+        Ok(Page {
+            items,
+            next: listed.next,
+        })
     }
 }
 
@@ -475,29 +498,18 @@ fn object(delivery: &Delivery) -> Value {
     value
 }
 
-/// What paging orders by: creation time, namespace, name.
-fn page_key(object: &Value) -> (String, String, String) {
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let metadata = &object["metadata"];
-    (
-        text(&metadata["creationTimestamp"]),
-        text(&metadata["namespace"]),
-        text(&metadata["name"]),
-    )
-}
-
 struct Page {
     items: Vec<Value>,
-    /// What the next page continues from, if there is one.
-    next: Option<(String, String, String)>,
+    /// The store's token for the next page, if there is one.
+    next: Option<String>,
 }
 
-/// A continue token: the last key of the page before, and the position
+/// A continue token: where the store's next page starts, and the position
 /// the first page was read at (every page reports it, so a watch after
 /// the last page misses nothing changed since the first).
 #[derive(serde::Serialize, Deserialize)]
 struct Continue {
-    after: (String, String, String),
+    after: String,
     position: String,
 }
 
@@ -515,25 +527,6 @@ impl Continue {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .ok_or_else(|| "the continue token is not one this server gave; list again from the start".to_string())
     }
-}
-
-/// The page after `after` (the last key of the page before), at most
-/// `limit` long, and its last key when more follow. Items are in
-/// descending `page_key` order; a token names a place, not an item, so rows
-/// made or removed between pages never make another row appear twice.
-fn paginate(items: Vec<Value>, limit: Option<usize>, after: Option<&(String, String, String)>) -> Page {
-    let mut rest: Vec<Value> = items
-        .into_iter()
-        .filter(|item| after.is_none_or(|after| page_key(item) < *after))
-        .collect();
-    let next = match limit.filter(|l| *l > 0) {
-        Some(limit) if rest.len() > limit => {
-            rest.truncate(limit);
-            Some(page_key(rest.last().expect("limit > 0")))
-        }
-        _ => None,
-    };
-    Page { items: rest, next }
 }
 
 /// Label and field selectors over the objects a list returns: `k=v`,
@@ -738,42 +731,14 @@ mod tests {
     }
 
     #[test]
-    fn paging_returns_every_row_once_newest_first_even_with_rows_added_between_pages() {
-        let mut items: Vec<Value> = (0..7)
-            .map(|i| item(&format!("d{i}"), &format!("2026-12-04T10:00:0{i}Z"), "shop", None))
-            .collect();
-        items.sort_by_key(|item| std::cmp::Reverse(page_key(item)));
-        let mut seen = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut now = items.clone();
-            // A newer row made while paging belongs to a later list, not this one.
-            now.insert(0, item("late", "2026-12-04T11:00:00Z", "shop", None));
-            let after = token.as_deref().map(|t| Continue::decode(t).unwrap());
-            if let Some(after) = &after {
-                assert_eq!(after.position, "7:7:", "every page keeps the first page's position");
-            }
-            let page = paginate(now, Some(3), after.as_ref().map(|a| &a.after));
-            seen.extend(
-                page.items
-                    .iter()
-                    .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
-            );
-            match page.next {
-                Some(after) => {
-                    token = Some(
-                        Continue {
-                            after,
-                            position: "7:7:".into(),
-                        }
-                        .encode(),
-                    )
-                }
-                None => break,
-            }
+    fn continue_tokens_carry_the_stores_place_and_the_first_pages_position() {
+        let token = Continue {
+            after: "41".into(),
+            position: "7:7:".into(),
         }
-        assert_eq!(seen.first().map(String::as_str), Some("late"));
-        assert_eq!(&seen[1..], ["d6", "d5", "d4", "d3", "d2", "d1", "d0"]);
+        .encode();
+        let back = Continue::decode(&token).unwrap();
+        assert_eq!((back.after.as_str(), back.position.as_str()), ("41", "7:7:"));
         assert!(Continue::decode("not-a-token").is_err());
     }
 

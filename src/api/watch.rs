@@ -48,10 +48,11 @@ pub(super) async fn serve(
             "this store's deliveries are not watched through this API".into(),
         )
     })?;
-    // No position given: what there is now (as ADDED events), then changes.
+    // No position given: the newest page of what there is now (as ADDED
+    // events), then changes.
     let (start, initial) = match query.resource_version.filter(|rv| !rv.is_empty() && rv != "0") {
         Some(given) => (given, Vec::new()),
-        None => (now, api.matching(namespace.as_deref(), &selector).await?),
+        None => (now, api.page(namespace.as_deref(), &selector, None, None).await?.items),
     };
     let timeout = query
         .timeout_seconds

@@ -16,6 +16,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "hookrelay.dev";
+/// The group and version delivery history is served in through the
+/// Kubernetes API (`hookrelay api`), beside the Delivery CRD's.
+pub const HISTORY_GROUP: &str = "history.hookrelay.dev";
+pub const HISTORY_VERSION: &str = "v1alpha1";
 /// The field manager under which the controller writes (server-side apply).
 pub const FIELD_MANAGER: &str = "hookrelay-controller";
 

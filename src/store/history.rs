@@ -7,7 +7,7 @@
 
 use super::kubernetes::{Objects, named_changes, redelivery_patch};
 use super::{Deliveries, Fanout, StoreError, in_phases};
-use crate::api::{GROUP, VERSION};
+use crate::resources::{HISTORY_GROUP as GROUP, HISTORY_VERSION as VERSION};
 use crate::resources::WEBHOOK_LABEL;
 use crate::resources::delivery::{Delivery, Phase};
 use futures::StreamExt;
@@ -129,9 +129,11 @@ impl Deliveries for History {
         namespace: Option<&str>,
         webhook: Option<&str>,
         phases: &[Phase],
-        _most: usize,
+        most: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut params = ListParams::default().limit(500);
+        // Pages come newest first: the newest `most` in all are enough
+        // (this process need not hold a tenant's whole history).
+        let mut params = ListParams::default().limit(most.clamp(1, 500) as u32);
         if let Some(w) = webhook {
             params = params.labels(&format!("{WEBHOOK_LABEL}={w}"));
         }
@@ -141,6 +143,9 @@ impl Deliveries for History {
             let page = api.list(&params).await?;
             for object in page.items {
                 all.push(parse(object)?);
+            }
+            if all.len() >= most {
+                break;
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(next) => params = params.continue_token(&next),

@@ -11,6 +11,7 @@
 pub mod history;
 pub mod kubernetes;
 pub mod memory;
+pub mod paging;
 pub mod postgres;
 pub mod retention;
 
@@ -131,6 +132,21 @@ pub trait Deliveries: Send + Sync {
     /// A stream that yields (a name) each time a delivery of `webhook` may
     /// have changed, for live pages.
     async fn changes(&self, namespace: &str, webhook: &str) -> Result<BoxStream<'static, String>, StoreError>;
+
+    /// A page of the deliveries (of `namespace`, or of all; of `webhook`,
+    /// or of every one), newest first, after `after` (a `Listed::next` this
+    /// store gave), at most `limit`. A store that cannot page reads each
+    /// webhook's newest `PAGED_MOST` and pages them in memory.
+    async fn page(
+        &self,
+        namespace: Option<&str>,
+        webhook: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<paging::Listed, StoreError> {
+        let found = self.list(namespace, webhook, &[], paging::PAGED_MOST).await?;
+        paging::page_in_memory(found, after, limit)
+    }
 
     /// Where the store's changes stand now: a position `changed_since` takes.
     /// `None`: this store is not watched this way.

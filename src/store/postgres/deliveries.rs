@@ -4,6 +4,7 @@
 
 use super::{Postgres, version_of};
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
+use crate::store::paging::{self, Listed};
 use crate::store::{Deliveries, Fanout, Records, StoreError, Written};
 use futures::stream::BoxStream;
 use kube::ResourceExt;
@@ -53,6 +54,33 @@ impl Deliveries for Postgres {
         Err(StoreError::Invalid(
             "the Postgres store has no change stream of its own; read it as a user (their Webhook is watched)".into(),
         ))
+    }
+
+    /// Keyset paging in accept order (`seq`): the database hands over one
+    /// page, however many rows the namespace holds.
+    async fn page(
+        &self,
+        namespace: Option<&str>,
+        webhook: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listed, StoreError> {
+        let before = match after {
+            Some(token) => Some(token.parse::<i64>().map_err(|_| paging::expired())?),
+            None => None,
+        };
+        let limit = limit.max(1);
+        let mut rows = Postgres::page(self, namespace, webhook, before, limit as i64 + 1)
+            .await
+            .map_err(StoreError::Database)?;
+        let next = (rows.len() > limit).then(|| {
+            rows.truncate(limit);
+            rows.last().expect("limit ≥ 1").1.to_string()
+        });
+        Ok(Listed {
+            deliveries: rows.into_iter().map(|(d, _)| d).collect(),
+            next,
+        })
     }
 
     async fn position(&self) -> Result<Option<String>, StoreError> {

@@ -717,6 +717,30 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
         rows.iter().map(|row| decode(row.get(0), row.get(1))).collect()
     }
 
+    /// Deliveries (of `namespace`, or of all; of `webhook`, or of every one)
+    /// accepted before `before` (a `seq`), newest first, at most `most`;
+    /// each with its `seq`.
+    pub async fn page(
+        &self,
+        namespace: Option<&str>,
+        webhook: Option<&str>,
+        before: Option<i64>,
+        most: i64,
+    ) -> Result<Vec<(Delivery, i64)>, String> {
+        let client = self.client().await?;
+        let rows = timed(client.query(
+            "SELECT doc, version, seq FROM hookrelay_deliveries
+             WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR webhook = $2)
+               AND ($3::bigint IS NULL OR seq < $3)
+             ORDER BY seq DESC LIMIT $4",
+            &[&namespace, &webhook, &before, &most],
+        ))
+        .await?;
+        rows.iter()
+            .map(|row| Ok((decode(row.get(0), row.get(1))?, row.get(2))))
+            .collect()
+    }
+
     /// Where changes stand now: the database's current snapshot (as
     /// `pg_snapshot` text).
     pub async fn position(&self) -> Result<String, String> {
