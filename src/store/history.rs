@@ -7,9 +7,9 @@
 
 use super::kubernetes::{Objects, named_changes, redelivery_patch};
 use super::{Deliveries, Fanout, StoreError, in_phases};
-use crate::resources::{HISTORY_GROUP as GROUP, HISTORY_VERSION as VERSION};
 use crate::resources::WEBHOOK_LABEL;
 use crate::resources::delivery::{Delivery, Phase};
+use crate::resources::{HISTORY_GROUP as GROUP, HISTORY_VERSION as VERSION};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PatchParams, PostParams};
