@@ -6,7 +6,12 @@ use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "hookrelay", version = crate::VERSION, about = "Signed, retried, recorded webhooks for a CMS, run as a Kubernetes operator")]
+#[command(
+    name = "hookrelay",
+    version = crate::VERSION,
+    about = "Signed, retried, recorded webhooks for a CMS, run as a Kubernetes operator",
+    after_help = "Installed on PATH as `kubectl-hookrelay` (a link or copy of this binary), it is the kubectl plugin: `kubectl hookrelay --help`."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +34,11 @@ enum Command {
     Crd,
     /// Print the version.
     Version,
+    /// Print a shell completion script, e.g. `source <(hookrelay completion bash)`.
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +162,12 @@ struct ConsoleArgs {
     /// The namespace shown first (default: the kubeconfig's).
     #[arg(long = "namespace", short = 'n', env = "HOOKRELAY_CONSOLE_NAMESPACE")]
     namespace: Option<String>,
+    /// With --auth kubeconfig: the kubeconfig file (default: kubectl's).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// With --auth kubeconfig: the kubeconfig context (default: its current one).
+    #[arg(long)]
+    context: Option<String>,
     #[command(flatten)]
     logging: Logging,
 }
@@ -328,6 +344,8 @@ impl Cli {
                     auth: args.auth,
                     ingest_url: args.ingest_url,
                     namespace: args.namespace,
+                    kubeconfig: args.kubeconfig,
+                    context: args.context,
                 };
                 crate::console::run(settings, shutdown_signal()).await
             }
@@ -349,6 +367,11 @@ impl Cli {
             }
             Command::Version => {
                 println!("hookrelay {}", crate::VERSION);
+                Ok(())
+            }
+            Command::Completion { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(shell, &mut Cli::command(), "hookrelay", &mut std::io::stdout());
                 Ok(())
             }
         }

@@ -7,6 +7,26 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
+/// The client a user's kubeconfig (`path`, else the usual one) gives in
+/// `context` (else its current one), as kubectl's `--kubeconfig` and
+/// `--context` choose; and that context's namespace.
+pub async fn user_client(path: Option<&std::path::Path>, context: Option<String>) -> anyhow::Result<(Client, String)> {
+    use anyhow::Context as _;
+    let kubeconfig = match path {
+        Some(path) => {
+            kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => kube::config::Kubeconfig::read().context("reading the kubeconfig")?,
+    };
+    let options = kube::config::KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+    let namespace = config.default_namespace.clone();
+    Ok((Client::try_from(config)?, namespace))
+}
+
 /// Starts a reflector for `K` and returns its store; the watch runs on a task.
 pub fn watched<K>(api: Api<K>) -> Store<K>
 where

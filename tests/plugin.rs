@@ -297,7 +297,20 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
     );
 
     // Bad input: one clear line, non-zero, nothing changed.
-    assert!(plugin.refused(&["deliveries", "--since", "2x"]).contains("--since"));
+    // Argument errors come whole: what is wrong (and the usage, where an
+    // argument is missing) and the hint.
+    for (args, says) in [
+        (&["deliveries", "--since", "2x"][..], &["--since", "30s", "--help"][..]),
+        (
+            &["show"][..],
+            &["<DELIVERY>", "Usage: kubectl hookrelay show <DELIVERY>", "--help"][..],
+        ),
+    ] {
+        let out = plugin.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(says.iter().all(|s| err.contains(s)), "{args:?}: {err}");
+    }
     assert!(
         plugin
             .refused(&["show", "no-such-delivery"])

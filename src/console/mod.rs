@@ -55,6 +55,10 @@ pub struct Settings {
     pub ingest_url: String,
     /// The namespace shown first.
     pub namespace: Option<String>,
+    /// With `Auth::Kubeconfig`: the kubeconfig file and context to use
+    /// (default: kubectl's).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
 }
 
 /// One signed-in user: their client (their identity) and CSRF token.
@@ -259,7 +263,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local_client = match settings.auth {
-        Auth::Kubeconfig => Some(Client::try_default().await?),
+        Auth::Kubeconfig => Some(
+            crate::kubernetes::user_client(settings.kubeconfig.as_deref(), settings.context.clone())
+                .await?
+                .0,
+        ),
         Auth::Token => None,
     };
     let default_namespace = settings

@@ -116,6 +116,11 @@ pub(super) enum Command {
         #[arg(long, env = "HOOKRELAY_INGEST_URL")]
         ingest_url: Option<String>,
     },
+    /// Print a shell completion script, e.g. `source <(kubectl hookrelay completion bash)`.
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Which deliveries: by outcome, age, event and content item.

@@ -36,12 +36,11 @@ use crate::resources::{Hub, ROTATE_SECRET_ANNOTATION, WEBHOOK_LABEL, Webhook};
 use crate::secrets;
 use crate::store::StoreError;
 use anyhow::{Context as _, anyhow, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -126,22 +125,22 @@ impl Ctx {
 pub async fn main() -> i32 {
     let plugin = match Plugin::try_parse() {
         Ok(p) => p,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = e.print();
-            return 0;
-        }
         Err(e) => {
-            // clap's first line names the flag and what is allowed.
-            let text = e.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
-            return 2;
+            // Help and version on stdout (exit 0); an argument error whole,
+            // with what was missing or wrong, the usage and the hint (exit 2).
+            let _ = e.print();
+            return e.exit_code();
         }
     };
+    if let Command::Completion { shell } = plugin.command {
+        clap_complete::generate(
+            shell,
+            &mut Plugin::command(),
+            "kubectl-hookrelay",
+            &mut std::io::stdout(),
+        );
+        return 0;
+    }
     match plugin.run().await {
         Ok(()) => 0,
         Err(e) => {
@@ -154,20 +153,9 @@ pub async fn main() -> i32 {
 
 impl Plugin {
     async fn run(self) -> anyhow::Result<()> {
-        let kubeconfig = match &self.kubeconfig {
-            Some(path) => Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?,
-            None => Kubeconfig::read().context("reading the kubeconfig")?,
-        };
-        let options = KubeConfigOptions {
-            context: self.context.clone(),
-            ..Default::default()
-        };
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
-        let namespace = self
-            .namespace
-            .clone()
-            .unwrap_or_else(|| config.default_namespace.clone());
-        let client = Client::try_from(config)?;
+        let (client, context_namespace) =
+            crate::kubernetes::user_client(self.kubeconfig.as_deref(), self.context.clone()).await?;
+        let namespace = self.namespace.clone().unwrap_or(context_namespace);
         let history = crate::store::history::served(&client).await;
         let ctx = Ctx {
             deliveries: crate::store::history::reader(&client, history),
@@ -209,6 +197,7 @@ impl Plugin {
                 id,
                 ingest_url,
             } => send(&ctx, &hub, &event, payload, id, ingest_url).await,
+            Command::Completion { .. } => unreachable!("printed before connecting"),
         }
     }
 }
@@ -237,6 +226,30 @@ mod tests {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         assert_eq!(age(t0, t0 + jiff::SignedDuration::from_secs(90)), "90s");
         assert_eq!(age(t0, t0 + jiff::SignedDuration::from_hours(5)), "5h");
+    }
+
+    #[test]
+    fn completion_scripts_name_every_command() {
+        let p = Plugin::try_parse_from(["kubectl-hookrelay", "completion", "bash"]).unwrap();
+        let Command::Completion { shell } = p.command else {
+            panic!("completion parsed as {:?}", p.command)
+        };
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Plugin::command(), "kubectl-hookrelay", &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for command in [
+            "status",
+            "deliveries",
+            "show",
+            "redeliver",
+            "test",
+            "secret",
+            "tail",
+            "send",
+        ] {
+            assert!(script.contains(command), "{command} in the bash completion");
+        }
+        assert!(Plugin::try_parse_from(["kubectl-hookrelay", "completion", "tcsh"]).is_err());
     }
 
     #[test]
