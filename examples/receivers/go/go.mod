@@ -1,0 +1,3 @@
+module example.com/hookrelay-receiver
+
+go 1.22
