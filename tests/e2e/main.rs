@@ -827,7 +827,9 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
             "-n",
             &env.ns,
             "--verb=get,list,watch",
-            "--resource=hubs.hookrelay.dev,webhooks.hookrelay.dev,deliveries.hookrelay.dev",
+            // With the Postgres store the console reads history through the
+            // history API, with the user's rights there.
+            "--resource=hubs.hookrelay.dev,webhooks.hookrelay.dev,deliveries.hookrelay.dev,deliveries.history.hookrelay.dev",
         ],
     );
     let token = console_user(&env.ns, "history-reader", "--role=history-reader");
