@@ -204,7 +204,41 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
     );
 
     // The API server accepts every object (the ClusterRole objects too).
-    for rendered in [&default, &namespaced, &console, &postgres, &console_postgres] {
+    // Ingest exposed to a CMS outside the cluster: only the events API,
+    // with the TLS certificate named; a host is required.
+    let exposed = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart,
+            "--set=ingest.ingress.enabled=true",
+            "--set=ingest.ingress.host=hooks.example.com",
+            "--set=ingest.ingress.tls.secretName=hooks-tls",
+            "--set=ingest.ingress.className=nginx",
+        ],
+        None,
+    );
+    assert!(
+        exposed.contains("kind: Ingress")
+            && exposed.contains("path: /v1/")
+            && exposed.contains("secretName: hooks-tls")
+            && exposed.contains("ingressClassName: nginx")
+            && exposed.contains("name: rel-hookrelay-ingest"),
+        "{exposed}"
+    );
+    assert!(!default.contains("kind: Ingress"), "no Ingress unless asked");
+    let out = Command::new(tool("helm"))
+        .args(["template", "rel", chart, "--set=ingest.ingress.enabled=true"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/ingest/ingress/host"),
+        "an Ingress without a host must not render: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for rendered in [&default, &namespaced, &console, &postgres, &console_postgres, &exposed] {
         let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(rendered));
         assert!(
             out.contains("deployment.apps/rel-hookrelay created (server dry run)"),
