@@ -39,6 +39,39 @@ enum Command {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Print a generated reference page of the docs (`make docs`).
+    #[command(hide = true)]
+    Reference {
+        #[arg(value_enum)]
+        page: ReferencePage,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ReferencePage {
+    /// Every resource field, from the CRDs.
+    Resources,
+    /// `hookrelay` and its subcommands.
+    Cli,
+    /// `kubectl hookrelay` and its subcommands.
+    Plugin,
+}
+
+/// A reference page of the docs (`docs/reference/`), as `make docs` writes it.
+pub fn reference_page(name: &str) -> Option<String> {
+    use clap::CommandFactory;
+    match name {
+        "resources" => Some(crate::reference::resources_markdown()),
+        "cli" => Some(crate::reference::cli_markdown(
+            "Command line: hookrelay",
+            Cli::command(),
+        )),
+        "plugin" => Some(crate::reference::cli_markdown(
+            "Command line: kubectl hookrelay",
+            crate::plugin::Plugin::command(),
+        )),
+        _ => None,
+    }
 }
 
 #[derive(Args, Debug)]
@@ -367,6 +400,11 @@ impl Cli {
             }
             Command::Version => {
                 println!("hookrelay {}", crate::VERSION);
+                Ok(())
+            }
+            Command::Reference { page } => {
+                let name = format!("{page:?}").to_lowercase();
+                print!("{}", reference_page(&name).expect("every page has a name"));
                 Ok(())
             }
             Command::Completion { shell } => {

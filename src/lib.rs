@@ -17,6 +17,7 @@ pub mod kubernetes;
 pub mod leader;
 pub mod metrics;
 pub mod plugin;
+pub mod reference;
 pub mod resources;
 pub mod secret_cache;
 pub mod secrets;
