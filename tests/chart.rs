@@ -278,6 +278,29 @@ async fn service_account_kubeconfig(client: &Client, ns: &str, name: &str, dir: 
     path
 }
 
+/// Every manifest under `examples/` (the docs include them) is one the API
+/// server takes.
+#[tokio::test]
+async fn every_example_manifest_applies() {
+    let env = TestEnv::new("examples_apply").await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut applied = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = run(
+                "kubectl",
+                &["apply", "--dry-run=server", "-n", &env.ns, "-f", path.to_str().unwrap()],
+                None,
+            );
+            assert!(out.contains("(server dry run)"), "{}: {out}", path.display());
+            applied += 1;
+        }
+    }
+    assert!(applied >= 4, "the examples were found ({applied})");
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn the_charts_rbac_is_enough_and_no_more() {
     let env = TestEnv::new("charts_rbac_is_enough").await;
