@@ -124,6 +124,26 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
         .collect();
     assert_eq!(listed, vec![failed.as_str()], "{out}");
     assert!(out.lines().next().unwrap().starts_with("DELIVERY"));
+    // -o name, for scripts: kubectl reads what it names.
+    let named = plugin.ok(&["deliveries", "--outcome", "failed", "-o", "name"]);
+    assert_eq!(named.trim(), format!("delivery/{failed}"));
+    let got = Command::new(tool("kubectl"))
+        .args([
+            "--kubeconfig",
+            plugin.kubeconfig.to_str().unwrap(),
+            "-n",
+            &plugin.ns,
+            "get",
+            named.trim(),
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains(failed.as_str()),
+        "{got:?}"
+    );
     let out = plugin.ok(&["deliveries", "shop", "-o", "json"]);
     let rows: Vec<Value> = serde_json::from_str(&out).expect("-o json parses");
     assert_eq!(rows.len(), 3);

@@ -35,6 +35,29 @@ pub(super) enum Output {
     Wide,
     Json,
     Yaml,
+    /// `delivery/NAME` per line (deliveries), for scripts and `kubectl get`.
+    Name,
+}
+
+impl Command {
+    /// Whether `-A`/`--all-namespaces` and `-o name` mean something for this
+    /// command: an error naming what does, else.
+    pub(super) fn takes(&self, all_namespaces: bool, output: Output) -> Result<(), String> {
+        let lists = matches!(
+            self,
+            Command::Status { .. } | Command::Deliveries { .. } | Command::Tail { .. }
+        );
+        if all_namespaces && !lists {
+            return Err(
+                "-A/--all-namespaces applies to status, deliveries and tail; this command works in one namespace (-n)"
+                    .into(),
+            );
+        }
+        if output == Output::Name && !matches!(self, Command::Deliveries { .. }) {
+            return Err("-o name applies to deliveries; use -o json or -o yaml here".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -37,6 +37,13 @@ pub(super) async fn deliveries(ctx: &Ctx, webhook: Option<String>, filter: &Filt
     if matches!(ctx.output, Output::Json | Output::Yaml) {
         return print_structured(ctx.output, &rows);
     }
+    if ctx.output == Output::Name {
+        // `kubectl get delivery/NAME` reads it in either store.
+        for d in &list {
+            println!("delivery/{}", d.name_any());
+        }
+        return Ok(());
+    }
     if rows.is_empty() {
         println!("No deliveries match.");
         return Ok(());

@@ -132,6 +132,10 @@ pub async fn main() -> i32 {
             return e.exit_code();
         }
     };
+    if let Err(problem) = plugin.command.takes(plugin.all_namespaces, plugin.output) {
+        eprintln!("error: {problem}");
+        return 2;
+    }
     if let Command::Completion { shell } = plugin.command {
         clap_complete::generate(
             shell,
@@ -226,6 +230,28 @@ mod tests {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         assert_eq!(age(t0, t0 + jiff::SignedDuration::from_secs(90)), "90s");
         assert_eq!(age(t0, t0 + jiff::SignedDuration::from_hours(5)), "5h");
+    }
+
+    #[test]
+    fn all_namespaces_and_name_output_are_refused_where_they_mean_nothing() {
+        let parse = |args: &[&str]| {
+            let p = Plugin::try_parse_from([&["kubectl-hookrelay"], args].concat()).unwrap();
+            p.command.takes(p.all_namespaces, p.output)
+        };
+        assert!(parse(&["-A", "deliveries"]).is_ok());
+        assert!(parse(&["-A", "tail"]).is_ok());
+        assert!(parse(&["deliveries", "-o", "name"]).is_ok());
+        assert!(
+            parse(&["-A", "show", "d-1"])
+                .unwrap_err()
+                .contains("-A/--all-namespaces applies to")
+        );
+        assert!(parse(&["-A", "redeliver", "d-1"]).is_err());
+        assert!(
+            parse(&["status", "-o", "name"])
+                .unwrap_err()
+                .contains("-o name applies to deliveries")
+        );
     }
 
     #[test]
