@@ -39,6 +39,13 @@ enum Command {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// GET each URL and exit 0 only if every one answers 2xx within 5 s
+    /// (the chart's `helm test` runs this in the hookrelay image).
+    Probe {
+        /// http:// or https:// URLs.
+        #[arg(required = true)]
+        urls: Vec<String>,
+    },
     /// Print a generated reference page of the docs (`make docs`).
     #[command(hide = true)]
     Reference {
@@ -402,6 +409,7 @@ impl Cli {
                 println!("hookrelay {}", crate::VERSION);
                 Ok(())
             }
+            Command::Probe { urls } => probe(&urls).await,
             Command::Reference { page } => {
                 let name = format!("{page:?}").to_lowercase();
                 print!("{}", reference_page(&name).expect("every page has a name"));
@@ -437,4 +445,25 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `hookrelay probe`: each URL must answer 2xx.
+async fn probe(urls: &[String]) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let mut failed = Vec::new();
+    for url in urls {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "{url:?}: only http:// and https:// URLs are probed"
+        );
+        match client.get(url).send().await {
+            Ok(answer) if answer.status().is_success() => println!("{url}: {}", answer.status().as_u16()),
+            Ok(answer) => failed.push(format!("{url}: {}", answer.status().as_u16())),
+            Err(e) => failed.push(format!("{url}: {e}")),
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "not answering 2xx: {}", failed.join("; "));
+    Ok(())
 }

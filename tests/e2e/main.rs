@@ -472,6 +472,13 @@ async fn the_chart_runs_as_pods_through_failover_upgrade_eviction_console_and_un
     assert_eq!(pods.len(), 2, "two replicas");
     assert!(pods.iter().all(ready), "every pod Ready after helm install --wait");
 
+    step("helm test: ingest and the controllers answer through their Services");
+    let tested = helm(&["test", release, "-n", system, "--timeout", "2m"], &[]);
+    assert!(
+        tested.contains("Phase:          Succeeded") || tested.contains("Phase: Succeeded"),
+        "{tested}"
+    );
+
     step("each container runs as 65532, no privilege escalation, read-only root");
     for (n, pod) in pods.iter().enumerate() {
         for container in ["controller", "ingest"] {
