@@ -33,10 +33,10 @@ kubectl delete namespace $ns --ignore-not-found --wait=true >/dev/null
 kubectl create namespace $ns >/dev/null
 
 echo "==> starting hookrelay controller and hookrelay ingest (logs in $logs)"
-./target/debug/hookrelay controller --namespace $ns --metrics-listen 127.0.0.1:0 --leader-elect=false --egress-allow-loopback=true \
+./target/debug/hookrelay controller --watch-namespace $ns --metrics-listen 127.0.0.1:0 --leader-elect=false --egress-allow-loopback=true \
   >"$logs/controller.log" 2>&1 &
 pids+=($!)
-./target/debug/hookrelay ingest --namespace $ns --listen $ingest_addr --metrics-listen 127.0.0.1:0 >"$logs/ingest.log" 2>&1 &
+./target/debug/hookrelay ingest --watch-namespace $ns --listen $ingest_addr --metrics-listen 127.0.0.1:0 >"$logs/ingest.log" 2>&1 &
 pids+=($!)
 
 echo "==> kubectl -n $ns apply -f examples/hub.yaml -f examples/webhook.yaml -f examples/webhook-audit.yaml"

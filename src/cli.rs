@@ -91,8 +91,13 @@ struct Logging {
 #[derive(Args, Debug)]
 struct ControllerArgs {
     /// Watch only these namespaces, comma-separated or repeated (default:
-    /// all namespaces).
-    #[arg(long = "namespace", env = "HOOKRELAY_NAMESPACES", value_delimiter = ',')]
+    /// all namespaces). (`--namespace`, its old name, still works.)
+    #[arg(
+        long = "watch-namespace",
+        alias = "namespace",
+        env = "HOOKRELAY_NAMESPACES",
+        value_delimiter = ','
+    )]
     namespaces: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HOOKRELAY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
@@ -105,7 +110,7 @@ struct ControllerArgs {
     /// leader reconciles and delivers.
     #[arg(long, env = "HOOKRELAY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// Namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace, else "default").
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the first --watch-namespace, else "default").
     #[arg(long, env = "HOOKRELAY_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
     /// How long the lease lasts without renewal. After a crash a follower
@@ -279,8 +284,13 @@ struct IngestArgs {
     #[command(flatten)]
     budget: Budget,
     /// Serve only hubs of these namespaces, comma-separated or repeated
-    /// (default: all namespaces).
-    #[arg(long = "namespace", env = "HOOKRELAY_NAMESPACES", value_delimiter = ',')]
+    /// (default: all namespaces). (`--namespace`, its old name, still works.)
+    #[arg(
+        long = "watch-namespace",
+        alias = "namespace",
+        env = "HOOKRELAY_NAMESPACES",
+        value_delimiter = ','
+    )]
     namespaces: Vec<String>,
     #[command(flatten)]
     logging: Logging,
@@ -466,4 +476,31 @@ async fn probe(urls: &[String]) -> anyhow::Result<()> {
     }
     anyhow::ensure!(failed.is_empty(), "not answering 2xx: {}", failed.join("; "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_watch_list_is_watch_namespace_and_namespace_still_works() {
+        for flag in ["--watch-namespace", "--namespace"] {
+            let cli = Cli::try_parse_from(["hookrelay", "ingest", flag, "a,b"]).unwrap();
+            let Command::Ingest(args) = cli.command else {
+                panic!("parsed as {:?}", cli.command)
+            };
+            assert_eq!(args.namespaces, ["a", "b"], "{flag}");
+        }
+        let help = Cli::command()
+            .find_subcommand("controller")
+            .unwrap()
+            .clone()
+            .render_help()
+            .to_string();
+        assert!(
+            help.contains("--watch-namespace") && !help.contains("--namespace <"),
+            "{help}"
+        );
+    }
 }

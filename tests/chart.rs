@@ -99,7 +99,7 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
         2,
         "only hookrelay-view and hookrelay-edit are ClusterRoles"
     );
-    assert!(namespaced.contains(&format!("--namespace={}", env.ns)));
+    assert!(namespaced.contains(&format!("--watch-namespace={}", env.ns)));
     let monitor = run(
         "helm",
         &["template", "rel", chart, "--set=metrics.serviceMonitor.enabled=true"],
@@ -447,6 +447,8 @@ async fn the_chart_works_as_a_subchart_and_its_escape_hatches_render_where_they_
             "--set=extraEnv[0].name=HTTPS_PROXY_NOTE",
             "--set=extraEnv[0].value=unused",
             "--set=extraArgs={--log-format=text}",
+            "--set=controller.extraArgs={--concurrency=7}",
+            "--set=ingest.extraArgs={--request-timeout=9s}",
             &format!("--set=image.digest={digest}"),
             "--set=nameOverride=relay",
             "--set=fullnameOverride=platform-relay",
@@ -469,6 +471,10 @@ async fn the_chart_works_as_a_subchart_and_its_escape_hatches_render_where_they_
         2,
         "extraArgs in both containers"
     );
+    // Each container's own extra arguments go to it alone.
+    let (controller, ingest) = deployment.split_once("- name: ingest").expect("two containers");
+    assert!(controller.contains("\"--concurrency=7\"") && !controller.contains("--request-timeout=9s"));
+    assert!(ingest.contains("\"--request-timeout=9s\"") && !ingest.contains("--concurrency=7"));
     assert!(deployment.contains(&format!("image: ghcr.io/hookrelay/hookrelay@{digest}")));
     assert!(deployment.contains("app.kubernetes.io/name: relay"));
     assert!(hatches.contains("kind: NetworkPolicy"));

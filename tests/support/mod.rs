@@ -219,7 +219,13 @@ impl TestEnv {
 
     /// Starts `hookrelay controller` with another identity's kubeconfig.
     pub fn start_controller_as(&self, kubeconfig: &Path, extra: &[&str]) -> ChildProcess {
-        let mut args = vec!["controller", "--namespace", &self.ns, "--metrics-listen", "127.0.0.1:0"];
+        let mut args = vec![
+            "controller",
+            "--watch-namespace",
+            &self.ns,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
         args.extend_from_slice(extra);
         ChildProcess::start(&format!("controller-{}", self.ns), kubeconfig, &args)
     }
@@ -252,7 +258,7 @@ impl TestEnv {
         let kubeconfig = kubeconfig.unwrap_or(&self.cluster.admin_kubeconfig);
         let mut args = vec![
             "ingest",
-            "--namespace",
+            "--watch-namespace",
             &self.ns,
             "--listen",
             "127.0.0.1:0",

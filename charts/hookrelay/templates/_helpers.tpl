@@ -114,9 +114,9 @@ delivery engine, retention) and ingest share the Pod's ServiceAccount.
 {{- end }}
 {{- end -}}
 
-{{/* Arguments added to both containers. */}}
-{{- define "hookrelay.extraArgs" -}}
-{{- range .Values.extraArgs }}
+{{/* Extra arguments of a container (the list given: extraArgs and its own). */}}
+{{- define "hookrelay.args" -}}
+{{- range . }}
 - {{ . | quote }}
 {{- end }}
 {{- end -}}
