@@ -130,6 +130,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The docs' custom payload example (examples/webhook-options.yaml)
+    /// renders the JSON it promises.
+    #[test]
+    fn the_documented_custom_payload_renders() {
+        let webhook: crate::resources::Webhook =
+            serde_yaml::from_str(include_str!("../examples/webhook-options.yaml")).unwrap();
+        let template = webhook.spec.custom_payload.expect("the example has a template");
+        let event = json!({ "id": "e1", "name": "dynamic-content.content-item.updated", "receivedAt": "2026-12-04T10:00:00Z",
+                            "payload": { "id": "c-\"1\"", "locale": "en-GB" } });
+        let body: Value = serde_json::from_str(&render(&template, &event).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({ "type": "dynamic-content.content-item.updated", "item": "c-\"1\"",
+                    "receivedAt": "2026-12-04T10:00:00Z", "source": { "id": "c-\"1\"", "locale": "en-GB" } })
+        );
+    }
+
     fn event() -> Value {
         json!({ "id": "e1", "name": "dynamic-content.snapshot.published",
                 "payload": { "id": "s-1", "label": "Grüße \"quoted\" <b>", "count": 3 } })
