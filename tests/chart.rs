@@ -216,9 +216,15 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
             "--set=ingest.ingress.host=hooks.example.com",
             "--set=ingest.ingress.tls.secretName=hooks-tls",
             "--set=ingest.ingress.className=nginx",
+            "--set=console.enabled=true",
+            "--set=console.ingress.enabled=true",
+            "--set=console.ingress.host=console.example.com",
         ],
         None,
     );
+    // And the console, under its own host, at /.
+    assert_eq!(exposed.matches("kind: Ingress").count(), 2, "{exposed}");
+    assert!(exposed.contains("host: \"console.example.com\"") && exposed.contains("name: rel-hookrelay-console\n"));
     assert!(
         exposed.contains("kind: Ingress")
             && exposed.contains("path: /v1/")
