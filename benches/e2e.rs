@@ -162,14 +162,6 @@ impl Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The benchmark's own kube-apiserver and etcd, for their CPU and memory.
 struct ControlPlane {
     dir: PathBuf,
@@ -307,7 +299,7 @@ impl Bench {
 
     /// `start_with`, logging what `log_filter` asks.
     fn start_logging(&self, ns: &str, extra: &[String], log_filter: &str) -> (Proc, Proc, String, String) {
-        let (metrics, ingest) = (free_port(), free_port());
+        let (metrics, ingest) = (support::free_port(), support::free_port());
         let spawn = |args: Vec<String>, log: &str| {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Proc(support::ChildProcess::start_logging(

@@ -802,28 +802,12 @@ impl Streaming {
     }
 
     fn start(mut command: std::process::Command) -> Streaming {
-        use std::io::Read;
         let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("running kubectl");
-        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        for mut out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let into = said.clone();
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = out.read(&mut buffer) {
-                    if n == 0 {
-                        break;
-                    }
-                    into.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
-                }
-            });
-        }
+        let said = support::gather_output(&mut child);
         Streaming { child, said }
     }
 

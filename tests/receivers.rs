@@ -77,15 +77,6 @@ struct Running {
     url: String,
 }
 
-/// A free loopback port, for a receiver started just after.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/hookrelay")
 }
@@ -99,24 +90,7 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting the {language} receiver: {e}"));
-        let said = Arc::new(Mutex::new(String::new()));
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let into = said.clone();
-            std::thread::spawn(move || {
-                use std::io::Read;
-                let mut out = out;
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = out.read(&mut buffer) {
-                    if n == 0 {
-                        break;
-                    }
-                    into.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
-                }
-            });
-        }
+        let said = support::gather_output(&mut child);
         let running = Running {
             child,
             said,
@@ -203,7 +177,7 @@ async fn receivers_verify(language: &str) {
     // webhook points at a port picked first and taken right after.
     let mut running = Vec::new();
     for (webhook, brought) in [("generated", false), ("brought", true)] {
-        let port = free_port();
+        let port = support::free_port();
         let mut webhook_spec = spec(url(port), &[UPDATED]);
         if brought {
             webhook_spec.secret_ref = Some(SecretKeyRef {

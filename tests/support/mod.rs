@@ -393,6 +393,39 @@ impl Ingest {
     }
 }
 
+/// A free loopback port, for a server started right after.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Everything `child` prints (stdout and stderr), gathered as it comes by
+/// two threads, for a test to poll.
+pub fn gather_output(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let outputs: [Option<Box<dyn Read + Send>>; 2] = [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ];
+    for mut out in outputs.into_iter().flatten() {
+        let into = said.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+    }
+    said
+}
+
 /// A command-line tool (kubectl, helm): the one built with the local
 /// control plane, or the one on PATH when testing another cluster.
 pub fn tool(name: &str) -> PathBuf {
