@@ -84,7 +84,7 @@ pub fn next(schedule: &Schedule, attempts: u32, elapsed: Duration, retry_after: 
     Next::RetryIn(delay.min(remaining))
 }
 
-/// The default delays as the rows of the README's table:
+/// The default delays as the rows of the docs' table (docs/concepts/delivery-semantics.md):
 /// `| retry | delay | after the first attempt |`.
 pub fn default_table() -> String {
     fn human(d: Duration) -> String {
@@ -112,12 +112,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_shows_the_default_schedule() {
-        let readme = include_str!("../../README.md");
+    fn the_docs_show_the_default_schedule() {
+        let page = include_str!("../../docs/concepts/delivery-semantics.md");
         let table = default_table();
         assert!(
-            readme.contains(&table),
-            "README's retry table is out of date; it should read:\n{table}"
+            page.contains(&table),
+            "docs/concepts/delivery-semantics.md's retry table is out of date; it should read:\n{table}"
         );
     }
 
