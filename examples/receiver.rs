@@ -116,13 +116,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_shows_this_verify_function() {
+    fn the_docs_show_this_verify_function() {
         let source = include_str!("receiver.rs");
         let start = source.find("fn verify(").unwrap();
         let end = start + source[start..].find("\n}\n").unwrap() + 2;
         assert!(
-            include_str!("../README.md").contains(&source[start..end]),
-            "README's Rust snippet is out of date"
+            include_str!("../docs/concepts/signing.md").contains(&source[start..end]),
+            "the Rust snippet in docs/concepts/signing.md is out of date"
         );
     }
 

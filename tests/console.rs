@@ -1,7 +1,7 @@
 //! The web console in a real browser: headless Chromium driven through
 //! WebDriver (chromedriver), against `hookrelay console`, controller and
 //! ingest on the real control plane. Screenshots of every screen go to
-//! `target/console-screenshots/` (the README's come from there).
+//! `target/console-screenshots/` (the docs' come from there).
 
 mod support;
 
