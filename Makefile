@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONTROLPLANE := tests/controlplane/controlplane.sh
 
-.PHONY: help demo test test-under-load lint unit bench docs crds controlplane-build controlplane-up controlplane-down e2e node-up node-down
+.PHONY: help demo test test-under-load lint unit bench docs chart-docs crds controlplane-build controlplane-up controlplane-down e2e node-up node-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -35,14 +35,18 @@ bench: ## benchmarks (not tests): end to end with etcd fsync on, and signing (Cr
 	cargo bench --locked --bench signing -- --warm-up-time 1 --measurement-time 3
 	cargo bench --locked --bench e2e
 
-docs: ## the docs site: regenerate docs/reference/ from the code, then build it with mdBook (installed if missing) into target/book
+docs: chart-docs ## the docs site: regenerate docs/reference/ from the code, then build it with mdBook (installed if missing) into target/book
 	for page in resources cli plugin; do cargo run --quiet --locked -- reference $$page > docs/reference/$$page.md || exit 1; done
 	@command -v mdbook >/dev/null || cargo install --locked mdbook --version 0.5.4
 	mdbook build docs
 
+# The schema's descriptions are the same texts; tests/docs.rs names any that differ.
+chart-docs: ## regenerate the chart's README from the `# --` comments in values.yaml (helm-docs, built once)
+	$(CONTROLPLANE) helm-docs --chart-search-root charts/hookrelay --skip-version-footer
+
 crds: ## regenerate crds/ and the chart's CRDs from the Rust types
 	cargo run --quiet --locked -- crd > crds/hookrelay.yaml
-	cp crds/hookrelay.yaml charts/hookrelay/crds/hookrelay.yaml
+	cp crds/hookrelay.yaml charts/hookrelay/files/crds.yaml
 
 controlplane-build: ## build etcd, kube-apiserver, kube-controller-manager, kubectl (cached)
 	$(CONTROLPLANE) build

@@ -1,5 +1,5 @@
 //! The CustomResourceDefinitions, generated from the Rust types. The files in
-//! `crds/` and `charts/hookrelay/crds/` are this output (a test checks it).
+//! `crds/` and `charts/hookrelay/files/crds.yaml` are this output (a test checks it).
 
 use crate::resources::{Delivery, Hub, Webhook};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn committed_crd_files_match_the_types() {
         let generated = yaml().unwrap();
-        for path in ["crds/hookrelay.yaml", "charts/hookrelay/crds/hookrelay.yaml"] {
+        for path in ["crds/hookrelay.yaml", "charts/hookrelay/files/crds.yaml"] {
             let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
                 .unwrap_or_else(|e| panic!("{path}: {e}"));
             assert!(

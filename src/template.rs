@@ -147,6 +147,38 @@ mod tests {
         );
     }
 
+    /// The docs' payload examples (examples/payloads/) render, for the
+    /// sample event, the JSON each file states in its comment.
+    #[test]
+    fn the_payload_examples_render_what_they_say() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/payloads");
+        let mut event: Value =
+            serde_json::from_str(include_str!("../examples/events/content-item-updated.json")).unwrap();
+        event["receivedAt"] = json!("2026-12-04T10:00:00Z");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let stated = text
+                .lines()
+                .skip_while(|l| !l.contains("it renders"))
+                .nth(1)
+                .and_then(|l| l.strip_prefix("# "))
+                .unwrap_or_else(|| panic!("{}: no '# it renders' comment", path.display()));
+            let webhook: crate::resources::Webhook = serde_yaml::from_str(&text).unwrap();
+            let rendered = render(&webhook.spec.custom_payload.unwrap(), &event).unwrap();
+            let rendered: Value = serde_json::from_str(&rendered).unwrap();
+            assert_eq!(
+                rendered,
+                serde_json::from_str::<Value>(stated).unwrap(),
+                "{}",
+                path.display()
+            );
+            checked += 1;
+        }
+        assert!(checked >= 3, "the examples were found ({checked})");
+    }
+
     fn event() -> Value {
         json!({ "id": "e1", "name": "dynamic-content.snapshot.published",
                 "payload": { "id": "s-1", "label": "Grüße \"quoted\" <b>", "count": 3 } })

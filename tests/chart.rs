@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Api, Client, Config};
+use serde::Deserialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,6 +46,30 @@ fn run(name: &str, args: &[&str], stdin: Option<&str>) -> String {
     );
     assert!(out.status.success(), "{name} {args:?} failed:\n{stdout}\n{stderr}");
     stdout.into_owned()
+}
+
+/// Asserts `helm template` with `values` fails and names `field` (the
+/// schema's path of the value at fault).
+fn refused_render(values: &[&str], field: &str) {
+    let chart = chart();
+    let out = Command::new(tool("helm"))
+        .args(["template", "rel", chart.to_str().unwrap()])
+        .args(values)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(field),
+        "{values:?} must not render, naming {field}: {stderr}"
+    );
+}
+
+/// The YAML documents of a render with this `kind`.
+fn documents_of_kind(rendered: &str, kind: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(rendered)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .filter(|doc| doc["kind"].as_str() == Some(kind))
+        .collect()
 }
 
 #[tokio::test]
@@ -192,16 +217,7 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
             && console_postgres.contains("kind: APIService"),
         "{console_deployment}"
     );
-    let out = Command::new(tool("helm"))
-        .args(["template", "rel", chart, "--set=store.type=postgres"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "postgres without a URL Secret must not render");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("/store/postgres/urlSecretRef/name"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused_render(&["--set=store.type=postgres"], "/store/postgres/urlSecretRef/name");
 
     // The API server accepts every object (the ClusterRole objects too).
     // Ingest exposed to a CMS outside the cluster: only the events API,
@@ -234,17 +250,89 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
         "{exposed}"
     );
     assert!(!default.contains("kind: Ingress"), "no Ingress unless asked");
-    let out = Command::new(tool("helm"))
-        .args(["template", "rel", chart, "--set=ingest.ingress.enabled=true"])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/ingest/ingress/host"),
-        "an Ingress without a host must not render: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused_render(&["--set=ingest.ingress.enabled=true"], "/ingest/ingress/host");
 
-    for rendered in [&default, &namespaced, &console, &postgres, &console_postgres, &exposed] {
+    // Or through a Gateway (Gateway API): an HTTPRoute per Service, attached
+    // to the Gateway named; one is required.
+    let routed = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart,
+            "--set=ingest.httpRoute.enabled=true",
+            "--set=ingest.httpRoute.parentRefs[0].name=public",
+            "--set=ingest.httpRoute.parentRefs[0].sectionName=https",
+            "--set=ingest.httpRoute.hostnames={hooks.example.com}",
+            "--set=console.enabled=true",
+            "--set=console.httpRoute.enabled=true",
+            "--set=console.httpRoute.parentRefs[0].name=public",
+        ],
+        None,
+    );
+    let routes = documents_of_kind(&routed, "HTTPRoute");
+    assert_eq!(routes.len(), 2, "{routed}");
+    let ingest_route = &routes[0]["spec"];
+    assert_eq!(ingest_route["parentRefs"][0]["sectionName"].as_str(), Some("https"));
+    assert_eq!(ingest_route["hostnames"][0].as_str(), Some("hooks.example.com"));
+    assert_eq!(
+        ingest_route["rules"][0]["matches"][0]["path"]["value"].as_str(),
+        Some("/v1/")
+    );
+    assert_eq!(
+        ingest_route["rules"][0]["backendRefs"][0]["name"].as_str(),
+        Some("rel-hookrelay-ingest")
+    );
+    assert_eq!(
+        routes[1]["spec"]["rules"][0]["backendRefs"][0]["name"].as_str(),
+        Some("rel-hookrelay-console")
+    );
+    assert!(!default.contains("kind: HTTPRoute"), "no HTTPRoute unless asked");
+    refused_render(&["--set=ingest.httpRoute.enabled=true"], "/ingest/httpRoute/parentRefs");
+    install_gateway_api_crds();
+
+    // The CRDs come with the release (so upgrades upgrade them), exactly the
+    // generated ones, kept on uninstall unless asked otherwise, and left out
+    // when another release or tool owns them.
+    let generated = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/hookrelay.yaml")).unwrap();
+    let generated = documents_of_kind(&generated, "CustomResourceDefinition");
+    let rendered = documents_of_kind(&default, "CustomResourceDefinition");
+    assert_eq!(rendered.len(), 3);
+    for (rendered, generated) in rendered.iter().zip(&generated) {
+        assert_eq!(
+            rendered["spec"], generated["spec"],
+            "{:?}",
+            generated["metadata"]["name"]
+        );
+        assert_eq!(
+            rendered["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(),
+            Some("keep")
+        );
+        assert_eq!(
+            rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"].as_str(),
+            Some("Helm")
+        );
+    }
+    let unkept = run("helm", &["template", "rel", chart, "--set=crds.keep=false"], None);
+    let unkept = documents_of_kind(&unkept, "CustomResourceDefinition");
+    assert!(
+        unkept.len() == 3
+            && unkept
+                .iter()
+                .all(|crd| crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null())
+    );
+    let without = run("helm", &["template", "rel", chart, "--set=crds.install=false"], None);
+    assert!(documents_of_kind(&without, "CustomResourceDefinition").is_empty());
+
+    for rendered in [
+        &default,
+        &namespaced,
+        &console,
+        &postgres,
+        &console_postgres,
+        &exposed,
+        &routed,
+    ] {
         let out = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(rendered));
         assert!(
             out.contains("deployment.apps/rel-hookrelay created (server dry run)"),
@@ -253,17 +341,78 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
     }
 
     // A bad value fails with a message naming it.
-    let out = Command::new(tool("helm"))
-        .args(["template", "rel", chart, "--set=replicaCount=many"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("replicaCount"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused_render(&["--set=replicaCount=many"], "replicaCount");
     env.cleanup().await;
+}
+
+/// CRDs of other projects from their Go modules (the files under `dir` of
+/// the module at `version`), applied and established, so the API server
+/// checks what the chart and the examples make for those projects.
+fn install_crds_from_go_module(module: &str, dir: &str, files: &[&str]) {
+    let out = Command::new("go")
+        .args(["mod", "download", "-json", module])
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("go mod download {module}: {e}"));
+    let downloaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "go mod download {module}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let root = downloaded["Dir"]
+        .as_str()
+        .unwrap_or_else(|| panic!("go mod download {module}: {downloaded}"));
+    for file in files {
+        let crd = format!("{root}/{dir}/{file}.yaml");
+        run(
+            "kubectl",
+            &["apply", "--server-side", "--force-conflicts", "-f", &crd],
+            None,
+        );
+        let name = file
+            .rsplit_once('_')
+            .map(|(group, plural)| format!("crd/{plural}.{group}"))
+            .unwrap();
+        run(
+            "kubectl",
+            &["wait", "--for=condition=Established", "--timeout=60s", &name],
+            None,
+        );
+    }
+}
+
+fn install_gateway_api_crds() {
+    install_crds_from_go_module(
+        "sigs.k8s.io/gateway-api@v1.4.1",
+        "config/crd/standard",
+        &["gateway.networking.k8s.io_httproutes"],
+    );
+}
+
+/// Flux 2.7's: the examples under `examples/flux/` use them.
+fn install_flux_crds() {
+    const BASES: &str = "config/crd/bases";
+    install_crds_from_go_module(
+        "github.com/fluxcd/source-controller@v1.7.0",
+        BASES,
+        &[
+            "source.toolkit.fluxcd.io_ocirepositories",
+            "source.toolkit.fluxcd.io_gitrepositories",
+        ],
+    );
+    install_crds_from_go_module(
+        "github.com/fluxcd/helm-controller@v1.4.0",
+        BASES,
+        &["helm.toolkit.fluxcd.io_helmreleases"],
+    );
+    install_crds_from_go_module(
+        "github.com/fluxcd/kustomize-controller@v1.7.3",
+        BASES,
+        &["kustomize.toolkit.fluxcd.io_kustomizations"],
+    );
 }
 
 /// A kubeconfig for a ServiceAccount, with a token from the TokenRequest API.
@@ -291,7 +440,10 @@ async fn every_example_manifest_applies() {
     let env = TestEnv::new("examples_apply").await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut applied = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    let manifests = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("payloads")).unwrap());
+    for entry in manifests {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let out = run(
@@ -303,7 +455,49 @@ async fn every_example_manifest_applies() {
             applied += 1;
         }
     }
-    assert!(applied >= 4, "the examples were found ({applied})");
+    assert!(applied >= 7, "the examples were found ({applied})");
+
+    // Flux's objects (into the test's namespace: they name namespaces of a
+    // real cluster), and the values the HelmRelease passes render the chart.
+    install_flux_crds();
+    let flux = std::fs::read_dir(dir.join("flux")).unwrap();
+    let mut releases = 0;
+    for path in flux.map(|entry| entry.unwrap().path()) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for mut object in
+            serde_yaml::Deserializer::from_str(&text).map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        {
+            object["metadata"].as_mapping_mut().unwrap().remove("namespace");
+            let manifest = serde_yaml::to_string(&object).unwrap();
+            let out = run(
+                "kubectl",
+                &["apply", "--dry-run=server", "-n", &env.ns, "-f", "-"],
+                Some(&manifest),
+            );
+            assert!(out.contains("(server dry run)"), "{}: {out}", path.display());
+            if object["kind"].as_str() == Some("HelmRelease") {
+                let values = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-helmrelease-values.yaml", env.ns));
+                std::fs::write(&values, serde_yaml::to_string(&object["spec"]["values"]).unwrap()).unwrap();
+                let rendered = run(
+                    "helm",
+                    &[
+                        "template",
+                        "rel",
+                        chart().to_str().unwrap(),
+                        "-f",
+                        values.to_str().unwrap(),
+                    ],
+                    None,
+                );
+                assert!(
+                    rendered.contains("kind: Ingress") && rendered.contains("kind: PrometheusRule"),
+                    "{rendered}"
+                );
+                releases += 1;
+            }
+        }
+    }
+    assert_eq!(releases, 1, "examples/flux/helmrelease.yaml was checked");
     env.cleanup().await;
 }
 
@@ -334,8 +528,9 @@ async fn the_charts_rbac_is_enough_and_no_more() {
             &release_ns,
             &watched,
             // Cluster-wide and shared by every release: the console test
-            // applies them on its own.
+            // applies the roles on its own, every test the CRDs.
             "--set=rbac.aggregatedRoles=false",
+            "--set=crds.install=false",
         ],
         None,
     );

@@ -86,6 +86,79 @@ fn the_reference_pages_are_generated_from_the_code() {
     }
 }
 
+/// helm-docs (built once by controlplane.sh, from the Go module proxy) run
+/// over the chart with a template from the chart.
+fn helm_docs(args: &[&str]) -> String {
+    let chart = root().join("charts/hookrelay");
+    let out = std::process::Command::new("bash")
+        .arg(root().join("tests/controlplane/controlplane.sh"))
+        .arg("helm-docs")
+        .args([
+            "--chart-search-root",
+            chart.to_str().unwrap(),
+            "--dry-run",
+            "--skip-version-footer",
+        ])
+        .args(args)
+        .output()
+        .expect("running controlplane.sh helm-docs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !stdout.is_empty(),
+        "helm-docs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The chart's README (what `helm show readme` prints, and the docs' values
+/// reference includes) and the descriptions in values.schema.json (what
+/// editors show) both come from the `# --` comments in values.yaml: one
+/// text per value, and every value has one.
+#[test]
+fn the_charts_readme_and_schema_descriptions_are_generated_from_values_yaml() {
+    let chart = root().join("charts/hookrelay");
+    let committed = std::fs::read_to_string(chart.join("README.md")).unwrap_or_default();
+    let generated = helm_docs(&[]);
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "charts/hookrelay/README.md is not what helm-docs makes of values.yaml: run `make chart-docs`"
+    );
+
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chart.join("values.schema.json")).unwrap()).unwrap();
+    let mut rows = 0;
+    let mut wrong = Vec::new();
+    for line in helm_docs(&["--template-files", "values.tsv.gotmpl"]).lines() {
+        let Some((key, description)) = line.split_once('\t') else {
+            continue;
+        };
+        rows += 1;
+        if description.is_empty() {
+            wrong.push(format!("{key}: no `# --` comment in values.yaml"));
+            continue;
+        }
+        // Through a shared definition ($ref: ingress, httpRoute) the schema's
+        // text is the definition's, worded for both uses.
+        let mut node = &schema;
+        for part in key.split('.') {
+            if node.get("$ref").is_some() {
+                break;
+            }
+            node = &node["properties"][part];
+        }
+        if node.is_null() {
+            wrong.push(format!("{key}: not in values.schema.json"));
+        } else if node.get("$ref").is_none() && node["description"].as_str() != Some(description) {
+            wrong.push(format!(
+                "{key}: the schema's description is not values.yaml's: {description:?}"
+            ));
+        }
+    }
+    assert!(rows > 50, "helm-docs listed the values ({rows})");
+    assert!(wrong.is_empty(), "run `make chart-docs`:\n{}", wrong.join("\n"));
+}
+
 #[test]
 fn every_relative_link_and_include_resolves() {
     let mut files = book_pages();
@@ -106,6 +179,10 @@ fn every_relative_link_and_include_resolves() {
                 .next()
                 .unwrap_or_default()
                 .trim()
+                // `path:anchor` includes the part between ANCHOR comments.
+                .split(':')
+                .next()
+                .unwrap_or_default()
                 .to_string()
         }));
         for target in targets {

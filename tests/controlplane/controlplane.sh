@@ -12,6 +12,8 @@
 #   controlplane.sh kubectl ARGS... / helm ARGS...
 #                           the kubectl and helm built with it, as the admin user
 #   controlplane.sh bin     the directory of the built binaries
+#   controlplane.sh helm-docs ARGS...
+#                           helm-docs (built once), for the chart's README
 #
 # Environment: HOOKRELAY_CACHE (default ~/.cache/hookrelay) holds binaries;
 # HOOKRELAY_CONTROLPLANE_DIR (default $HOOKRELAY_CACHE/controlplane) holds the
@@ -62,6 +64,18 @@ build() {
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
   rm -rf "$bin_dir" && mv "$tmp" "$bin_dir"
   log "built in $((SECONDS - started))s: $(cd "$bin_dir" && du -h kube-apiserver kube-controller-manager kubectl etcd helm | tr '\t\n' ' ')"
+}
+
+# helm-docs (for the chart's README), built once from the Go module proxy.
+helm_docs() { # args...
+  local dir="$cache/tools/helm-docs-${HELM_DOCS_VERSION}"
+  if [[ ! -x $dir/helm-docs ]]; then
+    log "building helm-docs ${HELM_DOCS_VERSION} into $dir"
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    GOFLAGS= GOBIN="$dir.tmp" CGO_ENABLED=0 go install -trimpath "github.com/norwoodj/helm-docs/cmd/helm-docs@${HELM_DOCS_VERSION}" >&2
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  exec "$dir/helm-docs" "$@"
 }
 
 # Kubernetes commands of the pinned release into DIR, with the flags
@@ -301,7 +315,8 @@ case ${1:-} in
   kubectl) shift; exec "$bin_dir/kubectl" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   helm) shift; exec "$bin_dir/helm" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   bin) echo "$bin_dir" ;;
+  helm-docs) shift; helm_docs "$@" ;;
   identity) shift; identity "$@" ;;
   build-k8s) shift; build_k8s "$@" ;;
-  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|identity NAME CN [GROUP]|build-k8s DIR COMMAND...|kubectl ARGS...|helm ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|identity NAME CN [GROUP]|build-k8s DIR COMMAND...|kubectl ARGS...|helm ARGS...|helm-docs ARGS..." >&2; exit 2 ;;
 esac

@@ -749,8 +749,10 @@ async fn the_postgres_store_delivers_from_two_replicas_without_duplicates() {
     values.extend([
         "--set=store.type=postgres".to_string(),
         "--set=store.postgres.urlSecretRef.name=postgres".into(),
-        // The aggregated ClusterRoles are cluster-wide: one release owns them.
+        // The aggregated ClusterRoles and the CRDs are cluster-wide: one
+        // release owns them (the first test's, which keeps the CRDs).
         "--set=rbac.aggregatedRoles=false".into(),
+        "--set=crds.install=false".into(),
         "--set=console.enabled=true".into(),
         format!("--set=watchNamespaces={{{}}}", env.ns),
     ]);
