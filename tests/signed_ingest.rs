@@ -191,12 +191,38 @@ async fn a_hub_accepts_the_cms_signature_and_standard_webhooks_and_refuses_forge
     let (status, _, _) = post(body.clone(), forged).await;
     assert_eq!(status, 401);
 
+    // The docs' shell sender (bash, openssl, curl) signs as the spec says.
+    let body_file = std::env::temp_dir().join(format!("signed-event-{}.json", stack.env.ns));
+    std::fs::write(&body_file, &body).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/send-signed-event.sh");
+    let out = std::process::Command::new("bash")
+        .args([
+            script,
+            &stack.ingest.events_url(&stack.env.ns, "main"),
+            SW_SECRET,
+            "msg_from_shell",
+        ])
+        .arg(&body_file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&body_file);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "send-signed-event.sh: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{answer}");
+    assert_eq!(answer["id"], "msg_from_shell", "{answer}");
+    assert_eq!(deliveries_of(&answer).len(), 1, "{answer}");
+
     // The bearer token still works, and nothing unsigned gets in.
     let (status, answer) = stack.post(json!({ "name": EVENT, "payload": {} })).await;
     assert_eq!(status, 202, "{answer}");
     let (status, _, _) = post(body.clone(), vec![]).await;
     assert_eq!(status, 401);
-    receiver.wait_for("/shop", 4, support::stack::WAIT).await;
+    receiver.wait_for("/shop", 5, support::stack::WAIT).await;
 
     // A hub whose verification Secret does not exist, then whose token
     // Secret does not either: the same answer again (it was 503
