@@ -20,27 +20,45 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the reconcilers and the delivery engine.
+    #[command(
+        after_help = "Examples:\n  hookrelay controller --leader-elect --watch-namespace shop,blog\n  hookrelay controller --store postgres --postgres-url \"$HOOKRELAY_POSTGRES_URL\"\n  hookrelay controller --egress-allow-loopback=true   # local development: handlers on 127.0.0.1"
+    )]
     Controller(ControllerArgs),
     /// Run the event ingest server the CMS posts events to.
+    #[command(
+        after_help = "Examples:\n  hookrelay ingest --listen 0.0.0.0:8080\n  hookrelay ingest --store postgres --postgres-url \"$HOOKRELAY_POSTGRES_URL\""
+    )]
     Ingest(IngestArgs),
     /// Serve the web console (the CMS's webhook screens) with the user's own
     /// Kubernetes identity.
+    #[command(
+        after_help = "Examples:\n  hookrelay console                        # on 127.0.0.1:8001, with your kubeconfig\n  hookrelay console --context staging -n shop\n  hookrelay console --auth token --listen 0.0.0.0:8001   # in a cluster"
+    )]
     Console(ConsoleArgs),
     /// Serve delivery history through the Kubernetes API (an aggregated
     /// API, history.hookrelay.dev), from whichever store, with the user's own
     /// identity and RBAC.
+    #[command(
+        after_help = "Examples:\n  hookrelay api --store postgres --tls-cert-file tls.crt --tls-key-file tls.key\n  hookrelay api --store postgres --register   # a local try: registers the APIService itself"
+    )]
     Api(ApiArgs),
     /// Print the CustomResourceDefinitions as YAML.
+    #[command(after_help = "Examples:\n  hookrelay crd | kubectl apply --server-side -f -")]
     Crd,
     /// Print the version.
+    #[command(after_help = "Examples:\n  hookrelay version")]
     Version,
     /// Print a shell completion script, e.g. `source <(hookrelay completion bash)`.
+    #[command(
+        after_help = "Examples:\n  source <(hookrelay completion bash)\n  hookrelay completion fish > ~/.config/fish/completions/hookrelay.fish"
+    )]
     Completion {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
     /// GET each URL and exit 0 only if every one answers 2xx within 5 s
     /// (the chart's `helm test` runs this in the hookrelay image).
+    #[command(after_help = "Examples:\n  hookrelay probe http://hookrelay-ingest.hookrelay-system.svc/readyz")]
     Probe {
         /// http:// or https:// URLs.
         #[arg(required = true)]
@@ -502,5 +520,33 @@ mod tests {
             help.contains("--watch-namespace") && !help.contains("--namespace <"),
             "{help}"
         );
+    }
+
+    /// Every command of both command lines shows how it is used, and says
+    /// what each positional argument is.
+    #[test]
+    fn every_command_has_examples_and_described_arguments() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if command.has_subcommands() {
+                for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+                    check(sub, &path, missing);
+                }
+            } else if !command
+                .get_after_help()
+                .is_some_and(|h| h.to_string().starts_with("Examples:\n"))
+            {
+                missing.push(format!("{path}: no Examples"));
+            }
+            for arg in command.get_positionals() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}: undescribed", arg.get_id()));
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "", &mut missing);
+        check(&crate::plugin::Plugin::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }

@@ -109,7 +109,11 @@ pub fn cli_markdown(title: &str, command: clap::Command) -> String {
 
 fn commands(out: &mut String, command: &clap::Command, parents: &[&str]) {
     let mut path: Vec<&str> = parents.to_vec();
-    path.push(command.get_display_name().unwrap_or(command.get_name()));
+    // After build(), clap names subcommands "parent-sub" for usage lines.
+    path.push(match parents {
+        [] => command.get_display_name().unwrap_or(command.get_name()),
+        _ => command.get_name(),
+    });
     let level = "#".repeat((path.len() + 1).min(4));
     let _ = writeln!(out, "{level} `{}`\n", path.join(" "));
     // Values from this machine's environment stay out of the page.

@@ -34,8 +34,8 @@ pub(super) async fn deliveries(ctx: &Ctx, webhook: Option<String>, filter: &Filt
             })
         })
         .collect();
-    if matches!(ctx.output, Output::Json | Output::Yaml) {
-        return print_structured(ctx.output, &rows);
+    if ctx.output.is_structured() {
+        return print_structured(&ctx.output, &rows);
     }
     if ctx.output == Output::Name {
         // `kubectl get delivery/NAME` reads it in either store.

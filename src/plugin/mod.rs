@@ -132,7 +132,7 @@ pub async fn main() -> i32 {
             return e.exit_code();
         }
     };
-    if let Err(problem) = plugin.command.takes(plugin.all_namespaces, plugin.output) {
+    if let Err(problem) = plugin.command.takes(plugin.all_namespaces, &plugin.output) {
         eprintln!("error: {problem}");
         return 2;
     }
@@ -236,7 +236,7 @@ mod tests {
     fn all_namespaces_and_name_output_are_refused_where_they_mean_nothing() {
         let parse = |args: &[&str]| {
             let p = Plugin::try_parse_from([&["kubectl-hookrelay"], args].concat()).unwrap();
-            p.command.takes(p.all_namespaces, p.output)
+            p.command.takes(p.all_namespaces, &p.output)
         };
         assert!(parse(&["-A", "deliveries"]).is_ok());
         assert!(parse(&["-A", "tail"]).is_ok());
@@ -252,6 +252,36 @@ mod tests {
                 .unwrap_err()
                 .contains("-o name applies to deliveries")
         );
+    }
+
+    #[test]
+    fn jsonpath_output_takes_rfc_9535_and_kubectls_braces() {
+        let parse = |args: &[&str]| Plugin::try_parse_from([&["kubectl-hookrelay"], args].concat());
+        let p = parse(&["deliveries", "-o", "jsonpath={[*].delivery}"]).unwrap();
+        assert_eq!(p.output, Output::JsonPath("$[*].delivery".into()));
+        let p = parse(&["show", "d-1", "-o", "jsonpath=$.status.phase"]).unwrap();
+        assert_eq!(p.output, Output::JsonPath("$.status.phase".into()));
+        for bad in ["jsonpath={range .items[*]}{.name}{end}", "jsonpath={.a[}", "xml"] {
+            let error = parse(&["deliveries", "-o", bad]).unwrap_err().to_string();
+            assert!(error.contains("--output") || error.contains("-o"), "{bad}: {error}");
+            assert!(
+                error.contains("jsonpath") || error.contains("not an output format"),
+                "{bad}: {error}"
+            );
+        }
+        let rows = serde_json::json!([
+            { "delivery": "shop-1", "attempts": 2, "nextAttemptAt": null },
+            { "delivery": "shop-2", "attempts": 1, "nextAttemptAt": null }
+        ]);
+        assert_eq!(
+            output::jsonpath_lines("$[*].delivery", &rows).unwrap(),
+            ["shop-1", "shop-2"]
+        );
+        assert_eq!(
+            output::jsonpath_lines("$[0]", &rows).unwrap(),
+            [r#"{"attempts":2,"delivery":"shop-1","nextAttemptAt":null}"#]
+        );
+        assert!(output::jsonpath_lines("$[*].missing", &rows).unwrap().is_empty());
     }
 
     #[test]

@@ -89,12 +89,32 @@ pub(crate) fn age(since: Timestamp, now: Timestamp) -> String {
     }
 }
 
-pub(super) fn print_structured(output: Output, value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(super) fn print_structured(output: &Output, value: &impl serde::Serialize) -> anyhow::Result<()> {
     match output {
         Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Output::JsonPath(path) => {
+            for line in jsonpath_lines(path, &serde_json::to_value(value)?)? {
+                println!("{line}");
+            }
+        }
         _ => println!("{}", serde_json::to_string_pretty(value)?),
     }
     Ok(())
+}
+
+/// What `path` selects in `value`, one line each: strings as they are,
+/// everything else as compact JSON.
+pub(super) fn jsonpath_lines(path: &str, value: &serde_json::Value) -> anyhow::Result<Vec<String>> {
+    let path = serde_json_path::JsonPath::parse(path)?;
+    Ok(path
+        .query(value)
+        .all()
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect())
 }
 
 pub(super) fn phase_of(d: &Delivery) -> Phase {

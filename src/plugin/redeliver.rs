@@ -27,9 +27,9 @@ pub(super) async fn redeliver(
         );
     }
     chosen.dedup_by_key(|d| (d.namespace(), d.name_any()));
-    if matches!(ctx.output, Output::Json | Output::Yaml) && dry_run {
+    if ctx.output.is_structured() && dry_run {
         let list: Vec<String> = chosen.iter().map(|d| d.name_any()).collect();
-        return print_structured(ctx.output, &list);
+        return print_structured(&ctx.output, &list);
     }
     println!("{} deliveries to redeliver:", chosen.len());
     for d in &chosen {

@@ -67,9 +67,9 @@ pub(super) async fn secret(
     }
     let (value, _) = read().await?;
     let whsec = crate::delivery::signing::standard_webhooks_secret(&value);
-    if matches!(ctx.output, Output::Json | Output::Yaml) {
+    if ctx.output.is_structured() {
         let shown = json!({ "secret": value, "standardWebhooksSecret": whsec, "secretRef": reference });
-        return print_structured(ctx.output, &shown);
+        return print_structured(&ctx.output, &shown);
     }
     println!("{}", if standard_webhooks { &whsec } else { &value });
     Ok(())

@@ -55,8 +55,8 @@ pub(super) async fn send(
             answer["message"].as_str().unwrap_or_default()
         );
     }
-    if matches!(ctx.output, Output::Json | Output::Yaml) {
-        return print_structured(ctx.output, &answer);
+    if ctx.output.is_structured() {
+        return print_structured(&ctx.output, &answer);
     }
     let deliveries = answer["deliveries"].as_array().cloned().unwrap_or_default();
     println!(

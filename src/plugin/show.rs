@@ -5,8 +5,8 @@ use super::*;
 pub(super) async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let mut d = ctx.delivery(name).await?;
     d.metadata.managed_fields = None;
-    if matches!(ctx.output, Output::Json | Output::Yaml) {
-        return print_structured(ctx.output, &d);
+    if ctx.output.is_structured() {
+        return print_structured(&ctx.output, &d);
     }
     let template = ctx
         .here::<Webhook>()

@@ -75,8 +75,8 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
             "webhooks": rows,
         }));
     }
-    if matches!(ctx.output, Output::Json | Output::Yaml) {
-        return print_structured(ctx.output, &json!({ "hubs": report }));
+    if ctx.output.is_structured() {
+        return print_structured(&ctx.output, &json!({ "hubs": report }));
     }
     if report.is_empty() {
         println!("No hubs in namespace {}.", ctx.namespace);

@@ -63,9 +63,9 @@ pub(super) async fn test(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let code = attempt.response.as_ref().map(|r| r.status_code);
-    if matches!(ctx.output, Output::Json | Output::Yaml) {
+    if ctx.output.is_structured() {
         print_structured(
-            ctx.output,
+            &ctx.output,
             &json!({ "delivery": id, "event": event, "attempt": attempt }),
         )?;
     } else {
