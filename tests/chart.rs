@@ -442,7 +442,8 @@ async fn every_example_manifest_applies() {
     let mut applied = 0;
     let manifests = std::fs::read_dir(&dir)
         .unwrap()
-        .chain(std::fs::read_dir(dir.join("payloads")).unwrap());
+        .chain(std::fs::read_dir(dir.join("payloads")).unwrap())
+        .chain(std::fs::read_dir(dir.join("tenant")).unwrap());
     for entry in manifests {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
@@ -455,7 +456,7 @@ async fn every_example_manifest_applies() {
             applied += 1;
         }
     }
-    assert!(applied >= 7, "the examples were found ({applied})");
+    assert!(applied >= 8, "the examples were found ({applied})");
 
     // Flux's objects (into the test's namespace: they name namespaces of a
     // real cluster), and the values the HelmRelease passes render the chart.
