@@ -163,6 +163,18 @@ fn status(code: StatusCode, reason: &'static str, message: String) -> Failure {
     Failure { code, reason, message }
 }
 
+/// 503 for a read this server depends on that failed (`what` could not be
+/// done: the client may try again); the cause goes to the log, not to the
+/// client.
+fn unavailable(what: &str, error: impl std::fmt::Display) -> Failure {
+    tracing::warn!(%error, "{what} failed");
+    status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        format!("{what} failed; try again"),
+    )
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let Failure { code, reason, message } = self;
@@ -254,14 +266,7 @@ impl Api {
         let answer = api
             .create(&kube::api::PostParams::default(), &review)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "access review failed");
-                status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "the access review could not be made; try again".into(),
-                )
-            })?;
+            .map_err(|e| unavailable("the access review", e))?;
         Ok(answer.status.is_some_and(|s| s.allowed))
     }
 }
@@ -474,14 +479,7 @@ fn store_error(e: StoreError) -> Failure {
         StoreError::Expired(message) => status(StatusCode::GONE, "Expired", message),
         StoreError::Invalid(message) => status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message),
         StoreError::Forbidden(message) => status(StatusCode::FORBIDDEN, "Forbidden", message),
-        e => {
-            tracing::warn!(error = %e, "the delivery store failed");
-            status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the delivery store could not be read; try again".into(),
-            )
-        }
+        e => unavailable("reading the delivery store", e),
     }
 }
 

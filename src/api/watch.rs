@@ -24,8 +24,9 @@ const EVERY: Duration = Duration::from_secs(1);
 const LONGEST: Duration = Duration::from_secs(30 * 60);
 /// How often a quiet watch that asked for bookmarks is told its position.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
-/// Changed deliveries read from the store at once.
-const READS_AT_ONCE: usize = 8;
+/// Changed deliveries read from the store in one query: bounds what a
+/// watch holds (documents up to the delivery budget each) while it sends.
+const READ_TOGETHER: usize = 64;
 
 pub(super) async fn serve(
     api: Api,
@@ -118,28 +119,29 @@ impl Watch {
                     return;
                 }
             };
-            let deliveries = self.api.deliveries.clone();
-            let mut current = futures::stream::iter(changed)
-                .map(|(ns, name)| {
-                    let deliveries = deliveries.clone();
-                    async move { deliveries.get(&ns, &name).await }
-                })
-                .buffered(READS_AT_ONCE);
             let mut told = false;
-            while let Some(read) = current.next().await {
-                let Ok(Some(delivery)) = read else { continue };
-                let object = object(&delivery);
-                if !self.selector.matches(&object) {
-                    continue;
+            for names in changed.chunks(READ_TOGETHER) {
+                let read = match self.api.deliveries.get_many(names).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a watch could not read the store; ending it");
+                        return;
+                    }
+                };
+                for delivery in read {
+                    let object = object(&delivery);
+                    if !self.selector.matches(&object) {
+                        continue;
+                    }
+                    // Never attempted: new to every watcher.
+                    let kind = if delivery.status.is_none() { "ADDED" } else { "MODIFIED" };
+                    // The position before this read: a client that watches again
+                    // from here is told these again rather than missing any.
+                    if sender.send(self.event(kind, object, &position)).await.is_err() {
+                        return;
+                    }
+                    told = true;
                 }
-                // Never attempted: new to every watcher.
-                let kind = if delivery.status.is_none() { "ADDED" } else { "MODIFIED" };
-                // The position before this read: a client that watches again
-                // from here is told these again rather than missing any.
-                if sender.send(self.event(kind, object, &position)).await.is_err() {
-                    return;
-                }
-                told = true;
             }
             position = next;
             if self.bookmarks && (told || quiet_since.elapsed() >= BOOKMARK_EVERY) {

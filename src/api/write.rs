@@ -5,7 +5,7 @@
 //! as on a Delivery object). Nothing else of a delivery changes here.
 
 use super::front_proxy::Peer;
-use super::{Api, Failure, object, status, store_error};
+use super::{Api, Failure, object, status, store_error, unavailable};
 use crate::resources::delivery::REDELIVER_ANNOTATION;
 use crate::resources::{DeliverySpec, Webhook};
 use crate::store::NewDelivery;
@@ -44,14 +44,7 @@ pub(super) async fn create(
     let webhook = webhooks
         .get_opt(&spec.webhook)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "reading a webhook failed");
-            status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the webhook could not be read; try again".into(),
-            )
-        })?
+        .map_err(|e| unavailable("reading the webhook", e))?
         .ok_or_else(|| {
             invalid(format!(
                 "spec.webhook: there is no webhook {:?} in {namespace}",

@@ -112,6 +112,17 @@ pub trait Deliveries: Send + Sync {
     /// One delivery, `None` when there is none this identity may read.
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Delivery>, StoreError>;
 
+    /// Several deliveries by (namespace, name), in that order, leaving out
+    /// those not there. One read each here; a store that can read them
+    /// together does (Postgres: one query).
+    async fn get_many(&self, names: &[(String, String)]) -> Result<Vec<Delivery>, StoreError> {
+        let mut found = Vec::with_capacity(names.len());
+        for (namespace, name) in names {
+            found.extend(self.get(namespace, name).await?);
+        }
+        Ok(found)
+    }
+
     /// Deliveries of `webhook` (of every webhook, `None`) in `namespace` (in
     /// every namespace, `None`, where the store can) in one of `phases` (any,
     /// when empty), in no particular order: at least the newest `most` of

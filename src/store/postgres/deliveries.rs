@@ -25,6 +25,10 @@ impl Deliveries for Postgres {
         self.read(namespace, name).await.map_err(StoreError::Database)
     }
 
+    async fn get_many(&self, names: &[(String, String)]) -> Result<Vec<Delivery>, StoreError> {
+        self.read_many(names).await.map_err(StoreError::Database)
+    }
+
     async fn list(
         &self,
         namespace: Option<&str>,

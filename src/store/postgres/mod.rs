@@ -629,6 +629,22 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
         row.map(|row| decode(row.get(0), row.get(1))).transpose()
     }
 
+    /// Deliveries by (namespace, name) in one query, in the order asked,
+    /// leaving out those not there.
+    pub async fn read_many(&self, names: &[(String, String)]) -> Result<Vec<Delivery>, String> {
+        let (namespaces, names): (Vec<&str>, Vec<&str>) = names.iter().map(|(ns, n)| (ns.as_str(), n.as_str())).unzip();
+        let client = self.client().await?;
+        let rows = timed(client.query(
+            "SELECT d.doc, d.version
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS asked(namespace, name, position)
+             JOIN hookrelay_deliveries d USING (namespace, name)
+             ORDER BY asked.position",
+            &[&namespaces, &names],
+        ))
+        .await?;
+        rows.iter().map(|row| decode(row.get(0), row.get(1))).collect()
+    }
+
     /// Unfinished deliveries in `namespaces` (all when empty).
     pub async fn pending(&self, namespaces: &[String]) -> Result<i64, String> {
         let client = self.client().await?;
