@@ -21,9 +21,12 @@ const UPDATED: &str = "dynamic-content.content-item.updated";
 fn plugin_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-bin");
     std::fs::create_dir_all(&dir).unwrap();
-    let link = dir.join("kubectl-hookrelay");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hookrelay"), &link).unwrap();
+    // And as `kubectl_complete-hookrelay`, which kubectl runs for completion.
+    for name in ["kubectl-hookrelay", "kubectl_complete-hookrelay"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hookrelay"), &link).unwrap();
+    }
     dir
 }
 
@@ -352,6 +355,33 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hub main"));
+
+    // `kubectl hookrelay <TAB>`: kubectl's own completion asks the plugin's
+    // completer, which offers the subcommands and, for a webhook, the
+    // namespace's webhooks as the user may list them.
+    let complete = |words: &[&str]| {
+        let out = Command::new(tool("kubectl"))
+            .arg("__complete")
+            .args(words)
+            .env("KUBECONFIG", &stack.env.cluster.admin_kubeconfig)
+            .env(
+                "PATH",
+                format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subcommands = complete(&["hookrelay", ""]);
+    assert!(
+        subcommands.contains("deliveries\t") && subcommands.contains("redeliver\t"),
+        "{subcommands}"
+    );
+    let webhooks = complete(&["hookrelay", "-n", &stack.env.ns, "test", ""]);
+    let names: Vec<&str> = webhooks.lines().collect();
+    assert!(names.contains(&"shop") && names.contains(&"search"), "{webhooks}");
+    assert_eq!(names.last(), Some(&":4"), "{webhooks}");
 
     let finished = api.list(&ListParams::default()).await.unwrap();
     assert!(

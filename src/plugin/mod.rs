@@ -8,6 +8,7 @@
 
 mod args;
 mod deliveries;
+mod kubectl_complete;
 mod output;
 mod redeliver;
 mod secret;
@@ -51,10 +52,17 @@ use std::time::Duration;
 
 /// Whether this process was started as the kubectl plugin.
 pub fn invoked_as_plugin() -> bool {
+    invoked_as("kubectl-hookrelay") || invoked_as(COMPLETER)
+}
+
+/// The name kubectl (1.26+) runs for `kubectl hookrelay <TAB>`.
+const COMPLETER: &str = "kubectl_complete-hookrelay";
+
+fn invoked_as(name: &str) -> bool {
     std::env::args_os()
         .next()
         .and_then(|a| PathBuf::from(a).file_name().map(|n| n.to_string_lossy().into_owned()))
-        .is_some_and(|n| n.starts_with("kubectl-hookrelay"))
+        .is_some_and(|n| n.starts_with(name))
 }
 
 /// What every command needs.
@@ -123,6 +131,15 @@ impl Ctx {
 
 /// Runs the plugin; the exit code.
 pub async fn main() -> i32 {
+    if invoked_as(COMPLETER) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let (completions, names) = kubectl_complete::complete(&Plugin::command(), &args);
+        if let Some(names) = names {
+            print!("{}", kubectl_complete::names_from_cluster(&names).await);
+        }
+        print!("{completions}");
+        return 0;
+    }
     let plugin = match Plugin::try_parse() {
         Ok(p) => p,
         Err(e) => {
