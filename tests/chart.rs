@@ -342,6 +342,8 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
 
     // A bad value fails with a message naming it.
     refused_render(&["--set=replicaCount=many"], "replicaCount");
+    // A cluster older than the CRDs' validation rules allow.
+    refused_render(&["--kube-version=1.27.0"], "kubeVersion: >=1.28.0-0");
     env.cleanup().await;
 }
 

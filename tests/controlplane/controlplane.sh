@@ -51,6 +51,8 @@ die() { log "error: $*"; exit 1; }
 build() {
   if [[ -x $bin_dir/kube-apiserver && -x $bin_dir/kube-controller-manager && -x $bin_dir/kubectl &&
     -x $bin_dir/etcd && -x $bin_dir/helm ]]; then
+    # helm built before it was stamped with its Kubernetes version: again, alone.
+    [[ -f $bin_dir/helm.stamped ]] || build_helm "$bin_dir"
     log "using cached binaries in $bin_dir"
     return
   fi
@@ -60,10 +62,24 @@ build() {
   rm -rf "$tmp" && mkdir -p "$tmp"
   build_k8s "$tmp" kube-apiserver kube-controller-manager kubectl
   (cd "$here/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
-  (cd "$here/helm" && CGO_ENABLED=0 go build -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
+  build_helm "$tmp"
   rm -rf "$bin_dir" && mv "$tmp" "$bin_dir"
   log "built in $((SECONDS - started))s: $(cd "$bin_dir" && du -h kube-apiserver kube-controller-manager kubectl etcd helm | tr '\t\n' ' ')"
+}
+
+# helm into DIR, with the ldflags of helm's own release build: without them
+# `helm template` assumes Kubernetes 1.20 and refuses a chart needing newer.
+build_helm() { # dir
+  local client_go major minor
+  client_go=$(cd "$here/helm" && go list -f '{{.Version}}' -m k8s.io/client-go) # v0.37.0: Kubernetes 1.37
+  minor=$(cut -d. -f2 <<<"$client_go")
+  major=$(($(cut -d. -f1 <<<"${client_go#v}") + 1))
+  (cd "$here/helm" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w \
+    -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    -o "$1/helm" helm.sh/helm/v3/cmd/helm)
+  touch "$1/helm.stamped"
 }
 
 # helm-docs (for the chart's README), built once from the Go module proxy.
