@@ -1211,6 +1211,11 @@ async fn main() {
             .arg("up")
             .env("HOOKRELAY_POSTGRES_DIR", pg_dir)
             .env("HOOKRELAY_POSTGRES_PORT", "25434")
+            // Which statements the store runs, and what each costs.
+            .env(
+                "HOOKRELAY_POSTGRES_OPTIONS",
+                "-c shared_preload_libraries=pg_stat_statements",
+            )
             .stderr(Stdio::inherit())
             .output()
             .expect("postgres.sh");
@@ -1257,6 +1262,26 @@ async fn main() {
                 cp.apiserver_cpu() + usage(cp.pid("etcd")).1,
             ]
         };
+        // Commits in the database (every process's): the record and insert
+        // batches should make them far fewer than deliveries.
+        let commits = || async {
+            // Backends report their counts within a second of being idle.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let row = pg
+                .query_one(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        };
+        let commits_before = commits().await;
+        // Loaded only if this Postgres was started by this bench's settings.
+        let statements = pg
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()")
+            .await
+            .is_ok();
         let cpu_before = cpu();
         let ((accepted, done), beside) = b
             .beside("postgres store, burst", &bystanders, 10, async {
@@ -1294,6 +1319,39 @@ async fn main() {
                 .collect::<Vec<_>>()
                 .join(" / "),
         );
+        b.note(
+            "postgres store: commits per delivery (all processes, the burst)",
+            format!("{:.2}", (commits().await - commits_before) as f64 / all_deliveries),
+        );
+        if statements {
+            // Statements of the database's own (the bench's reads excluded).
+            let rows = pg
+                .query(
+                    "SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 60)
+                     FROM pg_stat_statements
+                     WHERE query NOT LIKE '%pg_stat%' ORDER BY total_exec_time DESC",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let calls: i64 = rows.iter().map(|r| r.get::<_, i64>(0)).sum();
+            b.note(
+                "postgres store: statements per delivery (the burst)",
+                format!("{:.2}", calls as f64 / all_deliveries),
+            );
+            for row in rows.iter().take(4) {
+                let (calls, ms, query): (i64, f64, String) = (row.get(0), row.get(1), row.get(2));
+                b.note(
+                    &format!("  {query}"),
+                    format!("{calls} calls, {:.2} ms per delivery", ms / all_deliveries),
+                );
+            }
+        } else {
+            b.note(
+                "postgres store: statements per delivery (the burst)",
+                "n/a (pg_stat_statements not loaded)".to_string(),
+            );
+        }
         b.note(
             "postgres store: deliveries/s ÷ raw Delivery creates/s",
             format!("{:.2}", rate / raw_rate),

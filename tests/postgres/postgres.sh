@@ -10,6 +10,8 @@
 # HOOKRELAY_POSTGRES_DIR (default /var/tmp/hookrelay-postgres) and
 # HOOKRELAY_POSTGRES_PORT (default 25432; below the kernel's ephemeral range, so
 # no client connection holds it) select the instance. With
+# HOOKRELAY_POSTGRES_OPTIONS adds server settings (`-c name=value …`; the
+# benchmark loads pg_stat_statements). With
 # HOOKRELAY_POSTGRES_TLS=DIR (server.crt and server.key in DIR) it also
 # accepts TLS with that certificate. With HOOKRELAY_POSTGRES_LISTEN=IP it also
 # listens on IP (a node's pods reach the host there: tests/e2e/node.sh), where
@@ -57,7 +59,7 @@ up() {
   fi
   if ! running; then
     as_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-c listen_addresses=$listen -c port=$port -c unix_socket_directories=$dir -c fsync=on -c max_connections=200 $tls" \
+      -o "-c listen_addresses=$listen -c port=$port -c unix_socket_directories=$dir -c fsync=on -c max_connections=200 $tls ${HOOKRELAY_POSTGRES_OPTIONS:-}" \
       start >/dev/null 9>&- || { tail -20 "$dir/postgres.log" >&2; exit 1; }
   fi
   echo "postgres://hookrelay@127.0.0.1:$port/postgres"
