@@ -448,3 +448,65 @@ async fn postgres_reports_each_write_after_a_position_once() {
     let bad = s.deliveries.changed_since(Some(&s.namespace), "1:2:x").await;
     assert!(matches!(bad, Err(StoreError::Expired(_))), "{bad:?}");
 }
+
+/// Records that finish together are written together (one statement), yet
+/// each stands or falls by its own fence: a stale one among fresh ones is
+/// Superseded alone, and the fresh ones are stored. Reading many at once
+/// (a watch's batch) gives them back in the order asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_records_written_together_each_stand_by_their_own_fence() {
+    let s = Subject::postgres("together").await;
+    let names: Vec<String> = (0..40).map(|i| format!("t-{i:02}")).collect();
+    s.insert(names.iter().map(|n| s.delivery(n, "t")).collect())
+        .await
+        .unwrap();
+    let db = s.postgres.clone().unwrap();
+    let limits = ClaimLimits {
+        webhooks: &[],
+        default: 100,
+        per_namespace: 100,
+    };
+    let claimed = db
+        .claim(
+            CLAIMANT,
+            100,
+            Duration::from_secs(60),
+            std::slice::from_ref(&s.namespace),
+            &limits,
+        )
+        .await
+        .unwrap();
+    let mut read: Vec<Delivery> = claimed.into_iter().map(|c| c.delivery).collect();
+    read.sort_by_key(|d| d.name_any());
+    assert_eq!(read.len(), 40, "every delivery claimed");
+    // Every third is recorded once first: its read is then stale.
+    for d in read.iter().step_by(3) {
+        let first = s.records.record(d, &attempted(1, Phase::Retrying), CLAIMANT).await;
+        assert!(matches!(first, Ok(Written::Stored(_))), "{first:?}");
+    }
+    let succeeded = attempted(1, Phase::Succeeded);
+    let outcomes = futures::future::join_all(read.iter().map(|d| s.records.record(d, &succeeded, CLAIMANT))).await;
+    for (i, (d, outcome)) in read.iter().zip(outcomes).enumerate() {
+        match (i % 3 == 0, outcome) {
+            (true, Ok(Written::Superseded(current))) => {
+                assert_eq!(current.status.unwrap().phase, Phase::Retrying, "{}", d.name_any())
+            }
+            (false, Ok(Written::Stored(stored))) => {
+                assert_eq!(stored.status.unwrap().phase, Phase::Succeeded, "{}", d.name_any())
+            }
+            (stale, other) => panic!("{} (stale: {stale}): {other:?}", d.name_any()),
+        }
+    }
+    let asked: Vec<(String, String)> = names.iter().rev().map(|n| (s.namespace.clone(), n.clone())).collect();
+    let together = s.deliveries.get_many(&asked).await.unwrap();
+    let order: Vec<String> = together.iter().map(|d| d.name_any()).collect();
+    assert_eq!(
+        order,
+        names.iter().rev().cloned().collect::<Vec<_>>(),
+        "in the order asked"
+    );
+    for (i, d) in together.iter().rev().enumerate() {
+        let expected = if i % 3 == 0 { Phase::Retrying } else { Phase::Succeeded };
+        assert_eq!(d.status.as_ref().unwrap().phase, expected, "{}", d.name_any());
+    }
+}

@@ -187,7 +187,32 @@ pub struct Postgres {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     groups: mpsc::Sender<Group>,
+    records: mpsc::Sender<PendingRecord>,
 }
+
+/// What the receivers of the group committers take.
+struct Committers {
+    groups: mpsc::Receiver<Group>,
+    records: mpsc::Receiver<PendingRecord>,
+}
+
+/// An attempt's record waiting for the record committer: its row is
+/// written if it still has version `seen` and is claimed by `claimant`.
+struct PendingRecord {
+    namespace: String,
+    name: String,
+    doc: String,
+    phase: String,
+    due: Option<Timestamp>,
+    completed: Option<Timestamp>,
+    seen: i64,
+    claimant: String,
+    /// The new version and the ordering key; `None` when the fence failed.
+    done: oneshot::Sender<Result<Option<Recorded>, String>>,
+}
+
+/// A written record: the row's new version and its ordering key.
+type Recorded = (i64, Option<String>);
 
 /// TLS towards the database, used when the URL says `sslmode=require`:
 /// the server's certificate and name are verified (as libpq's
@@ -239,7 +264,7 @@ impl Postgres {
     /// `ca`: the PEM bundle that signs the server's certificate (with
     /// `sslmode=require`).
     pub async fn connect(url: &str, ca: Option<&[u8]>) -> anyhow::Result<Arc<Postgres>> {
-        let (store, receiver) = Self::pool(url, ca)?;
+        let (store, committers) = Self::pool(url, ca)?;
         let mut delay = Duration::from_millis(200);
         loop {
             match store.migrate().await {
@@ -251,9 +276,11 @@ impl Postgres {
                 }
             }
         }
-        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let groups = Arc::new(tokio::sync::Mutex::new(committers.groups));
+        let records = Arc::new(tokio::sync::Mutex::new(committers.records));
         for _ in 0..COMMITTERS {
-            tokio::spawn(commit_groups(store.pool.clone(), receiver.clone()));
+            tokio::spawn(commit_groups(store.pool.clone(), groups.clone()));
+            tokio::spawn(commit_records(store.pool.clone(), records.clone()));
         }
         Ok(store)
     }
@@ -264,7 +291,7 @@ impl Postgres {
         Ok(Self::pool(url, ca)?.0)
     }
 
-    fn pool(url: &str, ca: Option<&[u8]>) -> anyhow::Result<(Arc<Postgres>, mpsc::Receiver<Group>)> {
+    fn pool(url: &str, ca: Option<&[u8]>) -> anyhow::Result<(Arc<Postgres>, Committers)> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| anyhow::anyhow!("--postgres-url is not a Postgres connection URL: {e}"))?;
@@ -290,15 +317,20 @@ impl Postgres {
             .wait_timeout(Some(STATEMENT_TIMEOUT))
             .create_timeout(Some(STATEMENT_TIMEOUT))
             .build()?;
-        let (groups, receiver) = mpsc::channel(4096);
+        let (groups, group_receiver) = mpsc::channel(4096);
+        let (records, record_receiver) = mpsc::channel(4096);
         Ok((
             Arc::new(Postgres {
                 pool,
                 config,
                 tls,
                 groups,
+                records,
             }),
-            receiver,
+            Committers {
+                groups: group_receiver,
+                records: record_receiver,
+            },
         ))
     }
 
@@ -558,13 +590,10 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
 
     /// Records `delivery` as it now stands, if it still has the version it
     /// was read at and `claimant` still holds its claim (which ends). `None`:
-    /// someone else wrote it first, or it is gone.
+    /// someone else wrote it first, or it is gone. Records that finish
+    /// together are written in one statement and one commit (the record
+    /// committer), each with its own fence and outcome.
     pub async fn record(&self, delivery: &Delivery, seen: i64, claimant: &str) -> Result<Option<Delivery>, String> {
-        const RECORD: &str = "UPDATE hookrelay_deliveries
-            SET doc = $3, version = version + 1, phase = $4, due_at = $5, completed_at = $6,
-                claimed_by = NULL, claim_until = NULL, changed = pg_current_xact_id()
-            WHERE namespace = $1 AND name = $2 AND version = $7 AND claimed_by = $8
-            RETURNING version, ordering_key";
         // The next of its ordering key, if it waits, is queued now.
         const NEXT: &str = "UPDATE hookrelay_deliveries SET waiting = false
             WHERE namespace = $1 AND webhook = $2 AND ordering_key = $3 AND due_at IS NOT NULL AND waiting
@@ -572,49 +601,56 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
                          WHERE namespace = $1 AND webhook = $2 AND ordering_key = $3 AND due_at IS NOT NULL)";
         let status = delivery.status.clone().unwrap_or_default();
         let due = due_of(&status);
-        let completed = status.completed_at.as_ref().map(|t| t.0);
-        let doc = serde_json::to_string(&stored(delivery)).map_err(describe)?;
-        let ns = namespace_of(delivery);
-        let mut client = self.client().await?;
-        let statement = client.prepare_cached(RECORD).await.map_err(describe)?;
-        let row = timed(client.query_opt(
-            &statement,
-            &[
-                &ns,
-                &delivery.name_any(),
-                &doc,
-                &format!("{:?}", status.phase),
-                &due,
-                &completed,
-                &seen,
-                &claimant,
-            ],
-        ))
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let key: Option<String> = row.get(1);
+        let (done, answer) = oneshot::channel();
+        let pending = PendingRecord {
+            namespace: namespace_of(delivery),
+            name: delivery.name_any(),
+            doc: serde_json::to_string(&stored(delivery)).map_err(describe)?,
+            phase: format!("{:?}", status.phase),
+            due,
+            completed: status.completed_at.as_ref().map(|t| t.0),
+            seen,
+            claimant: claimant.to_string(),
+            done,
+        };
+        let ns = pending.namespace.clone();
+        let written = match self.records.send(pending).await {
+            Ok(()) => answer
+                .await
+                .map_err(|_| "postgres store: the record committer stopped".to_string())??,
+            // No committer (a store opened only to read): written alone.
+            Err(mpsc::error::SendError(pending)) => record_many(&self.pool, std::slice::from_ref(&pending))
+                .await?
+                .into_values()
+                .next(),
+        };
+        let Some((version, key)) = written else { return Ok(None) };
         if let (Some(key), None) = (&key, due) {
             // Under the key's lock, after this record's commit: a delivery
             // stored meanwhile either saw this one finished or is seen
             // waiting here. (Should this process stop in between, the
             // safety net queues it within a minute.)
             let webhook = &delivery.spec.webhook;
-            let work = async {
-                let tx = client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key_lock(&ns, webhook, key)])
-                    .await?;
-                let next = tx.prepare_cached(NEXT).await?;
-                if tx.execute(&next, &[&ns, webhook, key]).await? > 0 {
-                    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
-                }
-                tx.commit().await
+            let queued = async {
+                let mut client = self.client().await?;
+                let work = async {
+                    let tx = client.transaction().await?;
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key_lock(&ns, webhook, key)])
+                        .await?;
+                    let next = tx.prepare_cached(NEXT).await?;
+                    if tx.execute(&next, &[&ns, webhook, key]).await? > 0 {
+                        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+                    }
+                    tx.commit().await
+                };
+                timed(work).await
             };
-            if let Err(e) = timed(work).await {
+            if let Err(e) = queued.await {
                 tracing::warn!(error = %e, "ordering key: the next delivery is queued by the safety net instead");
             }
         }
         let mut recorded = delivery.clone();
-        recorded.metadata.resource_version = Some(row.get::<_, i64>(0).to_string());
+        recorded.metadata.resource_version = Some(version.to_string());
         Ok(Some(recorded))
     }
 
@@ -954,6 +990,90 @@ async fn listen_once(
         .map_err(describe)?;
     let ended = driver.await.map_err(describe)?;
     Err(ended)
+}
+
+/// Records written by one statement at most.
+const RECORD_ROWS: usize = 256;
+
+/// Writes records as they come: one statement (and so one commit) for
+/// every record that arrived while the previous one was being written.
+async fn commit_records(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<PendingRecord>>>) {
+    // Records of a delivery already in the batch wait for the next one: an
+    // UPDATE … FROM writes a row once, whatever else it joins.
+    let mut held: Vec<PendingRecord> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut held);
+        {
+            let mut receiver = receiver.lock().await;
+            if batch.is_empty() {
+                let Some(first) = receiver.recv().await else { return };
+                batch.push(first);
+            }
+            while batch.len() < RECORD_ROWS {
+                let Ok(next) = receiver.try_recv() else { break };
+                batch.push(next);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let (batch, later): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|r| names.insert((r.namespace.clone(), r.name.clone())));
+        held = later;
+        match record_many(&pool, &batch).await {
+            Ok(mut written) => {
+                for record in batch {
+                    let outcome = written.remove(&(record.namespace, record.name));
+                    let _ = record.done.send(Ok(outcome));
+                }
+            }
+            // One record's trouble must not fail another's: each alone.
+            Err(_) if batch.len() > 1 => {
+                for record in batch {
+                    let alone = record_many(&pool, std::slice::from_ref(&record)).await;
+                    let _ = record.done.send(alone.map(|w| w.into_values().next()));
+                }
+            }
+            Err(e) => {
+                for record in batch {
+                    let _ = record.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Writes `records` in one statement, each fenced by its version and
+/// claimant; the rows written, by (namespace, name). A record whose fence
+/// failed is not among them.
+async fn record_many(
+    pool: &Pool,
+    records: &[PendingRecord],
+) -> Result<std::collections::HashMap<(String, String), Recorded>, String> {
+    const RECORD: &str = "UPDATE hookrelay_deliveries d
+        SET doc = r.doc, version = d.version + 1, phase = r.phase, due_at = r.due_at,
+            completed_at = r.completed_at, claimed_by = NULL, claim_until = NULL, changed = pg_current_xact_id()
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+                    $7::int8[], $8::text[])
+             AS r(namespace, name, doc, phase, due_at, completed_at, seen, claimant)
+        WHERE d.namespace = r.namespace AND d.name = r.name AND d.version = r.seen AND d.claimed_by = r.claimant
+        RETURNING d.namespace, d.name, d.version, d.ordering_key";
+    let column = |f: fn(&PendingRecord) -> &str| records.iter().map(f).collect::<Vec<&str>>();
+    let (namespaces, names) = (column(|r| &r.namespace), column(|r| &r.name));
+    let (docs, phases, claimants) = (column(|r| &r.doc), column(|r| &r.phase), column(|r| &r.claimant));
+    let due: Vec<Option<Timestamp>> = records.iter().map(|r| r.due).collect();
+    let completed: Vec<Option<Timestamp>> = records.iter().map(|r| r.completed).collect();
+    let seen: Vec<i64> = records.iter().map(|r| r.seen).collect();
+    let client = pool.get().await.map_err(describe)?;
+    let statement = client.prepare_cached(RECORD).await.map_err(describe)?;
+    let rows = timed(client.query(
+        &statement,
+        &[&namespaces, &names, &docs, &phases, &due, &completed, &seen, &claimants],
+    ))
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+        .collect())
 }
 
 /// Commits groups as they come: one transaction for everything that
