@@ -36,6 +36,11 @@ const EVENTS: usize = 5_000;
 /// Deliveries pending in the backlog phase.
 const BACKLOG: usize = 100_000;
 const CONCURRENCY: usize = 32;
+/// Events of the Postgres store's burst: long enough that a backlog
+/// growing through it shows in the delivered rate and latency.
+const PG_BURST: usize = 10_000;
+/// Requests the load driver sends straight to the receiver (its ceiling).
+const DIRECT: usize = 20_000;
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 const EVENT: &str = "dynamic-content.content-item.updated";
 
@@ -435,6 +440,40 @@ impl Bench {
         })
         .await
         .expect("webhooks ready");
+    }
+
+    /// Requests a second the load driver moves straight to the receiver:
+    /// `n` posts of an event's body, `CONCURRENCY` at once, each answered.
+    async fn direct_rate(&self, n: usize) -> f64 {
+        let url = format!("http://{}/direct", self.receiver_addr);
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let took = bounded_parallel(n, {
+            let (http, answered) = (self.http.clone(), answered.clone());
+            move |i| {
+                let (http, url, answered) = (http.clone(), url.clone(), answered.clone());
+                async move {
+                    let payload = json!({ "id": "c-1", "label": "x".repeat(512), "version": 3 });
+                    let body = json!({ "id": format!("direct-{i}"), "name": EVENT, "payload": payload });
+                    let sent = http
+                        .post(&url)
+                        .header("webhook-id", format!("direct-{i}"))
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await;
+                    if let Ok(response) = sent
+                        && response.status().is_success()
+                        && response.bytes().await.is_ok()
+                    {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .await;
+        let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(answered, n, "every direct request was answered");
+        n as f64 / took.as_secs_f64()
     }
 
     /// Posts `n` events with `workers` workers, at `rate` per second if
@@ -1135,6 +1174,17 @@ async fn main() {
         "deliveries/s ÷ raw creates/s",
         format!("{:.2}", delivery_rate / raw_rate),
     );
+    // The load driver's own ceiling: the same client, concurrency and event
+    // body posted straight to the receiver, no hookrelay between them.
+    let direct_rate = b.direct_rate(DIRECT).await;
+    b.note(
+        "load driver straight to the receiver: requests/s (ceiling)",
+        format!("{direct_rate:.0}"),
+    );
+    b.note(
+        "deliveries/s ÷ the load driver's ceiling",
+        format!("{:.3}", delivery_rate / direct_rate),
+    );
     b.note(
         "kube-apiserver CPU s per 1,000 deliveries / per 1,000 raw creates",
         format!("{delivery_cpu:.1} / {raw_cpu:.1}"),
@@ -1262,6 +1312,9 @@ async fn main() {
                 cp.apiserver_cpu() + usage(cp.pid("etcd")).1,
             ]
         };
+        // The load driver and receiver (this process): not hookrelay's
+        // cost, but what shares the machine with it.
+        let own_cpu = || usage(std::process::id()).1;
         // Commits in the database (every process's): the record and insert
         // batches should make them far fewer than deliveries.
         let commits = || async {
@@ -1282,16 +1335,17 @@ async fn main() {
             .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()")
             .await
             .is_ok();
-        let cpu_before = cpu();
-        let ((accepted, done), beside) = b
+        let (cpu_before, own_before) = (cpu(), own_cpu());
+        let ((accepted, took, done), beside) = b
             .beside("postgres store, burst", &bystanders, 10, async {
-                let (accepted, _) = b
-                    .post(&ingest_url, &pns, &token, EVENT, 2_000, None, CONCURRENCY, "pg")
+                let (accepted, took) = b
+                    .post(&ingest_url, &pns, &token, EVENT, PG_BURST, None, CONCURRENCY, "pg")
                     .await;
                 let done = b.arrived(&accepted, PHASE_LIMIT).await;
-                (accepted, done)
+                (accepted, took, done)
             })
             .await;
+        let own_used = own_cpu() - own_before;
         let all_deliveries = (accepted.len() + beside.deliveries).max(1) as f64;
         let per_process: Vec<f64> = cpu()
             .iter()
@@ -1304,8 +1358,17 @@ async fn main() {
             _ => 0.0,
         };
         b.note(
-            "postgres store: deliveries/s, burst 2,000 events, 32 clients",
+            "postgres store: events accepted/s, burst 10,000 events, 32 clients",
+            format!("{:.0}", accepted.len() as f64 / took.as_secs_f64()),
+        );
+        b.note(
+            "postgres store: deliveries/s, the same burst",
             format!("{rate:.0}{}", if done.is_none() { " (incomplete)" } else { "" }),
+        );
+        let burst = latencies(&accepted, &b.receiver);
+        b.note(
+            "postgres store: latency accepted → received, the burst p50/p99",
+            format!("{} / {}", ms(percentile(&burst, 0.5)), ms(percentile(&burst, 0.99))),
         );
         b.note(
             "postgres store: CPU s per 1,000 deliveries (all processes)",
@@ -1318,6 +1381,10 @@ async fn main() {
                 .map(|s| format!("{:.2}", s * 1000.0 / all_deliveries))
                 .collect::<Vec<_>>()
                 .join(" / "),
+        );
+        b.note(
+            "  load driver + receiver (the bench, not counted above)",
+            format!("{:.2}", own_used * 1000.0 / all_deliveries),
         );
         b.note(
             "postgres store: commits per delivery (all processes, the burst)",
@@ -1355,6 +1422,10 @@ async fn main() {
         b.note(
             "postgres store: deliveries/s ÷ raw Delivery creates/s",
             format!("{:.2}", rate / raw_rate),
+        );
+        b.note(
+            "postgres store: deliveries/s ÷ the load driver's ceiling",
+            format!("{:.3}", rate / direct_rate),
         );
         b.webhooks(&pns, &["pg-steady".into()], &["bench.pg-steady"]).await;
         b.steady_latency(
