@@ -34,6 +34,10 @@ pub struct Claims {
     metrics: Arc<Metrics>,
     /// Woken when ingest commits deliveries.
     committed: Arc<Notify>,
+    /// Woken when one of this engine's attempts ends: a slot of its
+    /// webhook is free again (a claim that found every webhook at its limit
+    /// need not wait for the next poll).
+    settled: Notify,
     /// This engine's share of the pending gauge (every replica reports the
     /// store's count, so alerts take the max, not the sum).
     reported_pending: AtomicI64,
@@ -43,6 +47,7 @@ impl Claims {
     pub fn new(db: Arc<Postgres>, scope: Scope) -> Claims {
         Claims {
             committed: db.listen(),
+            settled: Notify::new(),
             db,
             namespaces: scope.namespace.into_iter().collect(),
             webhooks: scope.webhooks,
@@ -87,7 +92,8 @@ impl Queue for Claims {
     }
 
     /// Claims up to `room` due deliveries; when none is due, waits for
-    /// ingest's next commit (or a short poll, for retries coming due).
+    /// ingest's next commit, the end of one of this engine's attempts, or a
+    /// short poll (for retries coming due).
     async fn next(
         &self,
         claimant: &str,
@@ -130,6 +136,7 @@ impl Queue for Claims {
             }
             tokio::select! {
                 _ = self.committed.notified() => {}
+                _ = self.settled.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
@@ -149,14 +156,17 @@ impl Queue for Claims {
     /// same id).
     async fn settle(&self, due: &Due, claimant: &str, settled: Settled) {
         let after = match settled {
-            Settled::NotSent => Duration::ZERO,
-            Settled::Deferred => DEFER,
-            _ => return,
+            Settled::NotSent => Some(Duration::ZERO),
+            Settled::Deferred => Some(DEFER),
+            _ => None,
         };
-        if let Err(e) = self.db.release(&due.namespace, &due.name, claimant, after).await {
+        if let Some(after) = after
+            && let Err(e) = self.db.release(&due.namespace, &due.name, claimant, after).await
+        {
             // The claim then simply runs out.
             tracing::debug!(delivery = %due.name, error = %e, "could not give a claim back");
         }
+        self.settled.notify_one();
     }
 
     async fn hasten(&self, namespace: &str, webhook: &str) {

@@ -41,6 +41,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Schema versions, applied in order, each once, under an advisory lock (so
@@ -126,6 +127,13 @@ CREATE INDEX hookrelay_deliveries_changed ON hookrelay_deliveries (changed);
 "#,
     ),
 ];
+
+/// The small statements of the hot path, prepared once per connection
+/// (`prepare_cached`) like the large ones: unprepared, each costs a round
+/// trip and a parse of its own.
+const NOTIFY: &str = "SELECT pg_notify($1, '')";
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+const LOCK_EACH: &str = "SELECT pg_advisory_xact_lock(b) FROM unnest($1::int8[]) AS b";
 
 /// Any number: the advisory lock migrations hold.
 const MIGRATION_LOCK: i64 = 0x686f6f6b72656c;
@@ -384,15 +392,20 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = timed(client.transaction()).await?;
         let every_bucket: Vec<i64> = (KEY_LOCKS..KEY_LOCKS + KEY_BUCKETS).collect();
-        timed(lock_buckets(&tx, &every_bucket)).await?;
+        let (lock, insert) = (
+            timed(tx.prepare_cached(LOCK_EACH)).await?,
+            timed(tx.prepare_cached(INSERT)).await?,
+        );
+        timed(lock_buckets(&tx, &lock, &every_bucket)).await?;
         let mut chunk = first;
         while !chunk.is_empty() {
             let columns = Columns::of(chunk.iter());
-            timed(columns.insert(&tx)).await?;
+            timed(columns.insert(&tx, &insert)).await?;
             drop(columns);
             chunk = take_chunk(&mut rest);
         }
-        timed(tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])).await?;
+        let notify = timed(tx.prepare_cached(NOTIFY)).await?;
+        timed(tx.execute(&notify, &[&CHANNEL])).await?;
         timed(tx.commit()).await
     }
 
@@ -510,26 +523,25 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
             // snapshot is taken after the lock, so it sees every claim
             // committed before it. Two concurrent snapshots could each see
             // the webhook idle and pick different rows, past its limit.
+            // The lock and the claim go out together (pipelined, one round
+            // trip): the server runs the claim, and takes its snapshot, only
+            // once the lock is held.
             let tx = client.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
-            let statement = tx.prepare_cached(CLAIM).await?;
-            let rows = tx
-                .query(
-                    &statement,
-                    &[
-                        &claimant,
-                        &(most as i64),
-                        &ns,
-                        &webhooks,
-                        &most_each,
-                        &namespaces,
-                        &default_limit,
-                        &lease.as_secs_f64(),
-                        &namespace_share,
-                        &SCAN_DEPTH,
-                    ],
-                )
-                .await?;
+            let (lock, statement) = (tx.prepare_cached(LOCK).await?, tx.prepare_cached(CLAIM).await?);
+            let (most, lease) = (most as i64, lease.as_secs_f64());
+            let params: [&(dyn ToSql + Sync); 10] = [
+                &claimant,
+                &most,
+                &ns,
+                &webhooks,
+                &most_each,
+                &namespaces,
+                &default_limit,
+                &lease,
+                &namespace_share,
+                &SCAN_DEPTH,
+            ];
+            let (_, rows) = tokio::try_join!(tx.execute(&lock, &[&CLAIM_LOCK]), tx.query(&statement, &params))?;
             tx.commit().await?;
             Ok(rows)
         };
@@ -635,11 +647,15 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
                 let mut client = self.client().await?;
                 let work = async {
                     let tx = client.transaction().await?;
-                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key_lock(&ns, webhook, key)])
-                        .await?;
-                    let next = tx.prepare_cached(NEXT).await?;
-                    if tx.execute(&next, &[&ns, webhook, key]).await? > 0 {
-                        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+                    let (lock, next) = (tx.prepare_cached(LOCK).await?, tx.prepare_cached(NEXT).await?);
+                    // Pipelined: the update runs once the lock is held.
+                    let bucket = key_lock(&ns, webhook, key);
+                    let (bucket, of_key): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 3]) =
+                        ([&bucket], [&ns, webhook, key]);
+                    let (_, queued) = tokio::try_join!(tx.execute(&lock, &bucket), tx.execute(&next, &of_key))?;
+                    if queued > 0 {
+                        let notify = tx.prepare_cached(NOTIFY).await?;
+                        tx.execute(&notify, &[&CHANNEL]).await?;
                     }
                     tx.commit().await
                 };
@@ -851,7 +867,7 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
         ))
         .await?;
         if changed == 1 {
-            let _ = client.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await;
+            let _ = client.execute(NOTIFY, &[&CHANNEL]).await;
         }
         Ok(changed == 1)
     }
@@ -1179,10 +1195,14 @@ impl<'a> Columns<'a> {
         buckets
     }
 
-    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
-        let statement = tx.prepare_cached(INSERT).await?;
+    /// Inserts the rows with `statement` (`INSERT`, prepared).
+    async fn insert(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        statement: &tokio_postgres::Statement,
+    ) -> Result<u64, tokio_postgres::Error> {
         tx.execute(
-            &statement,
+            statement,
             &[
                 &self.namespaces,
                 &self.names,
@@ -1196,14 +1216,15 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Takes advisory locks in array order (a function scan, no sort).
-async fn lock_buckets(tx: &deadpool_postgres::Transaction<'_>, buckets: &[i64]) -> Result<(), tokio_postgres::Error> {
+/// Takes advisory locks in array order (a function scan, no sort) with
+/// `lock` (`LOCK_EACH`, prepared).
+async fn lock_buckets(
+    tx: &deadpool_postgres::Transaction<'_>,
+    lock: &tokio_postgres::Statement,
+    buckets: &[i64],
+) -> Result<(), tokio_postgres::Error> {
     if !buckets.is_empty() {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(b) FROM unnest($1::int8[]) AS b",
-            &[&buckets],
-        )
-        .await?;
+        tx.execute(lock, &[&buckets]).await?;
     }
     Ok(())
 }
@@ -1217,9 +1238,16 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
     let mut client = pool.get().await.map_err(describe)?;
     let work = async {
         let tx = client.transaction().await?;
-        lock_buckets(&tx, &buckets).await?;
-        c.insert(&tx).await?;
-        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+        let (lock, insert) = (tx.prepare_cached(LOCK_EACH).await?, tx.prepare_cached(INSERT).await?);
+        let notify = tx.prepare_cached(NOTIFY).await?;
+        // Pipelined (one round trip; every statement is prepared, so each
+        // is sent as it is first polled, in this order), run by the server
+        // in this order: the keys' locks, the rows, the notification.
+        tokio::try_join!(
+            lock_buckets(&tx, &lock, &buckets),
+            c.insert(&tx, &insert),
+            tx.execute(&notify, &[&CHANNEL])
+        )?;
         if groups.iter().any(|g| g.done.is_closed()) {
             // Rolled back (the transaction is dropped): committed without
             // those, or not at all.
