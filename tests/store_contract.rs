@@ -117,27 +117,32 @@ impl Subject {
                 .unwrap()
                 .expect("stored");
         };
-        let limits = ClaimLimits {
-            webhooks: &[],
-            default: 100,
-            per_namespace: 100,
-        };
-        let claimed = db
-            .claim(
-                CLAIMANT,
-                100,
-                Duration::from_secs(60),
-                std::slice::from_ref(&self.namespace),
-                &limits,
-            )
+        claim_all(db, &self.namespace)
             .await
-            .expect("a claim");
-        claimed
             .into_iter()
-            .map(|c| c.delivery)
             .find(|d| d.name_any() == name)
             .expect("claimed")
     }
+}
+
+/// Claims (as `CLAIMANT`) every due delivery of `namespace`, up to 100.
+async fn claim_all(db: &Postgres, namespace: &str) -> Vec<Delivery> {
+    let limits = ClaimLimits {
+        webhooks: &[],
+        default: 100,
+        per_namespace: 100,
+    };
+    let claimed = db
+        .claim(
+            CLAIMANT,
+            100,
+            Duration::from_secs(60),
+            std::slice::from_ref(&namespace.to_string()),
+            &limits,
+        )
+        .await
+        .expect("a claim");
+    claimed.into_iter().map(|c| c.delivery).collect()
 }
 
 /// A schedule's scope: no hubs known (the defaults apply), one webhook,
@@ -461,22 +466,7 @@ async fn postgres_records_written_together_each_stand_by_their_own_fence() {
         .await
         .unwrap();
     let db = s.postgres.clone().unwrap();
-    let limits = ClaimLimits {
-        webhooks: &[],
-        default: 100,
-        per_namespace: 100,
-    };
-    let claimed = db
-        .claim(
-            CLAIMANT,
-            100,
-            Duration::from_secs(60),
-            std::slice::from_ref(&s.namespace),
-            &limits,
-        )
-        .await
-        .unwrap();
-    let mut read: Vec<Delivery> = claimed.into_iter().map(|c| c.delivery).collect();
+    let mut read = claim_all(&db, &s.namespace).await;
     read.sort_by_key(|d| d.name_any());
     assert_eq!(read.len(), 40, "every delivery claimed");
     // Every third is recorded once first: its read is then stale.
