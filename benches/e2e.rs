@@ -1072,6 +1072,15 @@ async fn main() {
 
     let before = b.writes().await;
     let cpu_before = cp.apiserver_cpu();
+    // Every process's CPU, as in the Postgres phase.
+    let every_cpu = || {
+        [
+            controller.usage().1,
+            ingest.usage().1,
+            cp.apiserver_cpu() + usage(cp.pid("etcd")).1,
+        ]
+    };
+    let every_before = every_cpu();
     let profile = cp.profile(&out_dir, "apiserver-deliveries", 10);
     let ((accepted, took, done), beside) = b
         .beside("throughput", &bystanders, 10, async {
@@ -1085,6 +1094,11 @@ async fn main() {
     // The bystanders' deliveries are part of the API server's work.
     let all_deliveries = (accepted.len() + beside.deliveries).max(1) as f64;
     let delivery_cpu = (cp.apiserver_cpu() - cpu_before) * 1000.0 / all_deliveries;
+    let every_used: Vec<f64> = every_cpu()
+        .iter()
+        .zip(every_before)
+        .map(|(after, before)| (after - before) * 1000.0 / all_deliveries)
+        .collect();
     if let Some(p) = profile {
         let _ = p.join();
     }
@@ -1103,6 +1117,18 @@ async fn main() {
         format!("{ingest_rate:.0}"),
     );
     b.note("deliveries completed/s, 1 webhook", format!("{delivery_rate:.0}"));
+    b.note(
+        "CPU s per 1,000 deliveries (all processes)",
+        format!("{:.2}", every_used.iter().sum::<f64>()),
+    );
+    b.note(
+        "  of which controller / ingest / kube-apiserver + etcd",
+        every_used
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    );
     let per_delivery = writes / all_deliveries;
     b.note("API writes per delivery", format!("{per_delivery:.2}"));
     b.note("  writes by resource", breakdown);

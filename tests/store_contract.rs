@@ -9,7 +9,7 @@ use hookrelay::resources::delivery::{Delivery, DeliverySpec, DeliveryStatus, Eve
 use hookrelay::resources::webhook::{Ordering, WebhookSpec};
 use hookrelay::resources::{WEBHOOK_LABEL, Webhook};
 use hookrelay::store::memory::Memory;
-use hookrelay::store::postgres::{ClaimLimits, Postgres};
+use hookrelay::store::postgres::{ClaimLimits, Postgres, claim_lock};
 use hookrelay::store::{
     Deliveries, Due, Limits, Loaded, NewDelivery, Queue, Records, Scope, Settled, Store, StoreError, Written,
 };
@@ -499,4 +499,51 @@ async fn postgres_records_written_together_each_stand_by_their_own_fence() {
         let expected = if i % 3 == 0 { Phase::Retrying } else { Phase::Succeeded };
         assert_eq!(d.status.as_ref().unwrap().phase, expected, "{}", d.name_any());
     }
+}
+
+/// Claims of one namespace wait for another claim of that namespace (so
+/// per-webhook limits hold across replicas), never for a claim of another
+/// namespace: a controller watching its tenant's namespaces does not queue
+/// behind another tenant's. The other claim is stood in for by its lock,
+/// held by a connection of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_of_other_namespaces_do_not_wait_for_each_other() {
+    let (a, b) = (Subject::postgres("lock-a").await, Subject::postgres("lock-b").await);
+    let (a, b) = if claim_lock(&a.namespace) == claim_lock(&b.namespace) {
+        // One bucket for both (1 in 64): another namespace for b.
+        let mut other = Subject::postgres("lock-b").await;
+        while claim_lock(&other.namespace) == claim_lock(&a.namespace) {
+            other = Subject::postgres("lock-b").await;
+        }
+        (a, other)
+    } else {
+        (a, b)
+    };
+    a.insert(vec![a.delivery("a-1", "t")]).await.unwrap();
+    b.insert(vec![b.delivery("b-1", "t")]).await.unwrap();
+    let db = a.postgres.clone().unwrap();
+    let holder = support::postgres::Postgres::shared().client().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&claim_lock(&a.namespace)])
+        .await
+        .unwrap();
+    // Far longer than an unhindered claim takes, far shorter than the
+    // statement timeout (10 s) a waiting one would run into.
+    let other = tokio::time::timeout(Duration::from_secs(5), claim_all(&db, &b.namespace))
+        .await
+        .expect("a claim of another namespace did not wait for the lock");
+    assert_eq!(other.len(), 1, "b's delivery claimed: {other:?}");
+    let same = tokio::spawn({
+        let (db, ns) = (db.clone(), a.namespace.clone());
+        async move { claim_all(&db, &ns).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!same.is_finished(), "a claim of the same namespace waited for the lock");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let same = tokio::time::timeout(Duration::from_secs(5), same)
+        .await
+        .expect("the waiting claim went on once the lock was released")
+        .unwrap();
+    assert_eq!(same.len(), 1, "a's delivery claimed: {same:?}");
 }

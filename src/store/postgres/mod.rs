@@ -15,8 +15,8 @@
 //!   sending before its own heartbeat runs out, so a claim taken over (the
 //!   replica died) never has a second request in flight beside it.
 //! - Per-webhook limits hold across replicas: a claim counts the rows of
-//!   the webhook claimed by anyone, and claims are taken one at a time
-//!   (an advisory lock), so none misses another's. Namespaces take turns
+//!   the webhook claimed by anyone, and claims of the same namespaces are
+//!   taken one at a time (advisory locks), so none misses another's. Namespaces take turns
 //!   (fewest in flight first, at most a share each), and a claim reads
 //!   only the head of each webhook's queue, so one tenant's backlog costs
 //!   others' claims next to nothing.
@@ -139,8 +139,15 @@ const LOCK_EACH: &str = "SELECT pg_advisory_xact_lock(b) FROM unnest($1::int8[])
 const MIGRATION_LOCK: i64 = 0x686f6f6b72656c;
 /// The advisory lock a retention sweep holds.
 const SWEEP_LOCK: i64 = MIGRATION_LOCK + 1;
-/// The advisory lock a claim holds (claims are serialised).
+/// The advisory lock a claim of every namespace holds, exclusively; a
+/// claim of some namespaces holds it shared, and their buckets' locks
+/// (`CLAIM_LOCKS + bucket`) exclusively. So claims that could count the
+/// same webhook's deliveries are serialised, and claims of other tenants
+/// (controllers watching their own namespaces) do not wait for each other.
 const CLAIM_LOCK: i64 = MIGRATION_LOCK + 2;
+const CLAIM_BUCKETS: i64 = 64;
+const CLAIM_LOCKS: i64 = KEY_LOCKS + KEY_BUCKETS;
+const LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1)";
 /// Ordering keys are locked in this many buckets (advisory locks keyed
 /// `KEY_LOCKS + bucket`): storing a delivery that waits and finishing the one
 /// it waits on take their bucket's lock, so neither misses the other.
@@ -518,16 +525,36 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
             .map(|(n, w, m)| (n.as_str(), w.as_str(), *m))
             .collect();
         let (default_limit, namespace_share) = (limits.default, limits.per_namespace as i64);
+        let mut buckets: Vec<i64> = namespaces.iter().map(|n| claim_lock(n)).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
         let work = async {
-            // Claims are taken one at a time across replicas: the claim's
-            // snapshot is taken after the lock, so it sees every claim
-            // committed before it. Two concurrent snapshots could each see
-            // the webhook idle and pick different rows, past its limit.
-            // The lock and the claim go out together (pipelined, one round
+            // Claims of the same namespaces are taken one at a time across
+            // replicas: the claim's snapshot is taken after the lock, so it
+            // sees every claim committed before it. Two concurrent snapshots
+            // could each see the webhook idle and pick different rows, past
+            // its limit.
+            // The locks and the claim go out together (pipelined, one round
             // trip): the server runs the claim, and takes its snapshot, only
-            // once the lock is held.
+            // once the locks are held.
             let tx = client.transaction().await?;
-            let (lock, statement) = (tx.prepare_cached(LOCK).await?, tx.prepare_cached(CLAIM).await?);
+            let lock = tx.prepare_cached(LOCK).await?;
+            let (shared, each) = (
+                tx.prepare_cached(LOCK_SHARED).await?,
+                tx.prepare_cached(LOCK_EACH).await?,
+            );
+            let statement = tx.prepare_cached(CLAIM).await?;
+            let locks = async {
+                if buckets.is_empty() {
+                    tx.execute(&lock, &[&CLAIM_LOCK]).await?;
+                } else {
+                    // The shared lock first, then the buckets in order: no
+                    // two claims deadlock.
+                    let of_buckets: [&(dyn ToSql + Sync); 1] = [&buckets];
+                    tokio::try_join!(tx.execute(&shared, &[&CLAIM_LOCK]), tx.execute(&each, &of_buckets))?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            };
             let (most, lease) = (most as i64, lease.as_secs_f64());
             let params: [&(dyn ToSql + Sync); 10] = [
                 &claimant,
@@ -541,7 +568,7 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
                 &namespace_share,
                 &SCAN_DEPTH,
             ];
-            let (_, rows) = tokio::try_join!(tx.execute(&lock, &[&CLAIM_LOCK]), tx.query(&statement, &params))?;
+            let ((), rows) = tokio::try_join!(locks, tx.query(&statement, &params))?;
             tx.commit().await?;
             Ok(rows)
         };
@@ -1287,6 +1314,12 @@ fn key_lock(namespace: &str, webhook: &str, key: &str) -> i64 {
         .chain_update(key)
         .finalize();
     KEY_LOCKS + i64::from(digest[0]) % KEY_BUCKETS
+}
+
+/// The advisory lock a claim of `namespace` holds (its bucket's).
+pub fn claim_lock(namespace: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    CLAIM_LOCKS + i64::from(Sha256::digest(namespace)[0]) % CLAIM_BUCKETS
 }
 
 /// What is stored of an ordering key: its SHA-256, so a key of any length
