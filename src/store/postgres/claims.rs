@@ -176,6 +176,11 @@ impl Queue for Claims {
     }
 
     async fn housekeeping(&self, round: u64) {
+        if round.is_multiple_of(SAFETY_NET_EVERY)
+            && let Err(e) = self.db.forget_claimants().await
+        {
+            tracing::debug!(error = %e, "could not forget claimants gone for an hour");
+        }
         if round % SAFETY_NET_EVERY == SAFETY_NET_EVERY - 1 {
             match self.db.queue_firsts(&self.namespaces).await {
                 Ok(0) => {}

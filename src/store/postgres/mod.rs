@@ -611,20 +611,23 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
     /// Says `claimant` is alive for `ttl` more (and forgets claimants
     /// silent for an hour).
     pub async fn heartbeat(&self, claimant: &str, ttl: Duration) -> Result<(), String> {
+        const ALIVE: &str = "INSERT INTO hookrelay_claimants (claimant, alive_until)
+             VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT (claimant) DO UPDATE SET alive_until = excluded.alive_until";
+        let client = self.client().await?;
+        let statement = timed(client.prepare_cached(ALIVE)).await?;
+        timed(client.execute(&statement, &[&claimant, &ttl.as_secs_f64()])).await?;
+        Ok(())
+    }
+
+    /// Forgets claimants gone for an hour (each replica start is one).
+    pub async fn forget_claimants(&self) -> Result<u64, String> {
         let client = self.client().await?;
         timed(client.execute(
-            "INSERT INTO hookrelay_claimants (claimant, alive_until) VALUES ($1, now() + make_interval(secs => $2))
-             ON CONFLICT (claimant) DO UPDATE SET alive_until = excluded.alive_until",
-            &[&claimant, &ttl.as_secs_f64()],
+            "DELETE FROM hookrelay_claimants WHERE alive_until < now() - interval '1 hour'",
+            &[],
         ))
-        .await?;
-        let _ = client
-            .execute(
-                "DELETE FROM hookrelay_claimants WHERE alive_until < now() - interval '1 hour'",
-                &[],
-            )
-            .await;
-        Ok(())
+        .await
     }
 
     /// Records `delivery` as it now stands, if it still has the version it
