@@ -36,9 +36,9 @@ const EVENTS: usize = 5_000;
 /// Deliveries pending in the backlog phase.
 const BACKLOG: usize = 100_000;
 const CONCURRENCY: usize = 32;
-/// Events of the Postgres store's burst: long enough that a backlog
+/// Events of each store's burst to one webhook: long enough that a backlog
 /// growing through it shows in the delivered rate and latency.
-const PG_BURST: usize = 10_000;
+const BURST: usize = 10_000;
 /// Requests the load driver sends straight to the receiver (its ceiling).
 const DIRECT: usize = 20_000;
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
@@ -1085,7 +1085,7 @@ async fn main() {
     let ((accepted, took, done), beside) = b
         .beside("throughput", &bystanders, 10, async {
             let (accepted, took) = b
-                .post(&ingest_url, &ns, &token, EVENT, EVENTS, None, CONCURRENCY, "t1")
+                .post(&ingest_url, &ns, &token, EVENT, BURST, None, CONCURRENCY, "t1")
                 .await;
             let done = b.arrived(&accepted, PHASE_LIMIT).await;
             (accepted, took, done)
@@ -1113,7 +1113,7 @@ async fn main() {
         _ => 0.0,
     };
     b.note(
-        "events accepted/s, 1 webhook (5,000 events, 32 clients)",
+        "events accepted/s, 1 webhook (10,000 events, 32 clients)",
         format!("{ingest_rate:.0}"),
     );
     b.note("deliveries completed/s, 1 webhook", format!("{delivery_rate:.0}"));
@@ -1372,7 +1372,7 @@ async fn main() {
         let ((accepted, took, done), beside) = b
             .beside("postgres store, burst", &bystanders, 10, async {
                 let (accepted, took) = b
-                    .post(&ingest_url, &pns, &token, EVENT, PG_BURST, None, CONCURRENCY, "pg")
+                    .post(&ingest_url, &pns, &token, EVENT, BURST, None, CONCURRENCY, "pg")
                     .await;
                 let done = b.arrived(&accepted, PHASE_LIMIT).await;
                 (accepted, took, done)
