@@ -16,10 +16,11 @@
 //!   replica died) never has a second request in flight beside it.
 //! - Per-webhook limits hold across replicas: a claim counts the rows of
 //!   the webhook claimed by anyone, and claims of the same namespaces are
-//!   taken one at a time (advisory locks), so none misses another's. Namespaces take turns
-//!   (fewest in flight first, at most a share each), and a claim reads
-//!   only the head of each webhook's queue, so one tenant's backlog costs
-//!   others' claims next to nothing.
+//!   taken one at a time (advisory locks), so none misses another's;
+//!   claims of other namespaces do not wait for them. Namespaces take
+//!   turns (fewest in flight first, at most a share each), and a claim
+//!   reads only the head of each webhook's queue, so one tenant's backlog
+//!   costs others' claims next to nothing.
 //! - A delivery stored while an earlier one of its ordering key is
 //!   unfinished is marked `waiting` and left out of the queue; finishing a
 //!   delivery queues the next of its key. Both take the key's lock (one of
