@@ -552,7 +552,7 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
                     // The shared lock first, then the buckets in order: no
                     // two claims deadlock.
                     let of_buckets: [&(dyn ToSql + Sync); 1] = [&buckets];
-                    tokio::try_join!(tx.execute(&shared, &[&CLAIM_LOCK]), tx.execute(&each, &of_buckets))?;
+                    tokio::try_join!(biased; tx.execute(&shared, &[&CLAIM_LOCK]), tx.execute(&each, &of_buckets))?;
                 }
                 Ok::<_, tokio_postgres::Error>(())
             };
@@ -569,7 +569,7 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
                 &namespace_share,
                 &SCAN_DEPTH,
             ];
-            let ((), rows) = tokio::try_join!(locks, tx.query(&statement, &params))?;
+            let ((), rows) = tokio::try_join!(biased; locks, tx.query(&statement, &params))?;
             tx.commit().await?;
             Ok(rows)
         };
@@ -683,7 +683,7 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
                     let bucket = key_lock(&ns, webhook, key);
                     let (bucket, of_key): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 3]) =
                         ([&bucket], [&ns, webhook, key]);
-                    let (_, queued) = tokio::try_join!(tx.execute(&lock, &bucket), tx.execute(&next, &of_key))?;
+                    let (_, queued) = tokio::try_join!(biased; tx.execute(&lock, &bucket), tx.execute(&next, &of_key))?;
                     if queued > 0 {
                         let notify = tx.prepare_cached(NOTIFY).await?;
                         tx.execute(&notify, &[&CHANNEL]).await?;
@@ -1271,10 +1271,11 @@ async fn commit(pool: &Pool, groups: &[Group]) -> Result<(), String> {
         let tx = client.transaction().await?;
         let (lock, insert) = (tx.prepare_cached(LOCK_EACH).await?, tx.prepare_cached(INSERT).await?);
         let notify = tx.prepare_cached(NOTIFY).await?;
-        // Pipelined (one round trip; every statement is prepared, so each
-        // is sent as it is first polled, in this order), run by the server
-        // in this order: the keys' locks, the rows, the notification.
-        tokio::try_join!(
+        // Pipelined (one round trip): every statement is prepared, so each
+        // is sent when it is first polled, and a biased join polls them in
+        // this order, which is the order the server runs them: the keys'
+        // locks, the rows, the notification.
+        tokio::try_join!(biased;
             lock_buckets(&tx, &lock, &buckets),
             c.insert(&tx, &insert),
             tx.execute(&notify, &[&CHANNEL])
