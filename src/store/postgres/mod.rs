@@ -1039,8 +1039,11 @@ async fn listen_once(
     Err(ended)
 }
 
-/// Records written by one statement at most.
+/// Records written by one statement at most, and (past the first) the
+/// document bytes they may hold: one tenant's large deliveries make a
+/// batch shorter, not a statement every other tenant's records wait on.
 const RECORD_ROWS: usize = 256;
+const RECORD_BYTES: usize = CHUNK_BYTES;
 
 /// Writes records as they come: one statement (and so one commit) for
 /// every record that arrived while the previous one was being written.
@@ -1056,8 +1059,10 @@ async fn commit_records(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Recei
                 let Some(first) = receiver.recv().await else { return };
                 batch.push(first);
             }
-            while batch.len() < RECORD_ROWS {
+            let mut bytes: usize = batch.iter().map(|r| r.doc.len()).sum();
+            while batch.len() < RECORD_ROWS && bytes < RECORD_BYTES {
                 let Ok(next) = receiver.try_recv() else { break };
+                bytes += next.doc.len();
                 batch.push(next);
             }
         }
@@ -1074,7 +1079,11 @@ async fn commit_records(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Recei
                 }
             }
             // One record's trouble must not fail another's: each alone.
-            Err(_) if batch.len() > 1 => {
+            // Not when the store did not answer in time: that is everyone's
+            // trouble, and retrying a batch one by one would hold the
+            // committer for a timeout per record (the attempts then count
+            // as unrecorded, as one record's timeout always did).
+            Err(e) if batch.len() > 1 && e != no_answer() => {
                 for record in batch {
                     let alone = record_many(&pool, std::slice::from_ref(&record)).await;
                     let _ = record.done.send(alone.map(|w| w.into_values().next()));
@@ -1342,8 +1351,13 @@ fn key_digest(key: &str) -> String {
 async fn timed<T>(work: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, String> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, work).await {
         Ok(result) => result.map_err(describe),
-        Err(_) => Err(format!("postgres: no answer within {STATEMENT_TIMEOUT:?}")),
+        Err(_) => Err(no_answer()),
     }
+}
+
+/// What `timed` says of a statement that took longer than `STATEMENT_TIMEOUT`.
+fn no_answer() -> String {
+    format!("postgres: no answer within {STATEMENT_TIMEOUT:?}")
 }
 
 /// When a delivery with `status` is next due: `None` once finished.
