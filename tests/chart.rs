@@ -378,11 +378,17 @@ fn install_crds_from_go_module(module: &str, dir: &str, files: &[&str]) {
             .rsplit_once('_')
             .map(|(group, plural)| format!("crd/{plural}.{group}"))
             .unwrap();
-        run(
-            "kubectl",
-            &["wait", "--for=condition=Established", "--timeout=60s", &name],
-            None,
-        );
+        // Polled: `kubectl wait --for=condition` fails, instead of waiting,
+        // while a CRD just created has no conditions yet.
+        let established = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while run("kubectl", &["get", &name, "-o", established], None).trim() != "True" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} not Established within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 }
 
