@@ -378,11 +378,18 @@ fn install_crds_from_go_module(module: &str, dir: &str, files: &[&str]) {
             .rsplit_once('_')
             .map(|(group, plural)| format!("crd/{plural}.{group}"))
             .unwrap();
-        // Polled: `kubectl wait --for=condition` fails, instead of waiting,
-        // while a CRD just created has no conditions yet.
-        let established = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+        // Polled, and read as JSON: `kubectl wait --for=condition` and a
+        // jsonpath filter both fail, instead of waiting, while a CRD just
+        // created has no conditions yet.
+        let established = || {
+            let crd: serde_json::Value =
+                serde_json::from_str(&run("kubectl", &["get", &name, "-o", "json"], None)).unwrap();
+            crd["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Established" && c["status"] == "True"))
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while run("kubectl", &["get", &name, "-o", established], None).trim() != "True" {
+        while !established() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{name} not Established within 60 s"
