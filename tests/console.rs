@@ -209,6 +209,26 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
         })
         .await;
     }
+    // Pause and resume from the same menu; the row says it is paused.
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        browser.goto(&list).await.unwrap();
+        click(&browser, &format!("tr[data-webhook='{name}'] summary")).await;
+        click(&browser, &format!("tr[data-webhook='{name}'] button[value='{action}']")).await;
+        eventually(WAIT, &format!("{action} through the API"), || async {
+            (webhooks.get(&name).await.ok()?.spec.paused == paused).then_some(())
+        })
+        .await;
+        if paused {
+            browser.goto(&list).await.unwrap();
+            let row = browser
+                .find(Locator::Css(&format!("tr[data-webhook='{name}']")))
+                .await
+                .unwrap();
+            let text = row.text().await.unwrap();
+            assert!(text.contains("Paused"), "the row shows the pause: {text}");
+            shot(&browser, "webhooks-paused").await;
+        }
+    }
     browser.goto(&list).await.unwrap();
     click(&browser, &format!("tr[data-webhook='{name}'] summary")).await;
     click(&browser, &format!("tr[data-webhook='{name}'] a.danger")).await;

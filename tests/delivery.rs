@@ -500,7 +500,66 @@ async fn header_secrets_are_sent_only_with_their_owners_consent(store: Store) {
     stack.cleanup().await;
 }
 
+async fn a_paused_webhook_holds_its_deliveries_until_resumed(store: Store) {
+    let stack = Stack::start_in("a_paused_webhook_holds", store).await;
+    let receiver = Receiver::start().await;
+    let event = "dynamic-content.content-item.updated";
+    let mut held = spec(receiver.url("/held"), &[event]);
+    held.paused = true;
+    stack.webhook("held", held).await;
+    stack.webhook("other", spec(receiver.url("/other"), &[event])).await;
+    let mut names = vec![];
+    for i in 0..10 {
+        let (status, answer) = stack
+            .post(json!({ "id": format!("e{i}"), "name": event, "payload": { "n": i } }))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        names.extend(deliveries_of(&answer).into_iter().filter(|n| n.starts_with("held-")));
+    }
+    assert_eq!(names.len(), 10, "events keep triggering a paused webhook: {names:?}");
+    // The other webhook's deliveries, stored with them, all arrive: the
+    // paused one's were due just as long.
+    receiver.wait_for("/other", 10, WAIT).await;
+    assert!(
+        receiver.received("/held").is_empty(),
+        "nothing is sent to a paused webhook"
+    );
+    for name in &names {
+        let status = stack.delivery(name).await.expect("stored").status.unwrap_or_default();
+        assert_eq!(
+            (status.phase, status.attempt_count),
+            (Phase::Pending, 0),
+            "{name} held, no attempt"
+        );
+    }
+    let resume = json!({ "spec": { "paused": false } });
+    stack
+        .env
+        .api::<Webhook>()
+        .patch(
+            "held",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&resume),
+        )
+        .await
+        .unwrap();
+    receiver.wait_for("/held", 10, WAIT).await;
+    for name in &names {
+        assert_eq!(stack.delivery_done(name).await.status.unwrap().phase, Phase::Succeeded);
+    }
+    let mut sent: Vec<String> = receiver
+        .received("/held")
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    sent.sort();
+    names.sort();
+    assert_eq!(sent, names, "each held delivery is sent once");
+    stack.cleanup().await;
+}
+
 both_stores!(
+    a_paused_webhook_holds_its_deliveries_until_resumed,
     an_event_is_delivered_signed_and_recorded,
     ingest_rejects_bad_requests_clearly_and_is_idempotent,
     selection_templates_headers_and_methods,

@@ -214,6 +214,19 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
     let err = plugin.refused(&["redeliver", "--content-item", "c-1"]);
     assert!(err.contains("--yes"), "{err}");
 
+    // pause / resume: the webhook's spec, shown by status.
+    let out = plugin.ok(&["pause", "shop"]);
+    assert!(out.contains("paused"), "{out}");
+    let webhooks = stack.env.api::<hookrelay::resources::Webhook>();
+    assert!(webhooks.get("shop").await.unwrap().spec.paused);
+    let out = plugin.ok(&["status"]);
+    assert!(
+        out.lines().any(|l| l.starts_with("shop") && l.contains("paused")),
+        "{out}"
+    );
+    plugin.ok(&["resume", "shop"]);
+    assert!(!webhooks.get("shop").await.unwrap().spec.paused);
+
     // test: the handler's status.
     let out = plugin.ok(&["test", "shop"]);
     assert!(out.contains(": 200 in"), "{out}");

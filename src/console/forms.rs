@@ -73,6 +73,7 @@ pub fn spec_from(fields: &Fields, hub: &str) -> Result<WebhookSpec, FieldErrors>
         url: fields.get("url").trim().to_string(),
         events,
         active: fields.get("active") == "on",
+        paused: false,
         method,
         headers,
         filters,

@@ -311,6 +311,7 @@ fn router(console: Arc<Console>) -> Router {
             get(pages::webhook).post(pages::update_webhook),
         )
         .route("/ns/{ns}/webhooks/{name}/active", post(pages::set_active))
+        .route("/ns/{ns}/webhooks/{name}/paused", post(pages::set_paused))
         .route(
             "/ns/{ns}/webhooks/{name}/delete",
             get(pages::confirm_delete).post(pages::delete_webhook),

@@ -79,6 +79,9 @@ pub enum Outcome {
     /// Nothing was sent: this process may no longer act (shutting down, or
     /// not provably the leader).
     NotSent,
+    /// Nothing was sent: the webhook was paused after the delivery was
+    /// handed out.
+    Paused,
     /// A request may have reached the handler but its outcome is not
     /// recorded (leadership lost mid-request, or the API server refuses the
     /// record even compacted). The next leader sends it again, same id.
@@ -190,6 +193,8 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
         status.message = None;
     }
     let webhook = match target(engine, &ns, &delivery.spec.webhook).await {
+        // Paused meanwhile: held, its retries not advanced.
+        Ok(Target::Deliver(w)) if w.spec.paused => return Outcome::Paused,
         Ok(Target::Deliver(w)) => w,
         Ok(Target::Cancel(why)) => return close(engine, delivery, status, Phase::Cancelled, why).await,
         Err(e) => return Outcome::Deferred(e),

@@ -213,8 +213,8 @@ impl Engine {
     }
 
     /// The limits of watched webhooks that differ from the default, for
-    /// claims (which apply the default to the rest): a claim need not
-    /// carry every webhook.
+    /// the store's schedule (which applies the default to the rest): a
+    /// claim need not carry every webhook. A paused webhook's is 0.
     fn webhook_limits(&self) -> Vec<(String, String, u32)> {
         let default = self.default_webhook_limit();
         self.webhooks
@@ -222,7 +222,10 @@ impl Engine {
             .iter()
             .filter_map(|w| {
                 let ns = w.namespace().unwrap_or_default();
-                let limit = self.webhook_limit_size(&ns, &w.name_any());
+                let limit = match w.spec.paused {
+                    true => 0,
+                    false => self.webhook_limit_size(&ns, &w.name_any()),
+                };
                 (limit != default).then(|| (ns, w.name_any(), limit))
             })
             .collect()
@@ -415,6 +418,7 @@ impl Engine {
             attempt::Outcome::Superseded(stored) => Settled::Superseded(*stored),
             attempt::Outcome::Gone => Settled::Gone,
             attempt::Outcome::NotSent => Settled::NotSent,
+            attempt::Outcome::Paused => Settled::Paused,
             attempt::Outcome::Deferred(why) => {
                 tracing::warn!(delivery = %name, namespace = %ns, reason = %why, "nothing sent; trying again shortly");
                 Settled::Deferred
@@ -520,16 +524,15 @@ async fn feed(
         // allows (OAuth 2.0): an attempt never starts a request its claim
         // might not outlast.
         let lease = lease.max(engine.longest_request() * 2 + attempt::CLAIM_MARGIN + Duration::from_secs(5));
-        let limits = if queue.claims() {
-            engine.limits()
-        } else {
-            Limits::default()
-        };
+        let limits = engine.limits();
         let next = tokio::select! {
             next = queue.next(&engine.claimant, free, lease, &limits) => next,
             _ = stop.cancelled() => return,
         };
         match next {
+            // None due (the store waited a little): asked again with the
+            // limits as they are now.
+            Ok(batch) if batch.is_empty() => backoff = Duration::from_millis(200),
             Ok(batch) => {
                 backoff = Duration::from_millis(200);
                 room.taken.fetch_add(batch.len(), AtomicOrdering::Relaxed);

@@ -193,6 +193,19 @@ pub(super) enum Command {
         #[arg(long, conflicts_with_all = ["set", "rotate"])]
         standard_webhooks: bool,
     },
+    /// Hold a webhook's deliveries: its events are still stored, nothing is
+    /// sent and no retry advances until it is resumed.
+    #[command(after_help = "Examples:\n  kubectl hookrelay pause shop -n cms")]
+    Pause {
+        /// The webhook to pause.
+        webhook: String,
+    },
+    /// Send a paused webhook's held deliveries, oldest first, and go on as before.
+    #[command(after_help = "Examples:\n  kubectl hookrelay resume shop -n cms")]
+    Resume {
+        /// The webhook to resume.
+        webhook: String,
+    },
     /// Follow attempts as they happen, one line each.
     #[command(after_help = "Examples:\n  kubectl hookrelay tail shop\n  kubectl hookrelay tail -A")]
     Tail {

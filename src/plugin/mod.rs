@@ -10,6 +10,7 @@ mod args;
 mod deliveries;
 mod kubectl_complete;
 mod output;
+mod pause;
 mod redeliver;
 mod secret;
 mod send;
@@ -22,6 +23,7 @@ pub use args::*;
 use deliveries::*;
 pub(crate) use output::age;
 use output::*;
+use pause::*;
 use redeliver::*;
 use secret::*;
 use send::*;
@@ -211,6 +213,8 @@ impl Plugin {
                 standard_webhooks,
             } => secret(&ctx, &webhook, rotate, set, standard_webhooks).await,
             Command::Tail { webhook } => tail(&ctx, webhook).await,
+            Command::Pause { webhook } => set_paused(&ctx, &webhook, true).await,
+            Command::Resume { webhook } => set_paused(&ctx, &webhook, false).await,
             Command::Send {
                 hub,
                 event,

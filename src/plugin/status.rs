@@ -60,7 +60,7 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
                         .and_then(|d| d.status_code)
                 });
             rows.push(json!({
-                "webhook": w.name_any(), "label": w.spec.label, "active": w.spec.active, "ready": ready,
+                "webhook": w.name_any(), "label": w.spec.label, "active": w.spec.active, "paused": w.spec.paused, "ready": ready,
                 "lastStatus": last_status,
                 "failuresLastHour": failures, "retrying": retrying,
             }));
@@ -103,10 +103,10 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
                 vec![
                     w["webhook"].as_str().unwrap_or_default().to_string(),
                     one_line(w["label"].as_str().unwrap_or_default()),
-                    if w["active"] == true {
-                        "true".into()
-                    } else {
-                        ctx.paint("false", "31")
+                    match (w["active"] == true, w["paused"] == true) {
+                        (true, false) => "true".into(),
+                        (true, true) => ctx.paint("paused", "33"),
+                        (false, _) => ctx.paint("false", "31"),
                     },
                     w["ready"].as_str().unwrap_or_default().to_string(),
                     ctx.status_code(w["lastStatus"].as_u64().map(|c| c as u16)),

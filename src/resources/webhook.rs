@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
     printcolumn = r#"{"name":"Events","type":"string","jsonPath":".spec.events"}"#,
     printcolumn = r#"{"name":"Active","type":"boolean","jsonPath":".spec.active"}"#,
+    printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
     printcolumn = r#"{"name":"Last Status","type":"integer","jsonPath":".status.lastDelivery.statusCode"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -68,6 +69,13 @@ pub struct WebhookSpec {
     /// retries. Set it to true to reactivate. Default true.
     #[serde(default = "default_true")]
     pub active: bool,
+    /// Hold this webhook's deliveries: events keep triggering it and their
+    /// deliveries are stored, but nothing is sent and retries do not
+    /// advance until it is set back to false; then the backlog is sent,
+    /// oldest first, within the usual limits. Unlike `active: false`, no
+    /// event is missed. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// HTTP method of the requests: POST (default), PUT, PATCH or DELETE.
     #[serde(default)]
     pub method: HttpMethod,
@@ -283,6 +291,7 @@ impl WebhookSpec {
             url: url.into(),
             events: events.iter().map(|e| e.to_string()).collect(),
             active: true,
+            paused: false,
             method: HttpMethod::Post,
             headers: vec![],
             filters: vec![],

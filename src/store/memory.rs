@@ -21,6 +21,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::sync::broadcast;
 
+/// How often the engine is asked again while a paused webhook's deliveries
+/// are due (it resumes them by asking with the webhook unpaused).
+const PAUSED_POLL: Duration = Duration::from_secs(1);
+
 /// Every delivery, by (namespace, name), with the order they were stored in.
 #[derive(Default)]
 struct Rows {
@@ -288,19 +292,23 @@ impl Row {
 
 #[async_trait::async_trait]
 impl Queue for Memory {
-    /// Everything due, handed out whole; waits for the next change or the
-    /// next due time.
+    /// Everything due but a paused webhook's, handed out whole; waits for
+    /// the next change or the next due time (while a paused webhook's
+    /// deliveries are due, at most `PAUSED_POLL`, then answers none, so the
+    /// engine asks again with its webhooks as they are then).
     async fn next(
         &self,
         _claimant: &str,
         _room: usize,
         _lease: Duration,
-        _limits: &Limits,
+        limits: &Limits,
     ) -> Result<Vec<Due>, StoreError> {
+        let paused = limits.paused();
         loop {
             let woken = self.wake.notified();
             let now = Timestamp::now();
             let mut next_due: Option<Timestamp> = None;
+            let mut held_back = false;
             let batch: Vec<Due> = {
                 let mut rows = self.rows();
                 // The first unfinished delivery of each ordering key, in accept order.
@@ -331,6 +339,11 @@ impl Queue for Memory {
                     if waits {
                         continue;
                     }
+                    let namespace = row.delivery.metadata.namespace.as_deref().unwrap_or_default();
+                    if paused.contains(&(namespace, row.delivery.spec.webhook.as_str())) {
+                        held_back |= row.due().is_some_and(|at| at <= now);
+                        continue;
+                    }
                     match row.due() {
                         Some(at) if at <= now => {
                             row.handed_out = true;
@@ -352,6 +365,13 @@ impl Queue for Memory {
             };
             if !batch.is_empty() {
                 return Ok(batch);
+            }
+            if held_back {
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(PAUSED_POLL) => {}
+                }
+                return Ok(vec![]);
             }
             // Looked at again at least hourly (a delivery held back for good
             // is due at the end of time).
@@ -381,6 +401,8 @@ impl Queue for Memory {
         row.handed_out = false;
         row.not_before = match settled {
             Settled::Deferred => Some(Timestamp::now() + DEFER),
+            // In its place; held back while its webhook is paused.
+            Settled::Paused => None,
             // Not again until it changes (here: until redelivered).
             Settled::Unrecorded(_) => Some(Timestamp::MAX),
             _ => None,

@@ -233,6 +233,9 @@ pub enum Settled {
     NotSent,
     /// Nothing was sent for a reason that may pass: due again shortly.
     Deferred,
+    /// Nothing was sent: its webhook is paused. Due again, in its place,
+    /// once the webhook is resumed.
+    Paused,
     /// A request may have reached the handler but its outcome is not
     /// recorded: not attempted again until the delivery changes (or its
     /// claim runs out), and then under the same id. The version the attempt
@@ -241,7 +244,8 @@ pub enum Settled {
 }
 
 /// How many deliveries of each webhook may be in flight, for stores that
-/// claim (others leave it to the engine's slots).
+/// claim (others leave it to the engine's slots, but hold back a paused
+/// webhook's, whose limit is 0).
 #[derive(Clone, Debug, Default)]
 pub struct Limits {
     /// (namespace, webhook, limit) where it differs from `default`.
@@ -249,6 +253,17 @@ pub struct Limits {
     pub default: u32,
     /// What one namespace may hold of this replica's claims.
     pub per_namespace: usize,
+}
+
+impl Limits {
+    /// The webhooks nothing may be sent to now (`spec.paused`).
+    pub fn paused(&self) -> std::collections::HashSet<(&str, &str)> {
+        self.webhooks
+            .iter()
+            .filter(|(_, _, limit)| *limit == 0)
+            .map(|(ns, w, _)| (ns.as_str(), w.as_str()))
+            .collect()
+    }
 }
 
 /// Where attempts are recorded.
@@ -295,8 +310,10 @@ pub trait Queue: Send + Sync {
     /// Waits until deliveries are due and hands them out: where the store
     /// claims, at most `room`, claimed for `claimant` for `lease` within
     /// `limits`; else every one that came due (the engine's slots bound what
-    /// runs). Deliveries waiting for an earlier one of their ordering key
-    /// are not handed out.
+    /// runs). Deliveries waiting for an earlier one of their ordering key,
+    /// or of a paused webhook (limit 0), are not handed out. May answer
+    /// none after a short wait, so the engine asks again with its limits
+    /// as they are then.
     async fn next(&self, claimant: &str, room: usize, lease: Duration, limits: &Limits)
     -> Result<Vec<Due>, StoreError>;
 

@@ -171,6 +171,10 @@ pub(super) async fn form_page(
                     } else {
                         format!("Not ready ({}): {}", c.reason, c.message)
                     }
+                })
+                .map(|ready| match w.spec.paused {
+                    true => format!("{ready} · Paused: its events are stored, nothing is sent until it is resumed"),
+                    false => ready,
                 });
             view.secret = secret_view(session, ns, &w, extra.reveal).await;
         }
@@ -326,6 +330,7 @@ pub(crate) async fn update_webhook(
         }
     };
     // What the form does not show is kept.
+    spec.paused = current.spec.paused;
     spec.secret_ref = current.spec.secret_ref.clone();
     spec.retry = current.spec.retry.clone();
     spec.ordering = current.spec.ordering.clone();
@@ -396,6 +401,25 @@ pub(crate) async fn set_active(
         Err(e) => api_problem(
             &e,
             &format!("{} Webhook {name}", if active { "activate" } else { "deactivate" }),
+        ),
+    }
+}
+
+/// Pauses or resumes a webhook (its deliveries are held, not missed).
+pub(crate) async fn set_paused(
+    Extension(session): Extension<Arc<Session>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let fields = or_page!(checked(&session, &body));
+    let paused = fields.get("paused") == "true";
+    let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
+    let patch = serde_json::json!({ "spec": { "paused": paused } });
+    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(w) => Redirect::to(&format!("/ns/{}/hubs/{}", url_part(&ns), url_part(&w.spec.hub))).into_response(),
+        Err(e) => api_problem(
+            &e,
+            &format!("{} Webhook {name}", if paused { "pause" } else { "resume" }),
         ),
     }
 }

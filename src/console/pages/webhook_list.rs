@@ -8,6 +8,7 @@ pub(super) struct WebhookRow {
     pub(super) url: String,
     pub(super) events: String,
     pub(super) active: bool,
+    pub(super) paused: bool,
     pub(super) last_status: String,
 }
 
@@ -44,6 +45,7 @@ pub(crate) async fn webhooks(
             url: crate::delivery::request::redact_url(&w.spec.url),
             events: w.spec.events.join(", "),
             active: w.spec.active,
+            paused: w.spec.paused,
             last_status: w
                 .status
                 .as_ref()

@@ -38,6 +38,8 @@ const LATEST_DUE: Duration = Duration::from_secs(169 * 3600);
 const DUE_TOLERANCE: Duration = Duration::from_secs(1);
 /// How often finished Deliveries are checked against the retention policy.
 const RETENTION_SWEEP: Duration = Duration::from_secs(5);
+/// How often held deliveries of paused webhooks are checked for a resume.
+const RESUME_CHECK: Duration = Duration::from_secs(1);
 /// How long one read may take before it counts as failed.
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -299,6 +301,7 @@ impl Task {
         let mut finished = retention::Index::default();
         let mut reported_pending = 0i64;
         let mut sweep = tokio::time::interval(RETENTION_SWEEP);
+        let mut resume = tokio::time::interval(RESUME_CHECK);
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -365,6 +368,7 @@ impl Task {
                 Some(expired) = state.queue.next(), if !state.queue.is_empty() => {
                     self.came_due(expired.into_inner(), &mut state);
                 }
+                _ = resume.tick(), if !state.paused.is_empty() => self.resume(&mut state),
                 _ = sweep.tick() => {
                     let policy_of = |ns: &str, webhook: &str| {
                         let hub = self
@@ -418,6 +422,12 @@ impl Task {
                 self.consider(slim(stored), state)
             }
             Settled::Gone | Settled::NotSent => {}
+            // Paused meanwhile: held with the webhook's others.
+            Settled::Paused => {
+                if let Some(delivery) = latest.map(Held::Whole).or(sent) {
+                    self.hand_out(key, delivery, state);
+                }
+            }
             Settled::Deferred => {
                 if let Some(delivery) = latest.map(Held::Whole).or(sent) {
                     let timer = state.queue.insert(key.clone(), DEFER);
@@ -557,6 +567,25 @@ impl Task {
         let Some(Slot::Queued { delivery, .. }) = state.tracked.remove(&key) else {
             return;
         };
+        self.hand_out(key, delivery, state);
+    }
+
+    /// A due delivery, out of the timer queue: handed to the engine unless
+    /// its webhook is paused (held until it is resumed) or it must wait for
+    /// an earlier one of its ordering key.
+    fn hand_out(&self, key: Key, delivery: Held, state: &mut Tracking) {
+        let webhook = ObjectRef::new(delivery.webhook()).within(&key.0);
+        if self.webhooks.get(&webhook).is_some_and(|w| w.spec.paused) {
+            let group = (key.0.clone(), delivery.webhook().to_string());
+            state.paused.entry(group).or_default().push(key.clone());
+            // In brief: a long pause's backlog costs megabytes, not gigabytes.
+            let delivery = match delivery {
+                Held::Whole(d) => Held::brief(&d),
+                brief => brief,
+            };
+            state.tracked.insert(key, Slot::Waiting { delivery });
+            return;
+        }
         if state.listing && state.order.contains(&key) {
             state.tracked.insert(key.clone(), Slot::Waiting { delivery });
             state.after_list.push(key);
@@ -588,6 +617,28 @@ impl Task {
         );
         tracing::debug!(target: crate::metrics::STAGES, delivery = %due.name, stage = "handed", "handed to the engine");
         let _ = self.due.send(due);
+    }
+
+    /// Hands out, in the order they came due, the held deliveries of
+    /// webhooks no longer paused (or gone: their attempt cancels them).
+    fn resume(&self, state: &mut Tracking) {
+        let resumed: Vec<(String, String)> = state
+            .paused
+            .keys()
+            .filter(|(ns, webhook)| {
+                let webhook = ObjectRef::new(webhook).within(ns);
+                !self.webhooks.get(&webhook).is_some_and(|w| w.spec.paused)
+            })
+            .cloned()
+            .collect();
+        for group in resumed {
+            for key in state.paused.remove(&group).unwrap_or_default() {
+                // Still held (not finished, deleted or handed out meanwhile).
+                if let Some(Slot::Waiting { delivery }) = state.tracked.remove(&key) {
+                    self.hand_out(key, delivery, state);
+                }
+            }
+        }
     }
 
     /// The ordering group of a delivery whose webhook orders by a key that
@@ -678,6 +729,9 @@ struct Tracking {
     listing: bool,
     /// Ordered deliveries that came due during a list (see `came_due`).
     after_list: Vec<Key>,
+    /// Due deliveries of paused webhooks, per webhook in the order they
+    /// came due, held (as `Waiting`) until it is resumed.
+    paused: HashMap<(String, String), Vec<Key>>,
 }
 
 impl Tracking {

@@ -91,9 +91,11 @@ impl Queue for Claims {
         self.db.heartbeat(claimant, ttl).await.map_err(StoreError::Database)
     }
 
-    /// Claims up to `room` due deliveries; when none is due, waits for
-    /// ingest's next commit, the end of one of this engine's attempts, or a
-    /// short poll (for retries coming due).
+    /// Claims up to `room` due deliveries; when none is due (or every
+    /// webhook with due ones is at its limit or paused), waits for ingest's
+    /// next commit, the end of one of this engine's attempts, or a short
+    /// poll (for retries coming due), and answers none: the engine asks
+    /// again with its limits as they are then (a webhook resumed meanwhile).
     async fn next(
         &self,
         claimant: &str,
@@ -114,32 +116,30 @@ impl Queue for Claims {
             default: limits.default as i32,
             per_namespace: limits.per_namespace,
         };
-        loop {
-            let claimed = self
-                .db
-                .claim(claimant, room, lease, &self.namespaces, &limits)
-                .await
-                .map_err(StoreError::Database)?;
-            if !claimed.is_empty() {
-                return Ok(claimed
-                    .into_iter()
-                    .map(|c| Due {
-                        namespace: c.delivery.namespace().unwrap_or_default(),
-                        name: c.delivery.name_any(),
-                        webhook: c.delivery.spec.webhook.clone(),
-                        version: c.delivery.resource_version(),
-                        delivery: Some(Arc::new(c.delivery)),
-                        early: false,
-                        claimed_until: Some(c.until),
-                    })
-                    .collect());
-            }
+        let claimed = self
+            .db
+            .claim(claimant, room, lease, &self.namespaces, &limits)
+            .await
+            .map_err(StoreError::Database)?;
+        if claimed.is_empty() {
             tokio::select! {
                 _ = self.committed.notified() => {}
                 _ = self.settled.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
+        Ok(claimed
+            .into_iter()
+            .map(|c| Due {
+                namespace: c.delivery.namespace().unwrap_or_default(),
+                name: c.delivery.name_any(),
+                webhook: c.delivery.spec.webhook.clone(),
+                version: c.delivery.resource_version(),
+                delivery: Some(Arc::new(c.delivery)),
+                early: false,
+                claimed_until: Some(c.until),
+            })
+            .collect())
     }
 
     async fn load(&self, due: &Due) -> Result<Loaded, StoreError> {
@@ -151,13 +151,15 @@ impl Queue for Claims {
     }
 
     /// A claim not attempted is given back (due again no sooner than
-    /// `DEFER` when deferred); a record ended the claim already, and an
-    /// unrecorded attempt's claim simply runs out (then it is sent again,
-    /// same id).
+    /// `DEFER` when deferred; in its place when its webhook was paused,
+    /// which claims then pass over); a record ended the claim already, and
+    /// an unrecorded attempt's claim simply runs out (then it is sent
+    /// again, same id).
     async fn settle(&self, due: &Due, claimant: &str, settled: Settled) {
         let after = match settled {
-            Settled::NotSent => Some(Duration::ZERO),
-            Settled::Deferred => Some(DEFER),
+            Settled::NotSent => Some(Some(Duration::ZERO)),
+            Settled::Deferred => Some(Some(DEFER)),
+            Settled::Paused => Some(None),
             _ => None,
         };
         if let Some(after) = after

@@ -903,14 +903,23 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
         Ok(changed == 1)
     }
 
-    /// Gives a claim back without an attempt, due again no sooner than `after`.
-    pub async fn release(&self, namespace: &str, name: &str, claimant: &str, after: Duration) -> Result<(), String> {
+    /// Gives a claim back without an attempt, due again no sooner than
+    /// `after` (`None`: in its place, as due as it was).
+    pub async fn release(
+        &self,
+        namespace: &str,
+        name: &str,
+        claimant: &str,
+        after: Option<Duration>,
+    ) -> Result<(), String> {
         let client = self.client().await?;
+        let after = after.map(|a| a.as_secs_f64());
         timed(client.execute(
             "UPDATE hookrelay_deliveries
-             SET claimed_by = NULL, claim_until = NULL, due_at = greatest(due_at, now() + make_interval(secs => $4))
+             SET claimed_by = NULL, claim_until = NULL,
+                 due_at = CASE WHEN $4::float8 IS NULL THEN due_at ELSE greatest(due_at, now() + make_interval(secs => $4)) END
              WHERE namespace = $1 AND name = $2 AND claimed_by = $3 AND due_at IS NOT NULL",
-            &[&namespace, &name, &claimant, &after.as_secs_f64()],
+            &[&namespace, &name, &claimant, &after],
         ))
         .await
         .map(drop)
