@@ -18,6 +18,10 @@ pub const SECRET_LENGTH: usize = 128;
 pub const CURRENT_KEY: &str = "secret";
 /// Key of the previous value while a rotation overlap lasts.
 pub const PREVIOUS_KEY: &str = "previous";
+/// Key of a webhook's ed25519 private key (`whsk_…`), with the asymmetric schemes.
+pub const PRIVATE_KEY: &str = "private-key";
+/// Key of the previous private key while a rotation overlap lasts.
+pub const PREVIOUS_PRIVATE_KEY: &str = "previous-private-key";
 /// Key of the ingest token in a generated hub Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Annotation on a generated Secret: when `PREVIOUS_KEY` stops signing (RFC 3339).
@@ -154,25 +158,27 @@ pub fn rotated_for(secret: &Secret) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// A merge patch that makes `new_value` current, answering rotation request
-/// `rotated_for`, and keeps the current value as the previous one until `expires_at`. The resourceVersion makes it fail
-/// with a conflict if the Secret changed since it was read (e.g. a user just
-/// replaced the value), so no edit is silently lost.
+/// A merge patch that makes `new_value` (and `new_private_key`, if any)
+/// current, answering rotation request `rotated_for`, and keeps the current
+/// ones as the previous ones until `expires_at`. The resourceVersion makes
+/// it fail with a conflict if the Secret changed since it was read (e.g. a
+/// user just replaced the value), so no edit is silently lost.
 pub fn rotation_patch(
     secret: &Secret,
     new_value: &str,
+    new_private_key: Option<&str>,
     rotated_for: &str,
     expires_at: jiff::Timestamp,
 ) -> serde_json::Value {
     let mut data = serde_json::Map::new();
-    data.insert(CURRENT_KEY.into(), base64(new_value.as_bytes()).into());
-    match value(secret, CURRENT_KEY) {
-        Some(old) => {
-            data.insert(PREVIOUS_KEY.into(), base64(old.as_bytes()).into());
-        }
-        None => {
-            data.insert(PREVIOUS_KEY.into(), serde_json::Value::Null);
-        }
+    let mut rotate = |current: &str, previous: &str, new: &str| {
+        data.insert(current.into(), base64(new.as_bytes()).into());
+        let old = value(secret, current).map(|old| base64(old.as_bytes()).into());
+        data.insert(previous.into(), old.unwrap_or(serde_json::Value::Null));
+    };
+    rotate(CURRENT_KEY, PREVIOUS_KEY, new_value);
+    if let Some(key) = new_private_key {
+        rotate(PRIVATE_KEY, PREVIOUS_PRIVATE_KEY, key);
     }
     serde_json::json!({
         "metadata": {
@@ -201,7 +207,7 @@ pub fn expire_previous_patch(secret: &Secret) -> serde_json::Value {
             "resourceVersion": secret.metadata.resource_version,
             "annotations": { PREVIOUS_EXPIRES_ANNOTATION: null },
         },
-        "data": { PREVIOUS_KEY: null },
+        "data": { PREVIOUS_KEY: null, PREVIOUS_PRIVATE_KEY: null },
     })
 }
 
@@ -293,7 +299,7 @@ mod tests {
         let s = secret_with("old");
         let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         assert_eq!(rotated_for(&s), Some("r0"));
-        let patch = rotation_patch(&s, "new", "r1", at);
+        let patch = rotation_patch(&s, "new", None, "r1", at);
         assert_eq!(patch["metadata"]["annotations"][ROTATED_FOR_ANNOTATION], "r1");
         assert_eq!(patch["data"][CURRENT_KEY], base64(b"new"));
         assert_eq!(patch["data"][PREVIOUS_KEY], base64(b"old"));
@@ -302,6 +308,25 @@ mod tests {
             patch["metadata"]["annotations"][PREVIOUS_EXPIRES_ANNOTATION],
             "2026-01-01T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn a_private_key_rotates_with_the_secret_and_expires_with_it() {
+        let mut s = secret_with("old");
+        s.data
+            .as_mut()
+            .unwrap()
+            .insert(PRIVATE_KEY.into(), ByteString(b"whsk_old".to_vec()));
+        let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let patch = rotation_patch(&s, "new", Some("whsk_new"), "r1", at);
+        assert_eq!(patch["data"][PRIVATE_KEY], base64(b"whsk_new"));
+        assert_eq!(patch["data"][PREVIOUS_PRIVATE_KEY], base64(b"whsk_old"));
+        assert_eq!(patch["data"][PREVIOUS_KEY], base64(b"old"));
+        // Without a key to rotate, the key fields are left alone.
+        let plain = rotation_patch(&s, "new", None, "r1", at);
+        assert!(plain["data"].get(PRIVATE_KEY).is_none());
+        let expired = expire_previous_patch(&s);
+        assert!(expired["data"][PREVIOUS_KEY].is_null() && expired["data"][PREVIOUS_PRIVATE_KEY].is_null());
     }
 
     #[test]

@@ -500,6 +500,127 @@ async fn header_secrets_are_sent_only_with_their_owners_consent(store: Store) {
     stack.cleanup().await;
 }
 
+/// Whether `signature` (`v1a,<base64>`) is an ed25519 signature of
+/// `{id}.{timestamp}.{body}` by `public_key` (`whpk_<base64>`), checked with
+/// ed25519-dalek (hookrelay signs with ring).
+fn v1a_verifies(public_key: &str, signature: &str, request: &support::receiver::Received) -> bool {
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let (Some(key), Some(signature)) = (public_key.strip_prefix("whpk_"), signature.strip_prefix("v1a,")) else {
+        return false;
+    };
+    let key: [u8; 32] = b64.decode(key).unwrap().try_into().unwrap();
+    let Ok(signature) = <[u8; 64]>::try_from(b64.decode(signature).unwrap()) else {
+        return false;
+    };
+    let message = [
+        format!(
+            "{}.{}.",
+            request.header("webhook-id").unwrap(),
+            request.header("webhook-timestamp").unwrap()
+        )
+        .as_bytes(),
+        &request.body,
+    ]
+    .concat();
+    VerifyingKey::from_bytes(&key)
+        .unwrap()
+        .verify(&message, &Signature::from_bytes(&signature))
+        .is_ok()
+}
+
+async fn asymmetric_signatures_verify_with_the_published_public_keys(store: Store) {
+    use hookrelay::resources::hub::SigningScheme;
+    use hookrelay::resources::webhook::WebhookSigning;
+    let stack = Stack::start_in("asymmetric_signatures", store).await;
+    let receiver = Receiver::start().await;
+    let event = "dynamic-content.content-item.updated";
+    let mut keyed = spec(receiver.url("/keyed"), &[event]);
+    keyed.signing = Some(WebhookSigning {
+        scheme: Some(SigningScheme::Both),
+    });
+    let secret = stack.webhook("keyed", keyed).await;
+    let webhooks: Api<Webhook> = stack.env.api();
+    let status = eventually(WAIT, "the public key in the status", || async {
+        webhooks
+            .get("keyed")
+            .await
+            .ok()?
+            .status?
+            .signing
+            .filter(|s| s.public_key.is_some())
+    })
+    .await;
+    assert_eq!(status.scheme, SigningScheme::Both);
+    let first_key = status.public_key.unwrap();
+    // Each attempt is a new event; the engine's Secret and Webhook caches
+    // catch up with a change a moment after the status shows it.
+    let mut n = 0;
+    let mut send_until = async |what: &str, check: &dyn Fn(&support::receiver::Received, Vec<&str>) -> bool| {
+        eventually(WAIT, what, || {
+            n += 1;
+            let (stack, receiver) = (&stack, &receiver);
+            async move {
+                let before = receiver.received("/keyed").len();
+                let (status, _) = stack
+                    .post(json!({ "id": format!("evt-{n}"), "name": event, "payload": { "n": n } }))
+                    .await;
+                assert_eq!(status, 202);
+                let got = receiver.wait_for("/keyed", before + 1, WAIT).await;
+                let request = got.last().unwrap();
+                let signatures: Vec<&str> = request.header("webhook-signature").unwrap().split(' ').collect();
+                check(request, signatures).then_some(())
+            }
+        })
+        .await
+    };
+    // Both: the v1 HMAC with the secret, and the v1a the public key verifies.
+    send_until("v1 and v1a signatures", &|request, signatures| {
+        let v1 = signing::standard_signature(
+            &secret,
+            request.header("webhook-id").unwrap(),
+            request.header("webhook-timestamp").unwrap().parse().unwrap(),
+            &request.body,
+        );
+        signatures.len() == 2 && signatures[0] == v1 && v1a_verifies(&first_key, signatures[1], request)
+    })
+    .await;
+    // A rotation: a new key, and both sign during the overlap.
+    let rotate = json!({ "metadata": { "annotations": { "hookrelay.dev/rotate-secret": "r1" } } });
+    let params = kube::api::PatchParams::default();
+    webhooks
+        .patch("keyed", &params, &kube::api::Patch::Merge(&rotate))
+        .await
+        .unwrap();
+    let rotated = eventually(WAIT, "the new public key", || async {
+        let s = webhooks.get("keyed").await.ok()?.status?.signing?;
+        (s.previous_public_key.as_deref() == Some(first_key.as_str())).then_some(s)
+    })
+    .await;
+    let new_key = rotated.public_key.unwrap();
+    assert_ne!(new_key, first_key);
+    send_until("v1a by the new key and the previous one", &|request, signatures| {
+        let v1a: Vec<&&str> = signatures.iter().filter(|s| s.starts_with("v1a,")).collect();
+        v1a.len() == 2 && v1a_verifies(&new_key, v1a[0], request) && v1a_verifies(&first_key, v1a[1], request)
+    })
+    .await;
+    // Asymmetric only: no shared-secret signature in webhook-signature (the
+    // CMS's body signature header stays).
+    let asymmetric = json!({ "spec": { "signing": { "scheme": "asymmetric" } } });
+    webhooks
+        .patch("keyed", &params, &kube::api::Patch::Merge(&asymmetric))
+        .await
+        .unwrap();
+    send_until("v1a only", &|request, signatures| {
+        signatures.iter().all(|s| s.starts_with("v1a,"))
+            && v1a_verifies(&new_key, signatures[0], request)
+            && request.header("x-amplience-webhook-signature").is_some()
+    })
+    .await;
+    assert!(!stack.logs().contains("whsk_"), "a private key appears in the logs");
+    stack.cleanup().await;
+}
+
 async fn a_paused_webhook_holds_its_deliveries_until_resumed(store: Store) {
     let stack = Stack::start_in("a_paused_webhook_holds", store).await;
     let receiver = Receiver::start().await;
@@ -559,6 +680,7 @@ async fn a_paused_webhook_holds_its_deliveries_until_resumed(store: Store) {
 }
 
 both_stores!(
+    asymmetric_signatures_verify_with_the_published_public_keys,
     a_paused_webhook_holds_its_deliveries_until_resumed,
     an_event_is_delivered_signed_and_recorded,
     ingest_rejects_bad_requests_clearly_and_is_idempotent,

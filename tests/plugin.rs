@@ -226,6 +226,9 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
     );
     plugin.ok(&["resume", "shop"]);
     assert!(!webhooks.get("shop").await.unwrap().spec.paused);
+    // A symmetric webhook has no public key; the refusal says how to get one.
+    let err = plugin.refused(&["secret", "shop", "--public-key"]);
+    assert!(err.contains("symmetric"), "{err}");
 
     // test: the handler's status.
     let out = plugin.ok(&["test", "shop"]);

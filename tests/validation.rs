@@ -147,6 +147,19 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             &["spec", "oauth2 sets the Authorization header"],
         ),
         (
+            webhook("asymmetric-own-secret", |s| {
+                s["secretRef"] = json!({ "name": "mine", "key": "secret" });
+                s["signing"] = json!({ "scheme": "asymmetric" });
+            }),
+            &["spec", "signing.scheme asymmetric or both", "remove secretRef"],
+        ),
+        (
+            webhook("unknown-scheme", |s| {
+                s["signing"] = json!({ "scheme": "rsa" });
+            }),
+            &["spec.signing.scheme", "symmetric", "asymmetric", "both"],
+        ),
+        (
             webhook("oauth2-url", |s| {
                 s["oauth2"] = json!({
                     "tokenURL": "file:///etc/passwd",

@@ -2,9 +2,11 @@
 //! token) present, filled and rotated. Shared by both reconcilers.
 
 use super::Error;
+use crate::delivery::signing::generate_private_key;
 use crate::secret_cache::SecretCache;
 use crate::secrets;
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
@@ -22,6 +24,9 @@ pub(super) struct Desired<'a> {
     pub rotate_for: Option<&'a str>,
     /// How long a rotated-out value keeps signing.
     pub overlap: std::time::Duration,
+    /// Whether it also holds an ed25519 private key (`PRIVATE_KEY`),
+    /// rotated with the value.
+    pub private_key: bool,
 }
 
 /// What was done to the Secret.
@@ -58,7 +63,7 @@ pub(super) async fn ensure(
     now: Timestamp,
 ) -> Result<State, Error> {
     let Some(secret) = cache.get(desired.namespace, &desired.name).await? else {
-        let secret = secrets::build_generated(
+        let mut secret = secrets::build_generated(
             &desired.name,
             desired.namespace,
             desired.owner.clone(),
@@ -67,6 +72,13 @@ pub(super) async fn ensure(
             desired.key,
             &secrets::generate(),
         );
+        if desired.private_key {
+            let key = generate_private_key();
+            secret
+                .data
+                .get_or_insert_default()
+                .insert(secrets::PRIVATE_KEY.into(), ByteString(key.into_bytes()));
+        }
         api.create(&PostParams::default(), &secret).await?;
         return Ok(State::Ready {
             change: Change::Created,
@@ -91,8 +103,13 @@ pub(super) async fn ensure(
     let handled = secrets::rotated_for(&secret).map(str::to_string);
     let expires_at = secrets::previous_expires_at(&secret);
 
-    if secrets::value(&secret, desired.key).is_none() {
-        merge(secrets::refill_patch(&secret, desired.key, &secrets::generate())).await?;
+    let missing_key = desired.private_key && secrets::value(&secret, secrets::PRIVATE_KEY).is_none();
+    if secrets::value(&secret, desired.key).is_none() || missing_key {
+        let refill = match missing_key {
+            true => secrets::refill_patch(&secret, secrets::PRIVATE_KEY, &generate_private_key()),
+            false => secrets::refill_patch(&secret, desired.key, &secrets::generate()),
+        };
+        merge(refill).await?;
         return Ok(State::Ready {
             change: Change::Refilled,
             rotated_for: handled,
@@ -101,7 +118,12 @@ pub(super) async fn ensure(
     }
     if let Some(request) = desired.rotate_for.filter(|r| Some(*r) != handled.as_deref()) {
         let until = now + desired.overlap;
-        merge(secrets::rotation_patch(&secret, &secrets::generate(), request, until)).await?;
+        // A key, once made, is rotated with the secret (even after a switch
+        // back to symmetric: switching again must not revive an old key).
+        let new_key =
+            (desired.private_key || secrets::value(&secret, secrets::PRIVATE_KEY).is_some()).then(generate_private_key);
+        let patch = secrets::rotation_patch(&secret, &secrets::generate(), new_key.as_deref(), request, until);
+        merge(patch).await?;
         return Ok(State::Ready {
             change: Change::Rotated,
             rotated_for: Some(request.to_string()),

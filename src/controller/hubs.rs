@@ -61,6 +61,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
                 ]),
                 rotate_for: None,
                 overlap: Duration::ZERO,
+                private_key: false,
             };
             let token_ref = SecretKeyRef {
                 name: desired.name.clone(),

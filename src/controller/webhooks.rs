@@ -5,7 +5,10 @@ use super::generated_secret::{self, Change, Desired, State};
 use super::{Context, Error};
 use crate::delivery::auth;
 use crate::events::unknown_subscriptions;
-use crate::resources::webhook::{CREDENTIAL_CONSENT_LABEL, DEACTIVATED_ANNOTATION, DeactivationRecord, WebhookSpec};
+use crate::resources::hub::SigningScheme;
+use crate::resources::webhook::{
+    CREDENTIAL_CONSENT_LABEL, DEACTIVATED_ANNOTATION, DeactivationRecord, SigningStatus, WebhookSpec,
+};
 use crate::resources::{
     FIELD_MANAGER, HUB_LABEL, Hub, MANAGED_BY_LABEL, ROTATE_SECRET_ANNOTATION, SECRET_PURPOSE_LABEL, SecretKeyRef,
     WEBHOOK_LABEL, Webhook, WebhookStatus, condition, conditions,
@@ -72,6 +75,8 @@ struct Signing {
     rotated_for: Option<String>,
     change: Change,
     recheck_at: Option<Timestamp>,
+    /// The scheme in effect and its public keys.
+    status: Option<SigningStatus>,
 }
 
 pub async fn reconcile(webhook: Arc<Webhook>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -129,6 +134,7 @@ async fn signing_secret(
     now: Timestamp,
 ) -> Result<Signing, Error> {
     let previous = webhook.status.as_ref();
+    let scheme = webhook.spec.signing_scheme(hub.map(|h| &h.spec));
     if let Some(user_ref) = &webhook.spec.secret_ref {
         // A user's Secret is read, never written, and used only with its
         // owner's consent: signing a body the author chooses with it would
@@ -142,12 +148,29 @@ async fn signing_secret(
         )
         .err()
         .map(|message| ("SecretNotUsable", format!("spec.secretRef: {message}")));
+        // Possible only through the hub's default (the Webhook's own
+        // setting is refused at apply): a user's Secret holds no key.
+        let problem = problem.or_else(|| {
+            scheme.asymmetric().then(|| {
+                (
+                    "SchemeNeedsGeneratedSecret",
+                    format!(
+                        "the hub's signing.scheme {} signs with a key hookrelay generates into the webhook's own Secret: remove spec.secretRef, or set spec.signing.scheme: symmetric",
+                        scheme_name(scheme)
+                    ),
+                )
+            })
+        });
         return Ok(Signing {
             secret_ref: Some(user_ref.clone()),
             problem,
             rotated_for: previous.and_then(|s| s.rotated_for.clone()),
             change: Change::None,
             recheck_at: None,
+            status: Some(SigningStatus {
+                scheme,
+                ..SigningStatus::default()
+            }),
         });
     }
     let name = webhook.name_any();
@@ -166,6 +189,7 @@ async fn signing_secret(
         overlap: hub
             .map(|h| h.spec.rotation_overlap())
             .unwrap_or(crate::resources::hub::DEFAULT_ROTATION_OVERLAP),
+        private_key: scheme.asymmetric(),
     };
     let secret_ref = SecretKeyRef {
         name: desired.name.clone(),
@@ -177,6 +201,11 @@ async fn signing_secret(
             rotated_for,
             recheck_at,
         } => Signing {
+            status: Some(signing_status(
+                scheme,
+                cache.get(ns, &secret_ref.name).await?.as_deref(),
+                now,
+            )),
             secret_ref: Some(secret_ref),
             problem: None,
             rotated_for,
@@ -195,8 +224,38 @@ async fn signing_secret(
             rotated_for: None,
             change: Change::None,
             recheck_at: None,
+            status: None,
         },
     })
+}
+
+fn scheme_name(scheme: SigningScheme) -> &'static str {
+    match scheme {
+        SigningScheme::Symmetric => "symmetric",
+        SigningScheme::Asymmetric => "asymmetric",
+        SigningScheme::Both => "both",
+    }
+}
+
+/// The scheme and the public keys of the generated Secret's private keys
+/// (the previous one while the overlap lasts). A key just generated shows
+/// once the Secret's watch has it (its change reconciles again).
+fn signing_status(scheme: SigningScheme, secret: Option<&Secret>, now: Timestamp) -> SigningStatus {
+    let public = |key: &str| {
+        secret
+            .and_then(|s| secrets::value(s, key))
+            .and_then(|k| crate::delivery::signing::public_key(k).ok())
+    };
+    let overlap = secret
+        .and_then(secrets::previous_expires_at)
+        .is_some_and(|until| until > now);
+    SigningStatus {
+        scheme,
+        public_key: scheme.asymmetric().then(|| public(secrets::PRIVATE_KEY)).flatten(),
+        previous_public_key: (scheme.asymmetric() && overlap)
+            .then(|| public(secrets::PREVIOUS_PRIVATE_KEY))
+            .flatten(),
+    }
 }
 
 /// Why a header's Secret cannot be used (missing, not consented, no key),
@@ -294,6 +353,7 @@ fn desired_status(webhook: &Webhook, hub: Option<&Hub>, signing: &Signing, now: 
         observed_generation: generation,
         conditions: vec![ready, active, reconciling, stalled],
         secret_ref: signing.secret_ref.clone(),
+        signing: signing.status.clone(),
         rotated_for: signing.rotated_for.clone(),
         deactivated_at: record.as_ref().map(|r| r.at.clone()),
         deactivation: record.map(|r| r.deactivation),
@@ -308,6 +368,7 @@ fn status_is_current(current: Option<&WebhookStatus>, desired: &WebhookStatus) -
         c.observed_generation == desired.observed_generation
             && c.conditions == desired.conditions
             && c.secret_ref == desired.secret_ref
+            && c.signing == desired.signing
             && c.rotated_for == desired.rotated_for
             && c.deactivated_at == desired.deactivated_at
             && c.deactivation == desired.deactivation
@@ -412,6 +473,7 @@ mod tests {
             rotated_for: None,
             change: Change::None,
             recheck_at: None,
+            status: None,
         }
     }
 

@@ -7,6 +7,7 @@ use super::http::{ClientKey, Limits, SendError};
 use super::outcome::{self, Answer, GONE, Round, Verdict};
 use super::request::{self, DEFAULT_SIGNATURE_HEADER, Outgoing, ResolvedHeader, SigningKeys};
 use super::retry::Schedule;
+use super::signing;
 use crate::egress;
 use crate::resources::delivery::{Attempt, Delivery, DeliveryStatus, Phase, RecordedRequest};
 use crate::resources::webhook::{CREDENTIAL_CONSENT_LABEL, Deactivation, DeliverySummary};
@@ -31,6 +32,7 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub body_limit: usize,
     pub signature_header: String,
+    pub scheme: crate::resources::hub::SigningScheme,
     pub schedule: Schedule,
     pub egress: egress::Policy,
 }
@@ -56,6 +58,7 @@ impl Settings {
                 .and_then(|h| h.signing.as_ref())
                 .and_then(|s| s.header.clone())
                 .unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_string()),
+            scheme: webhook.spec.signing_scheme(hub_spec),
             schedule: Schedule::resolve(webhook.spec.retry.as_ref(), hub_spec.and_then(|h| h.retry.as_ref())),
             egress: egress::Policy::from_spec(floor, hub_spec.and_then(|h| h.egress.as_ref())),
         }
@@ -600,6 +603,29 @@ impl From<&str> for NotSent {
     }
 }
 
+/// The ed25519 keys a webhook signs `v1a` with: the current one and, during
+/// a rotation overlap (`overlap`), the previous one.
+fn asymmetric_keys(
+    secret: &k8s_openapi::api::core::v1::Secret,
+    overlap: bool,
+) -> Result<Vec<ring::signature::Ed25519KeyPair>, NotSent> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let current = secrets::value(secret, secrets::PRIVATE_KEY).ok_or_else(|| {
+        format!(
+            "signing Secret {name} has no private key yet (key {})",
+            secrets::PRIVATE_KEY
+        )
+    })?;
+    let mut pairs = vec![signing::key_pair(current).map_err(|e| format!("signing Secret {name}: {e}"))?];
+    if overlap
+        && let Some(previous) = secrets::value(secret, secrets::PREVIOUS_PRIVATE_KEY)
+        && let Ok(pair) = signing::key_pair(previous)
+    {
+        pairs.push(pair);
+    }
+    Ok(pairs)
+}
+
 /// Everything before sending: secrets, headers, body.
 async fn prepare(
     engine: &Engine,
@@ -692,10 +718,16 @@ async fn prepare(
         request::BodyError::Payload(p) => NotSent::Invalid(p.to_string()),
         request::BodyError::Template(t) => NotSent::Config(t.to_string()),
     })?;
+    let pairs = match settings.scheme.asymmetric() {
+        true => asymmetric_keys(secret, previous.is_some())?,
+        false => vec![],
+    };
     let keys = SigningKeys {
         header: &settings.signature_header,
         current,
         previous,
+        symmetric: settings.scheme.symmetric(),
+        asymmetric: &pairs,
     };
     let outgoing = request::build(
         &delivery.name_any(),

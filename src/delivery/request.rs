@@ -21,11 +21,15 @@ pub struct ResolvedHeader {
 }
 
 /// The signing secrets of an attempt: the current one and, during a rotation
-/// overlap, the previous one.
+/// overlap, the previous one; the same for its ed25519 keys.
 pub struct SigningKeys<'a> {
     pub header: &'a str,
     pub current: &'a str,
     pub previous: Option<&'a str>,
+    /// `v1` signatures with the secrets (schemes symmetric and both).
+    pub symmetric: bool,
+    /// `v1a` signatures with these keys, current first (asymmetric and both).
+    pub asymmetric: &'a [ring::signature::Ed25519KeyPair],
 }
 
 /// A request ready to send, and how it is recorded.
@@ -85,6 +89,21 @@ pub fn body(delivery: &Delivery, custom_payload: Option<&str>) -> Result<Vec<u8>
     }
 }
 
+/// The `webhook-signature` header's signatures, space-separated: `v1` with
+/// each secret and `v1a` with each key, as the scheme says.
+fn standard_signatures(keys: &SigningKeys<'_>, secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut signatures = Vec::with_capacity(4);
+    if keys.symmetric {
+        signatures.push(signing::standard_signature_header(secrets, id, timestamp, body));
+    }
+    signatures.extend(
+        keys.asymmetric
+            .iter()
+            .map(|pair| signing::asymmetric_signature(pair, id, timestamp, body)),
+    );
+    signatures.join(" ")
+}
+
 /// Assembles the request: signatures over the exact body, Standard Webhooks
 /// headers under the delivery id, then custom headers.
 pub fn build(
@@ -110,7 +129,7 @@ pub fn build(
         ("webhook-timestamp".into(), timestamp.to_string(), false),
         (
             "webhook-signature".into(),
-            signing::standard_signature_header(&secrets, delivery_id, timestamp, &body),
+            standard_signatures(keys, &secrets, delivery_id, timestamp, &body),
             false,
         ),
     ];
@@ -159,6 +178,8 @@ mod tests {
             header: DEFAULT_SIGNATURE_HEADER,
             current: "current-secret",
             previous,
+            symmetric: true,
+            asymmetric: &[],
         }
     }
 

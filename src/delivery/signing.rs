@@ -1,4 +1,6 @@
-//! Request signatures: the CMS's body signature and Standard Webhooks'.
+//! Request signatures: the CMS's body signature and Standard Webhooks'
+//! (`v1`, HMAC-SHA256 with the shared secret; `v1a`, ed25519 with the
+//! webhook's private key, verified with its public key).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -51,6 +53,65 @@ pub fn standard_signature_header(secrets: &[&str], id: &str, timestamp: i64, bod
         .map(|s| standard_signature(s, id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The prefix of an ed25519 private key (its 32-byte seed, base64), as
+/// Standard Webhooks writes it.
+pub const PRIVATE_KEY_PREFIX: &str = "whsk_";
+/// The prefix of an ed25519 public key (32 bytes, base64).
+pub const PUBLIC_KEY_PREFIX: &str = "whpk_";
+
+/// An ed25519 key pair from a `whsk_` value: the 32-byte seed, or the
+/// 64-byte form (seed then public key) some libraries write.
+pub fn key_pair(private_key: &str) -> Result<ring::signature::Ed25519KeyPair, String> {
+    let encoded = private_key
+        .strip_prefix(PRIVATE_KEY_PREFIX)
+        .ok_or("the signing key does not start with whsk_")?;
+    let bytes = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| "the signing key is not base64 after whsk_")?;
+    let seed = match bytes.len() {
+        32 | 64 => &bytes[..32],
+        n => {
+            return Err(format!(
+                "the signing key holds {n} bytes; an ed25519 key holds 32 (or 64)"
+            ));
+        }
+    };
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| format!("the signing key is refused: {e}"))
+}
+
+/// A new private key (`whsk_<base64 of 32 random bytes>`) from the OS's CSPRNG.
+pub fn generate_private_key() -> String {
+    use rand::TryRngCore;
+    let mut seed = [0u8; 32];
+    // Without randomness from the OS there is no safe key: fatal.
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .expect("the OS supplies randomness");
+    format!("{PRIVATE_KEY_PREFIX}{}", STANDARD.encode(seed))
+}
+
+/// The `whpk_` public key receivers verify `v1a` signatures with.
+pub fn public_key(private_key: &str) -> Result<String, String> {
+    use ring::signature::KeyPair;
+    let pair = key_pair(private_key)?;
+    Ok(format!(
+        "{PUBLIC_KEY_PREFIX}{}",
+        STANDARD.encode(pair.public_key().as_ref())
+    ))
+}
+
+/// One asymmetric Standard Webhooks signature, `v1a,<base64 ed25519
+/// signature of "{id}.{timestamp}.{body}">`.
+pub fn asymmetric_signature(pair: &ring::signature::Ed25519KeyPair, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut message = Vec::with_capacity(id.len() + body.len() + 24);
+    message.extend_from_slice(id.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(timestamp.to_string().as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(body);
+    format!("v1a,{}", STANDARD.encode(pair.sign(&message).as_ref()))
 }
 
 #[cfg(test)]
@@ -127,6 +188,76 @@ mod tests {
         assert!(standardwebhooks::Webhook::new("whsec_my-own-secret-value!").is_err());
         // For a base64 secret the published value is `whsec_<secret>`.
         assert_eq!(standard_webhooks_secret(&generated), format!("whsec_{generated}"));
+    }
+
+    /// Verifies a `v1a` signature with ed25519-dalek, an implementation
+    /// other than the one hookrelay signs with (ring).
+    fn verifies(public: &str, signature: &str, id: &str, timestamp: i64, body: &[u8]) -> bool {
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+        let key: [u8; 32] = STANDARD
+            .decode(public.strip_prefix("whpk_").unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let signature: [u8; 64] = STANDARD
+            .decode(signature.strip_prefix("v1a,").unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let message = [format!("{id}.{timestamp}.").as_bytes(), body].concat();
+        VerifyingKey::from_bytes(&key)
+            .unwrap()
+            .verify(&message, &Signature::from_bytes(&signature))
+            .is_ok()
+    }
+
+    #[test]
+    fn asymmetric_signatures_verify_with_another_ed25519_implementation() {
+        let private = generate_private_key();
+        assert!(private.starts_with("whsk_"));
+        assert_ne!(private, generate_private_key(), "each key is new");
+        let public = public_key(&private).unwrap();
+        let body = br#"{"name":"dynamic-content.content-item.updated","payload":{"id":"c-1"}}"#;
+        let signature = asymmetric_signature(&key_pair(&private).unwrap(), "shop-0123", 1_614_265_330, body);
+        assert!(verifies(&public, &signature, "shop-0123", 1_614_265_330, body));
+        // Any other body, id or time, or another key: refused.
+        assert!(!verifies(&public, &signature, "shop-0123", 1_614_265_330, b"{}"));
+        assert!(!verifies(&public, &signature, "shop-0124", 1_614_265_330, body));
+        assert!(!verifies(&public, &signature, "shop-0123", 1_614_265_331, body));
+        let other = public_key(&generate_private_key()).unwrap();
+        assert!(!verifies(&other, &signature, "shop-0123", 1_614_265_330, body));
+    }
+
+    #[test]
+    fn the_public_key_is_the_one_ed25519_derives_from_the_seed() {
+        // RFC 8032, 7.1, TEST 1: secret key 9d61…7f60, public key d75a…511a.
+        let seed: Vec<u8> = (0..32)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"[2 * i..2 * i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        let public = public_key(&format!("whsk_{}", STANDARD.encode(&seed))).unwrap();
+        let expected: Vec<u8> = (0..32)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"[2 * i..2 * i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(public, format!("whpk_{}", STANDARD.encode(expected)));
+    }
+
+    #[test]
+    fn malformed_private_keys_are_refused_with_the_reason() {
+        assert!(key_pair("abc").unwrap_err().contains("whsk_"));
+        assert!(key_pair("whsk_!!!").unwrap_err().contains("base64"));
+        assert!(key_pair("whsk_aGk=").unwrap_err().contains("2 bytes"));
     }
 
     #[test]

@@ -177,7 +177,7 @@ pub(super) enum Command {
     },
     /// Print a webhook's signing secret, rotate it, or set your own.
     #[command(
-        after_help = "Examples:\n  kubectl hookrelay secret shop --standard-webhooks\n  kubectl hookrelay secret shop --rotate\n  openssl rand -base64 32 | kubectl hookrelay secret shop --set -"
+        after_help = "Examples:\n  kubectl hookrelay secret shop --standard-webhooks\n  kubectl hookrelay secret shop --public-key\n  kubectl hookrelay secret shop --rotate\n  openssl rand -base64 32 | kubectl hookrelay secret shop --set -"
     )]
     Secret {
         /// The webhook whose secret it is.
@@ -192,6 +192,10 @@ pub(super) enum Command {
         /// (for a secret that is not base64 it is not `whsec_<secret>`).
         #[arg(long, conflicts_with_all = ["set", "rotate"])]
         standard_webhooks: bool,
+        /// Print the `whpk_…` public key that verifies the `v1a` signatures
+        /// (signing.scheme asymmetric or both); needs no access to Secrets.
+        #[arg(long, conflicts_with_all = ["set", "rotate", "standard_webhooks"])]
+        public_key: bool,
     },
     /// Hold a webhook's deliveries: its events are still stored, nothing is
     /// sent and no retry advances until it is resumed.

@@ -8,8 +8,21 @@ pub(super) async fn secret(
     rotate: bool,
     set: Option<String>,
     standard_webhooks: bool,
+    public_key: bool,
 ) -> anyhow::Result<()> {
     let webhook = ctx.webhook(name).await?;
+    let signing = webhook.status.as_ref().and_then(|s| s.signing.clone());
+    if public_key {
+        // Needs no Secret rights: the public key is in the Webhook's status.
+        let key = signing.as_ref().and_then(|s| s.public_key.clone()).ok_or_else(|| {
+            anyhow!("webhook {name} has no public key: its signing.scheme is symmetric (set asymmetric or both), or the controller has not generated the key yet")
+        })?;
+        if ctx.output.is_structured() {
+            return print_structured(&ctx.output, &signing);
+        }
+        println!("{key}");
+        return Ok(());
+    }
     let reference = webhook
         .spec
         .secret_ref
@@ -68,7 +81,8 @@ pub(super) async fn secret(
     let (value, _) = read().await?;
     let whsec = crate::delivery::signing::standard_webhooks_secret(&value);
     if ctx.output.is_structured() {
-        let shown = json!({ "secret": value, "standardWebhooksSecret": whsec, "secretRef": reference });
+        let shown =
+            json!({ "secret": value, "standardWebhooksSecret": whsec, "secretRef": reference, "signing": signing });
         return print_structured(&ctx.output, &shown);
     }
     println!("{}", if standard_webhooks { &whsec } else { &value });

@@ -194,6 +194,39 @@ pub struct SigningSettings {
         "message": "rotationOverlap must be a duration between 0s and 720h, such as \"24h\""
     }]))]
     pub rotation_overlap: Option<Duration>,
+    /// How the Standard Webhooks `webhook-signature` header signs, for this
+    /// hub's webhooks that do not say: `symmetric` (default; `v1`,
+    /// HMAC-SHA256 with the shared secret), `asymmetric` (`v1a`, ed25519:
+    /// receivers verify with the public key in the Webhook's status and
+    /// hold no secret), or `both` (during a migration). The body signature
+    /// header stays HMAC with the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<SigningScheme>,
+}
+
+/// How the `webhook-signature` header signs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningScheme {
+    /// `v1,…`: HMAC-SHA256 with the webhook's secret.
+    #[default]
+    Symmetric,
+    /// `v1a,…`: ed25519 with the webhook's private key.
+    Asymmetric,
+    /// Both, each with its own key.
+    Both,
+}
+
+impl SigningScheme {
+    /// Whether it signs with the webhook's ed25519 key.
+    pub fn asymmetric(self) -> bool {
+        self != SigningScheme::Symmetric
+    }
+
+    /// Whether it signs with the webhook's shared secret (`v1`).
+    pub fn symmetric(self) -> bool {
+        self != SigningScheme::Asymmetric
+    }
 }
 
 /// Destination networks, in CIDR notation, that this hub's deliveries may

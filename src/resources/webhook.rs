@@ -39,6 +39,10 @@ use serde::{Deserialize, Serialize};
     {
         "rule": "!has(self.oauth2) || !has(self.headers) || !self.headers.exists(h, h.name.lowerAscii() == 'authorization')",
         "message": "oauth2 sets the Authorization header: remove it from headers"
+    },
+    {
+        "rule": "!has(self.secretRef) || !has(self.signing) || !has(self.signing.scheme) || self.signing.scheme == 'symmetric'",
+        "message": "signing.scheme asymmetric or both signs with a key hookrelay generates into the webhook's own Secret: remove secretRef, or use symmetric"
     }
 ]))]
 pub struct WebhookSpec {
@@ -124,6 +128,33 @@ pub struct WebhookSpec {
     /// as `<redacted>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2: Option<OAuth2>,
+    /// Overrides the hub's signing scheme for this webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<WebhookSigning>,
+}
+
+/// A webhook's own signing settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSigning {
+    /// `symmetric`, `asymmetric` or `both`; unset: the hub's (default symmetric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<crate::resources::hub::SigningScheme>,
+}
+
+/// The signing a webhook's requests get, as its receivers verify them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningStatus {
+    /// The scheme in effect (the webhook's, else its hub's).
+    pub scheme: crate::resources::hub::SigningScheme,
+    /// With asymmetric or both: the ed25519 public key that verifies the
+    /// `v1a` signatures, as `whpk_<base64>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// During a rotation overlap: the previous key's, which still signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_public_key: Option<String>,
 }
 
 /// Label by which a Secret's owner consents to a Webhook using it as a
@@ -282,6 +313,15 @@ pub struct WebhookFilter {
 }
 
 impl WebhookSpec {
+    /// The signing scheme in effect: the webhook's, else its hub's, else symmetric.
+    pub fn signing_scheme(&self, hub: Option<&crate::resources::HubSpec>) -> crate::resources::hub::SigningScheme {
+        self.signing
+            .as_ref()
+            .and_then(|s| s.scheme)
+            .or_else(|| hub.and_then(|h| h.signing.as_ref()).and_then(|s| s.scheme))
+            .unwrap_or_default()
+    }
+
     /// An active webhook of `hub` sending `events` to `url` by POST, with
     /// every other setting at its default.
     pub fn new(hub: &str, label: &str, url: &str, events: &[&str]) -> Self {
@@ -299,6 +339,7 @@ impl WebhookSpec {
             secret_ref: None,
             retry: None,
             ordering: None,
+            signing: None,
             tls: None,
             oauth2: None,
         }
@@ -332,6 +373,9 @@ pub struct WebhookStatus {
     /// The Secret key holding the signing secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
+    /// The signing scheme in effect and, when asymmetric, the public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningStatus>,
     /// The value of the `hookrelay.dev/rotate-secret` annotation last acted
     /// on, so each new value rotates the secret once.
     #[serde(default, skip_serializing_if = "Option::is_none")]

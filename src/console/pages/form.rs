@@ -336,6 +336,7 @@ pub(crate) async fn update_webhook(
     spec.ordering = current.spec.ordering.clone();
     spec.tls = current.spec.tls.clone();
     spec.oauth2 = current.spec.oauth2.clone();
+    spec.signing = current.spec.signing.clone();
     // Fields the form emptied are removed (a merge patch keeps what it omits).
     let mut spec_value = serde_json::to_value(&spec).expect("a spec serialises");
     if let Some(fields) = spec_value.as_object_mut() {
@@ -348,6 +349,7 @@ pub(crate) async fn update_webhook(
             "ordering",
             "tls",
             "oauth2",
+            "signing",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }

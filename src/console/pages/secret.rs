@@ -9,6 +9,10 @@ pub(super) struct SecretView {
     pub(super) standard_webhooks: Option<String>,
     pub(super) previous_until: Option<String>,
     pub(super) generated: bool,
+    /// With asymmetric signing: the public key (`whpk_…`) receivers verify
+    /// `v1a` signatures with (not a secret: shown to anyone who sees the page).
+    pub(super) public_key: Option<String>,
+    pub(super) previous_public_key: Option<String>,
 }
 
 pub(super) async fn secret_view(session: &Session, ns: &str, webhook: &Webhook, reveal: bool) -> Option<SecretView> {
@@ -17,12 +21,15 @@ pub(super) async fn secret_view(session: &Session, ns: &str, webhook: &Webhook, 
         .secret_ref
         .clone()
         .or_else(|| webhook.status.as_ref().and_then(|s| s.secret_ref.clone()))?;
+    let signing = webhook.status.as_ref().and_then(|s| s.signing.as_ref());
     let mut view = SecretView {
         secret_name: reference.name.clone(),
         revealed: None,
         standard_webhooks: None,
         previous_until: None,
         generated: webhook.spec.secret_ref.is_none(),
+        public_key: signing.and_then(|s| s.public_key.clone()),
+        previous_public_key: signing.and_then(|s| s.previous_public_key.clone()),
     };
     // Read only when needed: a user without Secret rights still sees the page.
     if let Ok(secret) = Api::<Secret>::namespaced(session.client.clone(), ns)
