@@ -70,6 +70,9 @@ pub struct Metrics {
     pub ingest_write_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while ingest counts the store as saturated.
     pub ingest_saturated: Gauge,
+    /// Times a delivery waited for its webhook's rate limit, and how long.
+    pub rate_limit_waits: Counter,
+    pub rate_limit_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +105,18 @@ impl Metrics {
         let ingest_backpressure = Family::<HubLabel, Counter>::default();
         let ingest_write_latency = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let ingest_saturated = Gauge::default();
+        let rate_limit_waits = Counter::default();
+        let rate_limit_wait_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "rate_limit_waits",
+            "Times a delivery waited for its webhook's delivery.rateLimit (not attempts)",
+            rate_limit_waits.clone(),
+        );
+        registry.register(
+            "rate_limit_wait_seconds",
+            "Time deliveries were told to wait for their webhook's delivery.rateLimit",
+            rate_limit_wait_seconds.clone(),
+        );
         registry.register(
             "ingest_backpressure_refusals",
             "Events refused with 429 because the delivery store is saturated, by hub",
@@ -201,6 +216,8 @@ impl Metrics {
             ingest_backpressure,
             ingest_write_latency,
             ingest_saturated,
+            rate_limit_waits,
+            rate_limit_wait_seconds,
         })
     }
 

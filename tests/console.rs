@@ -227,6 +227,25 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
             let text = row.text().await.unwrap();
             assert!(text.contains("Paused"), "the row shows the pause: {text}");
             shot(&browser, "webhooks-paused").await;
+            // The webhook's page states its delivery controls.
+            let page = format!(
+                "{}/ns/{}/webhooks/{name}",
+                login.split("/?").next().unwrap(),
+                stack.env.ns
+            );
+            browser.goto(&page).await.unwrap();
+            let controls = browser
+                .find(Locator::Css("#controls"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                controls.contains("Paused") && controls.contains("Signing: symmetric"),
+                "{controls}"
+            );
+            shot(&browser, "webhook-controls").await;
         }
     }
     browser.goto(&list).await.unwrap();

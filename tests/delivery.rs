@@ -621,6 +621,52 @@ async fn asymmetric_signatures_verify_with_the_published_public_keys(store: Stor
     stack.cleanup().await;
 }
 
+async fn a_rate_limit_spaces_the_requests_to_a_handler(store: Store) {
+    use hookrelay::resources::hub::DeliveryRateLimit;
+    use hookrelay::resources::webhook::WebhookDelivery;
+    let stack = Stack::start_in("a_rate_limit_spaces_requests", store).await;
+    let receiver = Receiver::start().await;
+    let event = "dynamic-content.content-item.updated";
+    let mut limited = spec(receiver.url("/limited"), &[event]);
+    limited.delivery = Some(WebhookDelivery {
+        rate_limit: Some(DeliveryRateLimit {
+            requests_per_second: 5.0,
+            burst: Some(1),
+        }),
+    });
+    stack.webhook("limited", limited).await;
+    let mut names = vec![];
+    for i in 0..20 {
+        let (status, answer) = stack
+            .post(json!({ "id": format!("e{i}"), "name": event, "payload": { "n": i } }))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        names.extend(deliveries_of(&answer));
+    }
+    let received = receiver.wait_for("/limited", 20, WAIT).await;
+    let mut at: Vec<Instant> = received.iter().map(|r| r.at).collect();
+    at.sort();
+    // 5/s with a burst of 1: never more than 6 in any second (one
+    // interval of slack for the network between sender and receiver).
+    for w in at.windows(7) {
+        assert!(
+            w[6].duration_since(w[0]) >= Duration::from_secs(1),
+            "7 requests within {:?}",
+            w[6].duration_since(w[0])
+        );
+    }
+    // Spaced, not sent together: 20 at 5/s span at least 3.8 s.
+    assert!(at[19].duration_since(at[0]) >= Duration::from_secs(3));
+    // Waiting for a turn is not an attempt: each went once, first time.
+    let seen = support::stack::ids_seen(&received);
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    for name in &names {
+        let status = stack.delivery_done(name).await.status.unwrap();
+        assert_eq!((status.phase, status.attempt_count), (Phase::Succeeded, 1), "{name}");
+    }
+    stack.cleanup().await;
+}
+
 async fn a_paused_webhook_holds_its_deliveries_until_resumed(store: Store) {
     let stack = Stack::start_in("a_paused_webhook_holds", store).await;
     let receiver = Receiver::start().await;
@@ -680,6 +726,7 @@ async fn a_paused_webhook_holds_its_deliveries_until_resumed(store: Store) {
 }
 
 both_stores!(
+    a_rate_limit_spaces_the_requests_to_a_handler,
     asymmetric_signatures_verify_with_the_published_public_keys,
     a_paused_webhook_holds_its_deliveries_until_resumed,
     an_event_is_delivered_signed_and_recorded,

@@ -83,6 +83,7 @@ pub fn spec_from(fields: &Fields, hub: &str) -> Result<WebhookSpec, FieldErrors>
         ordering: None,
         tls: None,
         oauth2: None,
+        delivery: None,
         signing: None,
     })
 }

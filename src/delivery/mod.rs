@@ -104,6 +104,8 @@ pub struct Engine {
     pub(crate) deliveries: Arc<dyn crate::store::Deliveries>,
     /// Where attempts are recorded.
     pub(crate) records: Arc<dyn crate::store::Records>,
+    /// Webhooks' turns at their rate limits.
+    pub(crate) turns: Arc<dyn crate::store::Turns>,
     /// Where deliveries live (the schedule `run` takes them from).
     store: crate::store::Store,
     /// Who this process is in the store's claims.
@@ -160,6 +162,7 @@ impl Engine {
             delivery_budget,
             deliveries,
             records,
+            turns: store.turns(),
             store,
             // Unique per process: a restarted Pod keeps its name, not its claims.
             claimant: format!("{}/{}", crate::identity(), uuid::Uuid::new_v4().simple()),
@@ -419,6 +422,7 @@ impl Engine {
             attempt::Outcome::Gone => Settled::Gone,
             attempt::Outcome::NotSent => Settled::NotSent,
             attempt::Outcome::Paused => Settled::Paused,
+            attempt::Outcome::Later(after) => Settled::Later(after),
             attempt::Outcome::Deferred(why) => {
                 tracing::warn!(delivery = %name, namespace = %ns, reason = %why, "nothing sent; trying again shortly");
                 Settled::Deferred

@@ -157,6 +157,27 @@ pub struct DeliverySettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 65536))]
     pub response_body_limit: Option<u32>,
+    /// At most this many requests per second to each webhook of this hub
+    /// (a webhook's own `delivery.rateLimit` overrides it), across every
+    /// replica. Deliveries waiting for their turn are not failed attempts.
+    /// Unset: no limit but the concurrency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<DeliveryRateLimit>,
+}
+
+/// A request rate: `requestsPerSecond` on average, up to `burst` at once
+/// after a quiet spell.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryRateLimit {
+    /// Requests per second, 0.01 to 10000 (0.5: one every two seconds).
+    #[schemars(range(min = 0.01, max = 10000.0))]
+    pub requests_per_second: f64,
+    /// Requests that may go at once after a quiet spell, 1 to 1000; default 1
+    /// (evenly spaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub burst: Option<u32>,
 }
 
 /// Retention of finished (Succeeded, Failed, Cancelled) Deliveries.

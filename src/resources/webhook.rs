@@ -128,9 +128,22 @@ pub struct WebhookSpec {
     /// as `<redacted>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2: Option<OAuth2>,
+    /// Overrides the hub's delivery settings for this webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<WebhookDelivery>,
     /// Overrides the hub's signing scheme for this webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<WebhookSigning>,
+}
+
+/// A webhook's own delivery settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDelivery {
+    /// At most this many requests per second to this handler, across every
+    /// replica (overrides the hub's `delivery.rateLimit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::resources::hub::DeliveryRateLimit>,
 }
 
 /// A webhook's own signing settings.
@@ -339,6 +352,7 @@ impl WebhookSpec {
             secret_ref: None,
             retry: None,
             ordering: None,
+            delivery: None,
             signing: None,
             tls: None,
             oauth2: None,

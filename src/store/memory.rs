@@ -401,6 +401,7 @@ impl Queue for Memory {
         row.handed_out = false;
         row.not_before = match settled {
             Settled::Deferred => Some(Timestamp::now() + DEFER),
+            Settled::Later(after) => Some(Timestamp::now() + after),
             // In its place; held back while its webhook is paused.
             Settled::Paused => None,
             // Not again until it changes (here: until redelivered).

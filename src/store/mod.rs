@@ -14,6 +14,7 @@ pub mod memory;
 pub mod paging;
 pub mod postgres;
 pub mod retention;
+pub mod turns;
 
 use crate::resources::delivery::{Delivery, DeliveryStatus, Phase};
 use futures::stream::BoxStream;
@@ -236,6 +237,9 @@ pub enum Settled {
     /// Nothing was sent: its webhook is paused. Due again, in its place,
     /// once the webhook is resumed.
     Paused,
+    /// Nothing was sent: its webhook's rate limit has no turn for it within
+    /// its claim. Due again after this long.
+    Later(Duration),
     /// A request may have reached the handler but its outcome is not
     /// recorded: not attempted again until the delivery changes (or its
     /// claim runs out), and then under the same id. The version the attempt
@@ -276,6 +280,20 @@ pub trait Records: Send + Sync {
     /// once when the store refuses it as `Invalid` or `TooLarge`.
     async fn record(&self, delivery: &Delivery, status: &DeliveryStatus, claimant: &str)
     -> Result<Written, StoreError>;
+}
+
+/// Turns to send to a webhook with a rate limit (`delivery.rateLimit`),
+/// counted across every process that delivers.
+#[async_trait::async_trait]
+pub trait Turns: Send + Sync {
+    /// Takes a turn to send to `webhook` at `rate`: `None` when the request
+    /// may go now, else how long until it may (nothing is reserved).
+    async fn take_turn(
+        &self,
+        namespace: &str,
+        webhook: &str,
+        rate: crate::store::turns::Rate,
+    ) -> Result<Option<Duration>, StoreError>;
 }
 
 /// Wait before a delivery deferred before sending is due again.
@@ -388,6 +406,16 @@ impl Store {
             Store::Kubernetes => kubernetes::schedule::Schedule::start(scope),
             Store::Postgres(db) => Arc::new(postgres::claims::Claims::new(db.clone(), scope)),
             Store::Memory(memory) => memory.clone(),
+        }
+    }
+
+    /// Where webhooks' request rates are kept: in the database, shared by
+    /// every replica, where every replica delivers; else in this process
+    /// (one leader delivers everything).
+    pub fn turns(&self) -> Arc<dyn Turns> {
+        match self {
+            Store::Postgres(db) => db.clone(),
+            Store::Kubernetes | Store::Memory(_) => Arc::new(crate::store::turns::LocalTurns::default()),
         }
     }
 

@@ -101,6 +101,8 @@ pub(super) struct WebhookPage {
     pub(super) name: Option<String>,
     pub(super) form: FormView,
     pub(super) ready: Option<String>,
+    /// The delivery controls in effect: pause, signing scheme, rate limit.
+    pub(super) controls: Vec<String>,
     pub(super) secret: Option<SecretView>,
     pub(super) deliveries: Vec<DeliveryRow>,
     pub(super) outcome: String,
@@ -145,6 +147,7 @@ pub(super) async fn form_page(
         name: name.map(str::to_string),
         form: FormView::of(spec, hub, errors),
         ready: None,
+        controls: vec![],
         secret: None,
         deliveries: vec![],
         outcome: extra.outcome.clone(),
@@ -171,16 +174,44 @@ pub(super) async fn form_page(
                     } else {
                         format!("Not ready ({}): {}", c.reason, c.message)
                     }
-                })
-                .map(|ready| match w.spec.paused {
-                    true => format!("{ready} · Paused: its events are stored, nothing is sent until it is resumed"),
-                    false => ready,
                 });
+            view.controls = controls(&w, hub);
             view.secret = secret_view(session, ns, &w, extra.reveal).await;
         }
         view.deliveries = recent(session, ns, name, &extra.outcome).await;
     }
     page(view)
+}
+
+/// The delivery controls a webhook's page states, with its hub's defaults applied.
+fn controls(webhook: &Webhook, hub: &Hub) -> Vec<String> {
+    let mut shown = vec![];
+    if webhook.spec.paused {
+        shown.push("Paused: its events are stored, nothing is sent until it is resumed".to_string());
+    }
+    let scheme = webhook.spec.signing_scheme(Some(&hub.spec));
+    shown.push(format!(
+        "Signing: {}",
+        match scheme {
+            crate::resources::hub::SigningScheme::Symmetric => "symmetric (v1, the shared secret)",
+            crate::resources::hub::SigningScheme::Asymmetric => "asymmetric (v1a, ed25519)",
+            crate::resources::hub::SigningScheme::Both => "both (v1 and v1a)",
+        }
+    ));
+    let rate = webhook
+        .spec
+        .delivery
+        .as_ref()
+        .and_then(|d| d.rate_limit)
+        .or_else(|| hub.spec.delivery.as_ref().and_then(|d| d.rate_limit));
+    if let Some(rate) = rate {
+        shown.push(format!(
+            "Rate limit: {} requests a second, burst {}",
+            rate.requests_per_second,
+            rate.burst.unwrap_or(1)
+        ));
+    }
+    shown
 }
 
 /// The first concrete event a webhook subscribes to (the catalogue's first
@@ -337,6 +368,7 @@ pub(crate) async fn update_webhook(
     spec.tls = current.spec.tls.clone();
     spec.oauth2 = current.spec.oauth2.clone();
     spec.signing = current.spec.signing.clone();
+    spec.delivery = current.spec.delivery.clone();
     // Fields the form emptied are removed (a merge patch keeps what it omits).
     let mut spec_value = serde_json::to_value(&spec).expect("a spec serialises");
     if let Some(fields) = spec_value.as_object_mut() {
@@ -350,6 +382,7 @@ pub(crate) async fn update_webhook(
             "tls",
             "oauth2",
             "signing",
+            "delivery",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }

@@ -428,9 +428,13 @@ impl Task {
                     self.hand_out(key, delivery, state);
                 }
             }
-            Settled::Deferred => {
+            Settled::Deferred | Settled::Later(_) => {
+                let after = match settled {
+                    Settled::Later(after) => after,
+                    _ => DEFER,
+                };
                 if let Some(delivery) = latest.map(Held::Whole).or(sent) {
-                    let timer = state.queue.insert(key.clone(), DEFER);
+                    let timer = state.queue.insert(key.clone(), after);
                     state.tracked.insert(key, Slot::Queued { timer, delivery });
                 }
             }

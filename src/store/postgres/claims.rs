@@ -159,6 +159,7 @@ impl Queue for Claims {
         let after = match settled {
             Settled::NotSent => Some(Some(Duration::ZERO)),
             Settled::Deferred => Some(Some(DEFER)),
+            Settled::Later(after) => Some(Some(after)),
             Settled::Paused => Some(None),
             _ => None,
         };

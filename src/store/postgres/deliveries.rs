@@ -158,6 +158,58 @@ impl Records for Postgres {
     }
 }
 
+/// A turn at a webhook's rate (GCRA, `crate::store::turns::decide` in
+/// SQL): the row's time moves on only when the turn is taken, in one
+/// statement, so replicas taking turns together never exceed the rate.
+const TAKE_TURN: &str = "
+INSERT INTO hookrelay_turns AS t (namespace, webhook, tat)
+VALUES ($1, $2, extract(epoch FROM now())::float8 + $3::float8)
+ON CONFLICT (namespace, webhook) DO UPDATE
+    SET tat = greatest(t.tat, extract(epoch FROM now())::float8) + $3::float8
+    -- compared as offsets from now: epoch seconds as float8 keep only
+    -- about a tenth of a microsecond, hence the microsecond of slack
+    WHERE greatest(t.tat - extract(epoch FROM now())::float8, 0) + $3::float8 <= $4::float8 + 1e-6
+RETURNING tat";
+/// How long until a refused turn is due.
+const TURN_WAIT: &str = "
+SELECT greatest(tat - extract(epoch FROM now())::float8, 0) + $3::float8 - $4::float8
+FROM hookrelay_turns WHERE namespace = $1 AND webhook = $2";
+
+#[async_trait::async_trait]
+impl crate::store::Turns for Postgres {
+    async fn take_turn(
+        &self,
+        namespace: &str,
+        webhook: &str,
+        rate: crate::store::turns::Rate,
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        let client = self.client().await.map_err(StoreError::Database)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&namespace, &webhook, &rate.interval, &rate.tolerance];
+        let take = client
+            .prepare_cached(TAKE_TURN)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        if !super::timed(client.query(&take, &params))
+            .await
+            .map_err(StoreError::Database)?
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        let wait = client
+            .prepare_cached(TURN_WAIT)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let rows = super::timed(client.query(&wait, &params))
+            .await
+            .map_err(StoreError::Database)?;
+        // Taken by another replica meanwhile and free again: try at once.
+        let seconds: f64 = rows.first().map(|r| r.get(0)).unwrap_or(0.0);
+        Ok(Some(std::time::Duration::from_secs_f64(seconds.clamp(0.0, 3600.0))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

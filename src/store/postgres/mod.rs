@@ -127,6 +127,20 @@ ALTER TABLE hookrelay_deliveries ALTER COLUMN changed SET DEFAULT pg_current_xac
 CREATE INDEX hookrelay_deliveries_changed ON hookrelay_deliveries (changed);
 "#,
     ),
+    (
+        6,
+        r#"
+-- Webhooks' request rates (delivery.rateLimit), shared by every replica:
+-- the theoretical arrival time of each one's next request (GCRA), in
+-- seconds since the epoch.
+CREATE TABLE hookrelay_turns (
+    namespace text NOT NULL,
+    webhook   text NOT NULL,
+    tat       double precision NOT NULL,
+    PRIMARY KEY (namespace, webhook)
+);
+"#,
+    ),
 ];
 
 /// The small statements of the hot path, prepared once per connection
