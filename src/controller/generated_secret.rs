@@ -36,6 +36,8 @@ pub(super) enum Change {
     Created,
     /// The key was missing or empty and got a new value.
     Refilled,
+    /// An ed25519 private key was added (a scheme that needs one was set).
+    KeyGenerated,
     Rotated,
     PreviousExpired,
 }
@@ -111,7 +113,11 @@ pub(super) async fn ensure(
         };
         merge(refill).await?;
         return Ok(State::Ready {
-            change: Change::Refilled,
+            change: if missing_key {
+                Change::KeyGenerated
+            } else {
+                Change::Refilled
+            },
             rotated_for: handled,
             recheck_at: expires_at,
         });

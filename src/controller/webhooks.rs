@@ -382,6 +382,10 @@ async fn publish_events(webhook: &Webhook, signing: &Signing, status: &WebhookSt
     match signing.change {
         Change::Created => events.push(normal("SecretGenerated", format!("Generated a signing secret in Secret {secret}"))),
         Change::Refilled => events.push(normal("SecretGenerated", format!("Secret {secret} had no value; generated a new signing secret"))),
+        Change::KeyGenerated => events.push(normal(
+            "SigningKeyGenerated",
+            format!("Generated an ed25519 signing key in Secret {secret}; its public key is in status.signing.publicKey"),
+        )),
         Change::Rotated => events.push(normal(
             "SecretRotated",
             format!("Rotated the signing secret in Secret {secret}; the previous value also signs until the hub's rotation overlap ends"),

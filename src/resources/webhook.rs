@@ -78,7 +78,7 @@ pub struct WebhookSpec {
     /// advance until it is set back to false; then the backlog is sent,
     /// oldest first, within the usual limits. Unlike `active: false`, no
     /// event is missed. Default false.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub paused: bool,
     /// HTTP method of the requests: POST (default), PUT, PATCH or DELETE.
     #[serde(default)]
