@@ -59,8 +59,16 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
                         .and_then(|s| s.last_delivery.as_ref())
                         .and_then(|d| d.status_code)
                 });
+            let rate = w
+                .spec
+                .delivery
+                .as_ref()
+                .and_then(|d| d.rate_limit)
+                .or_else(|| hub.spec.delivery.as_ref().and_then(|d| d.rate_limit));
             rows.push(json!({
                 "webhook": w.name_any(), "label": w.spec.label, "active": w.spec.active, "paused": w.spec.paused, "ready": ready,
+                "signing": w.spec.signing_scheme(Some(&hub.spec)),
+                "rateLimit": rate,
                 "lastStatus": last_status,
                 "failuresLastHour": failures, "retrying": retrying,
             }));
@@ -97,10 +105,11 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
             webhooks.len(),
             hub["ingestPath"].as_str().unwrap_or_default(),
         );
+        let wide = ctx.output == Output::Wide;
         let rows: Vec<Vec<String>> = webhooks
             .iter()
             .map(|w| {
-                vec![
+                let mut row = vec![
                     w["webhook"].as_str().unwrap_or_default().to_string(),
                     one_line(w["label"].as_str().unwrap_or_default()),
                     match (w["active"] == true, w["paused"] == true) {
@@ -112,7 +121,19 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
                     ctx.status_code(w["lastStatus"].as_u64().map(|c| c as u16)),
                     w["failuresLastHour"].to_string(),
                     w["retrying"].to_string(),
-                ]
+                ];
+                if wide {
+                    row.push(w["signing"].as_str().unwrap_or_default().to_string());
+                    row.push(match w["rateLimit"].as_object() {
+                        Some(r) => format!(
+                            "{}/s burst {}",
+                            r["requestsPerSecond"],
+                            r.get("burst").and_then(Value::as_u64).unwrap_or(1)
+                        ),
+                        None => "-".into(),
+                    });
+                }
+                row
             })
             .collect();
         if !rows.is_empty() {
@@ -124,8 +145,11 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
                 "LAST STATUS",
                 "FAILED (1H)",
                 "RETRYING",
+                "SIGNING",
+                "RATE LIMIT",
             ];
-            println!("{}\n", table(&headers, &rows));
+            let shown = if wide { headers.len() } else { headers.len() - 2 };
+            println!("{}\n", table(&headers[..shown], &rows));
         }
     }
     Ok(())
