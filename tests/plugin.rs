@@ -229,7 +229,10 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
     // -o wide adds each webhook's signing scheme and rate limit.
     let out = plugin.ok(&["status", "-o", "wide"]);
     assert!(out.contains("SIGNING") && out.contains("RATE LIMIT"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("shop") && l.contains("symmetric")), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("shop") && l.contains("symmetric")),
+        "{out}"
+    );
     // A symmetric webhook has no public key; the refusal says how to get one.
     let err = plugin.refused(&["secret", "shop", "--public-key"]);
     assert!(err.contains("symmetric"), "{err}");

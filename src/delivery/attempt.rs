@@ -63,10 +63,8 @@ impl Settings {
             scheme: webhook.spec.signing_scheme(hub_spec),
             rate: webhook
                 .spec
-                .delivery
+                .rate_limit(hub_spec)
                 .as_ref()
-                .and_then(|d| d.rate_limit.as_ref())
-                .or_else(|| delivery.and_then(|d| d.rate_limit.as_ref()))
                 .map(crate::store::turns::Rate::of),
             schedule: Schedule::resolve(webhook.spec.retry.as_ref(), hub_spec.and_then(|h| h.retry.as_ref())),
             egress: egress::Policy::from_spec(floor, hub_spec.and_then(|h| h.egress.as_ref())),

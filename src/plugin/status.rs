@@ -59,12 +59,7 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
                         .and_then(|s| s.last_delivery.as_ref())
                         .and_then(|d| d.status_code)
                 });
-            let rate = w
-                .spec
-                .delivery
-                .as_ref()
-                .and_then(|d| d.rate_limit)
-                .or_else(|| hub.spec.delivery.as_ref().and_then(|d| d.rate_limit));
+            let rate = w.spec.rate_limit(Some(&hub.spec));
             rows.push(json!({
                 "webhook": w.name_any(), "label": w.spec.label, "active": w.spec.active, "paused": w.spec.paused, "ready": ready,
                 "signing": w.spec.signing_scheme(Some(&hub.spec)),

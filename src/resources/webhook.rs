@@ -326,6 +326,17 @@ pub struct WebhookFilter {
 }
 
 impl WebhookSpec {
+    /// The rate limit in effect: the webhook's, else its hub's, else none.
+    pub fn rate_limit(
+        &self,
+        hub: Option<&crate::resources::HubSpec>,
+    ) -> Option<crate::resources::hub::DeliveryRateLimit> {
+        self.delivery
+            .as_ref()
+            .and_then(|d| d.rate_limit)
+            .or_else(|| hub.and_then(|h| h.delivery.as_ref()).and_then(|d| d.rate_limit))
+    }
+
     /// The signing scheme in effect: the webhook's, else its hub's, else symmetric.
     pub fn signing_scheme(&self, hub: Option<&crate::resources::HubSpec>) -> crate::resources::hub::SigningScheme {
         self.signing

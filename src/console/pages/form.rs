@@ -198,13 +198,7 @@ fn controls(webhook: &Webhook, hub: &Hub) -> Vec<String> {
             crate::resources::hub::SigningScheme::Both => "both (v1 and v1a)",
         }
     ));
-    let rate = webhook
-        .spec
-        .delivery
-        .as_ref()
-        .and_then(|d| d.rate_limit)
-        .or_else(|| hub.spec.delivery.as_ref().and_then(|d| d.rate_limit));
-    if let Some(rate) = rate {
+    if let Some(rate) = webhook.spec.rate_limit(Some(&hub.spec)) {
         shown.push(format!(
             "Rate limit: {} requests a second, burst {}",
             rate.requests_per_second,
@@ -423,39 +417,39 @@ pub(super) fn notice(ns: &str, name: &str, text: &str) -> Response {
 }
 
 pub(crate) async fn set_active(
-    Extension(session): Extension<Arc<Session>>,
-    Path((ns, name)): Path<(String, String)>,
+    session: Extension<Arc<Session>>,
+    path: Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let fields = or_page!(checked(&session, &body));
-    let active = fields.get("active") == "true";
-    let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
-    let patch = serde_json::json!({ "spec": { "active": active } });
-    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(w) => Redirect::to(&format!("/ns/{}/hubs/{}", url_part(&ns), url_part(&w.spec.hub))).into_response(),
-        Err(e) => api_problem(
-            &e,
-            &format!("{} Webhook {name}", if active { "activate" } else { "deactivate" }),
-        ),
-    }
+    switch(session, path, body, "active", ("activate", "deactivate")).await
 }
 
 /// Pauses or resumes a webhook (its deliveries are held, not missed).
 pub(crate) async fn set_paused(
+    session: Extension<Arc<Session>>,
+    path: Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    switch(session, path, body, "paused", ("pause", "resume")).await
+}
+
+/// Sets the boolean spec field `field` to the form's value (named the
+/// same), then shows the hub's webhooks; `verbs` name the change in an
+/// error (true, false).
+async fn switch(
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
+    field: &str,
+    verbs: (&str, &str),
 ) -> Response {
     let fields = or_page!(checked(&session, &body));
-    let paused = fields.get("paused") == "true";
+    let on = fields.get(field) == "true";
     let api: Api<Webhook> = Api::namespaced(session.client.clone(), &ns);
-    let patch = serde_json::json!({ "spec": { "paused": paused } });
+    let patch = serde_json::json!({ "spec": { field: on } });
     match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(w) => Redirect::to(&format!("/ns/{}/hubs/{}", url_part(&ns), url_part(&w.spec.hub))).into_response(),
-        Err(e) => api_problem(
-            &e,
-            &format!("{} Webhook {name}", if paused { "pause" } else { "resume" }),
-        ),
+        Err(e) => api_problem(&e, &format!("{} Webhook {name}", if on { verbs.0 } else { verbs.1 })),
     }
 }
 
