@@ -231,25 +231,14 @@ mod tests {
     #[test]
     fn the_public_key_is_the_one_ed25519_derives_from_the_seed() {
         // RFC 8032, 7.1, TEST 1: secret key 9d61…7f60, public key d75a…511a.
-        let seed: Vec<u8> = (0..32)
-            .map(|i| {
-                u8::from_str_radix(
-                    &"9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"[2 * i..2 * i + 2],
-                    16,
-                )
-                .unwrap()
-            })
-            .collect();
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len() / 2)
+                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+                .collect()
+        };
+        let seed = hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
         let public = public_key(&format!("whsk_{}", STANDARD.encode(&seed))).unwrap();
-        let expected: Vec<u8> = (0..32)
-            .map(|i| {
-                u8::from_str_radix(
-                    &"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"[2 * i..2 * i + 2],
-                    16,
-                )
-                .unwrap()
-            })
-            .collect();
+        let expected = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
         assert_eq!(public, format!("whpk_{}", STANDARD.encode(expected)));
     }
 
