@@ -33,8 +33,6 @@ pub struct Settings {
     pub body_limit: usize,
     pub signature_header: String,
     pub scheme: crate::resources::hub::SigningScheme,
-    /// The webhook's (else its hub's) `delivery.rateLimit`.
-    pub rate: Option<crate::store::turns::Rate>,
     pub schedule: Schedule,
     pub egress: egress::Policy,
 }
@@ -61,11 +59,6 @@ impl Settings {
                 .and_then(|s| s.header.clone())
                 .unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_string()),
             scheme: webhook.spec.signing_scheme(hub_spec),
-            rate: webhook
-                .spec
-                .rate_limit(hub_spec)
-                .as_ref()
-                .map(crate::store::turns::Rate::of),
             schedule: Schedule::resolve(webhook.spec.retry.as_ref(), hub_spec.and_then(|h| h.retry.as_ref())),
             egress: egress::Policy::from_spec(floor, hub_spec.and_then(|h| h.egress.as_ref())),
         }
@@ -92,9 +85,6 @@ pub enum Outcome {
     /// Nothing was sent: the webhook was paused after the delivery was
     /// handed out.
     Paused,
-    /// Nothing was sent: the webhook's rate limit has no turn for it
-    /// within its claim; due again after this long.
-    Later(Duration),
     /// A request may have reached the handler but its outcome is not
     /// recorded (leadership lost mid-request, or the API server refuses the
     /// record even compacted). The next leader sends it again, same id.
@@ -174,37 +164,6 @@ async fn hub_of(engine: &Engine, ns: &str, name: &str) -> Result<Option<Arc<Hub>
     }
 }
 
-/// Waits for the webhook's next turn at its rate limit: `None` once it
-/// has one. A wait longer than the claim allows gives the delivery back
-/// (`Later`), unattempted: waiting is not a failed attempt.
-async fn wait_for_turn(
-    engine: &Engine,
-    webhook: &Webhook,
-    rate: crate::store::turns::Rate,
-    settings: &Settings,
-    claimed_until: Option<Instant>,
-) -> Option<Outcome> {
-    let (ns, name) = (webhook.namespace().unwrap_or_default(), webhook.name_any());
-    loop {
-        let wait = match engine.turns.take_turn(&ns, &name, rate).await {
-            Ok(None) => return None,
-            Ok(Some(wait)) => wait,
-            Err(e) => return Some(Outcome::Deferred(format!("rate limit: {e}"))),
-        };
-        engine.metrics.rate_limit_waits.inc();
-        engine.metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
-        let needed = Instant::now() + wait + settings.timeout * 2 + CLAIM_MARGIN;
-        if claimed_until.is_some_and(|until| needed > until) {
-            return Some(Outcome::Later(wait));
-        }
-        tokio::select! {
-            // At least a millisecond: a turn due in a hair is not a busy loop.
-            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
-            _ = engine.stop_starting.cancelled() => return Some(Outcome::NotSent),
-        }
-    }
-}
-
 /// How long a claim must outlast a request's timeout for it to be sent.
 pub(crate) const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
@@ -258,11 +217,6 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
         Err(e) => return Outcome::Deferred(e),
     };
     let settings = Settings::resolve(&webhook, hub.as_deref(), &engine.egress_floor);
-    if let Some(rate) = settings.rate
-        && let Some(not_now) = wait_for_turn(engine, &webhook, rate, &settings, claimed_until).await
-    {
-        return not_now;
-    }
 
     let started_at = Timestamp::now();
     let prepared = prepare(engine, delivery, &webhook, &settings, &ns, started_at).await;

@@ -336,6 +336,38 @@ impl Engine {
         ended
     }
 
+    /// A webhook's `delivery.rateLimit` (else its hub's), from the caches.
+    fn rate_of(&self, ns: &str, webhook: &str) -> Option<crate::store::turns::Rate> {
+        let webhook = self.webhooks.get(&ObjectRef::new(webhook).within(ns))?;
+        let hub = self.hubs.get(&ObjectRef::new(&webhook.spec.hub).within(ns));
+        let limit = webhook.spec.rate_limit(hub.as_ref().map(|h| &h.spec))?;
+        Some(crate::store::turns::Rate::of(&limit))
+    }
+
+    /// Waits for a delivery's turn at its webhook's rate: `None` once it has
+    /// one; else how long until its turn, when the wait would outlast its
+    /// claim (it is given back, unattempted: waiting is not an attempt).
+    async fn wait_for_turn(&self, due: &Due, rate: crate::store::turns::Rate) -> Option<Duration> {
+        loop {
+            let wait = match self.turns.take_turn(&due.namespace, &due.webhook, rate).await {
+                Ok(None) => return None,
+                Ok(Some(wait)) => wait,
+                Err(e) => {
+                    tracing::warn!(webhook = %due.webhook, namespace = %due.namespace, error = %e, "could not take a turn at the rate limit; trying again shortly");
+                    return Some(crate::store::DEFER);
+                }
+            };
+            self.metrics.rate_limit_waits.inc();
+            self.metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
+            let needed = std::time::Instant::now() + wait + self.longest_request() * 2 + attempt::CLAIM_MARGIN;
+            if due.claimed_until.is_some_and(|until| needed > until) {
+                return Some(wait);
+            }
+            // At least a millisecond: a turn due in a hair is not a busy loop.
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+
     /// Makes an attempt of a due delivery once it holds its slots, and tells
     /// the store what became of it.
     fn spawn_attempt(self: Arc<Self>, queue: Arc<dyn Queue>, mut due: Due, room: Room) {
@@ -353,13 +385,19 @@ impl Engine {
                 Some(_) => true,
                 None => false,
             };
-            // The webhook's own limit first: waiting for it holds no global
-            // permit, so a slow webhook cannot starve the others.
+            // The webhook's own limit first, then its turn at its rate
+            // limit: waiting for either holds no global permit, so a slow
+            // or rate-limited webhook cannot starve the others.
             let webhook_limit = self.webhook_limit(&due.namespace, &due.webhook);
             let permits = async {
                 let w = webhook_limit.acquire_owned().await;
+                if let Some(rate) = self.rate_of(&due.namespace, &due.webhook)
+                    && let Some(after) = self.wait_for_turn(&due, rate).await
+                {
+                    return Err(after);
+                }
                 let g = self.global.acquire(&due.namespace).await;
-                (w, g)
+                Ok((w, g))
             };
             let permits = tokio::select! {
                 p = permits => Some(p),
@@ -368,11 +406,16 @@ impl Engine {
             if waiting {
                 self.waiting_whole.fetch_sub(1, AtomicOrdering::Relaxed);
             }
-            tracing::debug!(target: crate::metrics::STAGES, delivery = %due.name, stage = "slot", "slots granted");
-            let settled = match permits.filter(|_| !self.stop_starting.is_cancelled()) {
-                // Boxed: a task waiting for its slot holds only what is above.
-                Some(_permits) => Box::pin(self.attempt_due(&queue, &due)).await,
+            let settled = match permits {
+                _ if self.stop_starting.is_cancelled() => Settled::NotSent,
                 None => Settled::NotSent,
+                // No turn within its claim: given back, due at its turn.
+                Some(Err(after)) => Settled::Later(after),
+                Some(Ok(_permits)) => {
+                    tracing::debug!(target: crate::metrics::STAGES, delivery = %due.name, stage = "slot", "slots granted");
+                    // Boxed: a task waiting for its slot holds only what is above.
+                    Box::pin(self.attempt_due(&queue, &due)).await
+                }
             };
             queue.settle(&due, &self.claimant, settled).await;
             room.free();
@@ -422,7 +465,6 @@ impl Engine {
             attempt::Outcome::Gone => Settled::Gone,
             attempt::Outcome::NotSent => Settled::NotSent,
             attempt::Outcome::Paused => Settled::Paused,
-            attempt::Outcome::Later(after) => Settled::Later(after),
             attempt::Outcome::Deferred(why) => {
                 tracing::warn!(delivery = %name, namespace = %ns, reason = %why, "nothing sent; trying again shortly");
                 Settled::Deferred
