@@ -1305,7 +1305,7 @@ async fn main() {
         // Each run starts from an empty store.
         let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
-        pg.batch_execute("DROP TABLE IF EXISTS hookrelay_deliveries, hookrelay_claimants, hookrelay_schema")
+        pg.batch_execute(&format!("DROP TABLE IF EXISTS {}", hookrelay::store::postgres::TABLES))
             .await
             .unwrap();
         let postmaster: u32 = std::fs::read_to_string(format!("{pg_dir}/data/postmaster.pid"))

@@ -154,7 +154,7 @@ async fn a_hub_saturating_the_store_does_not_hold_up_another_hubs_deliveries(sto
             postgres
                 .client()
                 .await
-                .batch_execute("DROP TABLE IF EXISTS hookrelay_deliveries, hookrelay_claimants, hookrelay_schema")
+                .batch_execute(&format!("DROP TABLE IF EXISTS {}", hookrelay::store::postgres::TABLES))
                 .await
                 .expect("emptying the overload test's Postgres");
             let args = vec![

@@ -143,6 +143,10 @@ CREATE TABLE hookrelay_turns (
     ),
 ];
 
+/// Every table the migrations create, for tests and benchmarks that start
+/// from an empty store (`DROP TABLE IF EXISTS` these).
+pub const TABLES: &str = "hookrelay_deliveries, hookrelay_claimants, hookrelay_turns, hookrelay_schema";
+
 /// The small statements of the hot path, prepared once per connection
 /// (`prepare_cached`) like the large ones: unprepared, each costs a round
 /// trip and a parse of its own.
@@ -1428,6 +1432,19 @@ mod tests {
     use super::*;
     use crate::resources::delivery::DeliveryStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    #[test]
+    fn every_table_a_migration_creates_is_in_tables() {
+        let listed: Vec<&str> = TABLES.split(", ").collect();
+        let created = MIGRATIONS
+            .iter()
+            .flat_map(|(_, sql)| sql.split("CREATE TABLE ").skip(1))
+            .map(|rest| rest.split_whitespace().next().unwrap());
+        for table in created {
+            assert!(listed.contains(&table), "{table} is missing from TABLES");
+        }
+        assert!(listed.contains(&"hookrelay_schema"), "the migrations' own table");
+    }
 
     #[test]
     fn finished_deliveries_are_never_due_and_retries_at_their_time() {
