@@ -174,6 +174,66 @@ async fn deliveries_with_one_ordering_key_go_one_after_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_turn_further_away_than_a_claim_gives_the_delivery_back_unattempted() {
+    use hookrelay::resources::hub::DeliveryRateLimit;
+    use hookrelay::resources::webhook::WebhookDelivery;
+    let postgres = Postgres::shared();
+    let stack = stack("pg_rate_later", postgres).await;
+    let receiver = Receiver::start().await;
+    // One request every 50 s: the second's turn is further away than a
+    // claim lasts (45 s at the default timeouts).
+    let mut s = spec(receiver.url("/slow-rate"), &[EVENT]);
+    s.delivery = Some(WebhookDelivery {
+        rate_limit: Some(DeliveryRateLimit {
+            requests_per_second: 0.02,
+            burst: Some(1),
+        }),
+    });
+    stack.webhook("slow-rate", s).await;
+    let mut names = vec![];
+    for id in ["r1", "r2"] {
+        let (status, answer) = post(&stack, id, json!({ "id": id })).await;
+        assert_eq!(status, 202, "{answer}");
+        names.extend(deliveries_of(&answer));
+    }
+    let first = receiver.wait_for("/slow-rate", 1, WAIT).await[0].at;
+    let sent_first = first_sent(&receiver.received("/slow-rate"));
+    let second = names.iter().find(|n| **n != sent_first).unwrap().clone();
+    // Given back to the store, due at its turn: no claim held while it waits.
+    let client = postgres.client().await;
+    eventually(WAIT, "the second given back, due at its turn", || async {
+        let row = client
+            .query_one(
+                "SELECT claimed_by IS NULL, due_at > now() + interval '20 seconds' FROM hookrelay_deliveries
+                 WHERE namespace = $1 AND name = $2",
+                &[&stack.env.ns, &second],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, bool>(0) && row.get::<_, bool>(1)).then_some(())
+    })
+    .await;
+    let got = receiver.wait_for("/slow-rate", 2, Duration::from_secs(120)).await;
+    assert!(
+        got[1].at.duration_since(first) >= Duration::from_secs(45),
+        "the second went at its turn, not before: {:?}",
+        got[1].at.duration_since(first)
+    );
+    let recorded = eventually(WAIT, "the second recorded", || async {
+        let rows = stored(postgres, &stack.env.ns).await;
+        rows.get(&second).filter(|(phase, _)| phase == "Succeeded").cloned()
+    })
+    .await;
+    assert_eq!(recorded.1, 1, "waiting was not an attempt");
+    stack.cleanup().await;
+}
+
+/// The delivery id of the first request received.
+fn first_sent(received: &[support::receiver::Received]) -> String {
+    received[0].header("webhook-id").unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_deliver_together_within_the_webhook_limit_and_without_duplicates() {
     // 8 webhooks × 12 events. Each replica may have 4 requests in flight
     // (`--concurrency 4`), so a webhook may have 1 (a quarter): one replica
