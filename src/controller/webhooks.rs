@@ -156,7 +156,7 @@ async fn signing_secret(
                     "SchemeNeedsGeneratedSecret",
                     format!(
                         "the hub's signing.scheme {} signs with a key hookrelay generates into the webhook's own Secret: remove spec.secretRef, or set spec.signing.scheme: symmetric",
-                        scheme_name(scheme)
+                        scheme.as_str()
                     ),
                 )
             })
@@ -227,14 +227,6 @@ async fn signing_secret(
             status: None,
         },
     })
-}
-
-fn scheme_name(scheme: SigningScheme) -> &'static str {
-    match scheme {
-        SigningScheme::Symmetric => "symmetric",
-        SigningScheme::Asymmetric => "asymmetric",
-        SigningScheme::Both => "both",
-    }
 }
 
 /// The scheme and the public keys of the generated Secret's private keys

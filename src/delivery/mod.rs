@@ -570,7 +570,11 @@ async fn feed(
         // allows (OAuth 2.0): an attempt never starts a request its claim
         // might not outlast.
         let lease = lease.max(engine.longest_request() * 2 + attempt::CLAIM_MARGIN + Duration::from_secs(5));
-        let limits = engine.limits();
+        let limits = if queue.reads_limits() {
+            engine.limits()
+        } else {
+            Limits::default()
+        };
         let next = tokio::select! {
             next = queue.next(&engine.claimant, free, lease, &limits) => next,
             _ = stop.cancelled() => return,

@@ -239,6 +239,15 @@ pub enum SigningScheme {
 }
 
 impl SigningScheme {
+    /// As the field spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningScheme::Symmetric => "symmetric",
+            SigningScheme::Asymmetric => "asymmetric",
+            SigningScheme::Both => "both",
+        }
+    }
+
     /// Whether it signs with the webhook's ed25519 key.
     pub fn asymmetric(self) -> bool {
         self != SigningScheme::Symmetric

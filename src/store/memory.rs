@@ -292,6 +292,10 @@ impl Row {
 
 #[async_trait::async_trait]
 impl Queue for Memory {
+    fn reads_limits(&self) -> bool {
+        true
+    }
+
     /// Everything due but a paused webhook's, handed out whole; waits for
     /// the next change or the next due time (while a paused webhook's
     /// deliveries are due, at most `PAUSED_POLL`, then answers none, so the

@@ -319,6 +319,14 @@ pub trait Queue: Send + Sync {
         false
     }
 
+    /// Whether `next` reads its `limits` argument (claims do; the memory
+    /// store reads paused webhooks from it); the engine computes them only
+    /// then, not for every batch the Kubernetes schedule hands out (which
+    /// reads the webhooks itself).
+    fn reads_limits(&self) -> bool {
+        self.claims()
+    }
+
     /// Keeps `claimant` alive for `ttl`, where the store claims: its claims
     /// are others' once it stops.
     async fn heartbeat(&self, _claimant: &str, _ttl: Duration) -> Result<(), StoreError> {

@@ -159,21 +159,24 @@ impl Records for Postgres {
 }
 
 /// A turn at a webhook's rate (GCRA, `crate::store::turns::decide` in
-/// SQL): the row's time moves on only when the turn is taken, in one
-/// statement, so replicas taking turns together never exceed the rate.
+/// SQL), in one statement and one round trip: the row's time moves on only
+/// when the turn is taken, so replicas taking turns together never exceed
+/// the rate; a refused turn answers how long until it is due (read from the
+/// statement's snapshot, which a refusal left unchanged).
 const TAKE_TURN: &str = "
-INSERT INTO hookrelay_turns AS t (namespace, webhook, tat)
-VALUES ($1, $2, extract(epoch FROM now())::float8 + $3::float8)
-ON CONFLICT (namespace, webhook) DO UPDATE
-    SET tat = greatest(t.tat, extract(epoch FROM now())::float8) + $3::float8
-    -- compared as offsets from now: epoch seconds as float8 keep only
-    -- about a tenth of a microsecond, hence the microsecond of slack
-    WHERE greatest(t.tat - extract(epoch FROM now())::float8, 0) + $3::float8 <= $4::float8 + 1e-6
-RETURNING tat";
-/// How long until a refused turn is due.
-const TURN_WAIT: &str = "
-SELECT greatest(tat - extract(epoch FROM now())::float8, 0) + $3::float8 - $4::float8
-FROM hookrelay_turns WHERE namespace = $1 AND webhook = $2";
+WITH taken AS (
+    INSERT INTO hookrelay_turns AS t (namespace, webhook, tat)
+    VALUES ($1, $2, extract(epoch FROM now())::float8 + $3::float8)
+    ON CONFLICT (namespace, webhook) DO UPDATE
+        SET tat = greatest(t.tat, extract(epoch FROM now())::float8) + $3::float8
+        -- compared as offsets from now: epoch seconds as float8 keep only
+        -- about a tenth of a microsecond, hence the microsecond of slack
+        WHERE greatest(t.tat - extract(epoch FROM now())::float8, 0) + $3::float8 <= $4::float8 + 1e-6
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM taken),
+       (SELECT greatest(tat - extract(epoch FROM now())::float8, 0) + $3::float8 - $4::float8
+        FROM hookrelay_turns WHERE namespace = $1 AND webhook = $2)";
 
 #[async_trait::async_trait]
 impl crate::store::Turns for Postgres {
@@ -186,26 +189,18 @@ impl crate::store::Turns for Postgres {
         let client = self.client().await.map_err(StoreError::Database)?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&namespace, &webhook, &rate.interval, &rate.tolerance];
-        let take = client
-            .prepare_cached(TAKE_TURN)
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        if !super::timed(client.query(&take, &params))
-            .await
-            .map_err(StoreError::Database)?
-            .is_empty()
-        {
-            return Ok(None);
-        }
-        let wait = client
-            .prepare_cached(TURN_WAIT)
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        let rows = super::timed(client.query(&wait, &params))
+        let take = super::timed(client.prepare_cached(TAKE_TURN))
             .await
             .map_err(StoreError::Database)?;
-        // Taken by another replica meanwhile and free again: try at once.
-        let seconds: f64 = rows.first().map(|r| r.get(0)).unwrap_or(0.0);
+        let row = super::timed(client.query_one(&take, &params))
+            .await
+            .map_err(StoreError::Database)?;
+        if row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        // No row yet in the snapshot (another replica's first turn, just
+        // committed): try at once.
+        let seconds: f64 = row.get::<_, Option<f64>>(1).unwrap_or(0.0);
         Ok(Some(std::time::Duration::from_secs_f64(seconds.clamp(0.0, 3600.0))))
     }
 }
