@@ -158,6 +158,22 @@ struct ControllerArgs {
     /// and tests, where handlers run on this machine.
     #[arg(long, env = "HOOKRELAY_EGRESS_ALLOW_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
     egress_allow_loopback: bool,
+    /// Send every request to handlers and OAuth 2.0 token endpoints through
+    /// this HTTP CONNECT proxy (for fixed source addresses), as
+    /// http://host:port. hookrelay resolves and checks each handler's
+    /// address itself and asks the proxy for that address; TLS stays end to
+    /// end with the handler.
+    #[arg(long, env = "HOOKRELAY_EGRESS_PROXY", hide_env_values = true)]
+    egress_proxy: Option<String>,
+    /// The proxy's credentials, user:password (best from a Secret through
+    /// the environment variable; in place of any in --egress-proxy's URL).
+    #[arg(
+        long,
+        env = "HOOKRELAY_EGRESS_PROXY_CREDENTIALS",
+        hide_env_values = true,
+        requires = "egress_proxy"
+    )]
+    egress_proxy_credentials: Option<String>,
     /// How long a replica's claim on a due delivery lasts (Postgres store):
     /// after a crash its claimed deliveries are sent by another replica
     /// after this. Never less than the longest request a hub allows + 15s.
@@ -359,6 +375,18 @@ impl Cli {
                         crate::egress::parse_networks(crate::egress::PRIVATE.iter().copied()).expect("built in"),
                     );
                 }
+                let egress_proxy = args
+                    .egress_proxy
+                    .as_deref()
+                    .map(|url| {
+                        crate::delivery::relay::EgressProxy::parse(url, args.egress_proxy_credentials.as_deref())
+                    })
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--egress-proxy: {e}"))?
+                    .map(std::sync::Arc::new);
+                if let Some(proxy) = &egress_proxy {
+                    tracing::info!(%proxy, "requests to handlers go through the egress proxy");
+                }
                 let settings = crate::controller::Settings {
                     namespaces: args.namespaces,
                     metrics_listen: args.metrics_listen,
@@ -369,6 +397,7 @@ impl Cli {
                     } else {
                         crate::egress::Floor::with(&floor)
                     },
+                    egress_proxy,
                     delivery_budget: args.budget.delivery_budget,
                     store: args.store.open().await?,
                     claim_lease: args.claim_lease,

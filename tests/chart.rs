@@ -110,6 +110,24 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
     assert!(default.contains("terminationGracePeriodSeconds: 390"), "{default}");
     assert!(default.contains("--lease-duration=15s"));
     assert!(default.contains("--egress-deny-private=false") && !default.contains("--egress-deny="));
+    assert!(!default.contains("--egress-proxy") && !default.contains("HOOKRELAY_EGRESS_PROXY"));
+    let proxied = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart,
+            "--set=controller.egress.proxy=http://egress.infra:3128",
+            "--set=controller.egress.proxyCredentialsSecretRef.name=egress-proxy",
+        ],
+        None,
+    );
+    assert!(
+        proxied.contains("- \"--egress-proxy=http://egress.infra:3128\"")
+            && proxied.contains("name: HOOKRELAY_EGRESS_PROXY_CREDENTIALS")
+            && proxied.contains("name: \"egress-proxy\"\n                  key: \"credentials\""),
+        "{proxied}"
+    );
     let mut template = vec!["template", "rel", chart, "--namespace", &env.ns];
     template.extend(others);
     let namespaced = run("helm", &template, None);

@@ -474,6 +474,7 @@ fn engine_over(
             leadership: hookrelay::leader::Leadership::unconditional(),
             // The handlers here listen on loopback.
             egress_floor: hookrelay::egress::Floor::with_loopback(&[]),
+            egress_proxy: None,
             delivery_budget: hookrelay::resources::delivery::DEFAULT_BUDGET,
             store: hookrelay::store::Store::Kubernetes,
         },

@@ -155,6 +155,8 @@ pub struct Settings {
     pub leader_election: Option<leader::Settings>,
     /// Networks no delivery may reach, whatever a Hub says.
     pub egress_floor: crate::egress::Floor,
+    /// The operator's proxy every request to a handler goes through, if any.
+    pub egress_proxy: Option<Arc<crate::delivery::relay::EgressProxy>>,
     /// The size a Delivery may reach as stored.
     pub delivery_budget: usize,
     /// Where deliveries live. With Postgres every replica delivers
@@ -202,6 +204,7 @@ fn delivery_options(settings: &Settings, leadership: Leadership) -> crate::deliv
         global: crate::delivery::slots::Slots::new(settings.concurrency),
         leadership,
         egress_floor: settings.egress_floor.clone(),
+        egress_proxy: settings.egress_proxy.clone(),
         delivery_budget: settings.delivery_budget,
         store: settings.store.clone(),
     }

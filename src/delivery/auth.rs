@@ -170,7 +170,7 @@ impl Tokens {
     /// is `refused` (the handler answered 401 to it), else a new one.
     pub async fn get(
         &self,
-        http: &reqwest::Client,
+        http: &http::Client,
         egress: &Policy,
         timeout: Duration,
         client: &OAuthClient,
@@ -192,12 +192,7 @@ impl Tokens {
 }
 
 /// One client-credentials token request (RFC 6749 section 4.4).
-async fn fetch(
-    http: &reqwest::Client,
-    egress: &Policy,
-    timeout: Duration,
-    client: &OAuthClient,
-) -> Result<Token, String> {
+async fn fetch(http: &http::Client, egress: &Policy, timeout: Duration, client: &OAuthClient) -> Result<Token, String> {
     let request = token_request(client);
     let limits = Limits {
         timeout,

@@ -251,6 +251,7 @@ fn engine_and_cache(
             leadership: Leadership::unconditional(),
             // The handlers here listen on loopback.
             egress_floor: crate::egress::Floor::with_loopback(&[]),
+            egress_proxy: None,
             delivery_budget: budget,
             store: crate::store::Store::Memory(memory.clone()),
         },

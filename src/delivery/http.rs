@@ -2,6 +2,7 @@
 //! redirects, timeouts, response bodies read up to a limit, and the egress
 //! policy enforced on the addresses actually connected to.
 
+use super::relay::{EgressProxy, Relay};
 use super::request::Outgoing;
 use crate::egress::Policy;
 use crate::resources::delivery::{Header, RecordedResponse};
@@ -61,55 +62,127 @@ impl Tls {
     }
 }
 
-/// How long a client nobody used is kept (its pool, and the key material
-/// of a certificate since renewed).
+/// How long a client nobody used is kept (its pool, its relay, and the key
+/// material of a certificate since renewed).
 const IDLE_CLIENT: Duration = Duration::from_secs(600);
+
+/// A client for a hub's handlers: reqwest's, and with an egress proxy the
+/// relay it goes through.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    relay: Option<Arc<Relay>>,
+}
 
 /// Reused clients, so connections are pooled across attempts.
 #[derive(Default)]
-pub struct Clients(Mutex<HashMap<ClientKey, (reqwest::Client, std::time::Instant)>>);
+pub struct Clients {
+    /// The operator's proxy every request goes through, if any.
+    proxy: Option<Arc<EgressProxy>>,
+    clients: Mutex<HashMap<ClientKey, (Client, std::time::Instant)>>,
+}
 
 impl Clients {
+    pub fn new(proxy: Option<Arc<EgressProxy>>) -> Self {
+        Self {
+            proxy,
+            clients: Mutex::default(),
+        }
+    }
+
     /// The client for `key`; `Err` names the TLS field that cannot be used.
-    pub fn get(&self, key: &ClientKey) -> Result<reqwest::Client, String> {
+    pub fn get(&self, key: &ClientKey) -> Result<Client, String> {
         let now = std::time::Instant::now();
-        let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((client, used)) = clients.get_mut(key) {
             *used = now;
             return Ok(client.clone());
         }
-        let client = build(key)?;
+        let client = self.build(key)?;
         clients.retain(|_, (_, used)| now.duration_since(*used) < IDLE_CLIENT);
         clients.insert(key.clone(), (client.clone(), now));
         Ok(client)
     }
-}
 
-fn build(key: &ClientKey) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        // HTTP(S)_PROXY from the environment would make the proxy's address
-        // the only one checked against the egress policy.
-        .no_proxy()
-        .connect_timeout(key.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .dns_resolver(Arc::new(CheckedResolver(key.egress.clone())))
-        .user_agent(format!("hookrelay/{}", crate::VERSION));
-    if let Some(tls) = &key.tls {
-        let (identity, roots) = tls.check()?;
-        if let Some(identity) = identity {
-            builder = builder.identity(identity);
-        }
-        if !roots.is_empty() {
-            builder = builder.tls_built_in_root_certs(false);
-            for root in roots {
-                builder = builder.add_root_certificate(root);
+    fn build(&self, key: &ClientKey) -> Result<Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY from the environment would make the proxy's
+            // address the only one checked against the egress policy.
+            .no_proxy()
+            .connect_timeout(key.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .dns_resolver(Arc::new(CheckedResolver(key.egress.clone())))
+            .user_agent(format!("hookrelay/{}", crate::VERSION));
+        let relay = match &self.proxy {
+            None => None,
+            Some(proxy) => {
+                let relay = Relay::start(proxy.clone(), key.egress.clone(), key.connect_timeout)
+                    .map_err(|e| format!("the egress proxy relay cannot listen on loopback: {e}"))?;
+                builder = builder.proxy(relay.proxy());
+                Some(Arc::new(relay))
+            }
+        };
+        if let Some(tls) = &key.tls {
+            let (identity, roots) = tls.check()?;
+            if let Some(identity) = identity {
+                builder = builder.identity(identity);
+            }
+            if !roots.is_empty() {
+                builder = builder.tls_built_in_root_certs(false);
+                for root in roots {
+                    builder = builder.add_root_certificate(root);
+                }
             }
         }
+        let http = builder
+            .build()
+            .map_err(|_| "spec.tls: the client certificate or CAs are not usable for TLS".to_string())?;
+        Ok(Client { http, relay })
     }
-    builder
-        .build()
-        .map_err(|_| "spec.tls: the client certificate or CAs are not usable for TLS".to_string())
+}
+
+/// Why a host cannot be reached.
+pub(super) enum Unreachable {
+    /// The name does not resolve.
+    Lookup(std::io::Error),
+    /// Every address it resolves to is denied: the reason.
+    Denied(String),
+}
+
+impl From<Unreachable> for SendError {
+    fn from(unreachable: Unreachable) -> Self {
+        match unreachable {
+            Unreachable::Lookup(e) => SendError::Connection(format!("the name does not resolve: {e}")),
+            Unreachable::Denied(reason) => SendError::Denied(EgressDenied(reason).to_string()),
+        }
+    }
+}
+
+/// The addresses `host` resolves to (the system resolver; a literal is
+/// itself) that `policy` allows.
+pub(super) async fn checked_addresses(policy: &Policy, host: &str, port: u16) -> Result<Vec<SocketAddr>, Unreachable> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(Unreachable::Lookup)?
+        .collect();
+    let mut denied = None;
+    let allowed: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|a| match policy.denies(a.ip()) {
+            Some(net) => {
+                denied = Some(format!("{host} resolves to {}, in denied network {net}", a.ip()));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err(Unreachable::Denied(
+            denied.unwrap_or_else(|| format!("{host} has no addresses")),
+        ));
+    }
+    Ok(allowed)
 }
 
 /// Resolves names with the system resolver and drops denied addresses; a
@@ -120,24 +193,11 @@ impl Resolve for CheckedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.0.clone();
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut denied = None;
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|a| match policy.denies(a.ip()) {
-                    Some(net) => {
-                        denied = Some(format!("{host} resolves to {}, in denied network {net}", a.ip()));
-                        false
-                    }
-                    None => true,
-                })
-                .collect();
-            if allowed.is_empty() {
-                let reason = denied.unwrap_or_else(|| format!("{host} has no addresses"));
-                return Err(Box::new(EgressDenied(reason)) as Box<dyn std::error::Error + Send + Sync>);
+            match checked_addresses(&policy, name.as_str(), 0).await {
+                Ok(allowed) => Ok(Box::new(allowed.into_iter()) as Addrs),
+                Err(Unreachable::Lookup(e)) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+                Err(Unreachable::Denied(reason)) => Err(Box::new(EgressDenied(reason)) as _),
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
 }
@@ -184,7 +244,7 @@ impl SendError {
 
 /// Sends `request`. `Err` is the reason no response was received.
 pub async fn send(
-    client: &reqwest::Client,
+    client: &Client,
     egress: &Policy,
     request: &Outgoing,
     limits: &Limits,
@@ -203,12 +263,25 @@ pub async fn send(
     }
     let method =
         reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| SendError::Connection(e.to_string()))?;
-    let mut builder = client.request(method, url).body(request.body.clone());
+    let mut builder = client.http.request(method, url.clone()).body(request.body.clone());
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
+    // reqwest would send the next request on a relayed http:// connection
+    // in a proxy's absolute form, which the relay passes as it is: one
+    // request per connection keeps the handler's requests in origin form.
+    if client.relay.is_some() && url.scheme() == "http" {
+        builder = builder.header(reqwest::header::CONNECTION, "close");
+    }
+    let started = std::time::Instant::now();
+    // Through the relay, reqwest only learns that the tunnel failed; the
+    // relay kept why.
+    let fail = |error| match client.relay.as_ref().and_then(|relay| relay.refusal(&url, started)) {
+        Some(refusal) => refusal,
+        None => describe(error),
+    };
     let exchange = async {
-        let mut response = builder.send().await.map_err(describe)?;
+        let mut response = builder.send().await.map_err(fail)?;
         let status = response.status().as_u16();
         let (headers, headers_truncated) = record_headers(response.headers());
         let retry_after = response
@@ -218,7 +291,7 @@ pub async fn send(
             .and_then(parse_retry_after);
         let mut body = Vec::new();
         let mut truncated = false;
-        while let Some(chunk) = response.chunk().await.map_err(describe)? {
+        while let Some(chunk) = response.chunk().await.map_err(fail)? {
             let room = limits.body_limit.saturating_sub(body.len());
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if chunk.len() > room {
@@ -424,9 +497,14 @@ mod tests {
             timeout: Duration::from_secs(5),
             body_limit: 1024,
         };
-        let denied = send(&reqwest::Client::new(), &deny_loopback, &outgoing, &limits)
-            .await
-            .unwrap_err();
+        let client = Clients::default()
+            .get(&ClientKey {
+                connect_timeout: Duration::from_secs(5),
+                egress: deny_loopback.clone(),
+                tls: None,
+            })
+            .unwrap();
+        let denied = send(&client, &deny_loopback, &outgoing, &limits).await.unwrap_err();
         assert_eq!(
             (denied.label(), denied.to_string().starts_with("egress denied")),
             ("denied", true)

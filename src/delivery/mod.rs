@@ -16,6 +16,7 @@ pub mod http;
 pub mod liveness;
 pub mod notify;
 pub mod outcome;
+pub mod relay;
 pub mod request;
 pub mod retry;
 pub mod signing;
@@ -72,6 +73,8 @@ pub struct Options {
     pub global: Arc<slots::Slots>,
     pub leadership: Leadership,
     pub egress_floor: crate::egress::Floor,
+    /// The operator's proxy every request goes through, if any.
+    pub egress_proxy: Option<Arc<relay::EgressProxy>>,
     /// The size a Delivery may reach as stored.
     pub delivery_budget: usize,
     /// Where deliveries live.
@@ -133,6 +136,7 @@ impl Engine {
             global,
             leadership,
             egress_floor,
+            egress_proxy,
             delivery_budget,
             store,
         } = options;
@@ -150,7 +154,7 @@ impl Engine {
             webhooks,
             hubs,
             secrets,
-            http: http::Clients::default(),
+            http: http::Clients::new(egress_proxy),
             tokens: auth::Tokens::default(),
             metrics,
             global,
