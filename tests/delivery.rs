@@ -660,10 +660,19 @@ async fn a_rate_limit_spaces_the_requests_to_a_handler(store: Store) {
     // Waiting for a turn is not an attempt: each went once, first time.
     let seen = support::stack::ids_seen(&received);
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    // The wait shows in the Delivery: the attempt says how long it waited
+    // for its turn (all but the burst's first wait, as each request takes
+    // far less than the 200 ms between turns).
+    let mut waited = 0;
     for name in &names {
         let status = stack.delivery_done(name).await.status.unwrap();
         assert_eq!((status.phase, status.attempt_count), (Phase::Succeeded, 1), "{name}");
+        waited += usize::from(status.attempts[0].rate_limit_wait_ms.is_some_and(|ms| ms > 0));
     }
+    assert!(
+        waited >= 10,
+        "{waited} of 20 attempts say they waited for the rate limit"
+    );
     stack.cleanup().await;
 }
 

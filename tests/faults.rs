@@ -517,7 +517,7 @@ async fn a_signing_secret_the_cache_has_not_seen_yet_is_looked_up() {
     let engine = engine_over(&env, store, hubs);
 
     let delivery = create_delivery(&env, "first-event", "shop", "{}").await;
-    match attempt::run(&engine, &delivery, None).await {
+    match attempt::run(&engine, &delivery, None, Duration::ZERO).await {
         attempt::Outcome::Recorded(d, None) => {
             let s = d.status.unwrap();
             assert_eq!((s.phase, s.attempt_count), (Phase::Succeeded, 1), "{:?}", s.attempts);
@@ -556,7 +556,7 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
     let engine = engine_over(&env, webhooks, hubs);
 
     let for_shop = create_delivery(&env, "for-shop", "shop", "{}").await;
-    match attempt::run(&engine, &for_shop, None).await {
+    match attempt::run(&engine, &for_shop, None, Duration::ZERO).await {
         attempt::Outcome::Recorded(d, None) => {
             assert_eq!(d.status.unwrap().phase, Phase::Succeeded, "delivered, not cancelled")
         }
@@ -566,7 +566,7 @@ async fn a_webhook_the_engine_has_not_seen_yet_is_looked_up_not_cancelled() {
 
     // A webhook the API server does not know either: cancelled, saying why.
     let for_ghost = create_delivery(&env, "for-ghost", "ghost", "{}").await;
-    match attempt::run(&engine, &for_ghost, None).await {
+    match attempt::run(&engine, &for_ghost, None, Duration::ZERO).await {
         attempt::Outcome::Recorded(d, None) => {
             let s = d.status.unwrap();
             assert_eq!(s.phase, Phase::Cancelled);

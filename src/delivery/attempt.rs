@@ -180,7 +180,13 @@ fn signing_secret_ref(webhook: &Webhook) -> Option<crate::resources::SecretKeyRe
 /// Makes one attempt of `delivery` and records it. `claimed_until` is when
 /// this process's claim on it ends (Postgres store): no request is started
 /// that could outlast it, as another replica may take it over then.
-pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Instant>) -> Outcome {
+/// `rate_limit_wait` is how long it waited for its turn (recorded with it).
+pub async fn run(
+    engine: &Engine,
+    delivery: &Delivery,
+    claimed_until: Option<Instant>,
+    rate_limit_wait: Duration,
+) -> Outcome {
     let ns = delivery.namespace().unwrap_or_default();
     let name = delivery.name_any();
     let mut status = delivery.status.clone().unwrap_or_default();
@@ -293,6 +299,7 @@ pub async fn run(engine: &Engine, delivery: &Delivery, claimed_until: Option<Ins
         number,
         time: MicroTime(started_at),
         duration_ms: duration.as_millis() as u64,
+        rate_limit_wait_ms: Some(rate_limit_wait.as_millis() as u64).filter(|ms| *ms > 0),
         request: recorded_request,
         response,
         error,
@@ -767,6 +774,7 @@ mod tests {
             number,
             time: MicroTime(Timestamp::UNIX_EPOCH),
             duration_ms: 1,
+            rate_limit_wait_ms: None,
             request: RecordedRequest {
                 method: "POST".into(),
                 url: "http://127.0.0.1/h".into(),

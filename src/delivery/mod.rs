@@ -348,24 +348,26 @@ impl Engine {
         Some(crate::store::turns::Rate::of(&limit))
     }
 
-    /// Waits for a delivery's turn at its webhook's rate: `None` once it has
-    /// one; else how long until its turn, when the wait would outlast its
-    /// claim (it is given back, unattempted: waiting is not an attempt).
-    async fn wait_for_turn(&self, due: &Due, rate: crate::store::turns::Rate) -> Option<Duration> {
+    /// Waits for a delivery's turn at its webhook's rate: `Ok(how long it
+    /// waited)` once it has one; `Err(how long until its turn)` when the
+    /// wait would outlast its claim (it is given back, unattempted: waiting
+    /// is not an attempt).
+    async fn wait_for_turn(&self, due: &Due, rate: crate::store::turns::Rate) -> Result<Duration, Duration> {
+        let started = std::time::Instant::now();
         loop {
             let wait = match self.turns.take_turn(&due.namespace, &due.webhook, rate).await {
-                Ok(None) => return None,
+                Ok(None) => return Ok(started.elapsed()),
                 Ok(Some(wait)) => wait,
                 Err(e) => {
                     tracing::warn!(webhook = %due.webhook, namespace = %due.namespace, error = %e, "could not take a turn at the rate limit; trying again shortly");
-                    return Some(crate::store::DEFER);
+                    return Err(crate::store::DEFER);
                 }
             };
             self.metrics.rate_limit_waits.inc();
             self.metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
             let needed = std::time::Instant::now() + wait + self.longest_request() * 2 + attempt::CLAIM_MARGIN;
             if due.claimed_until.is_some_and(|until| needed > until) {
-                return Some(wait);
+                return Err(wait);
             }
             // At least a millisecond: a turn due in a hair is not a busy loop.
             tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
@@ -395,13 +397,12 @@ impl Engine {
             let webhook_limit = self.webhook_limit(&due.namespace, &due.webhook);
             let permits = async {
                 let w = webhook_limit.acquire_owned().await;
-                if let Some(rate) = self.rate_of(&due.namespace, &due.webhook)
-                    && let Some(after) = self.wait_for_turn(&due, rate).await
-                {
-                    return Err(after);
-                }
+                let waited = match self.rate_of(&due.namespace, &due.webhook) {
+                    Some(rate) => self.wait_for_turn(&due, rate).await?,
+                    None => Duration::ZERO,
+                };
                 let g = self.global.acquire(&due.namespace).await;
-                Ok((w, g))
+                Ok((w, g, waited))
             };
             let permits = tokio::select! {
                 p = permits => Some(p),
@@ -415,10 +416,10 @@ impl Engine {
                 None => Settled::NotSent,
                 // No turn within its claim: given back, due at its turn.
                 Some(Err(after)) => Settled::Later(after),
-                Some(Ok(_permits)) => {
+                Some(Ok((_webhook_permit, _global_permit, waited))) => {
                     tracing::debug!(target: crate::metrics::STAGES, delivery = %due.name, stage = "slot", "slots granted");
                     // Boxed: a task waiting for its slot holds only what is above.
-                    Box::pin(self.attempt_due(&queue, &due)).await
+                    Box::pin(self.attempt_due(&queue, &due, waited)).await
                 }
             };
             queue.settle(&due, &self.claimant, settled).await;
@@ -429,7 +430,7 @@ impl Engine {
     /// The attempt of a due delivery holding its slots. One handed out
     /// without the delivery is loaded only now (a backlog coming due at
     /// once is read as fast as it can be sent, not all at once).
-    async fn attempt_due(self: &Arc<Self>, queue: &Arc<dyn Queue>, due: &Due) -> Settled {
+    async fn attempt_due(self: &Arc<Self>, queue: &Arc<dyn Queue>, due: &Due, rate_limit_wait: Duration) -> Settled {
         let (ns, name) = (&due.namespace, &due.name);
         let delivery: Arc<Delivery> = match &due.delivery {
             Some(d) => d.clone(),
@@ -444,7 +445,7 @@ impl Engine {
                 }
             },
         };
-        match attempt::run(self, &delivery, due.claimed_until).await {
+        match attempt::run(self, &delivery, due.claimed_until, rate_limit_wait).await {
             attempt::Outcome::Recorded(stored, deactivation) => {
                 if let Some(deactivation) = &deactivation {
                     // Before anything else of the webhook is attempted.

@@ -48,8 +48,12 @@ pub(super) async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         Err(e) => println!("\nRequest body cannot be shown: {}", one_line(&e.to_string())),
     }
     for a in &s.attempts {
+        let waited = a
+            .rate_limit_wait_ms
+            .map(|ms| format!("  (waited {:.1} s for the rate limit)", ms as f64 / 1000.0))
+            .unwrap_or_default();
         println!(
-            "\n{} {}  {} ms",
+            "\n{} {}  {} ms{waited}",
             bold(&format!("Attempt {}", a.number)),
             a.time.0,
             a.duration_ms

@@ -238,6 +238,10 @@ pub struct Attempt {
     pub time: MicroTime,
     /// Milliseconds from the start of the request to the end of the response.
     pub duration_ms: u64,
+    /// Milliseconds this attempt waited for its turn at the webhook's
+    /// `delivery.rateLimit` before it was sent (absent: it did not wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_wait_ms: Option<u64>,
     /// The request as sent, with secret header values redacted.
     pub request: RecordedRequest,
     /// The response, if one was received.

@@ -6,6 +6,8 @@ pub(super) struct AttemptView {
     pub(super) number: u32,
     pub(super) time: String,
     pub(super) duration_ms: u64,
+    /// "waited 1.2 s for the rate limit · ", or empty.
+    pub(super) rate_limit_wait: String,
     pub(super) method: String,
     pub(super) url: String,
     pub(super) request_headers: Vec<Header>,
@@ -61,6 +63,10 @@ pub(crate) async fn delivery(
             number: a.number,
             time: a.time.0.strftime("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
             duration_ms: a.duration_ms,
+            rate_limit_wait: a
+                .rate_limit_wait_ms
+                .map(|ms| format!("waited {:.1} s for the rate limit · ", ms as f64 / 1000.0))
+                .unwrap_or_default(),
             method: a.request.method.clone(),
             url: a.request.url.clone(),
             request_headers: a.request.headers.clone(),
