@@ -113,6 +113,15 @@ async fn deliveries_go_through_the_egress_proxy_to_checked_addresses_only(store:
     options.hub = hub;
     options.store = store;
     let stack = Stack::start_with("egress_proxy", options).await;
+    // The hub states where its requests leave (the console and the plugin
+    // show it from there).
+    let hubs: Api<Hub> = stack.env.api();
+    let stated = format!("127.0.0.1:{}", proxy.port);
+    eventually(WAIT, "the hub's status to name the egress proxy", || async {
+        let status = hubs.get("main").await.ok()?.status?;
+        (status.egress_proxy.as_deref() == Some(stated.as_str())).then_some(())
+    })
+    .await;
 
     // An https handler for the name "localhost" that wants a client
     // certificate: TLS is end to end through the proxy, SNI the name.
@@ -202,7 +211,6 @@ async fn deliveries_go_through_the_egress_proxy_to_checked_addresses_only(store:
 
     // The hub now denies 127.0.0.0/8: "localhost" resolves only to denied
     // addresses, which are never asked of the proxy.
-    let hubs: Api<Hub> = stack.env.api();
     hubs.patch(
         "main",
         &PatchParams::default(),

@@ -120,6 +120,7 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action, Error
         ingest_token_secret_ref: token_ref.clone(),
         webhooks: Some(total),
         active_webhooks: Some(active),
+        egress_proxy: ctx.egress_proxy.clone(),
     };
 
     if matches!(change, Change::Created | Change::Refilled) {

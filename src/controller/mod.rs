@@ -35,6 +35,8 @@ pub struct Context {
     pub webhooks: Store<Webhook>,
     /// Secrets read on demand, cached while unchanged.
     pub secrets: Arc<SecretCache>,
+    /// The operator's egress proxy (`host:port`), stated in Hub status.
+    pub egress_proxy: Option<String>,
     backoff: Backoff,
 }
 
@@ -50,6 +52,7 @@ impl Context {
             hubs,
             webhooks,
             secrets,
+            egress_proxy: None,
             backoff: Backoff::default(),
         }
     }
@@ -415,12 +418,9 @@ async fn lead_namespace(
 
     let secrets = SecretCache::new(client.clone());
     tokio::spawn(secrets.clone().watch(namespace.map(str::to_string)));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        hubs.clone(),
-        webhooks.clone(),
-        secrets.clone(),
-    ));
+    let mut ctx = Context::new(client.clone(), hubs.clone(), webhooks.clone(), secrets.clone());
+    ctx.egress_proxy = options.egress_proxy.as_ref().map(|proxy| proxy.to_string());
+    let ctx = Arc::new(ctx);
     let webhook_run = webhook_controller
         .watches(secret_metadata(), watcher::Config::default(), webhooks_of_secret)
         .watches(

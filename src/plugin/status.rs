@@ -75,6 +75,7 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
         report.push(json!({
             "namespace": ns, "hub": hub.name_any(), "label": hub.spec.label, "ready": ready,
             "ingestPath": format!("/v1/namespaces/{ns}/hubs/{}/events", hub.name_any()),
+            "egressProxy": hub.status.as_ref().and_then(|s| s.egress_proxy.clone()),
             "webhooks": rows,
         }));
     }
@@ -87,8 +88,12 @@ pub(super) async fn status(ctx: &Ctx, only: Option<String>) -> anyhow::Result<()
     for hub in &report {
         let webhooks = hub["webhooks"].as_array().cloned().unwrap_or_default();
         let active = webhooks.iter().filter(|w| w["active"] == true).count();
+        let egress = match hub["egressProxy"].as_str() {
+            Some(proxy) => format!("; requests leave through the egress proxy {proxy}"),
+            None => String::new(),
+        };
         println!(
-            "Hub {} ({}) in {}: {}, {active}/{} webhooks active; the CMS posts to {}",
+            "Hub {} ({}) in {}: {}, {active}/{} webhooks active; the CMS posts to {}{egress}",
             hub["hub"].as_str().unwrap_or_default(),
             one_line(hub["label"].as_str().unwrap_or_default()),
             hub["namespace"].as_str().unwrap_or_default(),

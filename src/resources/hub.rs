@@ -303,6 +303,10 @@ pub struct HubStatus {
     /// Of those, the active ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_webhooks: Option<u32>,
+    /// The operator's egress proxy (`host:port`) this hub's requests to
+    /// handlers go through; absent: they go directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<String>,
 }
 
 /// How long a rotated-out secret keeps signing when the hub does not say.

@@ -101,7 +101,8 @@ pub(super) struct WebhookPage {
     pub(super) name: Option<String>,
     pub(super) form: FormView,
     pub(super) ready: Option<String>,
-    /// The delivery controls in effect: pause, signing scheme, rate limit.
+    /// The delivery controls in effect: pause, signing scheme, rate limit,
+    /// egress proxy.
     pub(super) controls: Vec<String>,
     pub(super) secret: Option<SecretView>,
     pub(super) deliveries: Vec<DeliveryRow>,
@@ -204,6 +205,9 @@ fn controls(webhook: &Webhook, hub: &Hub) -> Vec<String> {
             rate.requests_per_second,
             rate.burst.unwrap_or(1)
         ));
+    }
+    if let Some(proxy) = hub.status.as_ref().and_then(|s| s.egress_proxy.as_deref()) {
+        shown.push(format!("Egress: through the operator's proxy {proxy}"));
     }
     shown
 }
@@ -504,4 +508,35 @@ where
     Api::<K>::namespaced(session.client.clone(), ns)
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controls_state_the_hubs_defaults_and_its_egress_proxy() {
+        let hub: Hub = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hookrelay.dev/v1alpha1", "kind": "Hub",
+            "metadata": { "name": "main" },
+            "spec": { "label": "Main", "delivery": { "rateLimit": { "requestsPerSecond": 5 } } },
+            "status": { "egressProxy": "egress.infra:3128" }
+        }))
+        .unwrap();
+        let mut webhook = Webhook::new(
+            "shop",
+            WebhookSpec::new("main", "Shop", "https://shop.example/h", &["e"]),
+        );
+        webhook.spec.paused = true;
+        let shown = controls(&webhook, &hub);
+        assert_eq!(
+            shown,
+            [
+                "Paused: its events are stored, nothing is sent until it is resumed",
+                "Signing: symmetric (v1, the shared secret)",
+                "Rate limit: 5 requests a second, burst 1",
+                "Egress: through the operator's proxy egress.infra:3128",
+            ]
+        );
+    }
 }
