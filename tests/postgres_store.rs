@@ -1241,3 +1241,35 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     elsewhere.cleanup().await;
     stack.cleanup().await;
 }
+
+/// Rate-limit turns an hour in the past are forgotten by the housekeeping
+/// (a deleted webhook's row would stay forever); current ones are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_turns_an_hour_old_are_forgotten_and_current_ones_kept() {
+    use hookrelay::store::Turns;
+    let postgres = Postgres::shared();
+    let store = hookrelay::store::postgres::Postgres::connect(&postgres.url, None)
+        .await
+        .unwrap();
+    let ns = format!("turns-{}", std::process::id());
+    let rate = hookrelay::store::turns::Rate::of(&hookrelay::resources::hub::DeliveryRateLimit {
+        requests_per_second: 1.0,
+        burst: Some(1),
+    });
+    assert_eq!(store.take_turn(&ns, "current", rate).await.unwrap(), None);
+    let client = postgres.client().await;
+    client
+        .execute(
+            "INSERT INTO hookrelay_turns (namespace, webhook, tat) VALUES ($1, 'gone', extract(epoch FROM now())::float8 - 7200)",
+            &[&ns],
+        )
+        .await
+        .unwrap();
+    store.forget_turns().await.unwrap();
+    let rows = client
+        .query("SELECT webhook FROM hookrelay_turns WHERE namespace = $1", &[&ns])
+        .await
+        .unwrap();
+    let left: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(left, ["current"]);
+}

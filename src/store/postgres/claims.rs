@@ -179,10 +179,13 @@ impl Queue for Claims {
     }
 
     async fn housekeeping(&self, round: u64) {
-        if round.is_multiple_of(SAFETY_NET_EVERY)
-            && let Err(e) = self.db.forget_claimants().await
-        {
-            tracing::debug!(error = %e, "could not forget claimants gone for an hour");
+        if round.is_multiple_of(SAFETY_NET_EVERY) {
+            if let Err(e) = self.db.forget_claimants().await {
+                tracing::debug!(error = %e, "could not forget claimants gone for an hour");
+            }
+            if let Err(e) = self.db.forget_turns().await {
+                tracing::debug!(error = %e, "could not forget rate-limit turns an hour old");
+            }
         }
         if round % SAFETY_NET_EVERY == SAFETY_NET_EVERY - 1 {
             match self.db.queue_firsts(&self.namespaces).await {

@@ -649,6 +649,18 @@ RETURNING t.doc, t.version, t.namespace, t.name"#;
         .await
     }
 
+    /// Deletes rate-limit turns an hour in the past: a turn in the past is
+    /// the same as none (the next takes it from now), so this forgets only
+    /// webhooks idle or gone (deleted webhooks leave their row behind).
+    pub async fn forget_turns(&self) -> Result<u64, String> {
+        let client = self.client().await?;
+        timed(client.execute(
+            "DELETE FROM hookrelay_turns WHERE tat < extract(epoch FROM now())::float8 - 3600",
+            &[],
+        ))
+        .await
+    }
+
     /// Records `delivery` as it now stands, if it still has the version it
     /// was read at and `claimant` still holds its claim (which ends). `None`:
     /// someone else wrote it first, or it is gone. Records that finish
