@@ -185,6 +185,31 @@ struct ControllerArgs {
     budget: Budget,
     #[command(flatten)]
     logging: Logging,
+    #[command(flatten)]
+    traces: Traces,
+}
+
+/// Traces of events (OpenTelemetry).
+#[derive(Args, Debug)]
+struct Traces {
+    /// Export spans of each event (ingest's request, its store write, each
+    /// attempt) over OTLP/HTTP to this collector, such as
+    /// http://otel-collector:4318 (off by default). No payload, header value
+    /// or secret is in a span.
+    #[arg(long, env = "HOOKRELAY_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+}
+
+impl Traces {
+    /// Starts exporting, if asked; spans are exported while this lives.
+    fn export(&self, service: &'static str) -> anyhow::Result<Option<crate::spans::Exporter>> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let exporter = crate::spans::export(endpoint, service)?;
+        tracing::info!(endpoint = %endpoint, "exporting spans over OTLP");
+        Ok(Some(exporter))
+    }
 }
 
 /// Where deliveries are stored.
@@ -218,6 +243,17 @@ impl StoreArgs {
     }
 }
 
+fn parse_trace_url_template(s: &str) -> Result<String, String> {
+    let sample = s.replace("{traceId}", "4bf92f3577b34da6a3ce929d0e0e4736");
+    match reqwest::Url::parse(&sample) {
+        Ok(url) if s.contains("{traceId}") && matches!(url.scheme(), "http" | "https") => Ok(s.to_string()),
+        _ => Err(
+            "an http(s) URL with {traceId} where the trace id goes, such as https://jaeger.example/trace/{traceId}"
+                .into(),
+        ),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let d: kube::core::Duration = s.parse().map_err(|e| format!("{e} (use e.g. \"20s\" or \"1m\")"))?;
     if d.is_negative() {
@@ -247,6 +283,10 @@ struct ConsoleArgs {
     /// With --auth kubeconfig: the kubeconfig context (default: its current one).
     #[arg(long)]
     context: Option<String>,
+    /// Turns trace ids into links to your tracing UI: a URL with
+    /// {traceId}, such as https://jaeger.example/trace/{traceId}.
+    #[arg(long, env = "HOOKRELAY_CONSOLE_TRACE_URL_TEMPLATE", value_parser = parse_trace_url_template)]
+    trace_url_template: Option<String>,
     #[command(flatten)]
     logging: Logging,
 }
@@ -328,6 +368,8 @@ struct IngestArgs {
     namespaces: Vec<String>,
     #[command(flatten)]
     logging: Logging,
+    #[command(flatten)]
+    traces: Traces,
 }
 
 /// A client for the cluster in KUBECONFIG or the in-cluster service
@@ -349,6 +391,7 @@ impl Cli {
             Command::Controller(args) => {
                 telemetry::init(args.logging.log_format);
                 tracing::info!(version = crate::VERSION, "starting controller");
+                let _spans = args.traces.export("hookrelay-controller")?;
                 let client = client_as("hookrelay-controller").await?;
                 let leader_election = if args.leader_elect {
                     let mut election = crate::leader::Settings::for_lease(
@@ -415,6 +458,7 @@ impl Cli {
             Command::Ingest(args) => {
                 telemetry::init(args.logging.log_format);
                 tracing::info!(version = crate::VERSION, "starting ingest");
+                let _spans = args.traces.export("hookrelay-ingest")?;
                 let client = client_as("hookrelay-ingest").await?;
                 let settings = crate::ingest::Settings {
                     listen: args.listen,
@@ -443,6 +487,7 @@ impl Cli {
                     namespace: args.namespace,
                     kubeconfig: args.kubeconfig,
                     context: args.context,
+                    trace_url_template: args.trace_url_template,
                 };
                 crate::console::run(settings, shutdown_signal()).await
             }

@@ -146,6 +146,7 @@ pub fn build(webhook: &Webhook, event_id: &str, name: &str, payload: &str, recei
                 id: event_id.to_string(),
                 name: name.to_string(),
                 received_at: MicroTime(received_at),
+                trace: None,
             },
             payload: payload.to_string(),
         },

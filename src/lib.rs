@@ -22,9 +22,11 @@ pub mod resources;
 pub mod secret_cache;
 pub mod secrets;
 pub mod server;
+pub mod spans;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod trace_context;
 
 /// The version of this build, as sent in `User-Agent: hookrelay/<version>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

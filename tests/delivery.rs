@@ -633,6 +633,7 @@ async fn a_rate_limit_spaces_the_requests_to_a_handler(store: Store) {
             requests_per_second: 5.0,
             burst: Some(1),
         }),
+        ..Default::default()
     });
     stack.webhook("limited", limited).await;
     let mut names = vec![];

@@ -269,6 +269,7 @@ async fn create_delivery(env: &support::TestEnv, name: &str, webhook: &str, payl
                 id: name.into(),
                 name: EVENT.into(),
                 received_at: MicroTime(jiff::Timestamp::now()),
+                trace: None,
             },
             payload: payload.into(),
         },

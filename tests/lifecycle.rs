@@ -131,6 +131,7 @@ async fn running_out_of_retries_deactivates_the_webhook_and_cancels_the_rest() {
                 id: "evt-later".into(),
                 name: EVENT.into(),
                 received_at: MicroTime(Timestamp::now()),
+                trace: None,
             },
             payload: "{}".into(),
         },

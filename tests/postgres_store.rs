@@ -188,6 +188,7 @@ async fn a_turn_further_away_than_a_claim_gives_the_delivery_back_unattempted() 
             requests_per_second: 0.02,
             burst: Some(1),
         }),
+        ..Default::default()
     });
     stack.webhook("slow-rate", s).await;
     let mut names = vec![];
@@ -651,6 +652,7 @@ async fn claims_let_a_quiet_tenant_go_before_another_tenants_older_backlog() {
                     id: format!("{webhook}-{i}"),
                     name: EVENT.into(),
                     received_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()),
+                    trace: None,
                 },
                 payload: "{}".into(),
             },

@@ -89,6 +89,7 @@ impl Subject {
                     id: format!("event-{name}"),
                     name: "contract.tested".into(),
                     received_at: MicroTime(Timestamp::now()),
+                    trace: None,
                 },
                 payload: r#"{"n":1,"id":"k"}"#.into(),
             },

@@ -59,6 +59,8 @@ pub struct Settings {
     /// (default: kubectl's).
     pub kubeconfig: Option<std::path::PathBuf>,
     pub context: Option<String>,
+    /// A URL with `{traceId}`: trace ids become links to it.
+    pub trace_url_template: Option<String>,
 }
 
 /// One signed-in user: their client (their identity) and CSRF token.
@@ -115,6 +117,7 @@ pub(crate) struct Console {
     logins: Mutex<Bucket>,
     pub ingest_url: String,
     pub default_namespace: String,
+    pub trace_url_template: Option<String>,
 }
 
 pub(crate) fn random_token(len: usize) -> String {
@@ -284,6 +287,7 @@ pub async fn run(
         logins: Mutex::new(Bucket::full()),
         ingest_url: settings.ingest_url.trim_end_matches('/').to_string(),
         default_namespace,
+        trace_url_template: settings.trace_url_template.clone(),
     });
     let app = router(console);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

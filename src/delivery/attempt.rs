@@ -35,6 +35,8 @@ pub struct Settings {
     pub scheme: crate::resources::hub::SigningScheme,
     pub schedule: Schedule,
     pub egress: egress::Policy,
+    /// Whether requests carry the event's trace context.
+    pub trace_context: bool,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
             scheme: webhook.spec.signing_scheme(hub_spec),
             schedule: Schedule::resolve(webhook.spec.retry.as_ref(), hub_spec.and_then(|h| h.retry.as_ref())),
             egress: egress::Policy::from_spec(floor, hub_spec.and_then(|h| h.egress.as_ref())),
+            trace_context: webhook.spec.trace_context(hub_spec),
         }
     }
 }
@@ -225,7 +228,18 @@ pub async fn run(
     let settings = Settings::resolve(&webhook, hub.as_deref(), &engine.egress_floor);
 
     let started_at = Timestamp::now();
-    let prepared = prepare(engine, delivery, &webhook, &settings, &ns, started_at).await;
+    // This attempt's span in the event's trace (sent as `traceparent`).
+    let span = delivery
+        .spec
+        .event
+        .trace
+        .as_ref()
+        .and_then(crate::trace_context::child_span);
+    let trace_headers = match (&delivery.spec.event.trace, &span) {
+        (Some(trace), Some(span)) if settings.trace_context => crate::trace_context::attempt_headers(span, trace),
+        _ => vec![],
+    };
+    let prepared = prepare(engine, delivery, &webhook, &settings, &ns, started_at, trace_headers).await;
     if let Err(NotSent::Invalid(why)) = &prepared {
         // No attempt can ever succeed; the handler is not at fault.
         engine.metrics.invalid_deliveries.inc();
@@ -241,6 +255,7 @@ pub async fn run(
         return Outcome::NotSent;
     }
     let clock = Instant::now();
+    let sent_at = std::time::SystemTime::now();
     let (recorded_request, result) = match prepared {
         Ok((mut outgoing, credentials)) => {
             let limits = Limits {
@@ -288,8 +303,26 @@ pub async fn run(
         Err(e) => (None, Some(e), None),
     };
     let status_code = response.as_ref().map(|r| r.status_code);
-    engine.metrics.attempt(attempt_result(status_code, failure.as_ref()));
+    let result_label = attempt_result(status_code, failure.as_ref());
+    engine.metrics.attempt(result_label);
     let error = failure.map(|e| e.to_string());
+    if let (Some(trace), Some(span)) = (&delivery.spec.event.trace, &span) {
+        record_span(
+            trace,
+            span,
+            AttemptSpan {
+                webhook: &webhook,
+                ns: &ns,
+                delivery: &name,
+                number,
+                status_code,
+                result: result_label,
+                error: error.as_deref(),
+                sent_at,
+                duration,
+            },
+        );
+    }
     tracing::info!(
         delivery = %name, namespace = %ns, webhook = %webhook.name_any(), attempt = number,
         status = status_code, error = error.as_deref(), duration_ms = duration.as_millis() as u64,
@@ -513,6 +546,62 @@ fn attempt_result(status: Option<u16>, failure: Option<&SendError>) -> &'static 
     }
 }
 
+/// What an attempt's span says.
+struct AttemptSpan<'a> {
+    webhook: &'a Webhook,
+    ns: &'a str,
+    delivery: &'a str,
+    number: u32,
+    status_code: Option<u16>,
+    result: &'static str,
+    error: Option<&'a str>,
+    sent_at: std::time::SystemTime,
+    duration: Duration,
+}
+
+/// Exports the span of an attempt (when spans are exported): a child of
+/// ingest's span with the id its `traceparent` carried. The handler's host,
+/// never its URL's path, query or credentials.
+fn record_span(trace: &crate::resources::delivery::TraceContext, traceparent: &str, a: AttemptSpan<'_>) {
+    use opentelemetry::KeyValue;
+    if !crate::spans::enabled() {
+        return;
+    }
+    let url = reqwest::Url::parse(&a.webhook.spec.url).ok();
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", a.webhook.spec.method.as_str()),
+        KeyValue::new("k8s.namespace.name", a.ns.to_string()),
+        KeyValue::new("hookrelay.webhook", a.webhook.name_any()),
+        KeyValue::new("hookrelay.delivery", a.delivery.to_string()),
+        KeyValue::new("hookrelay.attempt", i64::from(a.number)),
+        KeyValue::new("hookrelay.attempt.result", a.result),
+    ];
+    if let Some(url) = &url {
+        attributes.push(KeyValue::new("url.scheme", url.scheme().to_string()));
+        attributes.extend(url.host_str().map(|h| KeyValue::new("server.address", h.to_string())));
+        attributes.extend(
+            url.port_or_known_default()
+                .map(|p| KeyValue::new("server.port", i64::from(p))),
+        );
+    }
+    attributes.extend(
+        a.status_code
+            .map(|c| KeyValue::new("http.response.status_code", i64::from(c))),
+    );
+    let failed = a.status_code.is_none_or(|c| !(200..300).contains(&c));
+    crate::spans::record(crate::spans::Finished {
+        name: a.webhook.spec.method.as_str(),
+        kind: opentelemetry::trace::SpanKind::Client,
+        traceparent,
+        parent: Some(&trace.traceparent),
+        tracestate: trace.tracestate.as_deref(),
+        start: a.sent_at,
+        end: a.sent_at + a.duration,
+        attributes,
+        error: failed.then(|| a.error.map(str::to_string).unwrap_or_else(|| a.result.to_string())),
+    });
+}
+
 /// Whether a claim ending at `until` (none: the Kubernetes store's leader
 /// holds no claim) outlasts `requests` requests of these settings, with
 /// `CLAIM_MARGIN` to spare.
@@ -641,6 +730,7 @@ async fn prepare(
     settings: &Settings,
     ns: &str,
     now: Timestamp,
+    trace_headers: Vec<(&'static str, String)>,
 ) -> Result<(Outgoing, Credentials), NotSent> {
     let credentials = auth::resolve(&engine.secrets, ns, &webhook.name_any(), &webhook.spec)
         .await
@@ -677,7 +767,18 @@ async fn prepare(
         .filter(|expires| *expires > now)
         .and_then(|_| secrets::value(secret, secrets::PREVIOUS_KEY));
 
-    let mut custom = Vec::with_capacity(webhook.spec.headers.len());
+    let mut custom = Vec::with_capacity(webhook.spec.headers.len() + trace_headers.len());
+    // A header of the webhook's own by the same name wins.
+    let own = |name: &str| webhook.spec.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    for (name, value) in trace_headers {
+        if !own(name) {
+            custom.push(ResolvedHeader {
+                name: name.to_string(),
+                value,
+                secret: false,
+            });
+        }
+    }
     for header in &webhook.spec.headers {
         let resolved = match (&header.value, &header.value_from) {
             (Some(v), _) => ResolvedHeader {
@@ -804,6 +905,7 @@ mod tests {
                     id: "e".into(),
                     name: "n".into(),
                     received_at: MicroTime(Timestamp::UNIX_EPOCH),
+                    trace: None,
                 },
                 payload: format!("\"{}\"", "p".repeat(1000)),
             },

@@ -112,6 +112,7 @@ mod tests {
                     id: "e1".into(),
                     name: event.into(),
                     received_at: MicroTime(Timestamp::UNIX_EPOCH),
+                    trace: None,
                 },
                 payload: "{}".into(),
             },

@@ -167,6 +167,7 @@ mod tests {
                     id: "evt-1".into(),
                     name: "dynamic-content.content-item.updated".into(),
                     received_at: MicroTime("2026-11-22T10:00:00Z".parse().unwrap()),
+                    trace: None,
                 },
                 payload: json!({ "id": "c-1", "label": "Grüße" }).to_string(),
             },

@@ -12,6 +12,10 @@ pub struct IncomingEvent {
     pub id: Option<String>,
     pub name: String,
     pub payload: Value,
+    /// W3C `traceparent` and `tracestate` as sent: a structured
+    /// CloudEvent's distributed-tracing attributes, else the headers.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// Why a request is not an event; the message names what is wrong.
@@ -39,7 +43,7 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<IncomingEvent, Rejectio
         .to_string();
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let binary_cloudevent = headers.contains_key("ce-specversion");
-    let event = match media.as_str() {
+    let mut event = match media.as_str() {
         "application/cloudevents+json" => structured_cloudevent(json(body)?)?,
         "application/json" | "text/json" if binary_cloudevent => binary_cloudevent_event(headers, json(body)?)?,
         "application/json" | "text/json" => envelope(json(body)?)?,
@@ -49,6 +53,19 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<IncomingEvent, Rejectio
         && (id.is_empty() || id.len() > MAX_ID_LEN)
     {
         return Err(Rejection::Invalid(format!("id must be 1 to {MAX_ID_LEN} characters")));
+    }
+    // One traceparent (several make it invalid); tracestate lines join.
+    let mut parents = headers.get_all("traceparent").iter();
+    if event.traceparent.is_none()
+        && let (Some(only), None) = (parents.next(), parents.next())
+    {
+        event.traceparent = only.to_str().ok().map(str::to_string);
+        let states: Vec<&str> = headers
+            .get_all("tracestate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        event.tracestate = (!states.is_empty()).then(|| states.join(","));
     }
     let depth = json_depth(&event.payload);
     if depth > MAX_PAYLOAD_DEPTH {
@@ -93,6 +110,8 @@ fn envelope(value: Value) -> Result<IncomingEvent, Rejection> {
         id: string_field(&object, "id")?,
         name,
         payload: object.get("payload").cloned().unwrap_or(Value::Null),
+        traceparent: None,
+        tracestate: None,
     })
 }
 
@@ -123,10 +142,15 @@ fn structured_cloudevent(value: Value) -> Result<IncomingEvent, Rejection> {
         }
         (None, None) => Value::Null,
     };
+    // The distributed-tracing extension; a malformed one is ignored, as
+    // a trace never decides whether an event is accepted.
+    let attribute = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_string);
     Ok(IncomingEvent {
         id: Some(required("id")?),
         name: required("type")?,
         payload,
+        traceparent: attribute("traceparent"),
+        tracestate: attribute("tracestate"),
     })
 }
 
@@ -151,6 +175,8 @@ fn binary_cloudevent_event(headers: &HeaderMap, data: Value) -> Result<IncomingE
         id: Some(header("ce-id")?),
         name: header("ce-type")?,
         payload: data,
+        traceparent: None,
+        tracestate: None,
     })
 }
 
@@ -181,7 +207,9 @@ mod tests {
             IncomingEvent {
                 id: None,
                 name: "dynamic-content.edition.scheduled".into(),
-                payload: json!({"id":"ed-1"})
+                payload: json!({"id":"ed-1"}),
+                traceparent: None,
+                tracestate: None,
             }
         );
         let e = parse(&h, br#"{"id":"evt-9","name":"x.y","payload":null}"#).unwrap();
@@ -262,5 +290,32 @@ mod tests {
                 "{levels}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn trace_context_comes_from_a_cloudevents_attributes_else_the_headers() {
+        const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        const OTHER: &str = "00-11111111111111111111111111111111-2222222222222222-01";
+        let mut h = headers(&[("content-type", "application/json"), ("traceparent", PARENT)]);
+        h.append("tracestate", HeaderValue::from_static("a=1"));
+        h.append("tracestate", HeaderValue::from_static("b=2"));
+        let e = parse(&h, br#"{"name":"x.y","payload":{}}"#).unwrap();
+        assert_eq!(
+            (e.traceparent.as_deref(), e.tracestate.as_deref()),
+            (Some(PARENT), Some("a=1,b=2"))
+        );
+        // Two traceparent headers are no trace context at all.
+        h.append("traceparent", HeaderValue::from_static(OTHER));
+        let e = parse(&h, br#"{"name":"x.y","payload":{}}"#).unwrap();
+        assert_eq!((e.traceparent, e.tracestate), (None, None));
+        // A structured CloudEvent's own attributes come first.
+        let h = headers(&[("content-type", "application/cloudevents+json"), ("traceparent", OTHER)]);
+        let body = json!({"specversion": "1.0", "id": "e1", "source": "/cms", "type": "x.y",
+            "traceparent": PARENT, "tracestate": "v=1", "data": {}});
+        let e = parse(&h, body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (e.traceparent.as_deref(), e.tracestate.as_deref()),
+            (Some(PARENT), Some("v=1"))
+        );
     }
 }

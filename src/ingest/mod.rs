@@ -80,6 +80,8 @@ struct Ingest {
     rate: rate::Limits,
     pressure: pressure::Pressure,
     deliveries: Arc<dyn Deliveries>,
+    /// The store's name (in spans).
+    store_name: &'static str,
     /// Events on Hubs (backpressure), at most one per hub a minute.
     recorder: kube::runtime::events::Recorder,
     told: std::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
@@ -134,6 +136,7 @@ pub async fn run(
         rate: rate::Limits::default(),
         pressure: pressure::Pressure::new(settings.backpressure_latency),
         deliveries: settings.store.deliveries(&client),
+        store_name: settings.store.name(),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {
@@ -299,6 +302,7 @@ async fn accept(
     headers: &HeaderMap,
     body: &mut Option<Body>,
 ) -> Result<serde_json::Value, Problem> {
+    let arrived = std::time::SystemTime::now();
     let scope = ingest
         .scopes
         .iter()
@@ -405,22 +409,35 @@ async fn accept(
         .admit_or_wait(&(namespace.to_string(), hub_name.to_string()), names.len())
         .await
         .map_err(|refusal| ingest.back_off(&hub, refusal))?;
-    let deliveries = selected.into_iter().map(|(w, ordering_key)| NewDelivery {
-        delivery: fanout::build(&w, &id, &incoming.name, &payload, received_at),
-        ordering_key,
+    // Ingest's span of the event's trace: the parent of every attempt.
+    let trace = crate::trace_context::at_ingest(incoming.traceparent.as_deref(), incoming.tracestate.as_deref());
+    let deliveries = selected.into_iter().map(|(w, ordering_key)| {
+        let mut delivery = fanout::build(&w, &id, &incoming.name, &payload, received_at);
+        delivery.spec.event.trace = Some(trace.clone());
+        NewDelivery { delivery, ordering_key }
     });
     let started = std::time::Instant::now();
+    let writing = std::time::SystemTime::now();
     let stored = ingest
         .deliveries
         .insert(namespace, Box::new(deliveries), generated_id)
         .await;
+    let written = std::time::SystemTime::now();
     // A failed write (a timeout above all) says as much about the store.
     admitted.stored(started.elapsed(), std::time::Instant::now());
     drop(admitted);
     stored.map_err(refused)?;
     ingest.metrics.ingest_deliveries_created.inc_by(names.len() as u64);
-    tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, deliveries = names.len(), "event accepted");
-    let mut answer = json!({ "id": id, "name": incoming.name, "deliveries": names });
+    tracing::info!(namespace, hub = hub_name, event = %incoming.name, id, trace_id = trace.trace_id(), deliveries = names.len(), "event accepted");
+    record_spans(
+        &trace,
+        &incoming,
+        ingest.store_name,
+        [namespace, hub_name, &id],
+        names.len(),
+        (arrived, writing, written),
+    );
+    let mut answer = json!({ "id": id, "name": incoming.name, "traceId": trace.trace_id(), "deliveries": names });
     if !skipped.is_empty() {
         // Subscribed, but not sent to: their configuration is broken.
         answer["skipped"] = skipped
@@ -429,6 +446,61 @@ async fn accept(
             .collect();
     }
     Ok(answer)
+}
+
+/// Exports ingest's span of an accepted event (a child of the sender's,
+/// with the id stored as the event's `traceparent`) and its store write's.
+/// Names and counts only: no payload, header value or token.
+fn record_spans(
+    trace: &crate::resources::delivery::TraceContext,
+    incoming: &event::IncomingEvent,
+    store: &'static str,
+    [namespace, hub, id]: [&str; 3],
+    deliveries: usize,
+    (arrived, writing, written): (std::time::SystemTime, std::time::SystemTime, std::time::SystemTime),
+) {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::SpanKind;
+    if !crate::spans::enabled() {
+        return;
+    }
+    let sender = incoming
+        .traceparent
+        .as_deref()
+        .filter(|p| crate::trace_context::parse(p).is_some());
+    crate::spans::record(crate::spans::Finished {
+        name: "hookrelay.ingest",
+        kind: SpanKind::Server,
+        traceparent: &trace.traceparent,
+        parent: sender,
+        tracestate: trace.tracestate.as_deref(),
+        start: arrived,
+        end: std::time::SystemTime::now(),
+        attributes: vec![
+            KeyValue::new("k8s.namespace.name", namespace.to_string()),
+            KeyValue::new("hookrelay.hub", hub.to_string()),
+            KeyValue::new("hookrelay.event.name", incoming.name.clone()),
+            KeyValue::new("hookrelay.event.id", id.to_string()),
+            KeyValue::new("hookrelay.deliveries", deliveries as i64),
+        ],
+        error: None,
+    });
+    if let Some(write) = crate::trace_context::child_span(trace) {
+        crate::spans::record(crate::spans::Finished {
+            name: "hookrelay.store.insert",
+            kind: SpanKind::Internal,
+            traceparent: &write,
+            parent: Some(&trace.traceparent),
+            tracestate: trace.tracestate.as_deref(),
+            start: writing,
+            end: written,
+            attributes: vec![
+                KeyValue::new("hookrelay.store", store),
+                KeyValue::new("hookrelay.deliveries", deliveries as i64),
+            ],
+            error: None,
+        });
+    }
 }
 
 /// The webhooks `incoming` triggers, each with its ordering key, and those

@@ -19,6 +19,9 @@ pub(super) async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     println!("  webhook   {}", d.spec.webhook);
     println!("  event     {} ({})", d.spec.event.name, d.spec.event.id);
     println!("  received  {}", d.spec.event.received_at.0);
+    if let Some(trace) = &d.spec.event.trace {
+        println!("  trace     {}", trace.trace_id());
+    }
     println!("  outcome   {:?} after {} attempts", s.phase, s.attempt_count);
     if let Some(m) = &s.message {
         println!("  message   {}", printable(m, true));

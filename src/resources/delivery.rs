@@ -137,6 +137,31 @@ pub struct EventRef {
     pub name: String,
     /// When ingest accepted the event.
     pub received_at: MicroTime,
+    /// The event's W3C trace context: the CMS's trace (a new one when it
+    /// sent none), with ingest's span as the parent of every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// W3C Trace Context of an event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceContext {
+    /// `traceparent` of ingest's span for the event: version, trace id,
+    /// span id, flags, such as "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".
+    #[schemars(regex(pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"))]
+    pub traceparent: String,
+    /// The vendors' `tracestate` the CMS sent, passed on as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The 32 hex digits naming the trace.
+    pub fn trace_id(&self) -> &str {
+        self.traceparent.get(3..35).unwrap_or_default()
+    }
 }
 
 /// Annotation whose every new value on a Delivery starts a new round of
@@ -323,6 +348,7 @@ mod tests {
                 id: "e".into(),
                 name: "n".into(),
                 received_at: MicroTime(jiff::Timestamp::UNIX_EPOCH),
+                trace: None,
             },
             payload: payload.into(),
         };

@@ -163,6 +163,11 @@ pub struct DeliverySettings {
     /// Unset: no limit but the concurrency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<DeliveryRateLimit>,
+    /// Whether each request carries W3C `traceparent` (a child of the
+    /// event's trace) and `tracestate`, so handlers' tracing joins the
+    /// CMS's; default true. A webhook's own setting overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<bool>,
 }
 
 /// A request rate: `requestsPerSecond` on average, up to `burst` at once

@@ -144,6 +144,10 @@ pub struct WebhookDelivery {
     /// replica (overrides the hub's `delivery.rateLimit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::resources::hub::DeliveryRateLimit>,
+    /// Whether requests carry W3C `traceparent` and `tracestate`
+    /// (overrides the hub's `delivery.traceContext`; default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<bool>,
 }
 
 /// A webhook's own signing settings.
@@ -335,6 +339,16 @@ impl WebhookSpec {
             .as_ref()
             .and_then(|d| d.rate_limit)
             .or_else(|| hub.and_then(|h| h.delivery.as_ref()).and_then(|d| d.rate_limit))
+    }
+
+    /// Whether requests carry the event's trace context: the webhook's
+    /// setting, else its hub's, else yes.
+    pub fn trace_context(&self, hub: Option<&crate::resources::HubSpec>) -> bool {
+        self.delivery
+            .as_ref()
+            .and_then(|d| d.trace_context)
+            .or_else(|| hub.and_then(|h| h.delivery.as_ref()).and_then(|d| d.trace_context))
+            .unwrap_or(true)
     }
 
     /// The signing scheme in effect: the webhook's, else its hub's, else symmetric.

@@ -74,6 +74,7 @@ mod tests {
                     id: name.into(),
                     name: "e".into(),
                     received_at: MicroTime(at.parse().unwrap()),
+                    trace: None,
                 },
                 payload: "{}".into(),
             },

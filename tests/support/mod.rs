@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod browser;
 pub mod cpu_cap;
+pub mod otlp;
 pub mod pki;
 pub mod postgres;
 pub mod proxy;

@@ -25,6 +25,9 @@ pub(super) struct DeliveryPage {
     pub(super) webhook: String,
     pub(super) event: String,
     pub(super) event_id: String,
+    /// The event's trace id, and a link to it with --trace-url-template.
+    pub(super) trace_id: String,
+    pub(super) trace_url: String,
     pub(super) phase: String,
     pub(super) message: String,
     pub(super) attempts: Vec<AttemptView>,
@@ -33,6 +36,7 @@ pub(super) struct DeliveryPage {
 }
 
 pub(crate) async fn delivery(
+    State(console): State<Arc<Console>>,
     Extension(session): Extension<Arc<Session>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
@@ -80,11 +84,23 @@ pub(crate) async fn delivery(
             error: a.error.clone().unwrap_or_default(),
         })
         .collect();
+    let trace_id = d
+        .spec
+        .event
+        .trace
+        .as_ref()
+        .map(|t| t.trace_id().to_string())
+        .unwrap_or_default();
     page(DeliveryPage {
         chrome: chrome(&session, &ns).await,
         webhook: d.spec.webhook.clone(),
         event: d.spec.event.name.clone(),
         event_id: d.spec.event.id.clone(),
+        trace_id: trace_id.clone(),
+        trace_url: match (&console.trace_url_template, trace_id.is_empty()) {
+            (Some(template), false) => template.replace("{traceId}", &trace_id),
+            _ => String::new(),
+        },
         phase: format!("{:?}", status.phase),
         message: status.message.clone().unwrap_or_default(),
         attempts,

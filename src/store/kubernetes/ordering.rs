@@ -79,6 +79,7 @@ mod tests {
                     id: format!("evt-{name}"),
                     name: "x.y".into(),
                     received_at: MicroTime(Timestamp::from_second(second).unwrap()),
+                    trace: None,
                 },
                 payload: "{}".into(),
             },

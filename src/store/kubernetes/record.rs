@@ -114,6 +114,7 @@ mod tests {
                     id: "e".into(),
                     name: "n".into(),
                     received_at: MicroTime(Timestamp::UNIX_EPOCH),
+                    trace: None,
                 },
                 payload: format!("\"{}\"", "p".repeat(1000)),
             },
