@@ -111,6 +111,27 @@ async fn chart_lints_renders_and_passes_server_side_dry_run() {
     assert!(default.contains("--lease-duration=15s"));
     assert!(default.contains("--egress-deny-private=false") && !default.contains("--egress-deny="));
     assert!(!default.contains("--egress-proxy") && !default.contains("HOOKRELAY_EGRESS_PROXY"));
+    assert!(!default.contains("HOOKRELAY_OTLP_ENDPOINT") && !default.contains("--trace-url-template"));
+    let traced = run(
+        "helm",
+        &[
+            "template",
+            "rel",
+            chart,
+            "--set=tracing.otlpEndpoint=http://otel-collector.observability:4318",
+            "--set=console.enabled=true",
+            "--set=console.traceUrlTemplate=https://jaeger.example/trace/{traceId}",
+        ],
+        None,
+    );
+    assert_eq!(
+        traced
+            .matches("name: HOOKRELAY_OTLP_ENDPOINT\n              value: \"http://otel-collector.observability:4318\"")
+            .count(),
+        2,
+        "the controller and ingest export spans: {traced}"
+    );
+    assert!(traced.contains("- \"--trace-url-template=https://jaeger.example/trace/{traceId}\""));
     let proxied = run(
         "helm",
         &[
