@@ -52,7 +52,13 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
         .start_console(
             &stack.env.cluster.admin_kubeconfig,
             "admin",
-            &["--ingest-url", &stack.ingest.url],
+            &[
+                "--ingest-url",
+                &stack.ingest.url,
+                // Only rendered as a link; never followed.
+                "--trace-url-template",
+                "https://jaeger.example/trace/{traceId}",
+            ],
         )
         .await;
 
@@ -172,6 +178,19 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
         text(&browser, "#request-body").await.contains("\"c-1\""),
         "the request body is shown"
     );
+    // The event's trace id, as a link to the tracing UI.
+    let trace = answer["traceId"].as_str().unwrap().to_string();
+    let link = browser
+        .find(Locator::Css("#trace a"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap();
+    assert_eq!(
+        link.as_deref(),
+        Some(format!("https://jaeger.example/trace/{trace}").as_str())
+    );
     shot(&browser, "delivery-details").await;
     click(&browser, "#redeliver").await;
     let deliveries: Api<Delivery> = stack.env.api();
@@ -281,6 +300,159 @@ async fn the_console_manages_webhooks_in_a_real_browser() {
         Some(403),
         "a form without the session's CSRF token is refused"
     );
+    browser.close().await.unwrap();
+    stack.cleanup().await;
+}
+
+/// The sum of a data attribute over the deliveries chart's buckets.
+async fn chart_sum(browser: &fantoccini::Client, attribute: &str) -> u64 {
+    let script = format!(
+        "return [...document.querySelectorAll('#deliveries-chart g.bucket')].reduce((n, g) => n + Number(g.dataset.{attribute}), 0);"
+    );
+    browser.execute(&script, vec![]).await.unwrap().as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn webhook_health_is_drawn_from_known_successes_and_failures() {
+    let stack = Stack::start("console_health").await;
+    let receiver = Receiver::start().await;
+    // Three events succeed; two fail without retries, so they end Failed
+    // (each deactivates the webhook, which is activated again, as its
+    // owner would).
+    receiver.fail_matching("/health", "fail-me", 2);
+    let mut spec = support::stack::spec(receiver.url("/health"), &[UPDATED]);
+    spec.label = "Storefront".into();
+    spec.retry = Some(hookrelay::resources::RetryPolicy {
+        max_retries: Some(0),
+        window: None,
+    });
+    stack.webhook("storefront", spec).await;
+    // A healthy neighbour on the same events, for the hub's list.
+    let mut healthy = support::stack::spec(receiver.url("/search"), &[UPDATED]);
+    healthy.label = "Search index".into();
+    stack.webhook("search-index", healthy).await;
+    let webhooks: Api<Webhook> = stack.env.api();
+    let deliveries: Api<Delivery> = stack.env.api();
+    let mut tries = 0;
+    for (i, note) in ["ok", "ok", "ok", "fail-me", "fail-me"].iter().enumerate() {
+        // Posted until the webhook takes it (ingest's cache may still hold
+        // it inactive just after it was activated again).
+        let name = eventually(WAIT, "the event to make a delivery", || {
+            tries += 1;
+            let id = format!("health-{i}-{tries}");
+            let stack = &stack;
+            async move {
+                let (status, answer) = stack
+                    .post(json!({ "id": id, "name": UPDATED, "payload": { "note": note } }))
+                    .await;
+                assert_eq!(status, 202, "{answer}");
+                deliveries_of(&answer)
+                    .into_iter()
+                    .find(|d| d.starts_with("storefront-"))
+            }
+        })
+        .await;
+        let done = eventually(WAIT, "the delivery to finish", || async {
+            let status = deliveries.get(&name).await.ok()?.status?;
+            status.phase.is_finished().then_some(status.phase)
+        })
+        .await;
+        assert_eq!(format!("{done:?}"), if *note == "ok" { "Succeeded" } else { "Failed" });
+        if *note != "ok" {
+            eventually(WAIT, "the deactivation", || async {
+                (!webhooks.get("storefront").await.ok()?.spec.active).then_some(())
+            })
+            .await;
+            webhooks
+                .patch(
+                    "storefront",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "active": true } })),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    let (_console, login) = stack
+        .env
+        .start_console(
+            &stack.env.cluster.admin_kubeconfig,
+            "admin",
+            &["--ingest-url", &stack.ingest.url],
+        )
+        .await;
+    browser.goto(&login).await.unwrap();
+    appears(&browser, "a[href$='/hubs/main']").await;
+    let base = login.split("/?").next().unwrap().to_string();
+    browser
+        .goto(&format!("{base}/ns/{}/webhooks/storefront?window=hour", stack.env.ns))
+        .await
+        .unwrap();
+    appears(&browser, "#deliveries-chart").await;
+    assert_eq!(text(&browser, "#health-deliveries").await, "5");
+    assert_eq!(text(&browser, "#health-success-rate").await, "60.0%");
+    assert_eq!(text(&browser, "#health-attempts").await, "1.00");
+    assert!(text(&browser, "#health-latency").await.starts_with("p50 "));
+    assert_eq!(chart_sum(&browser, "succeeded").await, 3);
+    assert_eq!(chart_sum(&browser, "failed").await, 2);
+    assert_eq!(chart_sum(&browser, "inProgress").await, 0);
+    let buckets = browser
+        .execute(
+            "return document.querySelectorAll('#deliveries-chart g.bucket').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(buckets.as_u64(), Some(12), "an hour in 5-minute buckets");
+    let p50 = browser
+        .execute(
+            "return Number(document.querySelector('#latency-chart [data-series=p50]').dataset.points);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(p50.as_u64().is_some_and(|n| n >= 1), "p50 points: {p50}");
+    shot_of(&browser, "#health", "webhook-health").await;
+    // Other windows are links, without script.
+    click(&browser, "a[href$='window=week#health']").await;
+    appears(&browser, "#health[data-window='week']").await;
+    let week_buckets = browser
+        .execute(
+            "return document.querySelectorAll('#deliveries-chart g.bucket').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(week_buckets.as_u64(), Some(28));
+
+    // The hub's list: the trend strip and the success rate, marked below 95%.
+    let list = format!("{base}/ns/{}/hubs/main", stack.env.ns);
+    let rate = eventually(WAIT, "the row's success rate", || async {
+        browser.goto(&list).await.ok()?;
+        let rate = text(&browser, "tr[data-webhook='storefront'] td.success-rate").await;
+        rate.contains("60%").then_some(rate)
+    })
+    .await;
+    assert!(rate.contains('⚠'), "an unhealthy webhook stands out: {rate}");
+    let neighbour = eventually(WAIT, "the healthy row's success rate", || async {
+        browser.goto(&list).await.ok()?;
+        let rate = text(&browser, "tr[data-webhook='search-index'] td.success-rate").await;
+        rate.contains("100%").then_some(rate)
+    })
+    .await;
+    assert!(!neighbour.contains('⚠'), "{neighbour}");
+    let bars = browser
+        .execute(
+            "return document.querySelectorAll(\"tr[data-webhook='storefront'] svg.trend > rect\").length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bars.as_u64(), Some(5), "one bar per recent delivery");
+    shot(&browser, "webhooks-health").await;
     browser.close().await.unwrap();
     stack.cleanup().await;
 }

@@ -9,6 +9,7 @@
 //! Content-Security-Policy allows no inline script.
 
 mod forms;
+mod health;
 mod pages;
 
 use axum::Router;

@@ -105,6 +105,7 @@ pub(super) struct WebhookPage {
     /// egress proxy.
     pub(super) controls: Vec<String>,
     pub(super) secret: Option<SecretView>,
+    pub(super) health: Option<HealthView>,
     pub(super) deliveries: Vec<DeliveryRow>,
     pub(super) outcome: String,
     pub(super) event_names: Vec<String>,
@@ -150,6 +151,7 @@ pub(super) async fn form_page(
         ready: None,
         controls: vec![],
         secret: None,
+        health: None,
         deliveries: vec![],
         outcome: extra.outcome.clone(),
         event_names: CATALOGUE
@@ -180,8 +182,82 @@ pub(super) async fn form_page(
             view.secret = secret_view(session, ns, &w, extra.reveal).await;
         }
         view.deliveries = recent(session, ns, name, &extra.outcome).await;
+        view.health = Some(health_view(session, ns, name, extra.window).await);
     }
     page(view)
+}
+
+/// The health section of a webhook's page.
+pub(super) struct HealthView {
+    pub(super) window: &'static str,
+    pub(super) deliveries_svg: String,
+    pub(super) latency_svg: String,
+    pub(super) deliveries: u32,
+    pub(super) succeeded: u32,
+    pub(super) failed: u32,
+    pub(super) success_rate: String,
+    pub(super) attempts_per_delivery: String,
+    pub(super) latency: String,
+    /// Fewer deliveries were read than the window holds.
+    pub(super) partial: bool,
+    /// The charts' numbers, for reading without the pictures.
+    pub(super) rows: Vec<[String; 6]>,
+    /// Why the numbers could not be read, if they could not.
+    pub(super) error: Option<String>,
+}
+
+/// The newest `health::MOST` deliveries of the webhook (one store read,
+/// with the user's identity), drawn over `window`.
+async fn health_view(session: &Session, ns: &str, name: &str, window: Window) -> HealthView {
+    let (mut read, error) = match session.deliveries.list(Some(ns), Some(name), &[], health::MOST).await {
+        Ok(list) => (list, None),
+        Err(e) => (vec![], Some(format!("the deliveries could not be read: {e}"))),
+    };
+    read.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
+    let partial = read.len() > health::MOST;
+    read.truncate(health::MOST);
+    let h = health::compute(
+        &read,
+        window,
+        jiff::Timestamp::now(),
+        partial || read.len() == health::MOST,
+    );
+    let ms = |v: u64| format!("{v} ms");
+    HealthView {
+        window: window.name(),
+        deliveries_svg: health::deliveries_svg(&h),
+        latency_svg: health::latency_svg(&h),
+        deliveries: h.deliveries,
+        succeeded: h.succeeded,
+        failed: h.failed,
+        success_rate: h.success_rate.map(|r| format!("{r:.1}%")).unwrap_or_else(|| "—".into()),
+        attempts_per_delivery: h
+            .attempts_per_delivery
+            .map(|a| format!("{a:.2}"))
+            .unwrap_or_else(|| "—".into()),
+        latency: h
+            .latency
+            .map(|(p50, p95)| format!("p50 {} · p95 {}", ms(p50), ms(p95)))
+            .unwrap_or_else(|| "—".into()),
+        partial: h.partial,
+        rows: h
+            .buckets
+            .iter()
+            .filter(|b| b.succeeded + b.in_progress + b.failed > 0 || b.latency.is_some())
+            .map(|b| {
+                let (p50, p95) = b.latency.map(|(a, b)| (ms(a), ms(b))).unwrap_or_default();
+                [
+                    b.start.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+                    b.succeeded.to_string(),
+                    b.in_progress.to_string(),
+                    b.failed.to_string(),
+                    p50,
+                    p95,
+                ]
+            })
+            .collect(),
+        error,
+    }
 }
 
 /// The delivery controls a webhook's page states, with its hub's defaults applied.
@@ -228,6 +304,8 @@ pub(super) struct PageExtras {
     pub(super) outcome: String,
     pub(super) preview: Option<String>,
     pub(super) notice: Option<String>,
+    /// The health charts' window.
+    pub(super) window: Window,
 }
 
 pub(crate) async fn new_webhook(
@@ -321,6 +399,9 @@ pub(crate) struct WebhookQuery {
     pub(super) outcome: Option<String>,
     #[serde(default)]
     pub(super) notice: Option<String>,
+    /// The health charts' window: hour, day (default) or week.
+    #[serde(default)]
+    pub(super) window: Option<String>,
 }
 
 pub(crate) async fn webhook(
@@ -335,6 +416,7 @@ pub(crate) async fn webhook(
         outcome: query.outcome.unwrap_or_default(),
         preview: None,
         notice: query.notice,
+        window: Window::parse(query.window.as_deref().unwrap_or_default()),
     };
     form_page(&session, &ns, &hub, Some(&name), &w.spec, FieldErrors::new(), extras).await
 }

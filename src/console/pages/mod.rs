@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::forms::{self, FieldErrors, Fields};
+use super::health::{self, Window};
 use super::{Console, Session};
 use crate::events::{CATALOGUE, sample_payload};
 use crate::resources::delivery::{Delivery, Header, Phase};

@@ -10,7 +10,16 @@ pub(super) struct WebhookRow {
     pub(super) active: bool,
     pub(super) paused: bool,
     pub(super) last_status: String,
+    /// The newest deliveries as a strip (from the Webhook's status).
+    pub(super) trend_svg: String,
+    /// Succeeded of the newest finished deliveries, e.g. "90%", or "—".
+    pub(super) success_rate: String,
+    /// Below `HEALTHY` percent: marked, so the worst stands out.
+    pub(super) unhealthy: bool,
 }
+
+/// A success rate under this (of the newest deliveries) is marked.
+const HEALTHY: f64 = 95.0;
 
 #[derive(Template)]
 #[template(path = "webhooks.html")]
@@ -39,20 +48,31 @@ pub(crate) async fn webhooks(
     let mut rows: Vec<WebhookRow> = list
         .into_iter()
         .filter(|w| w.spec.hub == hub)
-        .map(|w| WebhookRow {
-            name: w.name_any(),
-            label: w.spec.label.clone(),
-            url: crate::delivery::request::redact_url(&w.spec.url),
-            events: w.spec.events.join(", "),
-            active: w.spec.active,
-            paused: w.spec.paused,
-            last_status: w
+        .map(|w| {
+            let recent = w
                 .status
                 .as_ref()
-                .and_then(|s| s.last_delivery.as_ref())
-                .and_then(|d| d.status_code)
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "—".into()),
+                .map(|s| s.recent_deliveries.as_slice())
+                .unwrap_or_default();
+            let rate = health::recent_success_rate(recent);
+            WebhookRow {
+                trend_svg: health::trend_svg(recent),
+                success_rate: rate.map(|r| format!("{r:.0}%")).unwrap_or_else(|| "—".into()),
+                unhealthy: rate.is_some_and(|r| r < HEALTHY),
+                name: w.name_any(),
+                label: w.spec.label.clone(),
+                url: crate::delivery::request::redact_url(&w.spec.url),
+                events: w.spec.events.join(", "),
+                active: w.spec.active,
+                paused: w.spec.paused,
+                last_status: w
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_delivery.as_ref())
+                    .and_then(|d| d.status_code)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "—".into()),
+            }
         })
         .collect();
     rows.sort_by(|a, b| a.label.cmp(&b.label));
