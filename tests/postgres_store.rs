@@ -1010,6 +1010,10 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
     assert!(!page.contains("A-1"), "{page}");
     let (_, list) = stranger.get(&format!("/ns/{ns}/webhooks/shop/deliveries")).await;
     assert!(!list.contains(&name), "{list}");
+    // The webhook's health is drawn from what the user may read: nothing.
+    let (code, page) = stranger.get(&format!("/ns/{ns}/webhooks/shop?window=hour")).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains(r#"<dd id="health-deliveries">0</dd>"#), "{page}");
 
     // Given deliveries to read (not to change) in this namespace only.
     grant(
@@ -1177,6 +1181,21 @@ async fn history_is_read_through_the_kubernetes_api_with_the_users_own_rbac() {
         succeeded.contains(&name) && !failed.contains(&name),
         "{succeeded}\n{failed}"
     );
+    // The webhook's health, from the Postgres rows through the history API.
+    let (code, health) = admin.get(&format!("/ns/{ns}/webhooks/shop?window=hour")).await;
+    assert_eq!(code, 200, "{health}");
+    let drawn = health
+        .split(r#"<dd id="health-deliveries">"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("the health section");
+    assert!(drawn >= names.len(), "{drawn} deliveries drawn");
+    assert!(
+        health.contains(r#"<dd id="health-success-rate">100.0%</dd>"#),
+        "{health}"
+    );
+    assert!(health.contains(r#"id="deliveries-chart""#));
     let (code, page) = admin.get(&format!("/ns/{ns}/deliveries/{name}")).await;
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("A-1"), "the body as sent: {page}");
