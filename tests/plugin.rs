@@ -186,6 +186,12 @@ async fn the_kubectl_plugin_shows_replays_tests_and_follows_deliveries() {
         "control characters from the handler are printed escaped: {out:?}"
     );
     assert!(out.contains("\"id\": \"s-1\""), "the body as sent: {out}");
+    let deliveries: kube::Api<hookrelay::resources::Delivery> = stack.env.api();
+    let trace = deliveries.get(&failed).await.unwrap().spec.event.trace.unwrap();
+    assert!(
+        out.contains(&format!("trace     {}", trace.trace_id())),
+        "the event's trace id: {out}"
+    );
 
     // redeliver --content-item: exactly c-2's delivery, checked at the handler.
     let c2 = rows.iter().find(|r| r["contentItem"] == "c-2").unwrap()["delivery"]
