@@ -16,6 +16,21 @@ const EVENT: &str = "dynamic-content.content-item.updated";
 /// The spec's example: what a CMS with tracing would send.
 const CMS: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+/// Posts `body` with trace headers; the accepted answer.
+async fn post_traced(stack: &Stack, body: &serde_json::Value, headers: &[(&str, &str)]) -> serde_json::Value {
+    let (status, answer) = stack
+        .post_raw(
+            "main",
+            Some(&stack.token),
+            "application/json",
+            body.to_string().into_bytes(),
+            headers,
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
 async fn the_senders_trace_reaches_the_handler_and_stays_with_the_delivery(store: Store) {
     let stack = Stack::start_in("trace_context", store).await;
     let receiver = Receiver::start().await;
@@ -28,16 +43,7 @@ async fn the_senders_trace_reaches_the_handler_and_stays_with_the_delivery(store
     stack.webhook("quiet", quiet).await;
 
     let body = json!({ "id": "traced-1", "name": EVENT, "payload": {} });
-    let (status, answer) = stack
-        .post_raw(
-            "main",
-            Some(&stack.token),
-            "application/json",
-            body.to_string().into_bytes(),
-            &[("traceparent", CMS), ("tracestate", "cms=1")],
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
+    let answer = post_traced(&stack, &body, &[("traceparent", CMS), ("tracestate", "cms=1")]).await;
     assert_eq!(answer["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     let got = receiver.wait_for("/traced", 1, WAIT).await;
     let sent = got[0].header("traceparent").expect("a traceparent").to_string();
@@ -110,16 +116,7 @@ async fn spans_of_one_event_are_exported_with_their_parents(store: Store) {
         .webhook("traced", spec(receiver.url("/traced?token=q-secret"), &[EVENT]))
         .await;
     let body = json!({ "id": "spans-1", "name": EVENT, "payload": { "title": PAYLOAD_MARKER } });
-    let (status, answer) = stack
-        .post_raw(
-            "main",
-            Some(&stack.token),
-            "application/json",
-            body.to_string().into_bytes(),
-            &[("traceparent", CMS)],
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
+    let answer = post_traced(&stack, &body, &[("traceparent", CMS)]).await;
     let got = receiver.wait_for("/traced", 1, WAIT).await;
     let sent = parse(got[0].header("traceparent").unwrap())
         .unwrap()
