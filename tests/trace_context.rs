@@ -8,7 +8,7 @@ use hookrelay::resources::webhook::WebhookDelivery;
 use hookrelay::trace_context::parse;
 use serde_json::json;
 use support::eventually;
-use support::otlp::OtlpReceiver;
+use support::otlp::{Jaeger, OtlpReceiver};
 use support::receiver::Receiver;
 use support::stack::{Options, Stack, Store, WAIT, deliveries_of, spec};
 
@@ -165,6 +165,75 @@ async fn spans_of_one_event_are_exported_with_their_parents(store: Store) {
             }
         }
     }
+    stack.cleanup().await;
+}
+
+/// The same spans, received by a real OTLP receiver and trace store
+/// (Jaeger, another implementation of OTLP), come back as one trace with
+/// the parent links the handler's `traceparent` implies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jaeger_receives_an_events_spans_as_one_trace() {
+    let jaeger = Jaeger::start("trace_jaeger").await;
+    let otlp = ["--otlp-endpoint".to_string(), jaeger.endpoint()];
+    let stack = Stack::start_with(
+        "trace_jaeger",
+        Options {
+            controller_args: otlp.to_vec(),
+            ingest_args: otlp.to_vec(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    stack.webhook("traced", spec(receiver.url("/traced"), &[EVENT])).await;
+    let body = json!({ "id": "jaeger-1", "name": EVENT, "payload": {} });
+    post_traced(&stack, &body, &[("traceparent", CMS)]).await;
+    let got = receiver.wait_for("/traced", 1, WAIT).await;
+    let sent = parse(got[0].header("traceparent").unwrap())
+        .unwrap()
+        .span_id
+        .to_string();
+
+    let trace = eventually(WAIT, "the trace in Jaeger with its three spans", || async {
+        let trace = jaeger.trace("4bf92f3577b34da6a3ce929d0e0e4736").await?;
+        (trace["spans"].as_array()?.len() >= 3).then_some(trace)
+    })
+    .await;
+    // (operation, service, span id, parent span id) of each span.
+    let spans: Vec<(String, String, String, String)> = trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let process = s["processID"].as_str().unwrap_or_default();
+            (
+                s["operationName"].as_str().unwrap_or_default().to_string(),
+                trace["processes"][process]["serviceName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                s["spanID"].as_str().unwrap_or_default().to_string(),
+                s["references"][0]["spanID"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let one = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.0 == name)
+            .unwrap_or_else(|| panic!("{name} in {spans:?}"))
+    };
+    let ingest = one("hookrelay.ingest");
+    assert_eq!(
+        (ingest.1.as_str(), ingest.3.as_str()),
+        ("hookrelay-ingest", "00f067aa0ba902b7")
+    );
+    let write = one("hookrelay.store.insert");
+    assert_eq!(write.3, ingest.2, "the store write is a child of ingest's span");
+    let attempt = one("POST");
+    assert_eq!(attempt.1, "hookrelay-controller");
+    assert_eq!(attempt.3, ingest.2, "the attempt is a child of ingest's span");
+    assert_eq!(attempt.2, sent, "the span the handler's traceparent names");
     stack.cleanup().await;
 }
 

@@ -14,6 +14,9 @@
 #   controlplane.sh bin     the directory of the built binaries
 #   controlplane.sh helm-docs ARGS...
 #                           helm-docs (built once), for the chart's README
+#   controlplane.sh jaeger-bin
+#                           Jaeger (built once from ./jaeger), for the tracing
+#                           tests; prints the binary's path
 #
 # Environment: HOOKRELAY_CACHE (default ~/.cache/hookrelay) holds binaries;
 # HOOKRELAY_CONTROLPLANE_DIR (default $HOOKRELAY_CACHE/controlplane) holds the
@@ -80,6 +83,25 @@ build_helm() { # dir
     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
     -o "$1/helm" helm.sh/helm/v3/cmd/helm)
   touch "$1/helm.stamped"
+}
+
+# Jaeger (an OpenTelemetry trace store with an OTLP receiver), built once
+# from the module pinned in ./jaeger; prints the binary's path. Tests may
+# ask at once: one builds, the others wait.
+jaeger_bin() {
+  local dir
+  dir="$cache/tools/jaeger-$(sha256sum "$here/jaeger/go.sum" | cut -c1-12)"
+  mkdir -p "$cache/tools"
+  exec 8>"$cache/tools/jaeger.lock"
+  flock 8
+  if [[ ! -x $dir/jaeger ]]; then
+    command -v go >/dev/null || die "go is not installed (needed to build jaeger)"
+    log "building jaeger into $dir (cold: about 5 min on 2 cores)"
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    (cd "$here/jaeger" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir.tmp/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger) >&2
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir/jaeger"
 }
 
 # helm-docs (for the chart's README), built once from the Go module proxy.
@@ -332,7 +354,8 @@ case ${1:-} in
   helm) shift; exec "$bin_dir/helm" --kubeconfig "$run_dir/admin.kubeconfig" "$@" ;;
   bin) echo "$bin_dir" ;;
   helm-docs) shift; helm_docs "$@" ;;
+  jaeger-bin) jaeger_bin ;;
   identity) shift; identity "$@" ;;
   build-k8s) shift; build_k8s "$@" ;;
-  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|identity NAME CN [GROUP]|build-k8s DIR COMMAND...|kubectl ARGS...|helm ARGS...|helm-docs ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|restart NAME [DOWN_SECONDS]|bin|identity NAME CN [GROUP]|build-k8s DIR COMMAND...|kubectl ARGS...|helm ARGS...|helm-docs ARGS...|jaeger-bin" >&2; exit 2 ;;
 esac

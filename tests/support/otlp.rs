@@ -115,3 +115,102 @@ impl OtlpReceiver {
         self.spans.lock().unwrap().clone()
     }
 }
+
+/// Jaeger v2 (built once from tests/controlplane/jaeger, in memory) on
+/// loopback: a real OTLP receiver and trace store, read back through its
+/// query API. Stopped, by its pid, when dropped.
+pub struct Jaeger {
+    child: std::process::Child,
+    otlp: u16,
+    query: u16,
+}
+
+impl Drop for Jaeger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Jaeger {
+    pub async fn start(name: &str) -> Jaeger {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/controlplane/controlplane.sh");
+        let built = std::process::Command::new(script)
+            .arg("jaeger-bin")
+            .output()
+            .expect("running controlplane.sh jaeger-bin");
+        assert!(
+            built.status.success(),
+            "building jaeger: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let bin = String::from_utf8(built.stdout).unwrap().trim().to_string();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("jaeger")
+            .join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (otlp, query, grpc) = (super::free_port(), super::free_port(), super::free_port());
+        // Every endpoint on loopback; no internal metrics server.
+        let config = format!(
+            "service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces: {{ receivers: [otlp], processors: [batch], exporters: [jaeger_storage_exporter] }}
+  telemetry:
+    metrics: {{ level: none }}
+extensions:
+  jaeger_query:
+    storage: {{ traces: memstore }}
+    http: {{ endpoint: 127.0.0.1:{query} }}
+    grpc: {{ endpoint: 127.0.0.1:{grpc} }}
+  jaeger_storage:
+    backends:
+      memstore: {{ memory: {{ max_traces: 10000 }} }}
+receivers:
+  otlp:
+    protocols:
+      http: {{ endpoint: 127.0.0.1:{otlp} }}
+processors:
+  batch: {{ timeout: 200ms }}
+exporters:
+  jaeger_storage_exporter: {{ trace_storage: memstore }}
+"
+        );
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.join("jaeger.log")).unwrap();
+        let child = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("jaeger starts");
+        let jaeger = Jaeger { child, otlp, query };
+        super::eventually(super::stack::WAIT, "jaeger to serve", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", otlp)).await.ok()?;
+            let answer = reqwest::get(format!("http://127.0.0.1:{query}/api/services"))
+                .await
+                .ok()?;
+            answer.status().is_success().then_some(())
+        })
+        .await;
+        jaeger
+    }
+
+    /// The endpoint to give `--otlp-endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.otlp)
+    }
+
+    /// A trace as Jaeger's query API gives it (`data[0]`), once it has one.
+    pub async fn trace(&self, trace_id: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/api/traces/{trace_id}", self.query);
+        let answer = reqwest::get(url).await.ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = serde_json::from_slice(&answer.bytes().await.ok()?).ok()?;
+        body["data"].get(0).cloned()
+    }
+}
