@@ -330,6 +330,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/ns/{ns}/webhooks/{name}/preview", post(pages::preview))
         .route("/ns/{ns}/webhooks/{name}/test", post(pages::send_test))
         .route("/ns/{ns}/webhooks/{name}/deliveries", get(pages::deliveries_fragment))
+        .route("/ns/{ns}/webhooks/{name}/health", get(pages::health_fragment))
         .route("/ns/{ns}/webhooks/{name}/deliveries/live", get(pages::deliveries_live))
         .route("/ns/{ns}/deliveries/{name}", get(pages::delivery))
         .route("/ns/{ns}/deliveries/{name}/redeliver", post(pages::redeliver))

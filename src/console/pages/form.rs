@@ -187,6 +187,39 @@ pub(super) async fn form_page(
     page(view)
 }
 
+/// The health section alone, redrawn by the page's script while deliveries
+/// change (at most every few seconds: each is one store read).
+#[derive(Template)]
+#[template(path = "health.html")]
+pub(super) struct HealthFragment {
+    pub(super) chrome: Chrome,
+    pub(super) name: String,
+    pub(super) h: HealthView,
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct WindowQuery {
+    #[serde(default)]
+    window: Option<String>,
+}
+
+pub(crate) async fn health_fragment(
+    Extension(session): Extension<Arc<Session>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(query): Query<WindowQuery>,
+) -> Response {
+    let window = Window::parse(query.window.as_deref().unwrap_or_default());
+    let h = health_view(&session, &ns, &name, window).await;
+    // Links only: no access review is made for it.
+    let chrome = Chrome {
+        ns,
+        user: session.user.clone(),
+        csrf: session.csrf.clone(),
+        can_edit: false,
+    };
+    page(HealthFragment { chrome, name, h })
+}
+
 /// The health section of a webhook's page.
 pub(super) struct HealthView {
     pub(super) window: &'static str,
