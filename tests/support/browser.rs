@@ -6,11 +6,14 @@ use super::eventually;
 use super::stack::WAIT;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::json;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// chromedriver on a free loopback port, stopped (by its pid) when dropped.
+/// chromedriver on a free loopback port, in a process group of its own:
+/// when dropped, the group (chromedriver and the Chromium it started) is
+/// stopped, so a test that fails before closing its browser leaves none.
 pub struct Driver {
     child: Child,
     url: String,
@@ -25,6 +28,7 @@ impl Driver {
             .port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -61,6 +65,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The group's id is chromedriver's pid (process_group(0)).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
