@@ -34,11 +34,7 @@ impl Drop for Exporter {
 /// to the OTLP/HTTP collector at `endpoint` (`http://collector:4318`).
 pub fn export(endpoint: &str, service: &'static str) -> anyhow::Result<Exporter> {
     use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-    let url = reqwest::Url::parse(endpoint)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| anyhow::anyhow!("--otlp-endpoint: not an http(s) URL such as http://otel-collector:4318"))?;
-    let traces = url.join("v1/traces").expect("a relative path joins");
+    let traces = traces_url(endpoint)?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -56,6 +52,18 @@ pub fn export(endpoint: &str, service: &'static str) -> anyhow::Result<Exporter>
     opentelemetry::global::set_tracer_provider(provider.clone());
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Exporter(provider))
+}
+
+/// Where spans are posted: `/v1/traces` under the endpoint, its own path
+/// kept (as `OTEL_EXPORTER_OTLP_ENDPOINT` is read).
+fn traces_url(endpoint: &str) -> anyhow::Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| anyhow::anyhow!("--otlp-endpoint: not an http(s) URL such as http://otel-collector:4318"))?;
+    let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
 }
 
 /// A parent given by a `traceparent` (a remote span: another process's).
@@ -120,4 +128,27 @@ pub fn record(span: Finished<'_>) {
 /// Whether spans are exported.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_go_to_v1_traces_under_the_endpoints_own_path() {
+        for (endpoint, posted) in [
+            ("http://otel-collector:4318", "http://otel-collector:4318/v1/traces"),
+            ("http://otel-collector:4318/", "http://otel-collector:4318/v1/traces"),
+            ("https://gateway.example/otlp", "https://gateway.example/otlp/v1/traces"),
+            (
+                "https://gateway.example/otlp/",
+                "https://gateway.example/otlp/v1/traces",
+            ),
+        ] {
+            assert_eq!(traces_url(endpoint).unwrap().as_str(), posted);
+        }
+        for wrong in ["otel-collector:4318", "ftp://otel-collector"] {
+            assert!(traces_url(wrong).unwrap_err().to_string().contains("--otlp-endpoint"));
+        }
+    }
 }
