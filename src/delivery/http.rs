@@ -66,6 +66,11 @@ impl Tls {
 /// material of a certificate since renewed).
 const IDLE_CLIENT: Duration = Duration::from_secs(600);
 
+/// Clients kept at most, the least recently used dropped first: each holds
+/// a pool (and, with an egress proxy, a loopback listener), and a tenant
+/// that keeps changing its hub's egress or TLS settings makes new ones.
+const MOST_CLIENTS: usize = 256;
+
 /// A client for a hub's handlers: reqwest's, and with an egress proxy the
 /// relay it goes through.
 #[derive(Clone)]
@@ -100,6 +105,14 @@ impl Clients {
         }
         let client = self.build(key)?;
         clients.retain(|_, (_, used)| now.duration_since(*used) < IDLE_CLIENT);
+        if clients.len() >= MOST_CLIENTS
+            && let Some(oldest) = clients
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            clients.remove(&oldest);
+        }
         clients.insert(key.clone(), (client.clone(), now));
         Ok(client)
     }
@@ -509,6 +522,25 @@ mod tests {
             (denied.label(), denied.to_string().starts_with("egress denied")),
             ("denied", true)
         );
+    }
+
+    #[tokio::test]
+    async fn clients_are_kept_up_to_a_bound_the_least_recently_used_dropped() {
+        let clients = Clients::default();
+        let key = |ms: usize| ClientKey {
+            connect_timeout: Duration::from_millis(100 + ms as u64),
+            egress: Policy::default(),
+            tls: None,
+        };
+        for n in 0..MOST_CLIENTS + 10 {
+            clients.get(&key(n)).unwrap();
+            // The first stays in use throughout.
+            clients.get(&key(0)).unwrap();
+        }
+        let kept = clients.clients.lock().unwrap();
+        assert_eq!(kept.len(), MOST_CLIENTS);
+        assert!(kept.contains_key(&key(0)) && kept.contains_key(&key(MOST_CLIENTS + 9)));
+        assert!(!kept.contains_key(&key(1)), "the least recently used went first");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The operator's proxy: where it listens and how to authenticate to it.
@@ -92,7 +92,8 @@ const REFUSAL_KEPT: Duration = Duration::from_secs(60);
 /// A loopback relay in front of the operator's proxy, for one client (one
 /// egress policy). Stops accepting when dropped.
 pub struct Relay {
-    /// Where it listens, as a proxy URL.
+    /// Where it listens, as a proxy URL (tests connect without credentials).
+    #[cfg(test)]
     url: String,
     /// reqwest's proxy: this relay, with its credentials.
     proxy: reqwest::Proxy,
@@ -155,6 +156,7 @@ impl Relay {
         })
         .abort_handle();
         Ok(Self {
+            #[cfg(test)]
             url,
             proxy,
             shared,
@@ -168,7 +170,8 @@ impl Relay {
     }
 
     /// Where the relay listens (without its credentials).
-    pub fn proxy_url(&self) -> &str {
+    #[cfg(test)]
+    fn proxy_url(&self) -> &str {
         &self.url
     }
 
@@ -393,7 +396,7 @@ impl Shared {
 
 /// Reads up to the end of an HTTP head: the head and what came after it;
 /// `None` if the connection ended or the head is too long.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -719,25 +722,36 @@ mod tests {
         assert_eq!(answer.status(), 407);
     }
 
+    /// A reader that gives one chunk per read, as a socket may.
+    struct Chunks(std::collections::VecDeque<&'static [u8]>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(chunk) = self.0.pop_front() {
+                buf.put_slice(chunk);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
     #[tokio::test]
     async fn a_head_is_read_to_its_end_and_the_rest_kept() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let writer = tokio::spawn(async move {
-            let mut stream = TcpStream::connect(address).await.unwrap();
-            // Split inside the blank line, so the end straddles two reads.
-            stream
-                .write_all(b"POST http://h/ HTTP/1.1\r\nA: b\r\n\r")
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            stream.write_all(b"\nbody").await.unwrap();
-        });
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let (head, mut rest) = read_head(&mut stream).await.unwrap().unwrap();
-        writer.await.unwrap();
-        stream.read_to_end(&mut rest).await.unwrap();
+        // The blank line straddles two reads; the body's start comes with it.
+        let mut reader = Chunks([&b"POST http://h/ HTTP/1.1\r\nA: b\r\n\r"[..], b"\nbo", b"dy"].into());
+        let (head, rest) = read_head(&mut reader).await.unwrap().unwrap();
         assert_eq!(head, b"POST http://h/ HTTP/1.1\r\nA: b\r\n\r\n");
-        assert_eq!(rest, b"body");
+        assert_eq!(rest, b"bo");
+        assert_eq!(reader.0, [&b"dy"[..]], "nothing read past the read that ended the head");
+        // Ended before the blank line, or longer than the limit: none.
+        let mut ended = Chunks([&b"POST / HTTP/1.1\r\n"[..]].into());
+        assert_eq!(read_head(&mut ended).await.unwrap(), None);
+        let block: &'static [u8] = &[b'a'; 4096];
+        let mut endless = Chunks(std::iter::repeat_n(block, HEAD_LIMIT / 4096 + 2).collect());
+        assert_eq!(read_head(&mut endless).await.unwrap(), None);
+        assert!(!endless.0.is_empty(), "refused at the limit, not at the end");
     }
 }

@@ -21,21 +21,35 @@ pub(super) struct DeliveriesFragment {
 /// Deliveries a webhook's list shows at most.
 pub(super) const SHOWN: usize = 50;
 
-/// The webhook's recent deliveries, newest first, optionally by outcome.
-pub(super) async fn recent(session: &Session, ns: &str, webhook: &str, outcome: &str) -> Vec<DeliveryRow> {
-    let phases: &[Phase] = match outcome {
+/// The phases an outcome filter (`succeeded`, `failed`, `retrying`) keeps;
+/// none (all) for no filter.
+fn phases_of(outcome: &str) -> &'static [Phase] {
+    match outcome {
         "succeeded" => &[Phase::Succeeded],
         "failed" => &[Phase::Failed, Phase::Cancelled],
         "retrying" => &[Phase::Retrying, Phase::Pending],
         _ => &[],
-    };
+    }
+}
+
+/// The webhook's recent deliveries, newest first, optionally by outcome.
+pub(super) async fn recent(session: &Session, ns: &str, webhook: &str, outcome: &str) -> Vec<DeliveryRow> {
+    let phases = phases_of(outcome);
     let mut list = session
         .deliveries
         .list(Some(ns), Some(webhook), phases, SHOWN)
         .await
         .unwrap_or_default();
     list.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
-    list.into_iter()
+    rows(&list, outcome)
+}
+
+/// The list's rows: of `newest` (newest first), the first `SHOWN` with
+/// the outcome.
+pub(super) fn rows(newest: &[Delivery], outcome: &str) -> Vec<DeliveryRow> {
+    let phases = phases_of(outcome);
+    newest
+        .iter()
         .filter(|d| phases.is_empty() || phases.contains(&d.status.as_ref().map(|s| s.phase).unwrap_or_default()))
         .take(SHOWN)
         .map(|d| {
@@ -64,15 +78,10 @@ pub(crate) async fn deliveries_fragment(
     Query(query): Query<OutcomeQuery>,
 ) -> Response {
     let deliveries = recent(&session, &ns, &name, query.outcome.as_deref().unwrap_or("")).await;
-    // Refreshed on every change while a page is open: the fragment shows
-    // links only, so no access review is made for it.
-    let chrome = Chrome {
-        ns,
-        user: session.user.clone(),
-        csrf: session.csrf.clone(),
-        can_edit: false,
-    };
-    page(DeliveriesFragment { chrome, deliveries })
+    page(DeliveriesFragment {
+        chrome: fragment_chrome(&session, ns),
+        deliveries,
+    })
 }
 
 /// Server-sent events: one `changed` each time a Delivery of the webhook

@@ -181,8 +181,14 @@ pub(super) async fn form_page(
             view.controls = controls(&w, hub);
             view.secret = secret_view(session, ns, &w, extra.reveal).await;
         }
-        view.deliveries = recent(session, ns, name, &extra.outcome).await;
-        view.health = Some(health_view(session, ns, name, extra.window).await);
+        // One read for both the health section and the list, unless the
+        // list is filtered (its outcome may lie beyond the newest read).
+        let newest = newest(session, ns, name).await;
+        view.deliveries = match extra.outcome.as_str() {
+            "" => rows(&newest.deliveries, ""),
+            outcome => recent(session, ns, name, outcome).await,
+        };
+        view.health = Some(health_view(&newest, extra.window));
     }
     page(view)
 }
@@ -209,15 +215,12 @@ pub(crate) async fn health_fragment(
     Query(query): Query<WindowQuery>,
 ) -> Response {
     let window = Window::parse(query.window.as_deref().unwrap_or_default());
-    let h = health_view(&session, &ns, &name, window).await;
-    // Links only: no access review is made for it.
-    let chrome = Chrome {
-        ns,
-        user: session.user.clone(),
-        csrf: session.csrf.clone(),
-        can_edit: false,
-    };
-    page(HealthFragment { chrome, name, h })
+    let newest = newest(&session, &ns, &name).await;
+    page(HealthFragment {
+        chrome: fragment_chrome(&session, ns),
+        name,
+        h: health_view(&newest, window),
+    })
 }
 
 /// The health section of a webhook's page.
@@ -239,22 +242,36 @@ pub(super) struct HealthView {
     pub(super) error: Option<String>,
 }
 
-/// The newest `health::MOST` deliveries of the webhook (one store read,
-/// with the user's identity), drawn over `window`.
-async fn health_view(session: &Session, ns: &str, name: &str, window: Window) -> HealthView {
-    let (mut read, error) = match session.deliveries.list(Some(ns), Some(name), &[], health::MOST).await {
+/// A webhook's newest deliveries as one store read gave them.
+pub(super) struct Newest {
+    /// At most `health::MOST`, newest first.
+    deliveries: Vec<Delivery>,
+    /// There may be older ones than were read.
+    more: bool,
+    /// Why none could be read, if so.
+    error: Option<String>,
+}
+
+/// The newest `health::MOST` deliveries of the webhook: one store read,
+/// with the user's identity.
+async fn newest(session: &Session, ns: &str, name: &str) -> Newest {
+    let (mut deliveries, error) = match session.deliveries.list(Some(ns), Some(name), &[], health::MOST).await {
         Ok(list) => (list, None),
         Err(e) => (vec![], Some(format!("the deliveries could not be read: {e}"))),
     };
-    read.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
-    let partial = read.len() > health::MOST;
-    read.truncate(health::MOST);
-    let h = health::compute(
-        &read,
-        window,
-        jiff::Timestamp::now(),
-        partial || read.len() == health::MOST,
-    );
+    deliveries.sort_by_key(|d| std::cmp::Reverse(d.spec.event.received_at.0));
+    let more = deliveries.len() >= health::MOST;
+    deliveries.truncate(health::MOST);
+    Newest {
+        deliveries,
+        more,
+        error,
+    }
+}
+
+/// The health section: `newest` drawn over `window`.
+fn health_view(newest: &Newest, window: Window) -> HealthView {
+    let h = health::compute(&newest.deliveries, window, jiff::Timestamp::now(), newest.more);
     let ms = |v: u64| format!("{v} ms");
     HealthView {
         window: window.name(),
@@ -289,7 +306,7 @@ async fn health_view(session: &Session, ns: &str, name: &str, window: Window) ->
                 ]
             })
             .collect(),
-        error,
+        error: newest.error.clone(),
     }
 }
 

@@ -166,6 +166,17 @@ async fn chrome(session: &Session, ns: &str) -> Chrome {
     }
 }
 
+/// The chrome of a fragment a page refetches while open (on every change):
+/// it shows links only, so no access review is made for it.
+fn fragment_chrome(session: &Session, ns: String) -> Chrome {
+    Chrome {
+        ns,
+        user: session.user.clone(),
+        csrf: session.csrf.clone(),
+        can_edit: false,
+    }
+}
+
 /// Refuses a form without this session's CSRF token.
 fn checked(session: &Session, body: &Bytes) -> Result<Fields, Response> {
     let fields = Fields::parse(body);
